@@ -1,0 +1,165 @@
+//! The validated configuration: what the rest of Portcullis runs on.
+//!
+//! Everything here has been checked and resolved (relative paths joined to the config file's
+//! folder, durations parsed, patterns compiled); code that receives a [`Config`] never has to
+//! validate again.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use policy::{AuthPolicy, PathPattern, Scheme};
+
+/// A complete, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (`None` for built-in configs such as the demo's).
+    pub source: Option<PathBuf>,
+    /// `[server]`.
+    pub server: Server,
+    /// `[auth]`.
+    pub auth: Auth,
+    /// `[errors]`.
+    pub errors: Errors,
+    /// `[log]`.
+    pub log: Log,
+}
+
+/// `[server]`: listeners and the upstream.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// `listen`: addresses to accept on (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// `upstream`: where allowed requests go.
+    pub upstream: Upstream,
+    /// `tls`: serve HTTPS (h2 and http/1.1 by ALPN) with these PEM files.
+    pub tls: Option<Tls>,
+    /// `header_timeout` (default 10 s): time allowed to send the request head.
+    pub header_timeout: Duration,
+    /// `upstream_timeout` (default 60 s): time the upstream has to start its response → 504.
+    pub upstream_timeout: Duration,
+    /// `connect_timeout` (default 5 s): time to open an upstream connection → 502.
+    pub connect_timeout: Duration,
+    /// `workers` (default: the CPUs this process may run on): async worker threads.
+    pub workers: Option<usize>,
+}
+
+/// An `http://host:port[/base]` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` (port defaulted to 80).
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to forwarded paths ("" when none).
+    pub base_path: String,
+}
+
+/// `tls = { cert = "…", key = "…" }`; both files were found readable and parsed as PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Where users come from (`auth.users`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSource {
+    /// An Apache htpasswd file.
+    Htpasswd(PathBuf),
+    /// Users defined in code (the demo): user name and hash string.
+    Inline(Vec<(String, String)>),
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// `realm` (default "Restricted area").
+    pub realm: String,
+    /// `schemes` (default ["basic"]).
+    pub schemes: Vec<Scheme>,
+    /// `users`: required.
+    pub users: UserSource,
+    /// `public`: paths that need no credentials.
+    pub public: Vec<PathPattern>,
+    /// `acl_status`: 401 (default) or 403.
+    pub acl_status: u16,
+    /// `cache_ttl` (default 5 min; "0s" disables the verification cache).
+    pub cache_ttl: Duration,
+    /// `forward_authorization` (default false): pass the client's `Authorization` upstream.
+    pub forward_authorization: bool,
+}
+
+impl Auth {
+    /// The pure policy for phase 5.
+    pub fn policy(&self) -> AuthPolicy {
+        AuthPolicy {
+            realm: self.realm.clone(),
+            schemes: self.schemes.clone(),
+            public: self.public.clone(),
+        }
+    }
+}
+
+/// `errors.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorMode {
+    /// Everyone gets the friendly page.
+    Custom,
+    /// Everyone gets the detailed page (sub-status, rule, address as seen).
+    Detailed,
+    /// Loopback clients get the detailed page, others the friendly one (IIS default).
+    #[default]
+    DetailedLocalOnly,
+}
+
+/// `errors.upstream_401`: what to do with the application's own 401 (IIS `existingResponse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Upstream401 {
+    /// Send the application's response unchanged.
+    #[default]
+    PassThrough,
+    /// Send our page, keeping the application's `WWW-Authenticate`.
+    Replace,
+}
+
+/// `[errors]`.
+#[derive(Debug, Clone, Default)]
+pub struct Errors {
+    /// `mode`.
+    pub mode: ErrorMode,
+    /// `pages`: folder with override templates (`401.html`, `401.1.html`, …).
+    pub pages: Option<PathBuf>,
+    /// `upstream_401`.
+    pub upstream_401: Upstream401,
+}
+
+/// Where the access log goes (`log.access`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// `"off"`: no access log.
+    Off,
+    /// `"-"`: standard output (the default).
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// W3C extended log format with IIS field names (default).
+    #[default]
+    W3c,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// `access`.
+    pub access: AccessLogTarget,
+    /// `format`.
+    pub format: LogFormat,
+}

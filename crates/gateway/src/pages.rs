@@ -1,0 +1,238 @@
+//! What each refusal tells the person who receives it: an HTML page, RFC 9457 problem+json or
+//! plain text, in plain words, with what to do next.
+//!
+//! The wording lives in one table ([`advice`]) so that the three renderings never disagree. HTML
+//! goes through minijinja so operators can replace any page with their own template
+//! (`errors.pages`: `401.html`, `401.1.html`, …, most specific first).
+
+use std::path::Path;
+
+use minijinja::Environment;
+use policy::{Reason, Refusal};
+use serde::Serialize;
+
+const BUILTIN_PAGE: &str = include_str!("../templates/page.html");
+
+/// The plain-words explanation of a reason: what happened and what to do.
+pub struct Advice {
+    /// What happened.
+    pub what: &'static str,
+    /// What the person can do now, in order.
+    pub todo: &'static [&'static str],
+}
+
+/// The table of explanations, one per reason.
+pub fn advice(reason: Reason) -> Advice {
+    use Reason::*;
+    let (what, todo): (&str, &[&str]) = match reason {
+        NoCredentials => (
+            "This page is protected and your request did not include a user name and password.",
+            &[
+                "Sign in: reload the page and enter your user name and password when your browser asks.",
+                "If no sign-in box appears, your browser may have been told to stop asking; close the tab and open the address again.",
+            ],
+        ),
+        LogonFailed => (
+            "A user name and password were sent, but they were not accepted.",
+            &[
+                "Check the user name and password (and Caps Lock), then reload the page to try again.",
+                "If you forgot your password, ask the administrator to reset it.",
+                "Browsers remember a refused password until they are closed: close all windows of the browser, or use a private window.",
+            ],
+        ),
+        SessionExpired => (
+            "Your sign-in session ended, because it was idle too long or reached its maximum age.",
+            &["Sign in again; the old session cookie has already been removed."],
+        ),
+        LockedOut => (
+            "Too many sign-in attempts failed, so sign-in is blocked for a while, even with the right password.",
+            &[
+                "Wait until the block ends, then sign in with the right password.",
+                "If you did not make these attempts, tell the administrator.",
+            ],
+        ),
+        AclDenied => (
+            "You are signed in, but your account is not allowed to open this page.",
+            &[
+                "If you should have access, ask the administrator to grant it, quoting the request id below.",
+                "If you have another account with access, sign in with that one instead.",
+            ],
+        ),
+        FilterDenied => (
+            "An access check run by this site refused the request.",
+            &["Ask the administrator, quoting the request id below."],
+        ),
+        AppDenied => (
+            "The application behind this gateway refused the request.",
+            &["Sign in to the application, or ask its administrator for access."],
+        ),
+        ConcurrentLimit => (
+            "Too many requests from your network address were in progress at the same time.",
+            &["Wait for your other downloads or tabs to finish, then reload."],
+        ),
+        RateLimit => (
+            "Too many requests came from your network address in a short time.",
+            &[
+                "Wait a moment, then reload the page.",
+                "Automated tools should slow down and honour the Retry-After header.",
+            ],
+        ),
+        IpDenied => (
+            "Requests from your network address are blocked by this site.",
+            &[
+                "If you think this is a mistake, send the administrator the request id below.",
+                "A different network (for example mobile data instead of office Wi-Fi) may not be blocked.",
+            ],
+        ),
+        HostDenied => (
+            "Requests from your network's host name are blocked by this site.",
+            &["If you think this is a mistake, send the administrator the request id below."],
+        ),
+        BadForwardedHeader => (
+            "A proxy between you and this site sent forwarding information that could not be read.",
+            &[
+                "This is a configuration problem of the proxy; tell its administrator, quoting the request id below.",
+            ],
+        ),
+        BadRequest => (
+            "The request could not be understood; it may have been damaged or built by a faulty program.",
+            &[
+                "Check the address for typing mistakes and try again.",
+                "If you sent credentials by hand, check that they are encoded as RFC 7617 describes.",
+            ],
+        ),
+        HeaderTimeout => (
+            "The request took too long to arrive.",
+            &["Check your connection and try again."],
+        ),
+        HeadersTooLarge => (
+            "The request carried too much header data, often because of too many or too large cookies.",
+            &["Delete this site's cookies in your browser, then try again."],
+        ),
+        UpstreamUnavailable => (
+            "The application behind this gateway could not be reached.",
+            &[
+                "Try again in a few minutes.",
+                "If it persists, tell the administrator, quoting the request id below.",
+            ],
+        ),
+        UpstreamTimeout => (
+            "The application behind this gateway did not answer in time.",
+            &[
+                "Try again in a few minutes.",
+                "If it persists, tell the administrator, quoting the request id below.",
+            ],
+        ),
+        StateUnavailable | FilterUnavailable => (
+            "A service this gateway needs to check your request is unavailable right now.",
+            &["Try again in a minute."],
+        ),
+        InternalError => (
+            "Something went wrong inside the gateway.",
+            &["Try again; if it persists, tell the administrator, quoting the request id below."],
+        ),
+    };
+    Advice { what, todo }
+}
+
+/// Everything a page template may use (documented in docs/configuration.md).
+#[derive(Debug, Serialize)]
+pub struct PageContext<'a> {
+    /// HTTP status.
+    pub status: u16,
+    /// Reason phrase of the status.
+    pub status_text: &'a str,
+    /// IIS sub-status.
+    pub substatus: u16,
+    /// Reason slug.
+    pub reason: &'a str,
+    /// Short title.
+    pub title: &'a str,
+    /// What happened.
+    pub what: &'a str,
+    /// What to do.
+    pub todo: &'a [&'a str],
+    /// The request id to quote.
+    pub request_id: &'a str,
+    /// Seconds until a retry makes sense.
+    pub retry_after: Option<u64>,
+    /// Whether the administrator details are shown.
+    pub detailed: bool,
+    /// The `errors.mode` value in force.
+    pub mode: &'a str,
+    /// What decided the refusal (detailed only).
+    pub detail: &'a str,
+    /// The pipeline phase.
+    pub phase: &'a str,
+    /// The client address as the gateway saw it (detailed only).
+    pub client_ip: String,
+    /// The request path.
+    pub path: &'a str,
+    /// `/.portcullis/problems/<slug>`.
+    pub problem_type: &'a str,
+    /// The realm.
+    pub realm: &'a str,
+}
+
+/// The HTML templates in force: the built-in page plus any operator overrides.
+pub struct Pages {
+    env: Environment<'static>,
+}
+
+impl Pages {
+    /// Loads the built-in page and, if given, every `*.html` override in `dir`.
+    pub fn load(dir: Option<&Path>) -> Result<Pages, String> {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+        env.add_template("builtin.html", BUILTIN_PAGE)
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+                else {
+                    continue;
+                };
+                if !name.ends_with(".html") {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                env.add_template_owned(name, source)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        Ok(Pages { env })
+    }
+
+    /// Renders the most specific template for the refusal: `401.1.html`, `401.html`, built-in.
+    pub fn render(&self, refusal: &Refusal, status: u16, ctx: &PageContext<'_>) -> String {
+        let specific = format!("{status}.{}.html", refusal.reason.substatus());
+        let general = format!("{status}.html");
+        for name in [specific.as_str(), general.as_str(), "builtin.html"] {
+            if let Ok(t) = self.env.get_template(name) {
+                match t.render(minijinja::value::Serde(ctx)) {
+                    Ok(html) => return html,
+                    Err(e) => {
+                        tracing::error!(template = name, error = %e, "error page template failed; using the next one")
+                    }
+                }
+            }
+        }
+        format!("{status} {}\n", ctx.title)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_advice() {
+        for r in Reason::ALL {
+            let a = advice(*r);
+            assert!(!a.what.is_empty() && !a.todo.is_empty(), "{r}");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Phase 8: forwarding an allowed request to the upstream and its response back.
+//!
+//! Bodies stream in both directions (hyper's `Incoming` is handed through, never collected), so
+//! a 1 GiB upload costs a few buffers of memory. Hop-by-hop headers are removed in both
+//! directions (RFC 9110 §7.6.1), identity headers are replaced by ours, and WebSocket (and any
+//! other HTTP/1.1) upgrades are joined into a byte pipe once the upstream answers 101.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use policy::{Identity, Reason, Refusal};
+
+/// `Remote-User`.
+pub const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
+/// `Remote-Groups`.
+pub const REMOTE_GROUPS: HeaderName = HeaderName::from_static("remote-groups");
+/// `Remote-Email`.
+pub const REMOTE_EMAIL: HeaderName = HeaderName::from_static("remote-email");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The upstream and the pooled client that reaches it.
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    base_path: String,
+    timeout: Duration,
+}
+
+/// What the proxy needs to know about the request beyond its head.
+pub struct ForwardContext<'a> {
+    /// The client address (for `X-Forwarded-For`).
+    pub client_ip: IpAddr,
+    /// Whether the client connected over TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+    /// Who the request is from.
+    pub identity: &'a Identity,
+    /// Whether to pass the client's `Authorization` on.
+    pub forward_authorization: bool,
+    /// The request id, passed on as `X-Request-Id`.
+    pub request_id: &'a str,
+}
+
+impl Upstream {
+    /// A pooled HTTP/1.1 client for `authority`.
+    pub fn new(
+        upstream: &config::Upstream,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Upstream {
+            client,
+            authority: upstream.authority.clone(),
+            base_path: upstream.base_path.trim_end_matches('/').to_owned(),
+            timeout,
+        }
+    }
+
+    /// Forwards `req` and returns the upstream's response, or the refusal for a failed upstream.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        ctx: &ForwardContext<'_>,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let client_upgrade =
+            upgrade_protocol(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+        let (mut parts, body) = req.into_parts();
+
+        // Keep the Host the client asked for (an HTTP/2 request carries it in :authority).
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let forwarded_host = parts.headers.get(header::HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        let headers = &mut parts.headers;
+        for h in [REMOTE_USER, REMOTE_GROUPS, REMOTE_EMAIL] {
+            headers.remove(h);
+        }
+        if !ctx.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        if let Some(user) = ctx
+            .identity
+            .user
+            .as_deref()
+            .and_then(|u| HeaderValue::from_str(u).ok())
+        {
+            headers.insert(REMOTE_USER, user);
+            if !ctx.identity.groups.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&ctx.identity.groups.join(",")) {
+                    headers.insert(REMOTE_GROUPS, v);
+                }
+            }
+        }
+        // The client's own X-Forwarded-* are not believed (no trusted proxies yet): replace them.
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_str(&ctx.client_ip.to_string()).expect("an IP is a valid header"),
+        );
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        );
+        match forwarded_host {
+            Some(h) => headers.insert(X_FORWARDED_HOST, h),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+        if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
+            headers.insert(crate::request_id::X_REQUEST_ID, v);
+        }
+        if let Some((proto, _)) = &client_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+
+        let mut response =
+            match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
+                Err(_) => {
+                    return Err(Refusal::new(Reason::UpstreamTimeout).with_detail(format!(
+                        "no response from {} within {:?}",
+                        self.authority, self.timeout
+                    )));
+                }
+                Ok(Err(e)) => {
+                    let what = if e.is_connect() {
+                        "cannot connect to"
+                    } else {
+                        "connection failed with"
+                    };
+                    return Err(
+                        Refusal::new(Reason::UpstreamUnavailable).with_detail(format!(
+                            "{what} {}: {}",
+                            self.authority,
+                            error_chain(&e)
+                        )),
+                    );
+                }
+                Ok(Ok(r)) => r,
+            };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some((_, client_upgrade)) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((client, upstream)) => {
+                            let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+                return Ok(response);
+            }
+        }
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
+    }
+
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, Refusal> {
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq = if self.base_path.is_empty() {
+            PathAndQuery::try_from(pq)
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.base_path))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(pq.map_err(|_| {
+            Refusal::new(Reason::BadRequest).with_detail("the request target cannot be forwarded")
+        })?);
+        Uri::from_parts(parts).map_err(|_| {
+            Refusal::new(Reason::BadRequest).with_detail("the request target cannot be forwarded")
+        })
+    }
+}
+
+/// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: x`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes hop-by-hop headers: the fixed list and any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
+    for h in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(h);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_connection_listed_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-app", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn upgrade_needs_connection_token() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(upgrade_protocol(&h).is_none());
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    }
+}

@@ -1,0 +1,160 @@
+//! Reading the `Authorization` header (RFC 9110 §11.6.2, RFC 7617 for Basic).
+
+use base64::Engine;
+use std::fmt;
+
+/// Credentials offered by the client.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Basic: user name and password, both valid UTF-8.
+    Basic {
+        /// The user name (never contains ':').
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A well-formed header for a scheme this build does not verify.
+    Other {
+        /// The scheme token, lower-cased.
+        scheme: String,
+    },
+}
+
+// Never print a password, not even in a debug log.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Basic { user, .. } => f
+                .debug_struct("Basic")
+                .field("user", user)
+                .finish_non_exhaustive(),
+            Credentials::Other { scheme } => {
+                f.debug_struct("Other").field("scheme", scheme).finish()
+            }
+        }
+    }
+}
+
+/// Why an `Authorization` header could not be read; becomes a 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedAuthorization(&'static str);
+
+impl fmt::Display for MalformedAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed Authorization header: {}", self.0)
+    }
+}
+
+impl std::error::Error for MalformedAuthorization {}
+
+/// Parses an `Authorization` header value.
+pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthorization> {
+    let raw = trim(raw);
+    let (scheme, rest) = match raw.iter().position(|&b| b == b' ') {
+        Some(i) => (&raw[..i], trim(&raw[i + 1..])),
+        None => (raw, &raw[raw.len()..]),
+    };
+    if scheme.is_empty() || !scheme.iter().all(|&b| is_tchar(b)) {
+        return Err(MalformedAuthorization("the scheme is not a token"));
+    }
+    let scheme = String::from_utf8_lossy(scheme).to_ascii_lowercase();
+    if scheme != "basic" {
+        return Ok(Credentials::Other { scheme });
+    }
+    if rest.is_empty() {
+        return Err(MalformedAuthorization("Basic without credentials"));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(rest))
+        .map_err(|_| MalformedAuthorization("Basic credentials are not valid base64"))?;
+    let text = String::from_utf8(decoded)
+        .map_err(|_| MalformedAuthorization("Basic credentials are not valid UTF-8"))?;
+    let (user, password) = text.split_once(':').ok_or(MalformedAuthorization(
+        "Basic credentials have no ':' between user and password",
+    ))?;
+    if user.chars().any(char::is_control) {
+        return Err(MalformedAuthorization(
+            "the user name contains control characters",
+        ));
+    }
+    Ok(Credentials::Basic {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn basic_is_case_insensitive_and_splits_at_first_colon() {
+        let h = format!("bAsIc {}", b64(b"alice:se:cret"));
+        assert_eq!(
+            parse_authorization(h.as_bytes()).unwrap(),
+            Credentials::Basic {
+                user: "alice".into(),
+                password: "se:cret".into()
+            }
+        );
+    }
+
+    #[test]
+    fn utf8_credentials_are_accepted() {
+        let h = format!("Basic {}", b64("jürgen:pässwörd".as_bytes()));
+        assert!(
+            matches!(parse_authorization(h.as_bytes()), Ok(Credentials::Basic { user, .. }) if user == "jürgen")
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        assert!(parse_authorization(b"Basic").is_err());
+        assert!(parse_authorization(b"Basic ***").is_err());
+        assert!(parse_authorization(format!("Basic {}", b64(b"nocolon")).as_bytes()).is_err());
+        assert!(parse_authorization(format!("Basic {}", b64(b"\xff\xfe:pw")).as_bytes()).is_err());
+        assert!(parse_authorization(format!("Basic {}", b64(b"a\x07b:pw")).as_bytes()).is_err());
+        assert!(parse_authorization(b"(bad) x").is_err());
+        assert!(parse_authorization(b"").is_err());
+    }
+
+    #[test]
+    fn other_schemes_are_recognised() {
+        assert_eq!(
+            parse_authorization(b"Bearer abc.def").unwrap(),
+            Credentials::Other {
+                scheme: "bearer".into()
+            }
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = Credentials::Basic {
+            user: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

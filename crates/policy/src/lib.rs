@@ -1,0 +1,221 @@
+//! The access policy of Portcullis, as plain data and pure functions.
+//!
+//! Request facts go in, a [`Decision`] comes out: allow (with the identity to hand to the
+//! upstream) or a [`Refusal`] that names its [`Reason`] and the phase that refused. Nothing here
+//! does IO, spawns tasks or reads a clock; the gateway drives the phases in the order of the
+//! pipeline and performs the effects (verifying a password hash, proxying) between them. Keeping
+//! the policy pure is what lets `explain` print a trace and lets tests run without sockets.
+#![forbid(unsafe_code)]
+
+mod credentials;
+mod decision;
+mod path;
+mod reason;
+
+pub use credentials::{Credentials, MalformedAuthorization, parse_authorization};
+pub use decision::{Decision, Identity, Trace, TraceEntry};
+pub use path::{NormalizedPath, PathPattern, PatternError, normalize_path};
+pub use reason::{DenyAction, Phase, Reason, Refusal};
+
+/// Authentication schemes a site may enable (`auth.schemes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// RFC 7617 Basic against the user store.
+    Basic,
+}
+
+impl Scheme {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Basic => "basic",
+        }
+    }
+}
+
+/// The authentication part of the policy (phase 5).
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    /// Realm named in challenges.
+    pub realm: String,
+    /// Enabled schemes, in the order their challenges are sent.
+    pub schemes: Vec<Scheme>,
+    /// Paths that pass without credentials.
+    pub public: Vec<PathPattern>,
+}
+
+/// What phase 5 needs the gateway to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// The path is public: pass anonymously; the pattern that matched is given for the trace.
+    Public(String),
+    /// Verify these Basic credentials against the user store, then call
+    /// [`AuthPolicy::after_verification`].
+    VerifyBasic(Credentials),
+    /// Refused without looking at any store.
+    Refuse(Refusal),
+}
+
+impl AuthPolicy {
+    /// Decides what authenticating this request takes, from its normalised path and its
+    /// `Authorization` header (raw bytes, if any).
+    pub fn authenticate(&self, path: &NormalizedPath, authorization: Option<&[u8]>) -> AuthStep {
+        if let Some(p) = self.public.iter().find(|p| p.matches(path)) {
+            return AuthStep::Public(p.as_str().to_owned());
+        }
+        match authorization {
+            None => AuthStep::Refuse(
+                Refusal::new(Reason::NoCredentials).with_detail("no Authorization header was sent"),
+            ),
+            Some(raw) => match parse_authorization(raw) {
+                Ok(Credentials::Basic { user, password })
+                    if self.schemes.contains(&Scheme::Basic) =>
+                {
+                    AuthStep::VerifyBasic(Credentials::Basic { user, password })
+                }
+                Ok(Credentials::Basic { .. }) => AuthStep::Refuse(
+                    Refusal::new(Reason::NoCredentials)
+                        .with_detail("the Basic scheme is not enabled for this site"),
+                ),
+                Ok(Credentials::Other { scheme }) => {
+                    AuthStep::Refuse(Refusal::new(Reason::NoCredentials).with_detail(format!(
+                        "the {scheme} authentication scheme is not enabled for this site"
+                    )))
+                }
+                Err(e) => {
+                    AuthStep::Refuse(Refusal::new(Reason::BadRequest).with_detail(e.to_string()))
+                }
+            },
+        }
+    }
+
+    /// Turns the store's answer for `user` into the phase's outcome.
+    pub fn after_verification(&self, user: &str, accepted: bool) -> Result<Identity, Refusal> {
+        if accepted {
+            Ok(Identity::user(user))
+        } else {
+            // Same refusal for an unknown user and a wrong password: never leak which.
+            Err(Refusal::new(Reason::LogonFailed)
+                .with_detail("the user name or password was not accepted"))
+        }
+    }
+
+    /// The `WWW-Authenticate` challenges to send with a 401, one per enabled scheme.
+    pub fn challenges(&self) -> Vec<String> {
+        self.schemes
+            .iter()
+            .map(|s| match s {
+                Scheme::Basic => format!(
+                    "Basic realm=\"{}\", charset=\"UTF-8\"",
+                    quote_escape(&self.realm)
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Escapes a value for use inside an HTTP quoted-string.
+fn quote_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn policy() -> AuthPolicy {
+        AuthPolicy {
+            realm: "Staff \"only\"".into(),
+            schemes: vec![Scheme::Basic],
+            public: vec![
+                PathPattern::parse("/static/**").unwrap(),
+                PathPattern::parse("/health").unwrap(),
+            ],
+        }
+    }
+
+    fn basic(s: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn public_paths_pass_without_credentials() {
+        let p = policy();
+        assert_eq!(
+            p.authenticate(&normalize_path("/static/app.css"), None),
+            AuthStep::Public("/static/**".into())
+        );
+        assert_eq!(
+            p.authenticate(&normalize_path("/health"), None),
+            AuthStep::Public("/health".into())
+        );
+    }
+
+    #[test]
+    fn dot_segments_cannot_escape_a_public_path() {
+        let step = policy().authenticate(&normalize_path("/static/../admin"), None);
+        assert!(matches!(step, AuthStep::Refuse(r) if r.reason == Reason::NoCredentials));
+    }
+
+    #[test]
+    fn missing_credentials_are_401_2() {
+        let AuthStep::Refuse(r) = policy().authenticate(&normalize_path("/app"), None) else {
+            panic!()
+        };
+        assert_eq!((r.status(), r.reason.substatus()), (401, 2));
+    }
+
+    #[test]
+    fn malformed_authorization_is_400() {
+        let AuthStep::Refuse(r) =
+            policy().authenticate(&normalize_path("/app"), Some(b"Basic !!!"))
+        else {
+            panic!()
+        };
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.reason, Reason::BadRequest);
+    }
+
+    #[test]
+    fn basic_credentials_are_handed_to_the_store() {
+        let step = policy().authenticate(&normalize_path("/app"), Some(&basic("alice:pa:ss")));
+        assert_eq!(
+            step,
+            AuthStep::VerifyBasic(Credentials::Basic {
+                user: "alice".into(),
+                password: "pa:ss".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refused_verification_is_401_1_for_everyone() {
+        let r = policy().after_verification("nobody", false).unwrap_err();
+        assert_eq!(
+            (r.status(), r.reason.substatus(), r.reason.slug()),
+            (401, 1, "logon_failed")
+        );
+    }
+
+    #[test]
+    fn challenge_quotes_the_realm() {
+        assert_eq!(
+            policy().challenges(),
+            vec![r#"Basic realm="Staff \"only\"", charset="UTF-8""#.to_string()]
+        );
+    }
+}

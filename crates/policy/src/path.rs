@@ -1,0 +1,235 @@
+//! Request paths as the policy sees them, and the patterns that match them.
+//!
+//! Every rule and every public path is matched against the *normalised* path: percent-decoded,
+//! `\` read as `/` (as IIS does), empty and `.` segments dropped, `..` resolved without climbing
+//! above the root. Matching raw paths would let `/static/../admin` or `/%61dmin` slip past a rule.
+
+use std::fmt;
+
+/// A request path after normalisation, kept as its segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedPath {
+    segments: Vec<String>,
+}
+
+impl NormalizedPath {
+    /// The segments, without separators.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+}
+
+impl fmt::Display for NormalizedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for s in &self.segments {
+            write!(f, "/{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Normalises a request path (the part before `?`).
+pub fn normalize_path(raw: &str) -> NormalizedPath {
+    let decoded = percent_decode(raw);
+    let mut segments: Vec<String> = Vec::new();
+    for seg in decoded.split(['/', '\\']) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s.to_owned()),
+        }
+    }
+    NormalizedPath { segments }
+}
+
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// `**`: any number of segments, including none.
+    AnyDepth,
+    /// A segment, possibly with `*` wildcards inside (`*` alone: any one segment).
+    Glob(String),
+}
+
+/// A path pattern from the config: `/exact/path`, `*` for one segment (or part of one),
+/// `**` for any depth. `/static/**` matches `/static` and everything below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+/// Why a pattern was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError(pub String);
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+impl PathPattern {
+    /// Parses a pattern; it must start with `/`, and `**` must be a whole segment.
+    pub fn parse(source: &str) -> Result<PathPattern, PatternError> {
+        if !source.starts_with('/') {
+            return Err(PatternError(format!(
+                "path pattern \"{source}\" must start with '/'"
+            )));
+        }
+        let mut segments = Vec::new();
+        for seg in source.split('/').filter(|s| !s.is_empty()) {
+            if seg == "**" {
+                if segments.last() != Some(&Segment::AnyDepth) {
+                    segments.push(Segment::AnyDepth);
+                }
+            } else if seg.contains("**") {
+                return Err(PatternError(format!(
+                    "in \"{source}\", '**' must be a whole segment (\"/a/**\"), not part of \"{seg}\""
+                )));
+            } else if seg == "." || seg == ".." {
+                return Err(PatternError(format!(
+                    "path pattern \"{source}\" contains '{seg}'"
+                )));
+            } else {
+                segments.push(Segment::Glob(seg.to_owned()));
+            }
+        }
+        Ok(PathPattern {
+            source: source.to_owned(),
+            segments,
+        })
+    }
+
+    /// The pattern as written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the normalised path matches.
+    pub fn matches(&self, path: &NormalizedPath) -> bool {
+        match_segments(&self.segments, &path.segments)
+    }
+}
+
+fn match_segments(pattern: &[Segment], path: &[String]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((Segment::AnyDepth, rest)) => {
+            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
+        }
+        Some((Segment::Glob(g), rest)) => {
+            !path.is_empty()
+                && glob_match(g.as_bytes(), path[0].as_bytes())
+                && match_segments(rest, &path[1..])
+        }
+    }
+}
+
+/// `*` matches any run of bytes within one segment.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] != b'*' && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, path: &str) -> bool {
+        PathPattern::parse(pattern)
+            .unwrap()
+            .matches(&normalize_path(path))
+    }
+
+    #[test]
+    fn normalisation_resolves_tricks() {
+        assert_eq!(normalize_path("/admin/../admin/x").to_string(), "/admin/x");
+        assert_eq!(normalize_path("/%61dmin/x").to_string(), "/admin/x");
+        assert_eq!(normalize_path("//admin///x/").to_string(), "/admin/x");
+        assert_eq!(
+            normalize_path("/../../etc/passwd").to_string(),
+            "/etc/passwd"
+        );
+        assert_eq!(normalize_path("/a\\..\\b").to_string(), "/b");
+        assert_eq!(normalize_path("/a/%2e%2e/b").to_string(), "/b");
+        assert_eq!(
+            normalize_path("/bad%zzescape%").to_string(),
+            "/bad%zzescape%"
+        );
+        assert_eq!(normalize_path("").to_string(), "/");
+    }
+
+    #[test]
+    fn patterns_match_as_documented() {
+        assert!(m("/static/**", "/static"));
+        assert!(m("/static/**", "/static/css/app.css"));
+        assert!(!m("/static/**", "/staticky"));
+        assert!(m("/health", "/health"));
+        assert!(m("/health", "/health/"));
+        assert!(!m("/health", "/health/x"));
+        assert!(m("/api/*/items", "/api/v1/items"));
+        assert!(!m("/api/*/items", "/api/v1/v2/items"));
+        assert!(m("/**/*.css", "/a/b/c.css"));
+        assert!(m("/**", "/"));
+        assert!(m("/files/*.pdf", "/files/report.pdf"));
+        assert!(!m("/files/*.pdf", "/files/report.pdf.exe"));
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        assert!(PathPattern::parse("static/**").is_err());
+        assert!(PathPattern::parse("/a**").is_err());
+        assert!(PathPattern::parse("/a/../b").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! User stores and credential verification for Portcullis.
+//!
+//! Portcullis authenticates HTTP Basic credentials against users kept in an
+//! Apache `htpasswd` file (or given inline in the configuration). Operators
+//! already have tooling and habits around `htpasswd`, so instead of inventing a
+//! new user database we read exactly the formats Debian's `htpasswd`
+//! (apache2-utils) writes, plus argon2id for hashes made by `portcullis hash`.
+//!
+//! The crate is split in two layers:
+//!
+//! * [`htpasswd`] parses files into a [`UserFile`] and checks one password
+//!   synchronously. It is pure and slow on purpose (password hashes are meant
+//!   to be expensive) and never logs.
+//! * [`verifier`] wraps a [`UserFile`] into a [`Verifier`] that is safe to call
+//!   from every request: it caches outcomes under a keyed MAC (never the
+//!   plaintext), runs hash checks on the blocking pool behind a semaphore so a
+//!   password-guessing flood queues instead of starving the proxy, and picks up
+//!   edits to the file without a restart.
+
+#![forbid(unsafe_code)]
+
+pub mod htpasswd;
+mod md5crypt;
+pub mod verifier;
+
+pub use htpasswd::{
+    HashAlgorithm, HashError, HashFormatError, InlineUserError, LineProblem, StoredHash, UserFile,
+    hash_argon2id, hash_bcrypt,
+};
+pub use verifier::{LoadError, UserSource, Verification, Verifier};

@@ -1,0 +1,666 @@
+//! The credential verifier used on every request: cached, bounded, reloading.
+//!
+//! Password hashes are deliberately slow (bcrypt, argon2), and HTTP Basic sends
+//! the credentials with every request, so checking each one from scratch would
+//! cost tens of milliseconds of CPU per request. [`Verifier`] therefore:
+//!
+//! * caches outcomes (accepted *and* refused) for `cache_ttl`, keyed by an
+//!   HMAC-SHA256 of user and password under a per-process random key, so
+//!   neither the plaintext nor an offline-attackable unsalted hash stays in
+//!   memory;
+//! * runs cache misses on tokio's blocking pool, at most `max_parallel` at a
+//!   time (the permit is taken before spawning), so a flood of wrong passwords
+//!   waits in line instead of occupying every async worker and blocking thread;
+//! * coalesces concurrent misses for the same credentials (a browser opening a
+//!   page fires many requests with the same header at once) into one check;
+//! * notices edits of the user file: at most once per second a request `stat`s
+//!   it, and a changed mtime, size or inode triggers a reload that is swapped in
+//!   atomically and drops every cached outcome. A reload that fails keeps the
+//!   previous users.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use moka::sync::Cache;
+use sha2::Sha256;
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::htpasswd::{InlineUserError, LineProblem, UserFile};
+
+/// Most outcomes kept in the cache.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// Shortest time between two `stat`s of the user file on the request path.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where the users come from.
+#[derive(Debug, Clone)]
+pub enum UserSource {
+    /// An htpasswd file, re-read when it changes.
+    File(PathBuf),
+    /// Fixed `(user, hash)` pairs from the configuration.
+    Inline(Vec<(String, String)>),
+}
+
+/// Why a [`Verifier`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The user file could not be read.
+    #[error("cannot read user file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An inline user has an unusable name or hash.
+    #[error("invalid inline user: {0}")]
+    Inline(#[from] InlineUserError),
+}
+
+/// The outcome of a credential check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// User exists and the password matches.
+    Accepted,
+    /// Unknown user or wrong password (deliberately indistinguishable).
+    Refused,
+}
+
+impl From<bool> for Verification {
+    fn from(accepted: bool) -> Self {
+        if accepted {
+            Self::Accepted
+        } else {
+            Self::Refused
+        }
+    }
+}
+
+/// Checks user/password pairs against a user source; share it in an `Arc`.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+/// A user set together with the reload generation it belongs to.
+struct Snapshot {
+    users: UserFile,
+    generation: u64,
+}
+
+/// A cached outcome, valid only for the generation it was computed against.
+#[derive(Clone, Copy)]
+struct Outcome {
+    generation: u64,
+    accepted: bool,
+}
+
+type CacheKey = [u8; 32];
+type InflightKey = (CacheKey, u64);
+
+/// Identity of a file version as far as `stat` can tell.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct ReloadState {
+    /// Stamp of the file version currently loaded.
+    stamp: Option<FileStamp>,
+    /// Whether the last attempt failed (so failures are logged once, not every second).
+    failing: bool,
+}
+
+struct Inner {
+    path: Option<PathBuf>,
+    snapshot: ArcSwap<Snapshot>,
+    cache: Option<Cache<CacheKey, Outcome>>,
+    mac: Hmac<Sha256>,
+    permits: Arc<Semaphore>,
+    inflight: Mutex<HashMap<InflightKey, Arc<OnceCell<bool>>>>,
+    started: Instant,
+    poll_interval: Duration,
+    /// Milliseconds since `started` of the last `stat` (hot-path throttle).
+    last_poll_ms: AtomicU64,
+    reload: Mutex<ReloadState>,
+    hash_checks: AtomicU64,
+    /// Hash checks running right now, and the most ever seen at once.
+    running: AtomicUsize,
+    peak_running: AtomicUsize,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("path", &self.inner.path)
+            .field("users", &self.user_count())
+            .field("generation", &self.generation())
+            .field("cache", &self.inner.cache.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn log_problems(origin: &str, problems: &[LineProblem]) {
+    for problem in problems {
+        tracing::warn!("{origin}:{}: {}", problem.line, problem.message);
+    }
+}
+
+fn log_if_empty(origin: &str, users: &UserFile) {
+    if users.is_empty() {
+        tracing::warn!("{origin}: no usable users; every login will be refused");
+    }
+}
+
+impl Verifier {
+    /// Loads the users and builds a verifier.
+    ///
+    /// `cache_ttl` of zero disables the outcome cache; `max_parallel` bounds
+    /// concurrent hash checks (zero is treated as one).
+    ///
+    /// # Errors
+    /// [`LoadError`] if the file cannot be read or an inline user is invalid.
+    /// A file without any usable user is accepted (with warnings).
+    pub fn new(
+        source: UserSource,
+        cache_ttl: Duration,
+        max_parallel: usize,
+    ) -> Result<Self, LoadError> {
+        Self::with_poll_interval(source, cache_ttl, max_parallel, POLL_INTERVAL)
+    }
+
+    fn with_poll_interval(
+        source: UserSource,
+        cache_ttl: Duration,
+        max_parallel: usize,
+        poll_interval: Duration,
+    ) -> Result<Self, LoadError> {
+        let (path, users, stamp) = match source {
+            UserSource::File(path) => {
+                let read_error = |source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                };
+                // Stat before reading: if the file changes in between, the next
+                // poll sees a different stamp and loads it again.
+                let stamp = FileStamp::of(&path).map_err(read_error)?;
+                let (users, problems) = UserFile::load(&path).map_err(read_error)?;
+                let origin = path.display().to_string();
+                log_problems(&origin, &problems);
+                log_if_empty(&origin, &users);
+                (Some(path), users, Some(stamp))
+            }
+            UserSource::Inline(entries) => {
+                let users = UserFile::from_entries(entries)?;
+                log_if_empty("inline users", &users);
+                (None, users, None)
+            }
+        };
+
+        let cache = (!cache_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(cache_ttl)
+                .build()
+        });
+        let key: [u8; 32] = rand::random();
+        let mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                snapshot: ArcSwap::from_pointee(Snapshot {
+                    users,
+                    generation: 0,
+                }),
+                cache,
+                mac,
+                permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+                inflight: Mutex::new(HashMap::new()),
+                started: Instant::now(),
+                poll_interval,
+                last_poll_ms: AtomicU64::new(0),
+                reload: Mutex::new(ReloadState {
+                    stamp,
+                    failing: false,
+                }),
+                hash_checks: AtomicU64::new(0),
+                running: AtomicUsize::new(0),
+                peak_running: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Checks `password` for `user`, from the cache when possible.
+    pub async fn verify(&self, user: &str, password: &str) -> Verification {
+        self.poll_file().await;
+
+        let snapshot = self.inner.snapshot.load_full();
+        let generation = snapshot.generation;
+        let key = self.inner.cache_key(user, password);
+        if let Some(accepted) = self.inner.cached(&key, generation) {
+            return accepted.into();
+        }
+
+        // Concurrent misses for the same credentials share one check. If the
+        // request running it is abandoned, a waiting one takes over.
+        let inflight = Inflight::join(&self.inner, (key, generation));
+        let accepted = *inflight
+            .cell
+            .get_or_init(|| async {
+                // A check that just finished may have left its entry already;
+                // its outcome is in the cache by then.
+                if let Some(accepted) = self.inner.cached(&key, generation) {
+                    return accepted;
+                }
+                let accepted = self.inner.check(snapshot, user, password).await;
+                if let Some(cache) = &self.inner.cache {
+                    cache.insert(
+                        key,
+                        Outcome {
+                            generation,
+                            accepted,
+                        },
+                    );
+                }
+                accepted
+            })
+            .await;
+        drop(inflight);
+        accepted.into()
+    }
+
+    /// Re-reads the user file now, whether or not it changed (e.g. on SIGHUP).
+    ///
+    /// Blocks on file I/O and hashing the timing dummy; from async code call it
+    /// via `spawn_blocking`. Does nothing for inline users.
+    pub fn reload_now(&self) {
+        if let Some(path) = &self.inner.path {
+            let mut state = lock(&self.inner.reload);
+            let stamp = FileStamp::of(path).ok();
+            self.inner.reload_locked(path, &mut state, stamp);
+        }
+    }
+
+    /// Number of successful reloads since creation.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.inner.snapshot.load().generation
+    }
+
+    /// Number of users currently loaded.
+    #[must_use]
+    pub fn user_count(&self) -> usize {
+        self.inner.snapshot.load().users.len()
+    }
+
+    /// Number of password hash checks run so far (cache misses).
+    #[must_use]
+    pub fn hash_checks(&self) -> u64 {
+        self.inner.hash_checks.load(Ordering::Relaxed)
+    }
+
+    /// Stats the file if the poll interval has passed, reloading it if it changed.
+    async fn poll_file(&self) {
+        if self.inner.path.is_none() {
+            return;
+        }
+        let now = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.inner.last_poll_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(self.inner.poll_interval.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < interval {
+            return;
+        }
+        // One request polls; the others carry on with the current users.
+        if self
+            .inner
+            .last_poll_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        if let Err(e) = tokio::task::spawn_blocking(move || inner.reload_if_changed()).await {
+            tracing::error!("user file check failed: {e}");
+        }
+    }
+}
+
+impl Inner {
+    fn cache_key(&self, user: &str, password: &str) -> CacheKey {
+        let mut mac = self.mac.clone();
+        mac.update(&(user.len() as u64).to_le_bytes());
+        mac.update(user.as_bytes());
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The cached outcome for `key`, if computed against `generation`.
+    fn cached(&self, key: &CacheKey, generation: u64) -> Option<bool> {
+        self.cache
+            .as_ref()
+            .and_then(|cache| cache.get(key))
+            .filter(|outcome| outcome.generation == generation)
+            .map(|outcome| outcome.accepted)
+    }
+
+    /// Runs one hash check on the blocking pool, holding a permit throughout.
+    async fn check(self: &Arc<Self>, snapshot: Arc<Snapshot>, user: &str, password: &str) -> bool {
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return false;
+        };
+        self.hash_checks.fetch_add(1, Ordering::Relaxed);
+        let user = user.to_owned();
+        let mut password = password.as_bytes().to_vec();
+        let inner = Arc::clone(self);
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, even if the request is abandoned.
+            let _permit = permit;
+            let running = inner.running.fetch_add(1, Ordering::SeqCst) + 1;
+            inner.peak_running.fetch_max(running, Ordering::SeqCst);
+            let accepted = snapshot.users.verify(&user, &password);
+            inner.running.fetch_sub(1, Ordering::SeqCst);
+            password.fill(0);
+            std::hint::black_box(&password);
+            accepted
+        });
+        match task.await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::error!("password check task failed: {e}");
+                false
+            }
+        }
+    }
+
+    fn reload_if_changed(&self) {
+        let Some(path) = &self.path else { return };
+        let mut state = lock(&self.reload);
+        match FileStamp::of(path) {
+            Ok(stamp) if state.stamp == Some(stamp) => {}
+            Ok(stamp) => self.reload_locked(path, &mut state, Some(stamp)),
+            Err(e) => {
+                if !state.failing {
+                    tracing::error!(
+                        "cannot stat user file {}: {e}; keeping the previous users",
+                        path.display()
+                    );
+                    state.failing = true;
+                }
+            }
+        }
+    }
+
+    fn reload_locked(&self, path: &Path, state: &mut ReloadState, stamp: Option<FileStamp>) {
+        match UserFile::load(path) {
+            Ok((users, problems)) => {
+                let origin = path.display().to_string();
+                log_problems(&origin, &problems);
+                log_if_empty(&origin, &users);
+                let generation = self.snapshot.load().generation + 1;
+                let count = users.len();
+                self.snapshot
+                    .store(Arc::new(Snapshot { users, generation }));
+                if let Some(cache) = &self.cache {
+                    cache.invalidate_all();
+                }
+                state.stamp = stamp;
+                state.failing = false;
+                tracing::info!("reloaded user file {origin}: {count} users");
+            }
+            Err(e) => {
+                if !state.failing {
+                    tracing::error!(
+                        "cannot read user file {}: {e}; keeping the previous users",
+                        path.display()
+                    );
+                    state.failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Membership in the set of checks currently running for one key; leaving
+/// removes the entry once nobody else waits on it.
+struct Inflight<'a> {
+    inner: &'a Inner,
+    key: InflightKey,
+    cell: Arc<OnceCell<bool>>,
+}
+
+impl<'a> Inflight<'a> {
+    fn join(inner: &'a Inner, key: InflightKey) -> Self {
+        let cell = Arc::clone(lock(&inner.inflight).entry(key).or_default());
+        Self { inner, key, cell }
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(&self.inner.inflight);
+        // Clones are only made under this lock, so a count of two (the map's
+        // and ours) means nobody else is waiting.
+        if map
+            .get(&self.key)
+            .is_some_and(|cell| Arc::ptr_eq(cell, &self.cell))
+            && Arc::strong_count(&self.cell) == 2
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BCRYPT_SECRET: &str = "$2y$04$ANG5860cD6f1mcBA6Xz4yu3i3Dt3uEHpxmP2VK..hAiQSjOqd08mG";
+
+    #[tokio::test]
+    async fn file_change_is_picked_up_by_polling() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users");
+        std::fs::write(&path, format!("alice:{BCRYPT_SECRET}\n")).expect("write");
+        let verifier = Verifier::with_poll_interval(
+            UserSource::File(path.clone()),
+            Duration::from_secs(60),
+            2,
+            Duration::ZERO,
+        )
+        .expect("load");
+        assert_eq!(
+            verifier.verify("alice", "p@ss wörd").await,
+            Verification::Accepted
+        );
+        assert_eq!(
+            verifier.verify("bob", "hunter2").await,
+            Verification::Refused
+        );
+
+        // An unchanged file is not reloaded.
+        assert_eq!(verifier.generation(), 0);
+
+        let bob = crate::hash_bcrypt(b"hunter2", 4).expect("hash");
+        std::fs::write(&path, format!("bob:{bob}\n")).expect("rewrite");
+        assert_eq!(
+            verifier.verify("bob", "hunter2").await,
+            Verification::Accepted
+        );
+        assert_eq!(verifier.generation(), 1);
+        assert_eq!(
+            verifier.verify("alice", "p@ss wörd").await,
+            Verification::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_reload_keeps_previous_users() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users");
+        std::fs::write(&path, format!("alice:{BCRYPT_SECRET}\n")).expect("write");
+        let verifier = Verifier::with_poll_interval(
+            UserSource::File(path.clone()),
+            Duration::ZERO,
+            1,
+            Duration::ZERO,
+        )
+        .expect("load");
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(
+            verifier.verify("alice", "p@ss wörd").await,
+            Verification::Accepted
+        );
+        verifier.reload_now();
+        assert_eq!(verifier.generation(), 0);
+        assert_eq!(verifier.user_count(), 1);
+    }
+
+    #[test]
+    fn inflight_entries_are_removed() {
+        let verifier = Verifier::new(
+            UserSource::Inline(vec![("alice".into(), BCRYPT_SECRET.into())]),
+            Duration::ZERO,
+            1,
+        )
+        .expect("inline");
+        let key = ([7u8; 32], 0);
+        let first = Inflight::join(&verifier.inner, key);
+        let second = Inflight::join(&verifier.inner, key);
+        assert!(Arc::ptr_eq(&first.cell, &second.cell));
+        drop(first);
+        assert_eq!(lock(&verifier.inner.inflight).len(), 1);
+        drop(second);
+        assert!(lock(&verifier.inner.inflight).is_empty());
+    }
+
+    fn inline(users: &[(&str, &str)], cache_ttl: Duration, max_parallel: usize) -> Verifier {
+        let entries = users
+            .iter()
+            .map(|(user, password)| {
+                let hash = crate::hash_bcrypt(password.as_bytes(), 4).expect("hash");
+                ((*user).to_owned(), hash)
+            })
+            .collect();
+        Verifier::new(UserSource::Inline(entries), cache_ttl, max_parallel).expect("inline")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn parallel_checks_never_exceed_the_limit() {
+        for limit in [1, 2] {
+            let verifier = Arc::new(inline(&[("alice", "right")], Duration::ZERO, limit));
+            let tasks: Vec<_> = (0..24)
+                .map(|i| {
+                    let verifier = Arc::clone(&verifier);
+                    tokio::spawn(
+                        async move { verifier.verify("alice", &format!("guess{i}")).await },
+                    )
+                })
+                .collect();
+            for task in tasks {
+                assert_eq!(task.await.expect("join"), Verification::Refused);
+            }
+            assert_eq!(verifier.hash_checks(), 24);
+            let peak = verifier.inner.peak_running.load(Ordering::SeqCst);
+            assert!(peak >= 1 && peak <= limit, "peak {peak} with limit {limit}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_for_the_same_credentials_share_one_check() {
+        // No cache: only coalescing can avoid repeated checks.
+        let verifier = Arc::new(inline(&[("alice", "right")], Duration::ZERO, 1));
+        // Hold the only permit so the first check cannot finish before every
+        // request has joined it.
+        let held = Arc::clone(&verifier.inner.permits)
+            .acquire_owned()
+            .await
+            .expect("permit");
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let verifier = Arc::clone(&verifier);
+                tokio::spawn(async move { verifier.verify("alice", "right").await })
+            })
+            .collect();
+        let key = (verifier.inner.cache_key("alice", "right"), 0);
+        loop {
+            let waiting = lock(&verifier.inner.inflight)
+                .get(&key)
+                .map(Arc::strong_count);
+            if waiting == Some(11) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(held);
+        for task in tasks {
+            assert_eq!(task.await.expect("join"), Verification::Accepted);
+        }
+        assert_eq!(verifier.hash_checks(), 1);
+        assert!(lock(&verifier.inner.inflight).is_empty());
+    }
+
+    #[tokio::test]
+    async fn abandoned_check_is_taken_over_by_a_waiter() {
+        let verifier = Arc::new(inline(&[("alice", "right")], Duration::ZERO, 1));
+        let held = Arc::clone(&verifier.inner.permits)
+            .acquire_owned()
+            .await
+            .expect("permit");
+        let first = {
+            let verifier = Arc::clone(&verifier);
+            tokio::spawn(async move { verifier.verify("alice", "right").await })
+        };
+        let second = {
+            let verifier = Arc::clone(&verifier);
+            tokio::spawn(async move { verifier.verify("alice", "right").await })
+        };
+        let key = (verifier.inner.cache_key("alice", "right"), 0);
+        while lock(&verifier.inner.inflight)
+            .get(&key)
+            .map(Arc::strong_count)
+            != Some(3)
+        {
+            tokio::task::yield_now().await;
+        }
+        first.abort();
+        assert!(first.await.expect_err("aborted").is_cancelled());
+        drop(held);
+        assert_eq!(second.await.expect("join"), Verification::Accepted);
+    }
+}

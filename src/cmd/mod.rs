@@ -1,0 +1,77 @@
+//! One module per subcommand, plus what they share: building the runtime and running a gateway.
+
+pub mod check_config;
+pub mod demo;
+pub mod hash;
+pub mod serve;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `EX_USAGE`: the configuration or the command line is invalid.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// How long requests in flight may take to finish after a stop signal.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Builds the Tokio runtime with `workers` threads (default: the CPUs we may run on).
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers =
+        workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+}
+
+/// Binds, builds and serves `config` until SIGINT/SIGTERM; `ready` runs once listening.
+pub fn run_gateway(
+    config: config::Config,
+    ready: impl FnOnce(&[std::net::SocketAddr]),
+) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bound = match gateway::bind(&config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match runtime(config.server.workers) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match gateway::Gateway::new(config) {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        ready(&bound.local_addrs());
+        gateway::serve(gateway, bound, stop_signal(), DRAIN).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

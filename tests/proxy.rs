@@ -1,0 +1,329 @@
+//! The reverse proxy end to end: protocols (HTTP/1.1, h2 over TLS by ALPN, h2c), streaming,
+//! upgrades, upstream failures, and the access log read by GoAccess.
+
+mod util;
+
+use std::process::Command;
+use std::time::Duration;
+
+use util::*;
+
+const PUBLIC_CONFIG: &str = r#"
+[server]
+listen = "@LISTEN@"
+upstream = "http://@UPSTREAM@"
+upstream_timeout = "400ms"
+connect_timeout = "400ms"
+
+[auth]
+users = "users.htpasswd"
+public = ["/**"]
+
+[log]
+access = "access.log"
+"#;
+
+fn users() -> (&'static str, String) {
+    (
+        "users.htpasswd",
+        format!("alice:{}\n", portcullis_hash("pw", &[])),
+    )
+}
+
+fn public_gateway(config: &str) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let (name, content) = users();
+    let gw = Gateway::start(config, upstream.addr, &[(name, &content)]);
+    (upstream, gw)
+}
+
+#[test]
+fn unreachable_upstream_is_502_and_a_slow_one_is_504() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // released: nothing listens
+    let (name, content) = users();
+    let gw = Gateway::start(PUBLIC_CONFIG, dead, &[(name, &content)]);
+    let (_up, slow) = public_gateway(PUBLIC_CONFIG);
+    runtime().block_on(async {
+        let r = client()
+            .get(gw.url("/x"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["type"], "/.portcullis/problems/upstream_unavailable");
+        let r = client()
+            .get(slow.url("/slow"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 504);
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["type"], "/.portcullis/problems/upstream_timeout");
+    });
+}
+
+#[test]
+fn http2_over_tls_by_alpn_and_http1_over_tls() {
+    let upstream = TestUpstream::start();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (name, content) = users();
+    let config = PUBLIC_CONFIG.replace(
+        "[auth]",
+        "tls = { cert = \"cert.pem\", key = \"key.pem\" }\n\n[auth]",
+    );
+    let gw = Gateway::start(
+        &config,
+        upstream.addr,
+        &[
+            (name, &content),
+            ("cert.pem", &cert.cert.pem()),
+            ("key.pem", &cert.signing_key.serialize_pem()),
+        ],
+    );
+    let url = format!("https://localhost:{}/tls", gw.addr.port());
+    runtime().block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+        let h2 = reqwest::Client::builder()
+            .tls_certs_only([ca.clone()])
+            .resolve("localhost", gw.addr)
+            .build()
+            .unwrap();
+        let r = h2.get(&url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(
+            seen["headers"]["host"],
+            format!("localhost:{}", gw.addr.port())
+        );
+        let h1 = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .http1_only()
+            .resolve("localhost", gw.addr)
+            .build()
+            .unwrap();
+        let r = h1.get(&url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_11);
+        assert_eq!(r.status(), 200);
+    });
+}
+
+#[test]
+fn h2c_with_prior_knowledge() {
+    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    runtime().block_on(async {
+        let c = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let r = c.get(gw.url("/h2c")).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            seen["version"], "HTTP/1.1",
+            "the upstream is spoken to in HTTP/1.1"
+        );
+        assert_eq!(seen["headers"]["host"], gw.addr.to_string());
+    });
+}
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    runtime().block_on(async {
+        let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 101);
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            "hello through the gate",
+        ))
+        .await
+        .unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(
+            echoed.into_text().unwrap().as_str(),
+            "hello through the gate"
+        );
+    });
+}
+
+#[test]
+fn a_1_gib_upload_and_download_stream_in_bounded_memory() {
+    let (up, gw) = public_gateway(PUBLIC_CONFIG.replace("400ms", "60s").as_str());
+    const MIB: u64 = 1 << 20;
+    runtime().block_on(async {
+        let chunk = bytes::Bytes::from(vec![b'u'; MIB as usize]);
+        let stream = futures_util::stream::iter(
+            (0..1024).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        );
+        let r = client()
+            .post(gw.url("/upload"))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), (1024 * MIB).to_string());
+        let mut r = client()
+            .get(gw.url("/download?mb=1024"))
+            .send()
+            .await
+            .unwrap();
+        let mut n = 0u64;
+        while let Some(c) = r.chunk().await.unwrap() {
+            n += c.len() as u64;
+        }
+        assert_eq!(n, 1024 * MIB);
+    });
+    assert_eq!(
+        up.stats
+            .upload_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1024 * MIB
+    );
+    let peak = gw.peak_rss_kib();
+    assert!(
+        peak < 64 * 1024,
+        "gateway peak RSS {peak} KiB: bodies must stream, not buffer"
+    );
+}
+
+#[test]
+fn application_401_is_logged_as_401_5_and_passed_through() {
+    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    runtime().block_on(async {
+        let r = client().get(gw.url("/app401")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"app\"");
+        assert_eq!(r.text().await.unwrap(), "app says no");
+    });
+    eventually(Duration::from_secs(5), "a 401.5 log line", || {
+        std::fs::read_to_string(gw.path("access.log"))
+            .ok()?
+            .contains("GET /app401 - ")
+            .then_some(())
+    });
+    let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/app401") && l.contains(" 401 5 0 ")),
+        "{log}"
+    );
+}
+
+#[test]
+fn application_401_replaced_by_our_page_keeps_its_challenge() {
+    let config = PUBLIC_CONFIG.replace("[log]", "[errors]\nupstream_401 = \"replace\"\n\n[log]");
+    let (_up, gw) = public_gateway(&config);
+    runtime().block_on(async {
+        let r = client()
+            .get(gw.url("/app401"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let challenges: Vec<_> = r
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            challenges.contains(&"Bearer realm=\"app\"".to_owned()),
+            "{challenges:?}"
+        );
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["substatus"], 5);
+        assert_eq!(p["type"], "/.portcullis/problems/app_denied");
+    });
+}
+
+#[test]
+fn w3c_access_log_is_read_by_goaccess() {
+    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    runtime().block_on(async {
+        let c = client();
+        for i in 0..5 {
+            c.get(gw.url(&format!("/page/{i}?q=a b")))
+                .header("user-agent", "test agent/1.0")
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let log = eventually(Duration::from_secs(5), "five log lines", || {
+        let log = std::fs::read_to_string(gw.path("access.log")).ok()?;
+        (log.lines().filter(|l| !l.starts_with('#')).count() == 5).then_some(log)
+    });
+    assert!(log.starts_with("#Software: Portcullis "), "{log}");
+    assert!(log.contains("#Fields: date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) cs(Referer) sc-status sc-substatus sc-win32-status time-taken\n"));
+    let line = log.lines().find(|l| l.contains("/page/0")).unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 15, "{line}");
+    assert_eq!(&fields[3..6], ["GET", "/page/0", "q=a%20b"]);
+    assert_eq!(fields[6], gw.addr.port().to_string());
+    assert_eq!(
+        (fields[7], fields[8], fields[9]),
+        ("-", "127.0.0.1", "test+agent/1.0")
+    );
+    assert_eq!(&fields[11..14], ["200", "0", "0"]);
+
+    let goaccess = which("goaccess")
+        .expect("the tests need goaccess (Debian package goaccess): run scripts/test");
+    let report = gw.path("report.json");
+    let out = Command::new(goaccess)
+        .arg(gw.path("access.log"))
+        .args(["--log-format=W3C", "--no-global-config", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "goaccess failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    assert_eq!(
+        report["general"]["valid_requests"], 5,
+        "{}",
+        report["general"]
+    );
+    assert_eq!(report["general"]["failed_requests"], 0);
+}
+
+#[test]
+fn json_access_log_lines() {
+    let config = PUBLIC_CONFIG.replace(
+        "access = \"access.log\"",
+        "access = \"access.json\"\nformat = \"json\"",
+    );
+    let (_up, gw) = public_gateway(&config);
+    runtime().block_on(async {
+        client()
+            .get(gw.url("/j"))
+            .header("x-request-id", "json-1")
+            .send()
+            .await
+            .unwrap();
+    });
+    let line = eventually(Duration::from_secs(5), "a JSON log line", || {
+        std::fs::read_to_string(gw.path("access.json"))
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(v["cs_uri_stem"], "/j");
+    assert_eq!(v["sc_status"], 200);
+    assert_eq!(v["request_id"], "json-1");
+}

@@ -1,0 +1,408 @@
+//! Shared harness for the end-to-end tests: a real upstream (hyper), the real `portcullis`
+//! binary on a free loopback port, real clients. Everything started is stopped by PID on drop.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts on `addr`, or panics after `limit`.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing is listening on {addr} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `limit` (waiting for an effect, not timing).
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// === impl TestUpstream ===
+
+/// What the test upstream has seen.
+#[derive(Default)]
+pub struct UpstreamStats {
+    pub requests: AtomicU64,
+    pub upload_bytes: AtomicU64,
+}
+
+/// An HTTP/1.1 upstream on its own thread and runtime. Paths:
+/// `/echo…` (default): JSON of method, path, headers; `/slow`: never answers;
+/// `/app401`: 401 with its own challenge; `/upload`: counts the body; `/download?mb=N`: streams
+/// N MiB; `/ws`: WebSocket echo.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub stats: Arc<UpstreamStats>,
+}
+
+impl TestUpstream {
+    pub fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(UpstreamStats::default());
+        let s = stats.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| upstream_handle(req, s.clone()));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            });
+        });
+        TestUpstream { addr, stats }
+    }
+}
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+fn text(s: impl Into<Bytes>) -> UpBody {
+    Full::new(s.into()).boxed()
+}
+
+async fn upstream_handle(
+    mut req: Request<Incoming>,
+    stats: Arc<UpstreamStats>,
+) -> Result<Response<UpBody>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Response::new(text("late")))
+        }
+        "/app401" => Ok(Response::builder()
+            .status(401)
+            .header("www-authenticate", "Bearer realm=\"app\"")
+            .body(text("app says no"))
+            .unwrap()),
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map(|f| f.into_data()) {
+                    if let Ok(d) = data {
+                        n += d.len() as u64;
+                    }
+                } else {
+                    break;
+                }
+            }
+            stats.upload_bytes.store(n, Ordering::Relaxed);
+            Ok(Response::new(text(format!("{n}"))))
+        }
+        "/download" => {
+            let mb: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("mb="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+            let stream = futures_util::stream::iter(
+                (0..mb).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+            );
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))))
+        }
+        "/ws" => {
+            use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .map(|k| derive_accept_key(k.as_bytes()))
+                .unwrap_or_default();
+            tokio::spawn(async move {
+                use futures_util::{SinkExt, StreamExt};
+                let upgraded = hyper::upgrade::on(&mut req).await.unwrap();
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", key)
+                .body(text(""))
+                .unwrap())
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .keys()
+                .map(|k| {
+                    let vals: Vec<String> = req
+                        .headers()
+                        .get_all(k)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    (
+                        k.as_str().to_owned(),
+                        serde_json::Value::from(vals.join(", ")),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({
+                "method": req.method().as_str(),
+                "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            });
+            Ok(Response::builder()
+                .header("content-type", "application/json")
+                .header("connection", "x-hop")
+                .header("x-hop", "should-not-reach-client")
+                .header("keep-alive", "timeout=5")
+                .body(text(body.to_string()))
+                .unwrap())
+        }
+    }
+}
+
+// === impl Gateway ===
+
+/// A running `portcullis serve` with a config written to a temp dir.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub stderr_path: PathBuf,
+}
+
+impl Gateway {
+    /// Writes `config` (with `@LISTEN@` and `@UPSTREAM@` replaced) and the given files into a
+    /// temp dir, starts the gateway and waits until it accepts connections.
+    pub fn start(config: &str, upstream: SocketAddr, files: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        Gateway::start_in(dir, config, upstream)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str, upstream: SocketAddr) -> Gateway {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = config
+            .replace("@LISTEN@", &addr.to_string())
+            .replace("@UPSTREAM@", &upstream.to_string());
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let stderr_path = dir.path().join("stderr.log");
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut g = Gateway {
+            addr,
+            child,
+            dir,
+            stderr_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                panic!("gateway exited with {status}: {}", g.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start: {}",
+                g.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        g
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) of the gateway process, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === clients and tools ===
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Runs the real Apache `htpasswd` tool to add `user` with `password` to `file`.
+pub fn htpasswd(file: &Path, flags: &[&str], user: &str, password: &str) {
+    let tool = which("htpasswd").expect(
+        "the tests need Apache's htpasswd (Debian package apache2-utils): run scripts/test",
+    );
+    let mut cmd = Command::new(tool);
+    cmd.arg("-b").args(flags);
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd.arg(file).arg(user).arg(password).output().unwrap();
+    assert!(
+        out.status.success(),
+        "htpasswd {flags:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// `portcullis hash` with the password on stdin.
+pub fn portcullis_hash(password: &str, extra: &[&str]) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash")
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A minimal config with Basic auth over `users.htpasswd`.
+pub const BASIC_CONFIG: &str = r#"
+[server]
+listen = ["@LISTEN@"]
+upstream = "http://@UPSTREAM@"
+upstream_timeout = "500ms"
+
+[auth]
+realm = "Test realm"
+users = "users.htpasswd"
+public = ["/public/**"]
+
+[log]
+access = "access.log"
+"#;
