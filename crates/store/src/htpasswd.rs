@@ -656,6 +656,9 @@ impl UserFile {
 }
 
 /// Hashes a password with argon2id and default parameters (`portcullis hash`).
+///
+/// # Panics
+/// Never in practice: default parameters and a 16-byte salt are always valid.
 #[must_use]
 pub fn hash_argon2id(password: &[u8]) -> String {
     let salt: [u8; 16] = rand::random();
