@@ -6,6 +6,10 @@
 
 mod cmd;
 
+/// mimalloc: measured ~6% less CPU per proxied request than glibc malloc (bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -42,6 +46,11 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Validate a configuration file and list every problem with its line; exit 64 if any.
     CheckConfig(cmd::check_config::Args),
+    /// Explain what the policy decides for a request, phase by phase; exit 0 allowed, 1 refused.
+    ///
+    /// Prints each phase's verdict with the rule or list entry that decided and its config line.
+    /// Passwords are not checked: --user assumes a successful sign-in.
+    Explain(cmd::explain::Args),
     /// Print a password hash for an htpasswd file (argon2id by default).
     ///
     /// Reads the password from standard input when it is not a terminal, otherwise prompts
@@ -57,6 +66,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::CheckConfig(args) => cmd::check_config::run(args),
         Command::Hash(args) => cmd::hash::run(args),
+        Command::Explain(args) => cmd::explain::run(args),
     }
 }
 

@@ -19,8 +19,13 @@ pub struct Args {
 /// Runs `check-config`: prints every problem with its line and exits 64, or says it is valid.
 pub fn run(args: Args) -> ExitCode {
     match config::load(&args.config) {
-        Ok(_) => {
-            println!("{}: configuration is valid", args.config.display());
+        Ok(config) => {
+            let file = args.config.display().to_string();
+            eprint!("{}", config::format_warnings(&file, &config.warnings));
+            println!(
+                "{file}: configuration is valid ({} warning(s))",
+                config.warnings.len()
+            );
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {

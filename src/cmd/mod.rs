@@ -2,6 +2,7 @@
 
 pub mod check_config;
 pub mod demo;
+pub mod explain;
 pub mod hash;
 pub mod serve;
 

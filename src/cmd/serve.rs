@@ -30,6 +30,11 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(super::EXIT_CONFIG);
         }
     };
+    for line in
+        config::format_warnings(&args.config.display().to_string(), &config.warnings).lines()
+    {
+        tracing::warn!("{line}");
+    }
     super::run_gateway(config, |addrs| {
         for a in addrs {
             tracing::info!(address = %a, "serving");

@@ -122,6 +122,16 @@ async fn upstream_handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(Response::new(text("late")))
         }
+        "/filter" => {
+            // An external authorization filter: admits alice only.
+            let user = req
+                .headers()
+                .get("remote-user")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let status = if user == "alice" { 200 } else { 403 };
+            Ok(Response::builder().status(status).body(text("")).unwrap())
+        }
         "/app401" => Ok(Response::builder()
             .status(401)
             .header("www-authenticate", "Bearer realm=\"app\"")
@@ -245,6 +255,7 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = config
             .replace("@LISTEN@", &addr.to_string())
+            .replace("@LISTEN6@", &format!("[::1]:{port}"))
             .replace("@UPSTREAM@", &upstream.to_string());
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, config).unwrap();

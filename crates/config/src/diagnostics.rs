@@ -5,7 +5,7 @@
 //! came from, and printed one per line in the `file:line: key: message` form editors and CI
 //! logs already know how to jump to.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,23 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// One `file:line: warning: key: message` line per warning (no trailing newline), the form
+/// `check-config` prints after a config that loads.
+pub fn format_warnings(file: &str, warnings: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for (i, d) in warnings.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        match d.line {
+            Some(line) => write!(out, "{file}:{line}: warning: {d}"),
+            None => write!(out, "{file}: warning: {d}"),
+        }
+        .expect("writing to a String cannot fail");
+    }
+    out
+}
+
 /// The known name closest to `input`, if it is close enough to be a plausible misspelling.
 pub(crate) fn suggest<'a>(input: &str, known: &[&'a str]) -> Option<&'a str> {
     let input = input.to_ascii_lowercase();
@@ -146,6 +163,30 @@ mod tests {
         assert_eq!(suggest("tsl", &known), Some("tls"));
         assert_eq!(suggest("colour", &known), None);
         assert_eq!(suggest("abc", &known), None);
+    }
+
+    #[test]
+    fn warnings_are_one_line_each_and_marked() {
+        let w = [
+            Diagnostic {
+                key: "rule[1]".into(),
+                line: Some(12),
+                message: "duplicate of rule[0] (line 8)".into(),
+                suggestion: None,
+            },
+            Diagnostic {
+                key: "rule[2].methods[0]".into(),
+                line: None,
+                message: "\"GTE\" is not a standard method".into(),
+                suggestion: Some("GET".into()),
+            },
+        ];
+        assert_eq!(
+            format_warnings("p.toml", &w),
+            "p.toml:12: warning: rule[1]: duplicate of rule[0] (line 8)\n\
+             p.toml: warning: rule[2].methods[0]: \"GTE\" is not a standard method (did you mean \"GET\"?)"
+        );
+        assert_eq!(format_warnings("p.toml", &[]), "");
     }
 
     #[test]

@@ -17,15 +17,16 @@ use std::path::Path;
 
 use policy::{PathPattern, Scheme};
 
-pub use diagnostics::{Diagnostic, Diagnostics};
+pub use diagnostics::{Diagnostic, Diagnostics, format_warnings};
 pub use model::*;
 pub use validate::{
-    DEFAULT_CACHE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_LISTEN,
-    DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
+    DEFAULT_CACHE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FILTER_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
 };
 
 /// Reads, parses and validates the config file at `path`; relative paths in it are resolved
-/// against the file's folder.
+/// against the file's folder. Problems that do not stop the gateway are in
+/// [`Config::warnings`] (print them with [`format_warnings`]).
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
     let file_name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -48,7 +49,7 @@ pub fn parse(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, Dia
 
 impl Config {
     /// The built-in config of `portcullis demo`: defaults, inline users, `/public/**` public,
-    /// access log on stdout.
+    /// access log on stdout, no IP restrictions, no URL rules, no filter.
     pub fn builder_for_demo(
         listen: SocketAddr,
         upstream: Upstream,
@@ -67,6 +68,7 @@ impl Config {
                 upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 workers: None,
+                trusted_proxies: policy::IpSet::default(),
             },
             auth: Auth {
                 realm: DEFAULT_REALM.to_owned(),
@@ -76,12 +78,18 @@ impl Config {
                 acl_status: 401,
                 cache_ttl: DEFAULT_CACHE_TTL,
                 forward_authorization: false,
+                groups: None,
+                case_insensitive_paths: false,
             },
             errors: Errors::default(),
             log: Log {
                 access: AccessLogTarget::Stdout,
                 format: LogFormat::W3c,
             },
+            ip: policy::IpPolicy::open(),
+            rules: Vec::new(),
+            filter: None,
+            warnings: Vec::new(),
         }
     }
 }

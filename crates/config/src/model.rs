@@ -23,6 +23,61 @@ pub struct Config {
     pub errors: Errors,
     /// `[log]`.
     pub log: Log,
+    /// `[ip]` (open when absent).
+    pub ip: policy::IpPolicy,
+    /// `[[rule]]` entries, in file order.
+    pub rules: Vec<policy::Rule>,
+    /// `[filter]`.
+    pub filter: Option<Filter>,
+    /// Problems that do not stop the gateway (e.g. a rule shadowed by another), with lines.
+    pub warnings: Vec<crate::Diagnostic>,
+}
+
+impl Config {
+    /// The pure policy of this configuration.
+    pub fn policy(&self) -> policy::Policy {
+        policy::Policy {
+            trusted_proxies: self.server.trusted_proxies.clone(),
+            ip: self.ip.clone(),
+            auth: self.auth.policy(),
+            rules: policy::RuleSet::new(
+                self.rules
+                    .iter()
+                    .map(|r| policy::Rule {
+                        path: if self.auth.case_insensitive_paths {
+                            r.path.to_lowercase()
+                        } else {
+                            r.path.clone()
+                        },
+                        ..r.clone()
+                    })
+                    .collect(),
+                self.auth.acl_status,
+            ),
+            case_insensitive_paths: self.auth.case_insensitive_paths,
+        }
+    }
+}
+
+/// `[filter]`: an external authorization service (phase 7).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// `url`: `http://host:port/path`, called for every request that reaches phase 7.
+    pub url: http::Uri,
+    /// `timeout` (default 2 s).
+    pub timeout: Duration,
+    /// `on_error`: what a timeout or failure means (default closed: 503 `filter_unavailable`).
+    pub on_error: FailMode,
+}
+
+/// What to do when a dependency fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Refuse (503).
+    #[default]
+    Closed,
+    /// Let the request through and log loudly.
+    Open,
 }
 
 /// `[server]`: listeners and the upstream.
@@ -42,6 +97,8 @@ pub struct Server {
     pub connect_timeout: Duration,
     /// `workers` (default: the CPUs this process may run on): async worker threads.
     pub workers: Option<usize>,
+    /// `trusted_proxies`: peers whose `Forwarded` / `X-Forwarded-For` is believed.
+    pub trusted_proxies: policy::IpSet,
 }
 
 /// An `http://host:port[/base]` upstream.
@@ -88,15 +145,26 @@ pub struct Auth {
     pub cache_ttl: Duration,
     /// `forward_authorization` (default false): pass the client's `Authorization` upstream.
     pub forward_authorization: bool,
+    /// `groups`: an Apache AuthGroupFile (`group: alice bob`).
+    pub groups: Option<PathBuf>,
+    /// `path_case = "insensitive"` (default "sensitive"): match rules and public paths ignoring case.
+    pub case_insensitive_paths: bool,
 }
 
 impl Auth {
     /// The pure policy for phase 5.
     pub fn policy(&self) -> AuthPolicy {
+        let lower = |p: &PathPattern| {
+            if self.case_insensitive_paths {
+                p.to_lowercase()
+            } else {
+                p.clone()
+            }
+        };
         AuthPolicy {
             realm: self.realm.clone(),
             schemes: self.schemes.clone(),
-            public: self.public.clone(),
+            public: self.public.iter().map(lower).collect(),
         }
     }
 }

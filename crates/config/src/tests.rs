@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use policy::{Scheme, normalize_path};
+use policy::{DenyAction, Identity, Principal, Scheme, normalize_path};
 
 use super::*;
 
@@ -150,6 +150,15 @@ fn defaults_fill_everything_optional() {
     assert_eq!(c.errors.upstream_401, Upstream401::PassThrough);
     assert_eq!(c.log.access, AccessLogTarget::Stdout);
     assert_eq!(c.log.format, LogFormat::W3c);
+    assert!(c.server.trusted_proxies.is_empty());
+    assert_eq!(c.auth.groups, None);
+    assert!(!c.auth.case_insensitive_paths);
+    assert!(c.ip.allow_unlisted);
+    assert!(c.ip.allow.is_empty() && c.ip.deny.is_empty() && c.ip.deny_hosts.is_empty());
+    assert_eq!(c.ip.action, DenyAction::Forbidden);
+    assert!(c.rules.is_empty());
+    assert!(c.filter.is_none());
+    assert!(c.warnings.is_empty());
 }
 
 #[test]
@@ -167,8 +176,8 @@ public = ["/ok", "static/**"]
 [errors]
 mode = "detailled"
 
-[ip]
-deny = ["203.0.113.0/24"]
+[dynamic]
+logging_only = true
 "#;
     let d = errors_of(text, dir.path());
     assert_eq!(
@@ -179,7 +188,7 @@ deny = ["203.0.113.0/24"]
             ("auth.users", Some(7), None),
             ("auth.public[1]", Some(8), None),
             ("errors.mode", Some(11), Some("detailed")),
-            ("ip", Some(13), None),
+            ("dynamic", Some(13), None),
         ],
         "{d}"
     );
@@ -208,7 +217,7 @@ deny = ["203.0.113.0/24"]
     );
     assert_eq!(
         lines[5],
-        "portcullis.toml:13: ip: the [ip] section is not supported by this version of Portcullis yet"
+        "portcullis.toml:13: dynamic: the [dynamic] section is not supported by this version of Portcullis yet"
     );
 }
 
@@ -275,11 +284,10 @@ trusted_proxies = ["10.0.0.0/8", "not-an-ip"]
 
 [auth]
 users = "sqlite:portcullis.db"
-groups = "groups.txt"
 schemes = ["basic", "digest", "kerberos"]
 
-[[rule]]
-path = "/admin/**"
+[filter]
+url = "https://authz.internal/check"
 
 [dynamic]
 logging_only = true
@@ -289,31 +297,34 @@ logging_only = true
         summary(&d),
         vec![
             ("server.upstream", Some(2), None),
-            ("server.trusted_proxies", Some(3), None),
             ("server.trusted_proxies[1]", Some(3), None),
             ("auth.users", Some(6), None),
-            ("auth.groups", Some(7), None),
-            ("auth.schemes[1]", Some(8), None),
-            ("auth.schemes[2]", Some(8), None),
-            ("rule", Some(10), None),
-            ("dynamic", Some(13), None),
+            ("auth.schemes[1]", Some(7), None),
+            ("auth.schemes[2]", Some(7), None),
+            ("filter.url", Some(10), None),
+            ("dynamic", Some(12), None),
         ],
         "{d}"
     );
     for key in [
         "server.upstream",
-        "server.trusted_proxies",
         "auth.users",
-        "auth.groups",
         "auth.schemes[1]",
-        "rule",
+        "filter.url",
+        "dynamic",
     ] {
         assert!(
             d.find(key).unwrap().message.contains("not supported"),
             "{key}: {d}"
         );
     }
-    assert!(d.find("rule").unwrap().message.contains("[[rule]]"), "{d}");
+    assert!(
+        d.find("server.trusted_proxies[1]")
+            .unwrap()
+            .message
+            .contains("\"not-an-ip\" is not an IP address"),
+        "{d}"
+    );
     assert!(
         d.find("auth.schemes[2]")
             .unwrap()
@@ -538,4 +549,457 @@ fn demo_config_has_defaults_and_inline_users() {
     assert!(c.auth.public[0].matches(&normalize_path("/public/logo.png")));
     assert_eq!(c.log.access, AccessLogTarget::Stdout);
     assert_eq!(c.auth.policy().schemes, vec![Scheme::Basic]);
+    assert!(c.ip.allow_unlisted && c.ip.allow.is_empty() && c.ip.deny.is_empty());
+    assert!(c.rules.is_empty() && c.filter.is_none() && c.warnings.is_empty());
+    assert!(c.server.trusted_proxies.is_empty());
+    let p = c.policy();
+    assert!(p.ip.check_address("203.0.113.9".parse().unwrap()).is_ok());
+}
+
+/// (key, line) of every entry of an address list, for compact assertions.
+fn origins(set: &policy::IpSet) -> Vec<(String, String, Option<usize>)> {
+    set.entries()
+        .iter()
+        .map(|e| (e.net.to_string(), e.origin.key.clone(), e.origin.line))
+        .collect()
+}
+
+fn owned(v: &[(&str, &str, usize)]) -> Vec<(String, String, Option<usize>)> {
+    v.iter()
+        .map(|(n, k, l)| (n.to_string(), k.to_string(), Some(*l)))
+        .collect()
+}
+
+/// A site with users alice and bob, and groups admins (alice) and ops (bob).
+fn site_with_groups() -> tempfile::TempDir {
+    let dir = site();
+    fs::write(
+        dir.path().join("users.htpasswd"),
+        "# staff\nalice:$2y$05$abc\nbob:$2y$05$def\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("groups.txt"),
+        "# groups\nadmins: alice\nops: bob alice\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn access_control_keys_compile_into_the_policy_with_their_origins() {
+    let dir = site_with_groups();
+    let text = r#"[server]
+upstream = "http://127.0.0.1:3000"
+trusted_proxies = ["10.0.0.0/8", "2001:db8:1::/48",
+                   "192.0.2.1", "::1"]
+
+[auth]
+users = "users.htpasswd"
+groups = "groups.txt"
+path_case = "insensitive"
+
+[ip]
+allow_unlisted = false
+allow = ["198.51.100.0/24", "2001:db8:2::/48"]
+deny = ["198.51.100.66",
+        "2001:db8:2:bad::/64"]
+deny_hosts = ["scanner.example", "Crawler.Example."]
+deny_action = "not_found"
+
+[[rule]]
+path = "/admin/**"
+methods = ["get", "POST"]
+allow = ["group:admins", "user:bob"]
+deny = ["anonymous"]
+
+[[rule]]
+path = "/Reports/*"
+allow = ["*"]
+
+[filter]
+url = "http://127.0.0.1:9000/check"
+timeout = "500ms"
+on_error = "open"
+"#;
+    let c = parse(text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    assert_eq!(
+        origins(&c.server.trusted_proxies),
+        owned(&[
+            ("10.0.0.0/8", "server.trusted_proxies[0]", 3),
+            ("2001:db8:1::/48", "server.trusted_proxies[1]", 3),
+            ("192.0.2.1/32", "server.trusted_proxies[2]", 4),
+            ("::1/128", "server.trusted_proxies[3]", 4),
+        ])
+    );
+    assert!(
+        c.server
+            .trusted_proxies
+            .contains("10.9.8.7".parse().unwrap())
+    );
+    assert!(c.server.trusted_proxies.contains("::1".parse().unwrap()));
+    assert!(
+        !c.server
+            .trusted_proxies
+            .contains("192.0.2.2".parse().unwrap())
+    );
+
+    assert_eq!(c.auth.groups, Some(dir.path().join("groups.txt")));
+    assert!(c.auth.case_insensitive_paths);
+
+    assert!(!c.ip.allow_unlisted);
+    assert_eq!(
+        origins(&c.ip.allow),
+        owned(&[
+            ("198.51.100.0/24", "ip.allow[0]", 13),
+            ("2001:db8:2::/48", "ip.allow[1]", 13),
+        ])
+    );
+    assert_eq!(
+        origins(&c.ip.deny),
+        owned(&[
+            ("198.51.100.66/32", "ip.deny[0]", 14),
+            ("2001:db8:2:bad::/64", "ip.deny[1]", 15),
+        ])
+    );
+    let hosts: Vec<(&str, &str, Option<usize>)> =
+        c.ip.deny_hosts
+            .iter()
+            .map(|h| (h.suffix.as_str(), h.origin.key.as_str(), h.origin.line))
+            .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("scanner.example", "ip.deny_hosts[0]", Some(16)),
+            ("crawler.example", "ip.deny_hosts[1]", Some(16)),
+        ]
+    );
+    assert_eq!(c.ip.action, DenyAction::NotFound);
+
+    assert_eq!(c.rules.len(), 2);
+    let r = &c.rules[0];
+    assert_eq!(r.path.as_str(), "/admin/**");
+    assert_eq!(r.methods, Some(vec!["GET".to_owned(), "POST".to_owned()]));
+    assert_eq!(
+        r.allow,
+        [
+            Principal::Group("admins".into()),
+            Principal::User("bob".into())
+        ]
+    );
+    assert_eq!(r.deny, [Principal::Anonymous]);
+    assert_eq!(
+        (r.origin.key.as_str(), r.origin.line),
+        ("rule[0]", Some(19))
+    );
+    let r = &c.rules[1];
+    assert_eq!((r.path.as_str(), r.methods.as_ref()), ("/Reports/*", None));
+    assert_eq!(r.allow, [Principal::AnyUser]);
+    assert!(r.deny.is_empty());
+    assert_eq!(
+        (r.origin.key.as_str(), r.origin.line),
+        ("rule[1]", Some(25))
+    );
+
+    let f = c.filter.as_ref().expect("filter");
+    assert_eq!(f.url.to_string(), "http://127.0.0.1:9000/check");
+    assert_eq!(f.timeout, Duration::from_millis(500));
+    assert_eq!(f.on_error, FailMode::Open);
+
+    // The compiled policy decides as configured.
+    let p = c.policy();
+    let ip = |a: &str| a.parse().unwrap();
+    assert!(p.ip.check_address(ip("198.51.100.1")).is_ok());
+    let refusal = p.ip.check_address(ip("198.51.100.66")).unwrap_err();
+    assert_eq!(refusal.status(), 404);
+    assert!(
+        refusal.detail.contains("ip.deny[0] (line 14)"),
+        "{}",
+        refusal.detail
+    );
+    assert!(p.ip.check_address(ip("2001:db8:2::1")).is_ok());
+    assert!(p.ip.check_address(ip("2001:db8:2:bad::1")).is_err());
+    assert!(p.ip.check_address(ip("203.0.113.1")).is_err()); // unlisted
+    assert!(
+        p.ip.check_host(ip("192.0.2.9"), Some("x.crawler.example"))
+            .is_err()
+    );
+    let alice = Identity {
+        user: Some("alice".into()),
+        groups: vec!["admins".into()],
+    };
+    let carol = Identity {
+        user: Some("carol".into()),
+        groups: vec![],
+    };
+    // path_case = "insensitive": /ADMIN is /admin.
+    assert!(
+        p.rules
+            .authorize(&p.normalize("/ADMIN/x"), "GET", &alice)
+            .is_ok()
+    );
+    let denied = p
+        .rules
+        .authorize(&p.normalize("/ADMIN/x"), "GET", &carol)
+        .unwrap_err();
+    assert!(
+        denied.detail.contains("rule[0] (line 19)"),
+        "{}",
+        denied.detail
+    );
+    assert!(
+        p.rules
+            .authorize(&p.normalize("/reports/q1"), "GET", &carol)
+            .is_ok()
+    );
+}
+
+#[test]
+fn filter_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = minimal(dir.path()) + "[filter]\nurl = \"http://authz:8181\"\n";
+    let c = parse(&text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    let f = c.filter.expect("filter");
+    assert_eq!(f.timeout, DEFAULT_FILTER_TIMEOUT);
+    assert_eq!(f.timeout, Duration::from_secs(2));
+    assert_eq!(f.on_error, FailMode::Closed);
+    assert_eq!(f.url.authority().map(|a| a.as_str()), Some("authz:8181"));
+}
+
+#[test]
+fn access_control_mistakes_are_all_reported_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("users.htpasswd"), "alice:x\n").unwrap();
+    let text = r#"[server]
+upstream = "http://127.0.0.1:3000"
+
+[auth]
+users = "users.htpasswd"
+
+[ip]
+deny = ["203.0.113.0/24",
+        "203.0.113.300/24"]
+deny_action = "forbiden"
+
+[[rule]]
+allow = ["*"]
+
+[[rule]]
+path = "/admin/**"
+allow = ["admins", "group:ops"]
+methds = ["GET"]
+
+[filter]
+url = "https://authz.internal/check"
+"#;
+    let d = errors_of(text, dir.path());
+    assert_eq!(
+        summary(&d),
+        vec![
+            ("ip.deny[1]", Some(9), None),
+            ("ip.deny_action", Some(10), Some("forbidden")),
+            ("rule[0].path", Some(12), None),
+            ("rule[1].allow[0]", Some(17), Some("user:admins")),
+            ("rule[1].allow[1]", Some(17), None),
+            ("rule[1].methds", Some(18), Some("methods")),
+            ("filter.url", Some(21), None),
+        ],
+        "{d}"
+    );
+    let message = |k: &str| d.find(k).unwrap().message.clone();
+    assert!(message("ip.deny[1]").contains("203.0.113.300/24"), "{d}");
+    assert!(message("ip.deny_action").contains("\"not_found\""), "{d}");
+    assert!(message("rule[0].path").contains("is required"), "{d}");
+    assert!(
+        message("rule[1].allow[0]").contains("is not a principal"),
+        "{d}"
+    );
+    assert!(
+        message("rule[1].allow[1]").contains("group:ops needs auth.groups"),
+        "{d}"
+    );
+    assert!(message("filter.url").contains("https"), "{d}");
+    assert!(
+        d.to_string().lines().nth(2)
+            == Some(
+                "portcullis.toml:12: rule[0].path: is required in each [[rule]] (for example path = \"/admin/**\")"
+            ),
+        "{d}"
+    );
+}
+
+#[test]
+fn more_access_control_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("users.htpasswd"), "alice:x\n").unwrap();
+    fs::write(
+        dir.path().join("groups.txt"),
+        "admins: alice\nnobody here\n: bob\n",
+    )
+    .unwrap();
+    let text = r#"[server]
+upstream = "http://127.0.0.1:3000"
+trusted_proxies = "10.0.0.0/8"
+
+[auth]
+users = "users.htpasswd"
+groups = "groups.txt"
+path_case = "insenstive"
+
+[ip]
+allow_unlisted = false
+deny_hosts = ["*.scanner.example", "192.0.2.1", "bad_name.example"]
+
+[[rule]]
+path = "admin"
+methods = ["GET", "GE T"]
+allow = []
+
+[filter]
+timeout = "0s"
+on_error = "opne"
+"#;
+    let d = errors_of(text, dir.path());
+    let groups = dir.path().join("groups.txt").display().to_string();
+    assert_eq!(
+        summary(&d),
+        vec![
+            ("server.trusted_proxies", Some(3), None),
+            ("auth.groups", Some(7), None),
+            ("auth.groups", Some(7), None),
+            ("auth.path_case", Some(8), Some("insensitive")),
+            ("ip.allow_unlisted", Some(11), None),
+            ("ip.deny_hosts[0]", Some(12), None),
+            ("ip.deny_hosts[1]", Some(12), None),
+            ("ip.deny_hosts[2]", Some(12), None),
+            ("rule[0]", Some(14), None),
+            ("rule[0].path", Some(15), None),
+            ("rule[0].methods[1]", Some(16), None),
+            ("filter.url", Some(19), None),
+            ("filter.timeout", Some(20), None),
+            ("filter.on_error", Some(21), Some("open")),
+        ],
+        "{d}"
+    );
+    let shown = d.to_string();
+    assert!(
+        shown.contains(&format!("auth.groups: {groups}:2: expected")),
+        "{d}"
+    );
+    assert!(
+        shown.contains(&format!("auth.groups: {groups}:3: the group name")),
+        "{d}"
+    );
+    assert!(shown.contains("every client would be refused"), "{d}");
+    assert!(shown.contains("neither allow nor deny"), "{d}");
+    assert!(shown.contains("filter.url: is required"), "{d}");
+
+    // `[rule]` instead of `[[rule]]`, a missing group file.
+    let text = minimal(dir.path()).replace("[auth]\n", "[auth]\ngroups = \"nope.txt\"\n")
+        + "[rule]\npath = \"/x\"\nallow = [\"*\"]\n";
+    let d = errors_of(&text, dir.path());
+    assert_eq!(
+        summary(&d),
+        vec![("auth.groups", Some(4), None), ("rule", Some(6), None)],
+        "{d}"
+    );
+    assert!(d.items[0].message.contains("group file not found"), "{d}");
+    assert!(d.items[1].message.contains("[[rule]]"), "{d}");
+}
+
+#[test]
+fn redundant_entries_duplicate_rules_and_unknown_names_are_warnings() {
+    let dir = site_with_groups();
+    let text = r#"[server]
+upstream = "http://127.0.0.1:3000"
+trusted_proxies = ["10.0.0.0/8", "10.1.0.0/16"]
+[auth]
+users = "users.htpasswd"
+groups = "groups.txt"
+[ip]
+allow = ["192.0.2.0/25"]
+deny = ["192.0.2.0/24", "192.0.2.0/24"]
+deny_hosts = ["example.net", "a.example.net"]
+[[rule]]
+path = "/admin/**"
+methods = ["GET", "POST"]
+allow = ["group:admins", "user:carol"]
+[[rule]]
+path = "/admin/**"
+methods = ["post", "get"]
+allow = ["group:admin", "user:alice"]
+deny = ["user:alice"]
+[[rule]]
+path = "/admin/**"
+allow = ["*"]
+"#;
+    let c = parse(text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    let w: Vec<(&str, Option<usize>, Option<&str>)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.line, w.suggestion.as_deref()))
+        .collect();
+    assert_eq!(
+        w,
+        vec![
+            ("server.trusted_proxies[1]", Some(3), None),
+            ("ip.allow[0]", Some(8), None),
+            ("ip.deny[1]", Some(9), None),
+            ("ip.deny_hosts[1]", Some(10), None),
+            ("rule[0].allow[1]", Some(14), None),
+            ("rule[1]", Some(15), None),
+            ("rule[1].allow[0]", Some(18), Some("group:admins")),
+            ("rule[1].allow[1]", Some(18), None),
+        ],
+        "{:#?}",
+        c.warnings
+    );
+    let shown = format_warnings("p.toml", &c.warnings);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 8, "{shown}");
+    assert_eq!(
+        lines[0],
+        "p.toml:3: warning: server.trusted_proxies[1]: \"10.1.0.0/16\" is inside \
+         server.trusted_proxies[0] (\"10.0.0.0/8\"), so it changes nothing; remove it"
+    );
+    assert!(lines[1].contains("deny is checked first"), "{shown}");
+    assert!(lines[2].contains("listed twice"), "{shown}");
+    assert!(lines[4].contains("unknown user \"carol\""), "{shown}");
+    assert!(
+        lines[5].starts_with("p.toml:15: warning: rule[1]: duplicate of rule[0] (line 11)"),
+        "{shown}"
+    );
+    assert!(lines[6].contains("unknown group \"admin\""), "{shown}");
+    assert!(lines[7].contains("deny wins"), "{shown}");
+    // Warnings change nothing: every entry is still in force.
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    assert_eq!(c.rules.len(), 3);
+}
+
+#[test]
+fn methods_are_upper_cased_and_near_misses_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = minimal(dir.path())
+        + "[[rule]]\npath = \"/api/**\"\nmethods = [\"get\", \"GTE\", \"PROPFIND\", \"GET\"]\nallow = [\"*\"]\n";
+    let c = parse(&text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        c.rules[0].methods,
+        Some(vec!["GET".into(), "GTE".into(), "PROPFIND".into()])
+    );
+    let w: Vec<(&str, Option<&str>)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.suggestion.as_deref()))
+        .collect();
+    assert_eq!(
+        w,
+        [
+            ("rule[0].methods[1]", Some("GET")),
+            ("rule[0].methods[3]", None)
+        ],
+        "{:?}",
+        c.warnings
+    );
 }

@@ -11,7 +11,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use policy::{PathPattern, Scheme};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -20,6 +19,13 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diagnostics::{Diagnostic, Diagnostics, suggest};
 use crate::model::*;
+
+mod access;
+mod rules;
+
+pub use access::DEFAULT_FILTER_TIMEOUT;
+use access::{FILTER_KEYS, IP_KEYS};
+use rules::{GroupNames, UserNames};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -44,6 +50,7 @@ const AUTH_KEYS: &[&str] = &[
     "acl_status",
     "cache_ttl",
     "forward_authorization",
+    "path_case",
 ];
 /// Keys of `[errors]`.
 const ERRORS_KEYS: &[&str] = &["mode", "pages", "upstream_401"];
@@ -52,16 +59,19 @@ const LOG_KEYS: &[&str] = &["access", "format"];
 /// Keys of `server.tls`.
 const TLS_KEYS: &[&str] = &["cert", "key"];
 /// The sections this build understands, with their keys.
+/// (`[[rule]]`, an array of tables, is walked separately.)
 const SECTIONS: &[(&str, &[&str])] = &[
     ("server", SERVER_KEYS),
     ("auth", AUTH_KEYS),
     ("errors", ERRORS_KEYS),
     ("log", LOG_KEYS),
+    ("ip", IP_KEYS),
+    ("filter", FILTER_KEYS),
 ];
+/// The name of the URL-rule array of tables.
+const RULE: &str = "rule";
 /// Sections of the contract that this build does not implement yet: refused, never ignored.
-const UNSUPPORTED_SECTIONS: &[&str] = &[
-    "ip", "dynamic", "logon", "state", "rule", "filter", "admin", "mail",
-];
+const UNSUPPORTED_SECTIONS: &[&str] = &["dynamic", "logon", "state", "admin", "mail"];
 
 /// Names accepted in `auth.schemes`.
 const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
@@ -71,6 +81,8 @@ const ERROR_MODES: &[&str] = &["custom", "detailed", "detailed_local_only"];
 const UPSTREAM_401: &[&str] = &["pass_through", "replace"];
 /// Values of `log.format`.
 const LOG_FORMATS: &[&str] = &["w3c", "json"];
+/// Values of `auth.path_case`.
+const PATH_CASES: &[&str] = &["sensitive", "insensitive"];
 
 /// Default `server.listen`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -107,13 +119,21 @@ pub(crate) fn check(
         text,
         base_dir,
         items: Vec::new(),
+        warnings: Vec::new(),
+        groups: GroupNames::default(),
+        users: None,
+        case_insensitive_paths: false,
     };
     let config = c.root(root.get_ref(), source);
     // File order: by byte offset, problems without a place last.
     c.items.sort_by_key(|(offset, _)| *offset);
+    c.warnings.sort_by_key(|(offset, _)| *offset);
     let mut items: Vec<Diagnostic> = c.items.into_iter().map(|(_, d)| d).collect();
     match config {
-        Some(config) if items.is_empty() => Ok(config),
+        Some(mut config) if items.is_empty() => {
+            config.warnings = c.warnings.into_iter().map(|(_, d)| d).collect();
+            Ok(config)
+        }
         _ => {
             if items.is_empty() {
                 items.push(Diagnostic {
@@ -203,6 +223,14 @@ struct Checker<'t> {
     base_dir: &'t Path,
     /// Problems so far, with the byte offset they sort by.
     items: Vec<(usize, Diagnostic)>,
+    /// Warnings so far (they do not stop the config), with the byte offset they sort by.
+    warnings: Vec<(usize, Diagnostic)>,
+    /// The groups `auth.groups` defines, for checking `group:` principals.
+    groups: GroupNames,
+    /// The users of the htpasswd file, for checking `user:` principals.
+    users: Option<UserNames>,
+    /// `auth.path_case = "insensitive"`.
+    case_insensitive_paths: bool,
 }
 
 impl Checker<'_> {
@@ -224,8 +252,42 @@ impl Checker<'_> {
         message: impl Into<String>,
         suggestion: Option<&str>,
     ) {
+        let d = self.located(key, span, message, suggestion);
+        self.items.push(d);
+    }
+
+    /// Records a warning at `span`: reported, but the config is still used.
+    fn warn(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        self.warn_suggest(key, span, message, None);
+    }
+
+    /// Records a warning at `span` with a "did you mean".
+    fn warn_suggest(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        suggestion: Option<&str>,
+    ) {
+        let d = self.located(key, span, message, suggestion);
+        self.warnings.push(d);
+    }
+
+    /// A diagnostic with its line, and the byte offset it sorts by.
+    fn located(
+        &self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        suggestion: Option<&str>,
+    ) -> (usize, Diagnostic) {
         let offset = span.as_ref().map_or(usize::MAX, |s| s.start);
-        self.items.push((
+        (
             offset,
             Diagnostic {
                 key: key.into(),
@@ -233,7 +295,12 @@ impl Checker<'_> {
                 message: message.into(),
                 suggestion: suggestion.map(str::to_owned),
             },
-        ));
+        )
+    }
+
+    /// The 1-based line of a byte offset in this file.
+    fn line(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
     }
 
     /// Records a "not supported yet" problem.
@@ -274,10 +341,13 @@ impl Checker<'_> {
                 span: None,
             })
             .collect();
+        let mut rules = None;
         for (key, value) in root.iter() {
             let name: &str = key.get_ref();
             let span = Some(key.span());
-            if let Some(section) = sections.iter_mut().find(|s| s.name == name) {
+            if name == RULE {
+                rules = Some((key.span(), value));
+            } else if let Some(section) = sections.iter_mut().find(|s| s.name == name) {
                 match value.get_ref() {
                     DeValue::Table(t) => {
                         section.table = Some(t);
@@ -293,16 +363,12 @@ impl Checker<'_> {
                     ),
                 }
             } else if UNSUPPORTED_SECTIONS.contains(&name) {
-                let header = if name == "rule" {
-                    "[[rule]]".to_owned()
-                } else {
-                    format!("[{name}]")
-                };
-                self.unsupported(name, span, &format!("the {header} section"));
+                self.unsupported(name, span, &format!("the [{name}] section"));
             } else if looks_like_section(value.get_ref()) {
                 let known: Vec<&str> = SECTIONS
                     .iter()
                     .map(|(n, _)| *n)
+                    .chain([RULE])
                     .chain(UNSUPPORTED_SECTIONS.iter().copied())
                     .collect();
                 self.report_suggest(name, span, "unknown section", suggest(name, &known));
@@ -323,19 +389,30 @@ impl Checker<'_> {
         for section in &sections {
             self.unknown_keys(section);
         }
-        let [server, auth, errors, log] = &sections[..] else {
+        let [server, auth, errors, log, ip, filter] = &sections[..] else {
             return None;
         };
         let server = self.server(server);
+        // Before the rules: they are checked against the user and group files.
         let auth = self.auth(auth);
         let errors = self.errors(errors);
         let log = self.log(log);
+        let ip = self.ip(ip);
+        let rules = match rules {
+            Some((span, value)) => self.rules(span, value),
+            None => Vec::new(),
+        };
+        let filter = self.filter(filter);
         Some(Config {
             source,
             server: server?,
             auth: auth?,
             errors,
             log,
+            ip,
+            rules,
+            filter,
+            warnings: Vec::new(),
         })
     }
 
@@ -396,9 +473,10 @@ impl Checker<'_> {
             }
         };
         let tls = s.get("tls").and_then(|v| self.tls(&s.path("tls"), v));
-        if let Some(v) = s.get("trusted_proxies") {
-            self.trusted_proxies(&s.path("trusted_proxies"), v);
-        }
+        let trusted_proxies = match s.get("trusted_proxies") {
+            None => policy::IpSet::default(),
+            Some(v) => self.ip_list(&s.path("trusted_proxies"), v),
+        };
         let header_timeout = self.duration(s, "header_timeout", DEFAULT_HEADER_TIMEOUT, false);
         let upstream_timeout =
             self.duration(s, "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT, false);
@@ -425,6 +503,7 @@ impl Checker<'_> {
             upstream_timeout,
             connect_timeout,
             workers,
+            trusted_proxies,
         })
     }
 
@@ -560,41 +639,6 @@ impl Checker<'_> {
         }
     }
 
-    /// `server.trusted_proxies`: each entry is checked; only an empty list is accepted for now.
-    fn trusted_proxies(&mut self, key: &str, v: &Value<'_>) {
-        if !matches!(v.get_ref(), DeValue::Array(_)) {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected an array of CIDR ranges, found {}",
-                    type_name(v.get_ref())
-                ),
-            );
-            return;
-        }
-        let entries = self.strings(key, v);
-        for (path, text, span) in &entries {
-            if text.parse::<IpNet>().is_err() && text.parse::<IpAddr>().is_err() {
-                self.report(
-                    path,
-                    Some(span.clone()),
-                    format!(
-                        "\"{text}\" is not an address or CIDR range (e.g. \"10.0.0.0/8\", \"::1\")"
-                    ),
-                );
-            }
-        }
-        if matches!(v.get_ref(), DeValue::Array(a) if !a.is_empty()) {
-            self.report(
-                key,
-                Some(v.span()),
-                "believing Forwarded / X-Forwarded-For from proxies is not supported by this version of \
-                 Portcullis yet; leave trusted_proxies empty",
-            );
-        }
-    }
-
     /// `[auth]`.
     fn auth(&mut self, s: &Section<'_, '_>) -> Option<Auth> {
         let realm = match s.get("realm") {
@@ -623,9 +667,11 @@ impl Checker<'_> {
             }
             Some(v) => self.users(&s.path("users"), v),
         };
-        if let Some(v) = s.get("groups") {
-            self.unsupported(s.path("groups"), Some(v.span()), "a group file");
-        }
+        let groups = s
+            .get("groups")
+            .and_then(|v| self.groups_file(&s.path("groups"), v));
+        self.case_insensitive_paths =
+            self.choice(s, "path_case", PATH_CASES) == Some("insensitive");
         let public = match s.get("public") {
             None => Vec::new(),
             Some(v) => self.public(&s.path("public"), v),
@@ -660,6 +706,8 @@ impl Checker<'_> {
             acl_status,
             cache_ttl,
             forward_authorization,
+            groups,
+            case_insensitive_paths: self.case_insensitive_paths,
         })
     }
 
@@ -716,6 +764,7 @@ impl Checker<'_> {
         }
         let path = self.resolve(text);
         if path.is_file() {
+            self.users = UserNames::read(&path);
             Some(UserSource::Htpasswd(path))
         } else if path.exists() {
             self.report(
@@ -729,7 +778,7 @@ impl Checker<'_> {
                 key,
                 Some(v.span()),
                 format!(
-                    "users file not found: {} (create it with `portcullis users add`)",
+                    "users file not found: {} (create it with `htpasswd -c -B FILE USER`)",
                     path.display()
                 ),
             );

@@ -8,6 +8,8 @@
 
 pub mod access_log;
 pub mod body;
+pub mod dns;
+pub mod filter;
 pub mod pages;
 pub mod proxy;
 pub mod request_id;
@@ -16,20 +18,25 @@ pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use config::{Config, ErrorMode, Upstream401};
-use http::header::{ACCEPT, AUTHORIZATION, REFERER, USER_AGENT, WWW_AUTHENTICATE};
+use http::header::{ACCEPT, AUTHORIZATION, FORWARDED, REFERER, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use policy::{AuthPolicy, AuthStep, Credentials, Identity, Reason, Refusal, normalize_path};
+use policy::{
+    AuthStep, Credentials, Facts, Identity, Policy, Reason, Refusal, TraceEntry, client_addr,
+};
+use store::Groups;
 use store::verifier::{Verification, Verifier};
 
 use crate::access_log::{AccessLog, LogRecord};
 use crate::body::{Body, LoggedBody, PendingLog};
+use crate::dns::{HostName, HostResolver};
+use crate::filter::{FilterClient, FilterRequest};
 use crate::pages::Pages;
-use crate::proxy::{ForwardContext, Upstream};
+use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
 use crate::respond::RefusalContext;
 
 pub use server::{Bound, ServeError, bind, serve};
@@ -53,9 +60,12 @@ pub struct Abort(pub Reason);
 /// Everything needed to answer requests under one configuration.
 pub struct Gateway {
     config: Config,
-    auth: AuthPolicy,
+    policy: Policy,
     challenges: Vec<HeaderValue>,
     verifier: Arc<Verifier>,
+    groups: Groups,
+    hosts: Option<HostResolver>,
+    filter: Option<FilterClient>,
     upstream: Upstream,
     pages: Pages,
     log: Arc<AccessLog>,
@@ -67,6 +77,9 @@ pub enum BuildError {
     /// The user store could not be loaded.
     #[error("user store: {0}")]
     Users(String),
+    /// The group file could not be loaded.
+    #[error("group file: {0}")]
+    Groups(String),
     /// The error page templates could not be loaded.
     #[error("error pages: {0}")]
     Pages(String),
@@ -75,8 +88,19 @@ pub enum BuildError {
     AccessLog(std::io::Error),
 }
 
+/// Time allowed for one double-reverse DNS lookup.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What is known about the request when it is refused, for the response and its trace.
+struct Seen<'a> {
+    peer: IpAddr,
+    client_ip: IpAddr,
+    identity: Option<&'a Identity>,
+    host_name: Option<&'a str>,
+}
+
 impl Gateway {
-    /// Builds the gateway: loads users and pages, opens the access log.
+    /// Builds the gateway: loads users, groups and pages, opens the access log.
     pub fn new(config: Config) -> Result<Gateway, BuildError> {
         let source = match &config.auth.users {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
@@ -85,15 +109,26 @@ impl Gateway {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let verifier = Verifier::new(source, config.auth.cache_ttl, parallel)
             .map_err(|e| BuildError::Users(e.to_string()))?;
+        let groups = match &config.auth.groups {
+            Some(path) => Groups::load(path.clone())
+                .map_err(|e| BuildError::Groups(format!("{}: {e}", path.display())))?,
+            None => Groups::none(),
+        };
         let pages = Pages::load(config.errors.pages.as_deref()).map_err(BuildError::Pages)?;
         let log = AccessLog::open(&config.log.access, config.log.format)
             .map_err(BuildError::AccessLog)?;
-        let auth = config.auth.policy();
-        let challenges = auth
+        let policy = config.policy();
+        let challenges = policy
+            .auth
             .challenges()
             .iter()
             .filter_map(|c| HeaderValue::from_str(c).ok())
             .collect();
+        let hosts = policy
+            .ip
+            .needs_host_name()
+            .then(|| HostResolver::new(DNS_TIMEOUT));
+        let filter = config.filter.clone().map(FilterClient::new);
         let upstream = Upstream::new(
             &config.server.upstream,
             config.server.connect_timeout,
@@ -101,9 +136,12 @@ impl Gateway {
         );
         Ok(Gateway {
             config,
-            auth,
+            policy,
             challenges,
             verifier: Arc::new(verifier),
+            groups,
+            hosts,
+            filter,
             upstream,
             pages,
             log: Arc::new(log),
@@ -128,7 +166,7 @@ impl Gateway {
     ) -> Result<Response<Body>, Abort> {
         let started = Instant::now();
         let request_id = request_id::for_request(req.headers());
-        let client_ip = canonical_ip(conn.peer.ip());
+        let peer = canonical_ip(conn.peer.ip());
         let mut record = self.log.enabled().then(|| LogRecord {
             time: SystemTime::now(),
             s_ip: canonical_ip(conn.local.ip()),
@@ -136,17 +174,69 @@ impl Gateway {
             method: req.method().clone(),
             uri_stem: req.uri().path().to_owned(),
             uri_query: req.uri().query().map(str::to_owned),
-            c_ip: client_ip,
+            c_ip: peer,
             user_agent: req.headers().get(USER_AGENT).cloned(),
             referer: req.headers().get(REFERER).cloned(),
             request_id: request_id.clone(),
             started: Some(started),
             ..LogRecord::default()
         });
+        let mut seen = Seen {
+            peer,
+            client_ip: peer,
+            identity: None,
+            host_name: None,
+        };
+
+        // Phase 2: the client address.
+        let forwarded_by_proxy =
+            !self.policy.trusted_proxies.is_empty() && self.policy.trusted_proxies.contains(peer);
+        if forwarded_by_proxy {
+            let forwarded: Vec<&[u8]> = req
+                .headers()
+                .get_all(FORWARDED)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            let xff: Vec<&[u8]> = req
+                .headers()
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            match client_addr(peer, &self.policy.trusted_proxies, &forwarded, &xff) {
+                Ok(c) => seen.client_ip = c.ip,
+                Err(refusal) => {
+                    return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+                }
+            }
+        }
+        let client_ip = seen.client_ip;
+        if let Some(r) = record.as_mut() {
+            r.c_ip = client_ip;
+        }
+
+        // Phase 3: static IP and host-name restrictions.
+        if let Err(refusal) = self.policy.ip.check_address(client_ip) {
+            return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+        }
+        let host_name = match &self.hosts {
+            Some(resolver) => match resolver.lookup(client_ip).await {
+                HostName::Verified(name) => Some(name),
+                HostName::Unverified | HostName::Failed => None,
+            },
+            None => None,
+        };
+        seen.host_name = host_name.as_deref();
+        if self.hosts.is_some()
+            && let Err(refusal) = self.policy.ip.check_host(client_ip, seen.host_name)
+        {
+            return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+        }
 
         // Phase 5: authenticate.
-        let path = normalize_path(req.uri().path());
-        let step = self.auth.authenticate(
+        let path = self.policy.normalize(req.uri().path());
+        let step = self.policy.auth.authenticate(
             &path,
             req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes),
         );
@@ -159,33 +249,67 @@ impl Gateway {
                 if let Some(r) = record.as_mut() {
                     r.username = Some(user.clone());
                 }
-                match self.auth.after_verification(&user, accepted) {
-                    Ok(identity) => identity,
+                match self.policy.auth.after_verification(&user, accepted) {
+                    Ok(mut identity) => {
+                        identity.groups = self.groups.groups_of(&user);
+                        identity
+                    }
                     Err(refusal) => {
-                        return self.refuse(&refusal, &req, client_ip, &request_id, record, &[]);
+                        return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
                     }
                 }
             }
             AuthStep::VerifyBasic(Credentials::Other { .. }) => {
                 let refusal =
                     Refusal::new(Reason::InternalError).with_detail("unexpected credentials kind");
-                return self.refuse(&refusal, &req, client_ip, &request_id, record, &[]);
+                return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
             }
             AuthStep::Refuse(refusal) => {
-                return self.refuse(&refusal, &req, client_ip, &request_id, record, &[]);
+                return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
             }
         };
+        seen.identity = Some(&identity);
+
+        // Phase 6: URL authorization.
+        if let Err(refusal) = self
+            .policy
+            .rules
+            .authorize(&path, req.method().as_str(), &identity)
+        {
+            return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+        }
+
+        // Phase 7: the external filter.
+        if let Some(filter) = &self.filter {
+            let ask = FilterRequest {
+                method: req.method().as_str(),
+                uri: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                client_ip,
+                identity: &identity,
+                request_id: &request_id,
+            };
+            if let Err(refusal) = filter.check(&ask).await {
+                return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+            }
+        }
 
         // Phase 8: proxy.
         let ctx = ForwardContext {
             client_ip,
+            peer,
+            from_trusted_proxy: forwarded_by_proxy,
             tls: conn.tls,
             identity: &identity,
             forward_authorization: self.config.auth.forward_authorization,
             request_id: &request_id,
         };
         let accept = req.headers().get(ACCEPT).cloned();
-        let path_raw = req.uri().path().to_owned();
+        let (method, path_raw) = (req.method().clone(), req.uri().path().to_owned());
+        let facts = RequestFacts {
+            method: method.as_str(),
+            path: &path_raw,
+            accept: accept.as_ref(),
+        };
         match self.upstream.forward(req, &ctx).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
@@ -206,14 +330,8 @@ impl Gateway {
                             .collect();
                         let refusal = Refusal::new(Reason::AppDenied)
                             .with_detail("the application answered 401");
-                        let response = self.refusal_response(
-                            &refusal,
-                            accept.as_ref(),
-                            &path_raw,
-                            client_ip,
-                            &request_id,
-                            &theirs,
-                        );
+                        let response =
+                            self.refusal_response(&refusal, &facts, &seen, &request_id, &theirs);
                         return Ok(self.logged(response, record));
                     }
                 }
@@ -228,16 +346,8 @@ impl Gateway {
             }
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason.slug(), detail = %refusal.detail, request_id, "upstream failed");
-                let response = self.refusal_response(
-                    &refusal,
-                    accept.as_ref(),
-                    &path_raw,
-                    client_ip,
-                    &request_id,
-                    &[],
-                );
+                let response = self.refusal_response(&refusal, &facts, &seen, &request_id, &[]);
                 if let Some(r) = record.as_mut() {
-                    r.status = refusal.status();
                     r.substatus = refusal.reason.substatus();
                     r.reason = Some(refusal.reason);
                 }
@@ -250,7 +360,7 @@ impl Gateway {
         &self,
         refusal: &Refusal,
         req: &Request<Incoming>,
-        client_ip: IpAddr,
+        seen: &Seen<'_>,
         request_id: &str,
         mut record: Option<LogRecord>,
         extra_challenges: &[HeaderValue],
@@ -266,23 +376,20 @@ impl Gateway {
             }
             return Err(Abort(refusal.reason));
         }
-        let response = self.refusal_response(
-            refusal,
-            req.headers().get(ACCEPT),
-            req.uri().path(),
-            client_ip,
-            request_id,
-            extra_challenges,
-        );
+        let facts = RequestFacts {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            accept: req.headers().get(ACCEPT),
+        };
+        let response = self.refusal_response(refusal, &facts, seen, request_id, extra_challenges);
         Ok(self.logged(response, record))
     }
 
     fn refusal_response(
         &self,
         refusal: &Refusal,
-        accept: Option<&HeaderValue>,
-        path: &str,
-        client_ip: IpAddr,
+        facts: &RequestFacts<'_>,
+        seen: &Seen<'_>,
         request_id: &str,
         extra_challenges: &[HeaderValue],
     ) -> Response<Body> {
@@ -290,11 +397,16 @@ impl Gateway {
         let detailed = match mode {
             ErrorMode::Custom => false,
             ErrorMode::Detailed => true,
-            ErrorMode::DetailedLocalOnly => client_ip.is_loopback(),
+            ErrorMode::DetailedLocalOnly => seen.client_ip.is_loopback() && seen.peer.is_loopback(),
+        };
+        let trace = if detailed {
+            self.trace(refusal, facts, seen)
+        } else {
+            Vec::new()
         };
         let ctx = RefusalContext {
             request_id,
-            accept,
+            accept: facts.accept,
             challenges: &self.challenges,
             extra_challenges,
             detailed,
@@ -303,11 +415,50 @@ impl Gateway {
                 ErrorMode::Detailed => "detailed",
                 ErrorMode::DetailedLocalOnly => "detailed_local_only",
             },
-            client_ip,
-            path,
-            realm: &self.auth.realm,
+            client_ip: seen.client_ip,
+            path: facts.path,
+            realm: &self.policy.auth.realm,
+            trace: &trace,
         };
         respond::refusal_response(refusal, &ctx, &self.pages)
+    }
+
+    /// The phases before the refusing one, as `explain` sees them, then the refusal itself.
+    fn trace(
+        &self,
+        refusal: &Refusal,
+        facts: &RequestFacts<'_>,
+        seen: &Seen<'_>,
+    ) -> Vec<TraceEntry> {
+        let explained = policy::explain(
+            &self.policy,
+            &Facts {
+                peer: seen.client_ip,
+                forwarded: Vec::new(),
+                x_forwarded_for: Vec::new(),
+                host_name: seen.host_name.map(str::to_owned),
+                method: facts.method,
+                path: facts.path,
+                identity: seen.identity.cloned(),
+            },
+        );
+        let mut entries: Vec<TraceEntry> = explained
+            .0
+            .0
+            .into_iter()
+            .filter(|e| e.phase < refusal.reason.phase())
+            .collect();
+        entries.push(TraceEntry {
+            phase: refusal.reason.phase(),
+            verdict: format!(
+                "REFUSED {}.{} {}: {}",
+                refusal.status(),
+                refusal.reason.substatus(),
+                refusal.reason.slug(),
+                refusal.detail
+            ),
+        });
+        entries
     }
 
     fn logged(&self, response: Response<Body>, record: Option<LogRecord>) -> Response<Body> {
@@ -320,6 +471,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The parts of the request a refusal response needs.
+struct RequestFacts<'a> {
+    method: &'a str,
+    path: &'a str,
+    accept: Option<&'a HeaderValue>,
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are IPv4 addresses.

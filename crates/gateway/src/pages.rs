@@ -172,6 +172,8 @@ pub struct PageContext<'a> {
     pub problem_type: &'a str,
     /// The realm.
     pub realm: &'a str,
+    /// `(phase, verdict)` for each phase up to the refusal (detailed only).
+    pub trace: Vec<(&'a str, &'a str)>,
 }
 
 /// The HTML templates in force: the built-in page plus any operator overrides.

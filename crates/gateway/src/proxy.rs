@@ -23,7 +23,8 @@ pub const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
 pub const REMOTE_GROUPS: HeaderName = HeaderName::from_static("remote-groups");
 /// `Remote-Email`.
 pub const REMOTE_EMAIL: HeaderName = HeaderName::from_static("remote-email");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -41,6 +42,10 @@ pub struct Upstream {
 pub struct ForwardContext<'a> {
     /// The client address (for `X-Forwarded-For`).
     pub client_ip: IpAddr,
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-For` chain is kept and extended).
+    pub from_trusted_proxy: bool,
     /// Whether the client connected over TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
     /// Who the request is from.
@@ -87,14 +92,13 @@ impl Upstream {
         let (mut parts, body) = req.into_parts();
 
         // Keep the Host the client asked for (an HTTP/2 request carries it in :authority).
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(v) = parts
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(v) = parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, v);
-            }
+        {
+            parts.headers.insert(header::HOST, v);
         }
         let forwarded_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
@@ -112,17 +116,34 @@ impl Upstream {
             .and_then(|u| HeaderValue::from_str(u).ok())
         {
             headers.insert(REMOTE_USER, user);
-            if !ctx.identity.groups.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&ctx.identity.groups.join(",")) {
-                    headers.insert(REMOTE_GROUPS, v);
-                }
+            if !ctx.identity.groups.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&ctx.identity.groups.join(","))
+            {
+                headers.insert(REMOTE_GROUPS, v);
             }
         }
-        // The client's own X-Forwarded-* are not believed (no trusted proxies yet): replace them.
-        headers.insert(
-            X_FORWARDED_FOR,
-            HeaderValue::from_str(&ctx.client_ip.to_string()).expect("an IP is a valid header"),
-        );
+        // A trusted proxy's chain is extended with the proxy itself (as nginx's
+        // $proxy_add_x_forwarded_for does); anyone else's is replaced by the address we saw.
+        let chain: Vec<String> = if ctx.from_trusted_proxy {
+            headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let xff = if !chain.is_empty() {
+            format!("{}, {}", chain.join(", "), ctx.peer)
+        } else if ctx.from_trusted_proxy && ctx.client_ip != ctx.peer {
+            format!("{}, {}", ctx.client_ip, ctx.peer)
+        } else {
+            ctx.client_ip.to_string()
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
         headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
@@ -168,22 +189,22 @@ impl Upstream {
                 Ok(Ok(r)) => r,
             };
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some((_, client_upgrade)) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((client, upstream)) => {
-                            let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                                tracing::debug!(error = %e, "upgraded connection ended");
-                            }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some((_, client_upgrade)) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(error = %e, "upgraded connection ended");
                         }
-                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
-                });
-                return Ok(response);
-            }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            return Ok(response);
         }
         strip_hop_by_hop(response.headers_mut());
         Ok(response)

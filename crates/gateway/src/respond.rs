@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
-use policy::Refusal;
+use policy::{Refusal, TraceEntry};
 
 use crate::body::{Body, full};
 use crate::pages::{PageContext, Pages, advice};
@@ -100,6 +100,8 @@ pub struct RefusalContext<'a> {
     pub path: &'a str,
     /// The realm.
     pub realm: &'a str,
+    /// Each phase's verdict up to the refusal (detailed responses only).
+    pub trace: &'a [TraceEntry],
 }
 
 /// Builds the response for a refusal whose status is not 0 (abort is the caller's to do).
@@ -138,6 +140,11 @@ pub fn refusal_response(
                 path: ctx.path,
                 problem_type: &problem_type,
                 realm: ctx.realm,
+                trace: ctx
+                    .trace
+                    .iter()
+                    .map(|e| (e.phase.name(), e.verdict.as_str()))
+                    .collect(),
             };
             (
                 "text/html; charset=utf-8",
@@ -160,6 +167,12 @@ pub fn refusal_response(
             if ctx.detailed {
                 problem["decided_by"] = refusal.detail.clone().into();
                 problem["client_ip"] = ctx.client_ip.to_string().into();
+                problem["trace"] = ctx
+                    .trace
+                    .iter()
+                    .map(|e| serde_json::json!({"phase": e.phase.name(), "verdict": e.verdict}))
+                    .collect::<Vec<_>>()
+                    .into();
             }
             ("application/problem+json", format!("{problem}\n"))
         }
@@ -188,6 +201,9 @@ pub fn refusal_response(
                     refusal.detail,
                     ctx.client_ip
                 ));
+                for e in ctx.trace {
+                    text.push_str(&format!("  {:<13} {}\n", e.phase.name(), e.verdict));
+                }
             }
             text.push_str(&format!("Request id: {}\n", ctx.request_id));
             ("text/plain; charset=utf-8", text)

@@ -7,15 +7,53 @@
 //! the policy pure is what lets `explain` print a trace and lets tests run without sockets.
 #![forbid(unsafe_code)]
 
+mod client;
 mod credentials;
 mod decision;
+mod explain;
+mod ip;
+mod ipset;
 mod path;
 mod reason;
+mod rules;
 
+pub use client::{ClientAddr, ClientSource, client_addr};
 pub use credentials::{Credentials, MalformedAuthorization, parse_authorization};
 pub use decision::{Decision, Identity, Trace, TraceEntry};
-pub use path::{NormalizedPath, PathPattern, PatternError, normalize_path};
+pub use explain::{Facts, explain};
+pub use ip::{HostPattern, IpPolicy};
+pub use ipset::{IpEntry, IpSet, Origin, canonical};
+pub use path::{
+    NormalizedPath, PathPattern, PatternError, normalize_path, normalize_path_lowercase,
+};
 pub use reason::{DenyAction, Phase, Reason, Refusal};
+pub use rules::{AuthzVerdict, Principal, Rule, RuleSet};
+
+/// The whole policy: every phase's configuration, compiled.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Phase 2: proxies whose forwarding headers are believed.
+    pub trusted_proxies: IpSet,
+    /// Phase 3.
+    pub ip: IpPolicy,
+    /// Phase 5.
+    pub auth: AuthPolicy,
+    /// Phase 6.
+    pub rules: RuleSet,
+    /// Match paths case-insensitively (`auth.path_case = "insensitive"`, as IIS does).
+    pub case_insensitive_paths: bool,
+}
+
+impl Policy {
+    /// Normalises a request path the way this policy's patterns expect.
+    pub fn normalize(&self, raw: &str) -> NormalizedPath {
+        if self.case_insensitive_paths {
+            normalize_path_lowercase(raw)
+        } else {
+            normalize_path(raw)
+        }
+    }
+}
 
 /// Authentication schemes a site may enable (`auth.schemes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

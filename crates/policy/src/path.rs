@@ -47,17 +47,27 @@ pub fn normalize_path(raw: &str) -> NormalizedPath {
     NormalizedPath { segments }
 }
 
+/// Like [`normalize_path`], lower-casing the result (for `auth.path_case = "insensitive"`).
+pub fn normalize_path_lowercase(raw: &str) -> NormalizedPath {
+    let mut p = normalize_path(raw);
+    for s in &mut p.segments {
+        *s = s.to_lowercase();
+    }
+    p
+}
+
 fn percent_decode(raw: &str) -> String {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -137,6 +147,38 @@ impl PathPattern {
     /// The pattern as written in the config.
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// How specific the pattern is, for "most specific path wins": literal segments, then
+    /// segments that are not `**`, then whether it has no `**` at all. Larger is more specific.
+    pub fn specificity(&self) -> (u32, u32, bool) {
+        let literal = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Glob(g) if !g.contains('*')))
+            .count();
+        let fixed = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Glob(_)))
+            .count();
+        let deep = self.segments.contains(&Segment::AnyDepth);
+        (literal as u32, fixed as u32, !deep)
+    }
+
+    /// The same pattern, lower-cased, for case-insensitive matching.
+    pub fn to_lowercase(&self) -> PathPattern {
+        PathPattern {
+            source: self.source.clone(),
+            segments: self
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Glob(g) => Segment::Glob(g.to_lowercase()),
+                    Segment::AnyDepth => Segment::AnyDepth,
+                })
+                .collect(),
+        }
     }
 
     /// Whether the normalised path matches.

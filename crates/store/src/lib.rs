@@ -19,10 +19,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod groups;
 pub mod htpasswd;
 mod md5crypt;
 pub mod verifier;
 
+pub use groups::{GroupFile, Groups};
 pub use htpasswd::{
     HashAlgorithm, HashError, HashFormatError, InlineUserError, LineProblem, StoredHash, UserFile,
     hash_argon2id, hash_bcrypt,

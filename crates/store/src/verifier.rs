@@ -108,7 +108,7 @@ type InflightKey = (CacheKey, u64);
 
 /// Identity of a file version as far as `stat` can tell.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileStamp {
+pub(crate) struct FileStamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -119,7 +119,7 @@ struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn of(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
         Ok(Self {
             dev: meta.dev(),

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use portcullis_store::{HashAlgorithm, UserFile, hash_bcrypt};
 
@@ -184,28 +183,7 @@ fn unknown_users_are_checked_against_a_hash_like_the_first_entry() {
     assert_eq!(dummy.to_string(), "bcrypt (cost 9)");
     assert!(!file.verify("nobody", b"first pw"));
 
-    // And the dummy check really costs about as much: cost-9 bcrypt takes
-    // tens of milliseconds; without it an unknown user takes microseconds.
-    let fastest = |user: &str| {
-        (0..3)
-            .map(|_| {
-                let start = Instant::now();
-                std::hint::black_box(file.verify(user, b"guess"));
-                start.elapsed()
-            })
-            .min()
-            .unwrap_or_default()
-    };
-    let known = fastest("first");
-    let unknown = fastest("nobody");
-    assert!(
-        known > Duration::from_millis(5),
-        "known user took {known:?}"
-    );
-    assert!(
-        unknown * 3 > known,
-        "unknown user took {unknown:?}, known user {known:?}"
-    );
+    // Timing itself is measured in bench/, not here: tests never assert on durations.
 
     // A file starting with SHA-512-crypt gets a SHA-512-crypt dummy.
     let other = dir.path().join("other");
