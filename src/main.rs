@@ -51,6 +51,11 @@ enum Command {
     /// Prints each phase's verdict with the rule or list entry that decided and its config line.
     /// Passwords are not checked: --user assumes a successful sign-in.
     Explain(cmd::explain::Args),
+    /// Show or lift the logon bans of a running instance (`bans list`, `bans clear [WHO]`).
+    ///
+    /// With the memory backend it asks the running process through `[admin] listen`; with Redis
+    /// it reads and changes the shared state directly.
+    Bans(cmd::bans::Args),
     /// Print a password hash for an htpasswd file (argon2id by default).
     ///
     /// Reads the password from standard input when it is not a terminal, otherwise prompts
@@ -59,7 +64,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage_error = e.use_stderr();
+            let _ = e.print();
+            // --help and --version are not errors; every usage mistake exits 64 (EX_USAGE).
+            return if usage_error {
+                ExitCode::from(cmd::EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
@@ -67,6 +84,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => cmd::check_config::run(args),
         Command::Hash(args) => cmd::hash::run(args),
         Command::Explain(args) => cmd::explain::run(args),
+        Command::Bans(args) => cmd::bans::run(args),
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand, plus what they share: building the runtime and running a gateway.
 
+pub mod bans;
 pub mod check_config;
 pub mod demo;
 pub mod explain;
@@ -46,8 +47,36 @@ pub fn run_gateway(
             return ExitCode::FAILURE;
         }
     };
+    let admin = match config.admin.listen.map(gateway::admin::bind).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "portcullis: cannot listen on admin.listen {}: {e}",
+                config
+                    .admin
+                    .listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     runtime.block_on(async move {
-        let gateway = match gateway::Gateway::new(config) {
+        let state = match gateway::connect_state(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(listener) = admin.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listener (healthz, bans)");
+            }
+            let fail_closed = config.state.on_backend_error == config::FailMode::Closed;
+            tokio::spawn(gateway::admin::serve(listener, state.clone(), fail_closed));
+        }
+        let gateway = match gateway::Gateway::new(config, state) {
             Ok(g) => Arc::new(g),
             Err(e) => {
                 eprintln!("portcullis: {e}");

@@ -417,3 +417,70 @@ public = ["/public/**"]
 [log]
 access = "access.log"
 "#;
+
+// === impl RedisServer ===
+
+/// A real `redis-server` on a free loopback port, stopped by PID on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it again on the same port (after `stop`).
+    pub fn restart(&mut self) {
+        let tool = which("redis-server")
+            .expect("the tests need redis-server (Debian package redis-server): run scripts/test");
+        let child = Command::new(tool)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(
+            format!("127.0.0.1:{}", self.port).parse().unwrap(),
+            Duration::from_secs(10),
+        );
+    }
+
+    /// Kills it (as an outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -21,7 +21,8 @@ pub use diagnostics::{Diagnostic, Diagnostics, format_warnings};
 pub use model::*;
 pub use validate::{
     DEFAULT_CACHE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FILTER_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL,
+    DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
 };
 
 /// Reads, parses and validates the config file at `path`; relative paths in it are resolved
@@ -49,7 +50,8 @@ pub fn parse(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, Dia
 
 impl Config {
     /// The built-in config of `portcullis demo`: defaults, inline users, `/public/**` public,
-    /// access log on stdout, no IP restrictions, no URL rules, no filter.
+    /// access log on stdout, no IP restrictions, no URL rules, no filter, no dynamic limits,
+    /// the default logon regulation, the memory state backend, no admin listener.
     pub fn builder_for_demo(
         listen: SocketAddr,
         upstream: Upstream,
@@ -89,6 +91,10 @@ impl Config {
             ip: policy::IpPolicy::open(),
             rules: Vec::new(),
             filter: None,
+            dynamic: Dynamic::default(),
+            logon: Logon::default(),
+            state: State::default(),
+            admin: Admin::default(),
             warnings: Vec::new(),
         }
     }

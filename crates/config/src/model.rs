@@ -4,6 +4,8 @@
 //! folder, durations parsed, patterns compiled); code that receives a [`Config`] never has to
 //! validate again.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +31,14 @@ pub struct Config {
     pub rules: Vec<policy::Rule>,
     /// `[filter]`.
     pub filter: Option<Filter>,
+    /// `[dynamic]`.
+    pub dynamic: Dynamic,
+    /// `[logon]`.
+    pub logon: Logon,
+    /// `[state]`.
+    pub state: State,
+    /// `[admin]`.
+    pub admin: Admin,
     /// Problems that do not stop the gateway (e.g. a rule shadowed by another), with lines.
     pub warnings: Vec<crate::Diagnostic>,
 }
@@ -230,4 +240,130 @@ pub struct Log {
     pub access: AccessLogTarget,
     /// `format`.
     pub format: LogFormat,
+}
+
+/// `[dynamic]`: IIS Dynamic IP Restrictions (phase 4), per client address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dynamic {
+    /// `deny_by_concurrent = { enabled, max_concurrent }`: `Some(max)` when enabled (IIS default 5).
+    pub max_concurrent: Option<u32>,
+    /// `deny_by_rate = { enabled, max_requests, interval }`: `Some` when enabled (IIS default 20 per 200ms).
+    pub rate: Option<(u32, Duration)>,
+    /// `deny_action` (default forbidden).
+    pub deny_action: policy::DenyAction,
+    /// `logging_only`: log would-be refusals, refuse nothing.
+    pub logging_only: bool,
+}
+
+impl Default for Dynamic {
+    fn default() -> Self {
+        Dynamic {
+            max_concurrent: None,
+            rate: None,
+            deny_action: policy::DenyAction::Forbidden,
+            logging_only: false,
+        }
+    }
+}
+
+/// `[logon]`: brute-force regulation (per client address and per user name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logon {
+    /// `max_failures` (default 5).
+    pub max_failures: u32,
+    /// `find_time` (default 2m).
+    pub find_time: Duration,
+    /// `ban_time` (default 5m).
+    pub ban_time: Duration,
+}
+
+impl Default for Logon {
+    fn default() -> Self {
+        Logon {
+            max_failures: 5,
+            find_time: Duration::from_secs(120),
+            ban_time: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// `backend`.
+    pub backend: StateBackend,
+    /// `on_backend_error` (default closed).
+    pub on_backend_error: FailMode,
+    /// `timeout` (default 100ms): longest wait for one Redis round trip.
+    pub timeout: Duration,
+    /// `key_prefix` (default "portcullis:"): namespace of every Redis key.
+    pub key_prefix: String,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            backend: StateBackend::Memory,
+            on_backend_error: FailMode::Closed,
+            timeout: Duration::from_millis(100),
+            key_prefix: "portcullis:".to_owned(),
+        }
+    }
+}
+
+/// `state.backend`.
+///
+/// `Debug` and `Display` mask the password of a Redis URL, so the value can be logged.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum StateBackend {
+    /// `"memory"` (default).
+    #[default]
+    Memory,
+    /// `"redis://…"`, `"rediss://…"` or `"redis+unix:///…"`, as written (password included:
+    /// show it with `Display`, which masks the password).
+    Redis(String),
+}
+
+impl fmt::Display for StateBackend {
+    /// `memory`, or the URL with its password replaced by `****`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateBackend::Memory => f.write_str("memory"),
+            StateBackend::Redis(url) => f.write_str(&mask_password(url)),
+        }
+    }
+}
+
+impl fmt::Debug for StateBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateBackend::Memory => f.write_str("Memory"),
+            StateBackend::Redis(url) => f.debug_tuple("Redis").field(&mask_password(url)).finish(),
+        }
+    }
+}
+
+/// `url` with the password of its user information (`user:PASSWORD@`) replaced by `****`;
+/// user information without a `:` is masked whole (it may be a bare password). Works on text
+/// that is not a valid URL too, so messages about a bad URL never show its password.
+pub(crate) fn mask_password(url: &str) -> Cow<'_, str> {
+    let start = url.find("//").map_or(0, |i| i + 2);
+    let rest = &url[start..];
+    // The last '@': a password may hold '/', '?' or an unencoded '@'.
+    let Some(at) = rest.rfind('@') else {
+        return Cow::Borrowed(url);
+    };
+    let masked = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:****"),
+        None if at == 0 => String::new(),
+        None => "****".to_owned(),
+    };
+    Cow::Owned(format!("{}{masked}{}", &url[..start], &rest[at..]))
+}
+
+/// `[admin]`: the operator's listener (never the public one).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Admin {
+    /// `listen` (no admin listener when absent).
+    pub listen: Option<SocketAddr>,
 }

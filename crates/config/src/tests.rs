@@ -158,7 +158,25 @@ fn defaults_fill_everything_optional() {
     assert_eq!(c.ip.action, DenyAction::Forbidden);
     assert!(c.rules.is_empty());
     assert!(c.filter.is_none());
+    assert_runtime_defaults(&c);
     assert!(c.warnings.is_empty());
+}
+
+/// Absent `[dynamic]`, `[logon]`, `[state]` and `[admin]`: no limits, the IIS-like logon
+/// regulation, in-process state, no admin listener.
+fn assert_runtime_defaults(c: &Config) {
+    assert_eq!(c.dynamic.max_concurrent, None);
+    assert_eq!(c.dynamic.rate, None);
+    assert_eq!(c.dynamic.deny_action, DenyAction::Forbidden);
+    assert!(!c.dynamic.logging_only);
+    assert_eq!(c.logon.max_failures, 5);
+    assert_eq!(c.logon.find_time, Duration::from_secs(120));
+    assert_eq!(c.logon.ban_time, Duration::from_secs(300));
+    assert_eq!(c.state.backend, StateBackend::Memory);
+    assert_eq!(c.state.on_backend_error, FailMode::Closed);
+    assert_eq!(c.state.timeout, Duration::from_millis(100));
+    assert_eq!(c.state.key_prefix, "portcullis:");
+    assert_eq!(c.admin.listen, None);
 }
 
 #[test]
@@ -176,8 +194,8 @@ public = ["/ok", "static/**"]
 [errors]
 mode = "detailled"
 
-[dynamic]
-logging_only = true
+[mail]
+from = "portcullis@example.com"
 "#;
     let d = errors_of(text, dir.path());
     assert_eq!(
@@ -188,7 +206,7 @@ logging_only = true
             ("auth.users", Some(7), None),
             ("auth.public[1]", Some(8), None),
             ("errors.mode", Some(11), Some("detailed")),
-            ("dynamic", Some(13), None),
+            ("mail", Some(13), None),
         ],
         "{d}"
     );
@@ -217,7 +235,7 @@ logging_only = true
     );
     assert_eq!(
         lines[5],
-        "portcullis.toml:13: dynamic: the [dynamic] section is not supported by this version of Portcullis yet"
+        "portcullis.toml:13: mail: the [mail] section is not supported by this version of Portcullis yet"
     );
 }
 
@@ -289,8 +307,8 @@ schemes = ["basic", "digest", "kerberos"]
 [filter]
 url = "https://authz.internal/check"
 
-[dynamic]
-logging_only = true
+[mail]
+from = "portcullis@example.com"
 "#;
     let d = errors_of(text, dir.path());
     assert_eq!(
@@ -302,7 +320,7 @@ logging_only = true
             ("auth.schemes[1]", Some(7), None),
             ("auth.schemes[2]", Some(7), None),
             ("filter.url", Some(10), None),
-            ("dynamic", Some(12), None),
+            ("mail", Some(12), None),
         ],
         "{d}"
     );
@@ -311,7 +329,7 @@ logging_only = true
         "auth.users",
         "auth.schemes[1]",
         "filter.url",
-        "dynamic",
+        "mail",
     ] {
         assert!(
             d.find(key).unwrap().message.contains("not supported"),
@@ -552,6 +570,7 @@ fn demo_config_has_defaults_and_inline_users() {
     assert!(c.ip.allow_unlisted && c.ip.allow.is_empty() && c.ip.deny.is_empty());
     assert!(c.rules.is_empty() && c.filter.is_none() && c.warnings.is_empty());
     assert!(c.server.trusted_proxies.is_empty());
+    assert_runtime_defaults(&c);
     let p = c.policy();
     assert!(p.ip.check_address("203.0.113.9".parse().unwrap()).is_ok());
 }
@@ -1002,4 +1021,351 @@ fn methods_are_upper_cased_and_near_misses_warned() {
         "{:?}",
         c.warnings
     );
+}
+
+#[test]
+fn runtime_sections_parse_to_expected_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = minimal(dir.path()).replace(
+        "[auth]",
+        "listen = [\"0.0.0.0:8080\", \"[::1]:8443\"]\n[auth]",
+    ) + r#"
+[dynamic]
+deny_by_concurrent = { enabled = true, max_concurrent = 12 }
+deny_action = "too_many_requests"
+logging_only = true
+
+[dynamic.deny_by_rate]
+enabled = true
+max_requests = 100
+interval = "1s 500ms"
+
+[logon]
+max_failures = 3
+find_time = "10m"
+ban_time = "1h"
+
+[state]
+backend = "rediss://portcullis:s3cret@redis.internal:6380/2"
+on_backend_error = "open"
+timeout = "250ms"
+key_prefix = "gw1:"
+
+[admin]
+listen = "127.0.0.1:9464"
+"#;
+    let c = parse(&text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(
+        c.dynamic,
+        Dynamic {
+            max_concurrent: Some(12),
+            rate: Some((100, Duration::from_millis(1500))),
+            deny_action: DenyAction::TooManyRequests,
+            logging_only: true,
+        }
+    );
+    assert_eq!(
+        c.logon,
+        Logon {
+            max_failures: 3,
+            find_time: Duration::from_secs(600),
+            ban_time: Duration::from_secs(3600),
+        }
+    );
+    assert_eq!(
+        c.state,
+        State {
+            backend: StateBackend::Redis("rediss://portcullis:s3cret@redis.internal:6380/2".into()),
+            on_backend_error: FailMode::Open,
+            timeout: Duration::from_millis(250),
+            key_prefix: "gw1:".into(),
+        }
+    );
+    // The URL is kept as written for the store, but never shown with its password.
+    assert_eq!(
+        c.state.backend.to_string(),
+        "rediss://portcullis:****@redis.internal:6380/2"
+    );
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+
+    // The other way round: rate inline, concurrency as a sub-table, both switched off (the
+    // values are still checked but no limit applies); a Unix socket; explicit defaults.
+    let text = minimal(dir.path())
+        + r#"[dynamic]
+deny_by_rate = { enabled = false, max_requests = 5, interval = "1m" }
+[dynamic.deny_by_concurrent]
+enabled = false
+max_concurrent = 2
+[logon]
+[state]
+backend = "redis+unix:///run/redis/redis.sock"
+"#;
+    let c = parse(&text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.dynamic, Dynamic::default());
+    assert_eq!(c.logon, Logon::default());
+    assert_eq!(
+        c.state.backend,
+        StateBackend::Redis("redis+unix:///run/redis/redis.sock".into())
+    );
+    assert_eq!(c.state.timeout, Duration::from_millis(100));
+    assert_eq!(c.admin.listen, None);
+}
+
+#[test]
+fn runtime_mistakes_are_all_reported_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("users.htpasswd"), "alice:x\n").unwrap();
+    let text = r#"[server]
+listen = ["127.0.0.1:8080", "0.0.0.0:8443"]
+upstream = "http://127.0.0.1:3000"
+
+[auth]
+users = "users.htpasswd"
+
+[dynamic]
+deny_by_concurrent = { enabled = true, max_concurrent = 0 }
+deny_action = "forbiden"
+
+[dynamic.deny_by_rate]
+enabled = true
+max_request = 10
+interval = "0s"
+
+[logon]
+max_failures = 1001
+ban_time = "forever"
+
+[state]
+backend = "redis//localhost"
+timeout = "1m"
+key_prefix = "port cullis:"
+
+[admin]
+listen = "127.0.0.1:8080"
+"#;
+    let d = errors_of(text, dir.path());
+    assert_eq!(
+        summary(&d),
+        vec![
+            ("dynamic.deny_by_concurrent.max_concurrent", Some(9), None),
+            ("dynamic.deny_action", Some(10), Some("forbidden")),
+            (
+                "dynamic.deny_by_rate.max_request",
+                Some(14),
+                Some("max_requests")
+            ),
+            ("dynamic.deny_by_rate.interval", Some(15), None),
+            ("logon.max_failures", Some(18), None),
+            ("logon.ban_time", Some(19), None),
+            ("state.backend", Some(22), Some("redis://localhost")),
+            ("state.timeout", Some(23), None),
+            ("state.key_prefix", Some(24), None),
+            ("admin.listen", Some(27), None),
+        ],
+        "{d}"
+    );
+    let message = |k: &str| d.find(k).unwrap().message.clone();
+    assert_eq!(
+        message("dynamic.deny_by_concurrent.max_concurrent"),
+        "must be from 1 to 100000 (requests in flight per client), not 0; \
+         to turn the limit off, set enabled = false"
+    );
+    assert!(
+        message("dynamic.deny_action").contains("\"too_many_requests\""),
+        "{d}"
+    );
+    assert!(
+        message("dynamic.deny_by_rate.interval")
+            .starts_with("an interval of 0 counts no requests; write a duration from 1ms to 24h"),
+        "{d}"
+    );
+    assert!(
+        message("logon.max_failures").contains("from 1 to 1000"),
+        "{d}"
+    );
+    assert!(
+        message("logon.ban_time").contains("\"forever\" is not a duration")
+            && message("logon.ban_time").contains("from 1ms to 30d"),
+        "{d}"
+    );
+    assert!(
+        message("state.backend").contains("\"redis//localhost\" is not a Redis URL")
+            && message("state.backend").contains("\"redis://127.0.0.1:6379/0\""),
+        "{d}"
+    );
+    assert!(
+        message("state.timeout").contains("longer than the 10s allowed"),
+        "{d}"
+    );
+    assert!(message("state.key_prefix").contains("spaces"), "{d}");
+    assert_eq!(
+        d.to_string().lines().last(),
+        Some(
+            "portcullis.toml:27: admin.listen: the admin listener must not be a public \
+             listener: 127.0.0.1:8080 is also server.listen[0]; give [admin] its own port, \
+             like \"127.0.0.1:9464\""
+        ),
+        "{d}"
+    );
+
+    // A wildcard public listener takes the port on every address; the default listener counts.
+    let wild = minimal(dir.path()).replace("[auth]", "listen = \"0.0.0.0:8443\"\n[auth]")
+        + "[admin]\nlisten = \"127.0.0.1:8443\"\n";
+    let d = errors_of(&wild, dir.path());
+    assert_eq!(summary(&d), vec![("admin.listen", Some(7), None)], "{d}");
+    assert!(
+        d.items[0]
+            .message
+            .contains("server.listen (0.0.0.0:8443) already takes port 8443"),
+        "{d}"
+    );
+    let default = minimal(dir.path()) + "[admin]\nlisten = \"localhost:8080\"\n";
+    let d = errors_of(&default, dir.path());
+    assert!(
+        d.items[0]
+            .message
+            .contains("is also server.listen (the default)"),
+        "{d}"
+    );
+
+    // Wrong shapes and types, and an [admin] without its address.
+    let shapes = minimal(dir.path())
+        + "[dynamic]\ndeny_by_rate = true\ndeny_by_concurrent = { enabled = \"yes\", max_concurrent = \"5\" }\n\
+           [logon]\nfind_time = 120\n[admin]\n";
+    let d = errors_of(&shapes, dir.path());
+    assert_eq!(
+        summary(&d),
+        vec![
+            ("dynamic.deny_by_rate", Some(6), None),
+            ("dynamic.deny_by_concurrent.enabled", Some(7), None),
+            ("dynamic.deny_by_concurrent.max_concurrent", Some(7), None),
+            ("logon.find_time", Some(9), None),
+            ("admin.listen", Some(10), None),
+        ],
+        "{d}"
+    );
+    assert!(
+        d.find("dynamic.deny_by_rate")
+            .unwrap()
+            .message
+            .contains("expected a table like { enabled = true"),
+        "{d}"
+    );
+    assert!(
+        d.find("admin.listen")
+            .unwrap()
+            .message
+            .contains("is required in [admin]"),
+        "{d}"
+    );
+}
+
+#[test]
+fn redis_passwords_never_appear_in_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, why) in [
+        ("redis://:hunter2@cache.internal:99999/0", "from 1 to 65535"),
+        ("redis://admin:hunter2@cache.internal/zero", "non-negative"),
+        ("redis//:hunter2@cache.internal", "not a Redis URL"),
+        ("redis://admin:hunter2@", "no host"),
+    ] {
+        let text = minimal(dir.path()) + &format!("[state]\nbackend = \"{backend}\"\n");
+        let d = errors_of(&text, dir.path());
+        assert_eq!(summary(&d).len(), 1, "{d}");
+        assert_eq!(d.items[0].key, "state.backend", "{d}");
+        assert_eq!(d.items[0].line, Some(6), "{d}");
+        assert!(d.items[0].message.contains(why), "{d}");
+        let shown = d.to_string();
+        assert!(!shown.contains("hunter2"), "{backend}: {shown}");
+        assert!(!format!("{d:?}").contains("hunter2"), "{backend}: {d:?}");
+    }
+    let d = errors_of(
+        &(minimal(dir.path()) + "[state]\nbackend = \"redis//:hunter2@cache.internal\"\n"),
+        dir.path(),
+    );
+    assert_eq!(
+        d.items[0].suggestion.as_deref(),
+        Some("redis://:****@cache.internal")
+    );
+    assert!(
+        d.items[0]
+            .message
+            .contains("\"redis//:****@cache.internal\""),
+        "{d}"
+    );
+}
+
+#[test]
+fn runtime_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = minimal(dir.path())
+        + r#"[dynamic]
+deny_by_rate = { max_requests = 5 }
+[dynamic.deny_by_concurrent]
+max_concurrent = 3
+[state]
+timeout = "1s"
+key_prefix = "x:"
+[admin]
+listen = "0.0.0.0:9464"
+"#;
+    let c = parse(&text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
+    let w: Vec<(&str, Option<usize>)> = c
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        w,
+        [
+            ("dynamic.deny_by_rate", Some(6)),
+            ("dynamic.deny_by_concurrent", Some(7)),
+            ("state.timeout", Some(10)),
+            ("state.key_prefix", Some(11)),
+            ("admin.listen", Some(13)),
+        ],
+        "{:#?}",
+        c.warnings
+    );
+    let shown = format_warnings("p.toml", &c.warnings);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines[0].contains("sets max_requests but not `enabled`") && lines[0].contains("is off"),
+        "{shown}"
+    );
+    assert!(lines[2].contains("only to a Redis backend"), "{shown}");
+    assert!(
+        lines[4].contains("listens on every address")
+            && lines[4].contains("admin endpoints have no authentication"),
+        "{shown}"
+    );
+    // Warnings change nothing: the limits stay off, the admin listener is used.
+    assert_eq!(c.dynamic.rate, None);
+    assert_eq!(c.dynamic.max_concurrent, None);
+    assert_eq!(c.admin.listen, Some("0.0.0.0:9464".parse().unwrap()));
+
+    let admin = |addr: &str| {
+        let text = minimal(dir.path()) + &format!("[admin]\nlisten = \"{addr}\"\n");
+        parse(&text, dir.path(), "p.toml")
+            .unwrap_or_else(|d| panic!("{d}"))
+            .warnings
+    };
+    let public = admin("203.0.113.7:9464");
+    assert_eq!(public.len(), 1, "{public:?}");
+    assert_eq!(
+        public[0].message,
+        "203.0.113.7 is not a loopback address; admin endpoints have no authentication; \
+         keep them on loopback or a private network"
+    );
+    for quiet in [
+        "127.0.0.1:9464",
+        "[::1]:9464",
+        "10.0.0.5:9464",
+        "[fd00::5]:9464",
+    ] {
+        assert_eq!(admin(quiet), [], "{quiet}");
+    }
 }

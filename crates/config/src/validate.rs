@@ -22,10 +22,13 @@ use crate::model::*;
 
 mod access;
 mod rules;
+mod runtime;
 
 pub use access::DEFAULT_FILTER_TIMEOUT;
 use access::{FILTER_KEYS, IP_KEYS};
 use rules::{GroupNames, UserNames};
+use runtime::{ADMIN_KEYS, DYNAMIC_KEYS, LOGON_KEYS, STATE_KEYS};
+pub use runtime::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -67,11 +70,15 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("log", LOG_KEYS),
     ("ip", IP_KEYS),
     ("filter", FILTER_KEYS),
+    ("dynamic", DYNAMIC_KEYS),
+    ("logon", LOGON_KEYS),
+    ("state", STATE_KEYS),
+    ("admin", ADMIN_KEYS),
 ];
 /// The name of the URL-rule array of tables.
 const RULE: &str = "rule";
 /// Sections of the contract that this build does not implement yet: refused, never ignored.
-const UNSUPPORTED_SECTIONS: &[&str] = &["dynamic", "logon", "state", "admin", "mail"];
+const UNSUPPORTED_SECTIONS: &[&str] = &["mail"];
 
 /// Names accepted in `auth.schemes`.
 const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
@@ -123,6 +130,7 @@ pub(crate) fn check(
         groups: GroupNames::default(),
         users: None,
         case_insensitive_paths: false,
+        public_listen: Vec::new(),
     };
     let config = c.root(root.get_ref(), source);
     // File order: by byte offset, problems without a place last.
@@ -231,6 +239,8 @@ struct Checker<'t> {
     users: Option<UserNames>,
     /// `auth.path_case = "insensitive"`.
     case_insensitive_paths: bool,
+    /// The public listeners (`server.listen`) with their key paths, for checking `[admin]`.
+    public_listen: Vec<(String, SocketAddr)>,
 }
 
 impl Checker<'_> {
@@ -389,7 +399,19 @@ impl Checker<'_> {
         for section in &sections {
             self.unknown_keys(section);
         }
-        let [server, auth, errors, log, ip, filter] = &sections[..] else {
+        let [
+            server,
+            auth,
+            errors,
+            log,
+            ip,
+            filter,
+            dynamic,
+            logon,
+            state,
+            admin,
+        ] = &sections[..]
+        else {
             return None;
         };
         let server = self.server(server);
@@ -403,6 +425,11 @@ impl Checker<'_> {
             None => Vec::new(),
         };
         let filter = self.filter(filter);
+        let dynamic = self.dynamic(dynamic);
+        let logon = self.logon(logon);
+        let state = self.state(state);
+        // After [server]: the admin listener must not be one of its listeners.
+        let admin = self.admin(admin);
         Some(Config {
             source,
             server: server?,
@@ -412,6 +439,10 @@ impl Checker<'_> {
             ip,
             rules,
             filter,
+            dynamic,
+            logon,
+            state,
+            admin,
             warnings: Vec::new(),
         })
     }
@@ -453,7 +484,11 @@ impl Checker<'_> {
     /// `[server]`.
     fn server(&mut self, s: &Section<'_, '_>) -> Option<Server> {
         let listen = match s.get("listen") {
-            None => vec![DEFAULT_LISTEN],
+            None => {
+                let default = "server.listen (the default)".to_owned();
+                self.public_listen.push((default, DEFAULT_LISTEN));
+                vec![DEFAULT_LISTEN]
+            }
             Some(v) => self.listen(&s.path("listen"), v),
         };
         let upstream = match s.get("upstream") {
@@ -537,7 +572,10 @@ impl Checker<'_> {
                 Ok(addr) if out.contains(&addr) => {
                     self.report(path, Some(span), format!("{addr} is listed twice"))
                 }
-                Ok(addr) => out.push(addr),
+                Ok(addr) => {
+                    self.public_listen.push((path, addr));
+                    out.push(addr);
+                }
                 Err(e) => self.report(path, Some(span), e),
             }
         }

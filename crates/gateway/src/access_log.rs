@@ -56,6 +56,8 @@ pub struct LogRecord {
     pub time_taken_ms: u64,
     /// Arrival instant, for `time_taken_ms`.
     pub started: Option<std::time::Instant>,
+    /// Under `dynamic.logging_only`: the refusal that was not enforced.
+    pub would_refuse: Option<Reason>,
 }
 
 impl Default for LogRecord {
@@ -77,6 +79,7 @@ impl Default for LogRecord {
             request_id: String::new(),
             time_taken_ms: 0,
             started: None,
+            would_refuse: None,
         }
     }
 }
@@ -263,7 +266,10 @@ pub fn format_w3c(r: &LogRecord, out: &mut String) {
     );
     out.push(' ');
     w3c_field(out, r.referer.as_ref().map_or(&b""[..], |v| v.as_bytes()));
-    let _ = writeln!(out, " {} {} 0 {}", r.status, r.substatus, r.time_taken_ms);
+    // A request served under `dynamic.logging_only` that would have been refused carries the
+    // would-be sub-status (e.g. `200 502`), so operators can count them with the same tools.
+    let substatus = r.would_refuse.map_or(r.substatus, |w| w.substatus());
+    let _ = writeln!(out, " {} {substatus} 0 {}", r.status, r.time_taken_ms);
 }
 
 /// Formats one JSON line (with its newline).
@@ -289,6 +295,7 @@ pub fn format_json(r: &LogRecord, out: &mut String) {
         "time_taken": r.time_taken_ms,
         "reason": r.reason.map(|r| r.slug()),
         "request_id": r.request_id,
+        "would_refuse": r.would_refuse.map(|w| w.slug()),
     });
     let _ = writeln!(out, "{value}");
 }
@@ -315,6 +322,7 @@ mod tests {
             request_id: "r1".into(),
             time_taken_ms: 12,
             started: None,
+            would_refuse: None,
         }
     }
 

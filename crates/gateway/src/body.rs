@@ -11,6 +11,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 
+use store::state::InFlightGuard;
+
 use crate::access_log::{AccessLog, LogRecord};
 
 /// The body type of every response the gateway sends.
@@ -48,13 +50,24 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         pending: Option<PendingLog>,
+        guard: Option<InFlightGuard>,
     }
 }
 
 impl<B> LoggedBody<B> {
     /// Wraps `inner`; `pending` is written when the body is dropped.
     pub fn new(inner: B, pending: Option<PendingLog>) -> LoggedBody<B> {
-        LoggedBody { inner, pending }
+        LoggedBody {
+            inner,
+            pending,
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` (an in-flight slot) until the body is finished or dropped.
+    pub fn holding(mut self, guard: Option<InFlightGuard>) -> LoggedBody<B> {
+        self.guard = guard;
+        self
     }
 }
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use moka::sync::Cache;
 use tokio::sync::Semaphore;
 
-/// How long a verified name (or the absence of one) is remembered.
+/// How long an answer (a verified name, or a confirmed absence of one) is remembered.
 const POSITIVE_TTL: Duration = Duration::from_secs(300);
-/// How long a failed or unverified lookup is remembered.
+/// How long a failed lookup (timeout, resolver error) is remembered before it is retried.
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 
 /// The outcome of a double-reverse lookup.

@@ -64,7 +64,9 @@ impl FilterClient {
             .and_then(|u| HeaderValue::from_str(u).ok())
         {
             builder = builder.header("remote-user", user);
-            if let Ok(groups) = HeaderValue::from_str(&req.identity.groups.join(",")) {
+            if !req.identity.groups.is_empty()
+                && let Ok(groups) = HeaderValue::from_str(&req.identity.groups.join(","))
+            {
                 builder = builder.header("remote-groups", groups);
             }
         }
@@ -77,6 +79,9 @@ impl FilterClient {
             Ok(Err(e)) => self.failed(url, e.to_string()),
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
+                // Read the (small) body so the connection goes back to the pool.
+                let drain = http_body_util::BodyExt::collect(resp.into_body());
+                let _ = tokio::time::timeout(self.config.timeout, drain).await;
                 match status {
                     200..=299 => Ok(format!("allowed: the filter {url} answered {status}")),
                     401 | 403 => Err(Refusal::new(Reason::FilterDenied)

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod dns;
 pub mod filter;
@@ -20,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use config::{Config, ErrorMode, Upstream401};
+use config::{Config, ErrorMode, FailMode, StateBackend, Upstream401};
 use http::header::{ACCEPT, AUTHORIZATION, FORWARDED, REFERER, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -29,6 +30,9 @@ use policy::{
     AuthStep, Credentials, Facts, Identity, Policy, Reason, Refusal, TraceEntry, client_addr,
 };
 use store::Groups;
+use store::state::memory::MemoryState;
+use store::state::redis::{RedisOptions, RedisState};
+use store::state::{Admission, LimitRefusal, Limits, Rate, Regulation, StateStore, SystemClock};
 use store::verifier::{Verification, Verifier};
 
 use crate::access_log::{AccessLog, LogRecord};
@@ -69,6 +73,9 @@ pub struct Gateway {
     upstream: Upstream,
     pages: Pages,
     log: Arc<AccessLog>,
+    state: StateStore,
+    limits: Limits,
+    regulation: Regulation,
 }
 
 /// Why a gateway could not be built from a valid config (files that vanished, etc.).
@@ -86,6 +93,41 @@ pub enum BuildError {
     /// The access log could not be opened.
     #[error("{0}")]
     AccessLog(std::io::Error),
+    /// The state backend could not be reached.
+    #[error("state backend: {0}")]
+    State(String),
+}
+
+/// Connects the configured state backend (`[state]`); an unreachable Redis is an error here,
+/// at start-up, not a surprise on the first request.
+pub async fn connect_state(config: &Config) -> Result<StateStore, BuildError> {
+    let memory = Arc::new(MemoryState::new(Arc::new(SystemClock::new())));
+    let store = match &config.state.backend {
+        StateBackend::Memory => StateStore::Memory(memory.clone()),
+        StateBackend::Redis(url) => {
+            let options = RedisOptions {
+                url: url.clone(),
+                timeout: config.state.timeout,
+                fail_open: config.state.on_backend_error == FailMode::Open,
+                key_prefix: config.state.key_prefix.clone(),
+                lease: Duration::from_secs(30),
+            };
+            StateStore::Redis(Arc::new(
+                RedisState::connect(options, memory.clone())
+                    .await
+                    .map_err(BuildError::State)?,
+            ))
+        }
+    };
+    // Idle clients and expired bans leave the in-process table (the Redis fallback's too).
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            memory.sweep();
+        }
+    });
+    Ok(store)
 }
 
 /// Time allowed for one double-reverse DNS lookup.
@@ -101,7 +143,7 @@ struct Seen<'a> {
 
 impl Gateway {
     /// Builds the gateway: loads users, groups and pages, opens the access log.
-    pub fn new(config: Config) -> Result<Gateway, BuildError> {
+    pub fn new(config: Config, state: StateStore) -> Result<Gateway, BuildError> {
         let source = match &config.auth.users {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
             config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
@@ -134,6 +176,18 @@ impl Gateway {
             config.server.connect_timeout,
             config.server.upstream_timeout,
         );
+        let limits = Limits {
+            max_concurrent: config.dynamic.max_concurrent,
+            rate: config.dynamic.rate.map(|(max_requests, interval)| Rate {
+                max_requests,
+                interval,
+            }),
+        };
+        let regulation = Regulation {
+            max_failures: config.logon.max_failures,
+            find_time: config.logon.find_time,
+            ban_time: config.logon.ban_time,
+        };
         Ok(Gateway {
             config,
             policy,
@@ -145,6 +199,9 @@ impl Gateway {
             upstream,
             pages,
             log: Arc::new(log),
+            limits,
+            regulation,
+            state,
         })
     }
 
@@ -234,6 +291,41 @@ impl Gateway {
             return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
         }
 
+        // Phase 4: dynamic limits. The guard holds the in-flight slot until the response ends.
+        let mut guard = None;
+        if self.limits.max_concurrent.is_some() || self.limits.rate.is_some() {
+            let refusal = match self.state.admit(client_ip, &self.limits).await {
+                Admission::Admitted(g) => {
+                    guard = Some(g);
+                    None
+                }
+                Admission::Refused(LimitRefusal::Concurrent { max }) => Some(
+                    Refusal::new(Reason::ConcurrentLimit)
+                        .with_detail(format!("{max} requests from {client_ip} already in flight (dynamic.deny_by_concurrent)")),
+                ),
+                Admission::Refused(LimitRefusal::Rate { retry_after }) => Some(
+                    Refusal::new(Reason::RateLimit)
+                        .with_retry_after(retry_after)
+                        .with_detail(format!("{client_ip} exceeded dynamic.deny_by_rate")),
+                ),
+                Admission::Unavailable => {
+                    let refusal = Refusal::new(Reason::StateUnavailable)
+                        .with_detail("the state backend is unreachable and on_backend_error = \"closed\"");
+                    return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+                }
+            };
+            if let Some(refusal) = refusal.map(|r| r.with_action(self.config.dynamic.deny_action)) {
+                if !self.config.dynamic.logging_only {
+                    return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+                }
+                // logging_only: serve it, but log what would have happened.
+                tracing::info!(client = %client_ip, reason = refusal.reason.slug(), status = refusal.status(), substatus = refusal.reason.substatus(), request_id, "would refuse (dynamic.logging_only)");
+                if let Some(r) = record.as_mut() {
+                    r.would_refuse = Some(refusal.reason);
+                }
+            }
+        }
+
         // Phase 5: authenticate.
         let path = self.policy.normalize(req.uri().path());
         let step = self.policy.auth.authenticate(
@@ -243,11 +335,47 @@ impl Gateway {
         let identity = match step {
             AuthStep::Public(_) => Identity::anonymous(),
             AuthStep::VerifyBasic(Credentials::Basic { user, password }) => {
+                if let Some(r) = record.as_mut() {
+                    r.username = Some(user.clone());
+                }
+                // Locked out: refused before the password is even looked at.
+                match self.state.ban_for(client_ip, Some(&user)).await {
+                    Ok(None) => {}
+                    Ok(Some(ban)) => {
+                        let refusal = Refusal::new(Reason::LockedOut)
+                            .with_retry_after(ban.remaining)
+                            .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason));
+                        return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+                    }
+                    Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
+                        let refusal =
+                            Refusal::new(Reason::StateUnavailable).with_detail(e.to_string());
+                        return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
+                    }
+                }
                 let accepted =
                     self.verifier.verify(&user, &password).await == Verification::Accepted;
                 drop(password);
-                if let Some(r) = record.as_mut() {
-                    r.username = Some(user.clone());
+                let recorded = if accepted {
+                    self.state
+                        .record_success(client_ip, &user)
+                        .await
+                        .map(|()| Vec::new())
+                } else {
+                    self.state
+                        .record_failure(client_ip, &user, &self.regulation)
+                        .await
+                };
+                match recorded {
+                    Ok(bans) => {
+                        for ban in bans {
+                            tracing::warn!(subject = %ban.subject, reason = ban.reason, until = %humantime::format_rfc3339_seconds(ban.until), "locked out");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
                 }
                 match self.policy.auth.after_verification(&user, accepted) {
                     Ok(mut identity) => {
@@ -341,7 +469,7 @@ impl Gateway {
                 let pending = record.map(|r| PendingLog::new(self.log.clone(), r));
                 Ok(Response::from_parts(
                     parts,
-                    LoggedBody::new(body, pending).boxed(),
+                    LoggedBody::new(body, pending).holding(guard).boxed(),
                 ))
             }
             Err(refusal) => {

@@ -144,10 +144,18 @@ impl Upstream {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-        );
+        // `Forwarded` and `X-Forwarded-Proto` are believed only from a trusted proxy (it may have
+        // terminated TLS); from anyone else they are dropped or replaced, so a client cannot
+        // spoof them to the application.
+        if !ctx.from_trusted_proxy {
+            headers.remove(header::FORWARDED);
+        }
+        if !(ctx.from_trusted_proxy && headers.contains_key(X_FORWARDED_PROTO)) {
+            headers.insert(
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+            );
+        }
         match forwarded_host {
             Some(h) => headers.insert(X_FORWARDED_HOST, h),
             None => headers.remove(X_FORWARDED_HOST),

@@ -75,9 +75,9 @@ pub fn explain(policy: &Policy, facts: &Facts<'_>) -> (Trace, Decision) {
         (_, AuthStep::Public(pattern)) => {
             trace.record(
                 Phase::Authenticate,
-                format!("public path: matches auth.public \"{pattern}\"; anonymous"),
+                format!("public path: matches auth.public \"{pattern}\"; no sign-in, the request is anonymous"),
             );
-            facts.identity.clone().unwrap_or_default()
+            Identity::anonymous()
         }
         (Some(id), _) => {
             trace.record(

@@ -1,0 +1,715 @@
+//! The sections that shape the running gateway rather than one request's policy: `[dynamic]`
+//! (per-client limits, phase 4), `[logon]` (brute-force regulation), `[state]` (where counters,
+//! bans and sessions live) and `[admin]` (the operator's listener).
+//!
+//! A limiter's values are checked even while it is disabled, so switching it on later cannot
+//! reveal an old mistake. Every bound says the range it allows, and a Redis URL's password is
+//! never repeated in a message.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use policy::DenyAction;
+use toml::de::{DeTable, DeValue};
+
+use super::{Checker, Section, Value, parse_listen, type_name};
+use crate::diagnostics::suggest;
+use crate::model::{Admin, Dynamic, FailMode, Logon, State, StateBackend, mask_password};
+
+/// Keys of `[dynamic]`.
+pub(super) const DYNAMIC_KEYS: &[&str] = &[
+    "deny_by_concurrent",
+    "deny_by_rate",
+    "deny_action",
+    "logging_only",
+];
+/// Keys of `dynamic.deny_by_concurrent`.
+const CONCURRENT_KEYS: &[&str] = &["enabled", "max_concurrent"];
+/// Keys of `dynamic.deny_by_rate`.
+const RATE_KEYS: &[&str] = &["enabled", "max_requests", "interval"];
+/// Keys of `[logon]`.
+pub(super) const LOGON_KEYS: &[&str] = &["max_failures", "find_time", "ban_time"];
+/// Keys of `[state]`.
+pub(super) const STATE_KEYS: &[&str] = &["backend", "on_backend_error", "timeout", "key_prefix"];
+/// Keys of `[admin]`.
+pub(super) const ADMIN_KEYS: &[&str] = &["listen"];
+/// Values of `state.on_backend_error`.
+const ON_BACKEND_ERROR: &[&str] = &["closed", "open"];
+/// The URL schemes `state.backend` accepts (longest first, for prefix matching).
+const REDIS_SCHEMES: &[&str] = &["redis+unix", "rediss", "redis"];
+/// How a valid `state.backend` looks, for messages.
+const BACKEND_EXAMPLE: &str = "\"memory\", \"redis://127.0.0.1:6379/0\", \
+     \"rediss://:PASSWORD@redis.internal:6380\" or \"redis+unix:///run/redis/redis.sock\"";
+
+/// Default `dynamic.deny_by_concurrent.max_concurrent` (IIS).
+pub const DEFAULT_MAX_CONCURRENT: u32 = 5;
+/// Default `dynamic.deny_by_rate.max_requests` (IIS).
+pub const DEFAULT_MAX_REQUESTS: u32 = 20;
+/// Default `dynamic.deny_by_rate.interval` (IIS).
+pub const DEFAULT_RATE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The finest step counters and bans are kept in (Redis expiries are in milliseconds).
+const MIN_DURATION: Duration = Duration::from_millis(1);
+/// One day.
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a duration key allows, for its checks and messages.
+struct Within {
+    /// Longest value allowed.
+    max: Duration,
+    /// `max` as written in messages ("24h").
+    max_text: &'static str,
+    /// The default as written in messages ("200ms").
+    example: &'static str,
+    /// Why zero is refused, starting with the key ("an interval of 0 counts no requests").
+    zero: &'static str,
+}
+
+impl Checker<'_> {
+    /// `[dynamic]`: per-client concurrency and rate limits (both off when absent).
+    pub(super) fn dynamic(&mut self, s: &Section<'_, '_>) -> Dynamic {
+        let mut out = Dynamic::default();
+        if let Some((path, t, enabled)) = self.limiter(
+            s,
+            "deny_by_concurrent",
+            CONCURRENT_KEYS,
+            "{ enabled = true, max_concurrent = 5 }",
+        ) {
+            let max = self.bounded_int(
+                &format!("{path}.max_concurrent"),
+                t.get("max_concurrent"),
+                DEFAULT_MAX_CONCURRENT,
+                1..=100_000,
+                "requests in flight per client",
+            );
+            out.max_concurrent = enabled.then_some(max);
+        }
+        if let Some((path, t, enabled)) = self.limiter(
+            s,
+            "deny_by_rate",
+            RATE_KEYS,
+            "{ enabled = true, max_requests = 20, interval = \"200ms\" }",
+        ) {
+            let max = self.bounded_int(
+                &format!("{path}.max_requests"),
+                t.get("max_requests"),
+                DEFAULT_MAX_REQUESTS,
+                1..=1_000_000,
+                "requests per client and interval",
+            );
+            let interval = self.bounded_duration(
+                &format!("{path}.interval"),
+                t.get("interval"),
+                DEFAULT_RATE_INTERVAL,
+                &Within {
+                    max: DAY,
+                    max_text: "24h",
+                    example: "200ms",
+                    zero: "an interval of 0 counts no requests",
+                },
+            );
+            out.rate = enabled.then_some((max, interval));
+        }
+        out.deny_action = self
+            .choice(s, "deny_action", DenyAction::NAMES)
+            .and_then(DenyAction::parse)
+            .unwrap_or_default();
+        if let Some(v) = s.get("logging_only") {
+            out.logging_only = self.boolean(&s.path("logging_only"), v).unwrap_or(false);
+        }
+        out
+    }
+
+    /// One limiter of `[dynamic]`, an inline table or a `[dynamic.NAME]` sub-table: its key
+    /// path, its table (unknown keys already reported) and whether it is enabled.
+    fn limiter<'a, 'i>(
+        &mut self,
+        s: &Section<'a, 'i>,
+        name: &str,
+        keys: &[&str],
+        example: &str,
+    ) -> Option<(String, &'a DeTable<'i>, bool)> {
+        let v = s.get(name)?;
+        let path = s.path(name);
+        let DeValue::Table(t) = v.get_ref() else {
+            self.report(
+                &path,
+                Some(v.span()),
+                format!(
+                    "expected a table like {example}, found {}",
+                    type_name(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        self.unknown_in(t, &format!("{path}."), keys);
+        let enabled = match t.get("enabled") {
+            Some(e) => self.boolean(&format!("{path}.enabled"), e).unwrap_or(false),
+            None => {
+                // The IIS default is off: values without `enabled` are a limit that never applies.
+                let set: Vec<&str> = t
+                    .iter()
+                    .map(|(k, _)| k.get_ref().as_ref())
+                    .filter(|k| keys.contains(k))
+                    .collect();
+                if !set.is_empty() {
+                    self.warn(
+                        &path,
+                        Some(v.span()),
+                        format!(
+                            "sets {} but not `enabled`, which defaults to false, so this limit \
+                             is off; add enabled = true to apply it",
+                            set.join(" and ")
+                        ),
+                    );
+                }
+                false
+            }
+        };
+        Some((path, t, enabled))
+    }
+
+    /// `[logon]`: failures allowed within `find_time` before a ban of `ban_time`.
+    pub(super) fn logon(&mut self, s: &Section<'_, '_>) -> Logon {
+        let d = Logon::default();
+        Logon {
+            max_failures: self.bounded_int(
+                &s.path("max_failures"),
+                s.get("max_failures"),
+                d.max_failures,
+                1..=1000,
+                "failed logons before a ban",
+            ),
+            find_time: self.bounded_duration(
+                &s.path("find_time"),
+                s.get("find_time"),
+                d.find_time,
+                &Within {
+                    max: DAY,
+                    max_text: "24h",
+                    example: "2m",
+                    zero: "a find_time of 0 counts no failures",
+                },
+            ),
+            ban_time: self.bounded_duration(
+                &s.path("ban_time"),
+                s.get("ban_time"),
+                d.ban_time,
+                &Within {
+                    max: 30 * DAY,
+                    max_text: "30d",
+                    example: "5m",
+                    zero: "a ban_time of 0 bans no one",
+                },
+            ),
+        }
+    }
+
+    /// `[state]`: the memory backend, or a Redis server shared by several instances.
+    pub(super) fn state(&mut self, s: &Section<'_, '_>) -> State {
+        let d = State::default();
+        // `None`: the backend was written wrongly (already reported).
+        let backend = match s.get("backend") {
+            None => Some(StateBackend::Memory),
+            Some(v) => self.backend(&s.path("backend"), v),
+        };
+        let on_backend_error = match self.choice(s, "on_backend_error", ON_BACKEND_ERROR) {
+            Some("open") => FailMode::Open,
+            _ => FailMode::Closed,
+        };
+        let timeout = self.bounded_duration(
+            &s.path("timeout"),
+            s.get("timeout"),
+            d.timeout,
+            &Within {
+                max: Duration::from_secs(10),
+                max_text: "10s",
+                example: "100ms",
+                zero: "a timeout of 0 fails every call to the state store",
+            },
+        );
+        let key_prefix = match s.get("key_prefix") {
+            None => d.key_prefix,
+            Some(v) => match self.string(&s.path("key_prefix"), v) {
+                Some("") => {
+                    self.report(
+                        s.path("key_prefix"),
+                        Some(v.span()),
+                        "must not be empty; it keeps Portcullis's keys apart from other data in \
+                         the same Redis database, like \"portcullis:\"",
+                    );
+                    d.key_prefix
+                }
+                Some(p) if p.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                    self.report(
+                        s.path("key_prefix"),
+                        Some(v.span()),
+                        "must not contain spaces or control characters, like \"portcullis:\"",
+                    );
+                    d.key_prefix
+                }
+                Some(p) => p.to_owned(),
+                None => d.key_prefix,
+            },
+        };
+        if backend == Some(StateBackend::Memory) {
+            for key in ["on_backend_error", "timeout", "key_prefix"] {
+                if let Some(v) = s.get(key) {
+                    self.warn(
+                        s.path(key),
+                        Some(v.span()),
+                        "applies only to a Redis backend; with the memory backend it has no effect",
+                    );
+                }
+            }
+        }
+        State {
+            backend: backend.unwrap_or_default(),
+            on_backend_error,
+            timeout,
+            key_prefix,
+        }
+    }
+
+    /// `state.backend`: `"memory"` or a Redis URL (`None` when invalid, already reported).
+    fn backend(&mut self, key: &str, v: &Value<'_>) -> Option<StateBackend> {
+        let text = self.string(key, v)?;
+        if text == "memory" {
+            return Some(StateBackend::Memory);
+        }
+        match check_redis_url(text) {
+            Ok(()) => Some(StateBackend::Redis(text.to_owned())),
+            Err((message, suggestion)) => {
+                self.report_suggest(key, Some(v.span()), message, suggestion.as_deref());
+                None
+            }
+        }
+    }
+
+    /// `[admin]`: the operator's listener, never one of `server.listen` (none when absent).
+    pub(super) fn admin(&mut self, s: &Section<'_, '_>) -> Admin {
+        if s.table.is_none() {
+            return Admin::default();
+        }
+        let Some(v) = s.get("listen") else {
+            self.missing(s, "listen", "\"127.0.0.1:9464\"");
+            return Admin::default();
+        };
+        let key = s.path("listen");
+        let Some(text) = self.string(&key, v) else {
+            return Admin::default();
+        };
+        let addr = match parse_listen(text) {
+            Ok(addr) => addr,
+            Err(e) => {
+                self.report(key, Some(v.span()), e);
+                return Admin::default();
+            }
+        };
+        let clash = self
+            .public_listen
+            .iter()
+            .find(|(_, public)| same_socket(addr, *public))
+            .map(|(path, public)| (path.clone(), *public));
+        if let Some((path, public)) = clash {
+            let how = if public == addr {
+                format!("{addr} is also {path}")
+            } else {
+                format!("{path} ({public}) already takes port {}", addr.port())
+            };
+            self.report(
+                &key,
+                Some(v.span()),
+                format!(
+                    "the admin listener must not be a public listener: {how}; give [admin] its \
+                     own port, like \"127.0.0.1:9464\""
+                ),
+            );
+        }
+        let ip = addr.ip().to_canonical();
+        if ip.is_unspecified() {
+            self.warn(
+                &key,
+                Some(v.span()),
+                format!(
+                    "{addr} listens on every address, public ones included; admin endpoints \
+                     have no authentication; keep them on loopback or a private network"
+                ),
+            );
+        } else if !ip.is_loopback() && !is_private(ip) {
+            self.warn(
+                &key,
+                Some(v.span()),
+                format!(
+                    "{} is not a loopback address; admin endpoints have no authentication; \
+                     keep them on loopback or a private network",
+                    addr.ip()
+                ),
+            );
+        }
+        Admin { listen: Some(addr) }
+    }
+
+    // ---------------------------------------------------------------- values
+
+    /// An integer within `range`, defaulted when absent; `unit` says what it counts.
+    fn bounded_int(
+        &mut self,
+        key: &str,
+        v: Option<&Value<'_>>,
+        default: u32,
+        range: RangeInclusive<u32>,
+        unit: &str,
+    ) -> u32 {
+        let Some(v) = v else { return default };
+        let Some(n) = self.integer(key, v) else {
+            return default;
+        };
+        match u32::try_from(n) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                let off = if n == 0 && key.starts_with("dynamic.") {
+                    "; to turn the limit off, set enabled = false"
+                } else {
+                    ""
+                };
+                self.report(
+                    key,
+                    Some(v.span()),
+                    format!(
+                        "must be from {} to {} ({unit}), not {n}{off}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// A duration from 1ms to `within.max`, defaulted when absent.
+    fn bounded_duration(
+        &mut self,
+        key: &str,
+        v: Option<&Value<'_>>,
+        default: Duration,
+        within: &Within,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        let allowed = format!(
+            "from 1ms to {}, like \"{}\"",
+            within.max_text, within.example
+        );
+        let text = match v.get_ref() {
+            DeValue::String(t) => t.as_ref(),
+            other => {
+                self.report(
+                    key,
+                    Some(v.span()),
+                    format!(
+                        "expected a duration string {allowed}, found {}",
+                        type_name(other)
+                    ),
+                );
+                return default;
+            }
+        };
+        let message = match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => format!("{}; write a duration {allowed}", within.zero),
+            Ok(d) if d < MIN_DURATION => format!(
+                "\"{text}\" is shorter than 1ms, the finest step Portcullis counts in; \
+                 write a duration {allowed}"
+            ),
+            Ok(d) if d > within.max => format!(
+                "\"{text}\" is longer than the {} allowed; write a duration {allowed}",
+                within.max_text
+            ),
+            Ok(d) => return d,
+            Err(e) => format!("\"{text}\" is not a duration ({e}); write one {allowed}"),
+        };
+        self.report(key, Some(v.span()), message);
+        default
+    }
+}
+
+/// Two listen addresses that cannot both be bound: equal, or the same port where one of them
+/// is a wildcard covering the other (`[::]` covers IPv4 too). Port 0 asks for a fresh port and
+/// never clashes.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |wild: IpAddr, other: IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip())
+}
+
+/// Private (RFC 1918, unique local fc00::/7) and link-local addresses.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    }
+}
+
+/// Checks `redis://[user:pass@]host[:port][/db]`, `rediss://…` and `redis+unix:///path`.
+/// The error has the message and a "did you mean"; neither repeats a password of `text`.
+fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
+    let fail = |message: String| Err((message, None));
+    let Some((scheme, rest)) = text.split_once("://") else {
+        let suggestion = match suggest(text, &["memory"]) {
+            Some(m) => Some(m.to_owned()),
+            None => repaired_scheme(text).map(|u| mask_password(&u).into_owned()),
+        };
+        return Err((
+            format!(
+                "\"{}\" is not a Redis URL; write {BACKEND_EXAMPLE}",
+                mask_password(text)
+            ),
+            suggestion,
+        ));
+    };
+    if !REDIS_SCHEMES.contains(&scheme) {
+        let shown = if scheme.contains(['@', ':', '/']) {
+            // Not a scheme at all: maybe a password; show nothing of it.
+            String::new()
+        } else {
+            format!(", not {scheme}://")
+        };
+        return Err((
+            format!(
+                "the state backend must be \"memory\" or a redis://, rediss:// or \
+                 redis+unix:// URL{shown}"
+            ),
+            suggest(scheme, REDIS_SCHEMES).map(|s| format!("{s}://")),
+        ));
+    }
+    if rest.contains(['?', '#']) {
+        return fail(
+            "query parameters and fragments are not supported in state.backend; put the \
+             database number in the path, like \"redis://127.0.0.1:6379/2\""
+                .into(),
+        );
+    }
+    if scheme == "redis+unix" {
+        return match rest.strip_prefix('/') {
+            None => fail(
+                "a redis+unix URL names a socket file after three slashes, like \
+                 \"redis+unix:///run/redis/redis.sock\""
+                    .into(),
+            ),
+            Some(path) if path.is_empty() || path.ends_with('/') => fail(
+                "the redis+unix URL names no socket file; write it like \
+                 \"redis+unix:///run/redis/redis.sock\""
+                    .into(),
+            ),
+            Some(_) => Ok(()),
+        };
+    }
+    // The password may hold '/' or '@': the user information ends at the last '@'.
+    let after_user = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let (host_port, db) = after_user.split_once('/').unwrap_or((after_user, ""));
+    let example = format!("\"{scheme}://127.0.0.1:6379/0\"");
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return fail(format!(
+                "the IPv6 address \"[{bracketed}\" has no closing ']'; write it like \
+                 \"{scheme}://[::1]:6379\""
+            ));
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return fail(format!("\"[{host}]\" is not an IPv6 address"));
+        }
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => {
+                    return fail(format!(
+                        "unexpected \"{after}\" after \"[{host}]\"; write it like \
+                         \"{scheme}://[::1]:6379\""
+                    ));
+                }
+            },
+        }
+    } else {
+        match host_port.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return fail(format!(
+                    "an IPv6 address must be in brackets, like \"{scheme}://[::1]:6379\""
+                ));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return fail(format!(
+            "the Redis URL has no host; write it like {example}"
+        ));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
+    {
+        return fail(format!(
+            "\"{host}\" is not a host name or IP address; write it like {example}"
+        ));
+    }
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p != 0);
+        if !valid {
+            return fail(format!(
+                "the port must be a number from 1 to 65535, not \"{port}\"; write it like \
+                 {example}"
+            ));
+        }
+    }
+    let valid_db = db.bytes().all(|b| b.is_ascii_digit()) && db.parse::<u32>().is_ok();
+    if !db.is_empty() && !valid_db {
+        return fail(format!(
+            "the database must be a non-negative number, like /0, not \"/{db}\"; write it like \
+             {example}"
+        ));
+    }
+    Ok(())
+}
+
+/// `redis//host`, `redis:/host`, `redis:host` … repaired to `redis://host` (for a suggestion).
+fn repaired_scheme(text: &str) -> Option<String> {
+    let scheme = REDIS_SCHEMES.iter().find(|s| text.starts_with(**s))?;
+    let rest = &text[scheme.len()..];
+    // Only the scheme's ':' and the slashes: a ':' after them starts the user information.
+    let body = rest
+        .strip_prefix(':')
+        .unwrap_or(rest)
+        .trim_start_matches('/');
+    if body.is_empty() || body.len() == rest.len() {
+        return None;
+    }
+    let slashes = if *scheme == "redis+unix" {
+        ":///"
+    } else {
+        "://"
+    };
+    Some(format!("{scheme}{slashes}{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls() {
+        for ok in [
+            "redis://127.0.0.1:6379/0",
+            "redis://localhost",
+            "redis://cache.internal:6380",
+            "redis://:secret@cache.internal:6379/15",
+            "redis://user:p@ss/w0rd@cache/2",
+            "rediss://redis.example:6380/",
+            "redis://[::1]:6379/1",
+            "redis://[2001:db8::1]",
+            "redis+unix:///run/redis/redis.sock",
+        ] {
+            assert_eq!(check_redis_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("redis//localhost", "not a Redis URL"),
+            ("localhost:6379", "not a Redis URL"),
+            ("http://localhost", "not http://"),
+            ("redis://", "no host"),
+            ("redis://:pw@/0", "no host"),
+            ("redis://host:0", "from 1 to 65535"),
+            ("redis://host:70000", "from 1 to 65535"),
+            ("redis://host:", "from 1 to 65535"),
+            ("redis://host:x1", "from 1 to 65535"),
+            ("redis://host/-1", "non-negative"),
+            ("redis://host/db0", "non-negative"),
+            ("redis://host/0/1", "non-negative"),
+            ("redis://::1:6379", "brackets"),
+            ("redis://[::1:6379", "closing"),
+            ("redis://[zz]:6379", "not an IPv6"),
+            ("redis://host/0?db=1", "query"),
+            ("redis://ho st", "not a host name"),
+            ("redis+unix://run/redis.sock", "three slashes"),
+            ("redis+unix:///", "no socket file"),
+        ] {
+            let (e, _) = check_redis_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn suggestions_for_near_backends() {
+        let suggestion = |t: &str| check_redis_url(t).unwrap_err().1;
+        assert_eq!(suggestion("memroy").as_deref(), Some("memory"));
+        assert_eq!(
+            suggestion("redis//localhost").as_deref(),
+            Some("redis://localhost")
+        );
+        assert_eq!(
+            suggestion("redis:/:hunter2@cache:6379").as_deref(),
+            Some("redis://:****@cache:6379")
+        );
+        assert_eq!(
+            suggestion("redis+unix:/run/r.sock").as_deref(),
+            Some("redis+unix:///run/r.sock")
+        );
+        assert_eq!(suggestion("reddis://x").as_deref(), Some("redis://"));
+        assert_eq!(suggestion("somewhere"), None);
+    }
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        for bad in [
+            "redis://:hunter2@cache:99999/0",
+            "redis://admin:hunter2@cache/zero",
+            "redis://hunter2@:6379",
+            "redis//:hunter2@cache",
+            "hunter2@cache",
+            "http://u:hunter2@cache",
+            "redis://u:hun/ter2@[::1",
+            "redis://:hunter2@cache/0?x=1",
+        ] {
+            let (message, suggestion) = check_redis_url(bad).unwrap_err();
+            assert!(!message.contains("hunter2"), "{bad}: {message}");
+            assert!(
+                !suggestion.as_deref().unwrap_or("").contains("hunter2"),
+                "{bad}: {suggestion:?}"
+            );
+        }
+        assert_eq!(
+            mask_password("redis://admin:hunter2@cache:6379/0"),
+            "redis://admin:****@cache:6379/0"
+        );
+        assert_eq!(mask_password("redis://hunter2@cache"), "redis://****@cache");
+        assert_eq!(mask_password("redis://cache:6379"), "redis://cache:6379");
+        let backend = StateBackend::Redis("rediss://:hunter2@cache:6380".into());
+        assert_eq!(backend.to_string(), "rediss://:****@cache:6380");
+        assert!(!format!("{backend:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn admin_and_public_sockets() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(same_socket(a("127.0.0.1:8080"), a("127.0.0.1:8080")));
+        assert!(same_socket(a("0.0.0.0:8080"), a("127.0.0.1:8080")));
+        assert!(same_socket(a("127.0.0.1:8080"), a("[::]:8080")));
+        assert!(!same_socket(a("0.0.0.0:8080"), a("[::1]:8080")));
+        assert!(!same_socket(a("127.0.0.1:8080"), a("127.0.0.2:8080")));
+        assert!(!same_socket(a("127.0.0.1:8080"), a("127.0.0.1:9464")));
+        assert!(!same_socket(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(is_private("10.1.2.3".parse().unwrap()));
+        assert!(is_private("fd00::1".parse().unwrap()));
+        assert!(!is_private("203.0.113.1".parse().unwrap()));
+        assert!(!is_private("2001:db8::1".parse().unwrap()));
+    }
+}

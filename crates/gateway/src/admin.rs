@@ -1,0 +1,147 @@
+//! The admin listener (`[admin] listen`): operator endpoints, never on a public listener.
+//!
+//! * `GET /healthz` — 200 `{"status":"serving"}`, or 503 with a JSON reason when a required
+//!   backend is down (Redis with `on_backend_error = "closed"`).
+//! * `GET /bans` — active bans as JSON (who, why, until when).
+//! * `DELETE /bans` — lift every ban; `DELETE /bans/<address or user>` — lift one subject's.
+//!
+//! `portcullis bans list|clear` talks to these endpoints when the state lives in memory.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use store::state::{Ban, BanSubject, StateStore};
+
+/// Serves the admin endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: StateStore, fail_closed: bool) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(req, &state, fail_closed).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Binds the admin address (before anything starts serving).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{value}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+/// JSON for one ban.
+pub fn ban_json(ban: &Ban) -> serde_json::Value {
+    let (kind, who) = match &ban.subject {
+        BanSubject::Address(ip) => ("address", ip.to_string()),
+        BanSubject::User(u) => ("user", u.clone()),
+    };
+    serde_json::json!({
+        "kind": kind,
+        "who": who,
+        "reason": ban.reason,
+        "until": humantime::format_rfc3339_seconds(ban.until).to_string(),
+        "remaining_seconds": ban.remaining.as_secs(),
+    })
+}
+
+async fn route(
+    req: Request<Incoming>,
+    state: &StateStore,
+    fail_closed: bool,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => match state {
+            StateStore::Redis(r) if !r.is_available() && fail_closed => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "degraded", "reason": "state backend (Redis) unreachable and on_backend_error = \"closed\""}),
+            ),
+            _ => json(StatusCode::OK, serde_json::json!({"status": "serving"})),
+        },
+        (&Method::GET, "/bans") => match state.list_bans().await {
+            Ok(bans) => json(
+                StatusCode::OK,
+                serde_json::json!({"bans": bans.iter().map(ban_json).collect::<Vec<_>>()}),
+            ),
+            Err(e) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e.to_string()}),
+            ),
+        },
+        (&Method::DELETE, p) if p == "/bans" || p.starts_with("/bans/") => {
+            let who = p
+                .strip_prefix("/bans/")
+                .map(percent_decode)
+                .filter(|w| !w.is_empty());
+            match state.clear_bans(who.as_deref()).await {
+                Ok(n) => {
+                    tracing::info!(
+                        who = who.as_deref().unwrap_or("everyone"),
+                        lifted = n,
+                        "bans cleared through the admin listener"
+                    );
+                    json(StatusCode::OK, serde_json::json!({"cleared": n}))
+                }
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e.to_string()}),
+                ),
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found", "endpoints": ["GET /healthz", "GET /bans", "DELETE /bans", "DELETE /bans/<who>"]}),
+        ),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

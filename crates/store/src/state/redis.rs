@@ -1,0 +1,1005 @@
+//! The Redis state backend: per-client limits, failed-logon counting and bans shared by every
+//! instance that points at one Redis database, with the semantics of the [`memory`] backend.
+//!
+//! # Keys
+//!
+//! Every key starts with [`RedisOptions::key_prefix`] (`portcullis:` by default); addresses are
+//! written in canonical form (`::ffff:192.0.2.1` is `192.0.2.1`), user names as typed.
+//!
+//! | key | type | content | expiry |
+//! |---|---|---|---|
+//! | `rate:<addr>` | string | GCRA theoretical arrival time, server µs | when fully recovered |
+//! | `inflight:<addr>` | zset | leases `<instance>:<seq>`, scored by lease end (server ms) | longest lease |
+//! | `fail:addr:<addr>`, `fail:user:<name>` | zset | failure times (server ms) | `find_time` |
+//! | `ban:addr:<addr>`, `ban:user:<name>` | hash | `reason`, `until_ms` (server ms) | `ban_time` |
+//!
+//! # Round trips
+//!
+//! Admission is one Lua script (`lua/admit.lua`): it drops expired leases, checks the
+//! concurrency limit, then the GCRA, and only when both pass counts the request and takes a
+//! lease. Time is Redis's (`TIME`), so instances with skewed clocks still agree. A failed logon is
+//! one script too (`lua/failure.lua`), and so is reading bans (`lua/read_bans.lua`).
+//!
+//! # Leases
+//!
+//! An in-flight request holds a lease that ends after [`RedisOptions::lease`]; a background
+//! task renews this instance's live leases every third of that, in one script call per batch.
+//! Dropping the guard removes the lease from a spawned task and never waits for Redis; a
+//! release that fails is retried by the renewal task until the lease would have ended anyway.
+//! So an instance that crashes holds its slots for at most one lease.
+//!
+//! # When Redis is unreachable
+//!
+//! Every call waits at most [`RedisOptions::timeout`]. After [`BREAKER_THRESHOLD`] consecutive
+//! failures the circuit opens: calls fail at once, without touching the network, while a
+//! background probe opens a fresh connection and sends `PING` every [`BREAKER_OPEN_FOR`]. The
+//! first answer closes the circuit again. A fresh connection (rather than the old one) gets past
+//! a TCP connection that died silently.
+//!
+//! While Redis cannot answer, `on_backend_error = "closed"` makes requests
+//! [`Admission::Unavailable`] and logon checks `Err(Unavailable)`; `"open"` lets them through
+//! under the *local* limits of the fallback [`MemoryState`], logging an error at most every
+//! [`OUTAGE_LOG_EVERY`]. Listing and clearing bans are operator actions: they report
+//! `Err(Unavailable)` in both modes rather than answer from one instance's local view.
+//!
+//! [`memory`]: super::memory
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+
+use super::memory::MemoryState;
+use super::{
+    Admission, Ban, BanSubject, InFlightGuard, LimitRefusal, Limits, Regulation, Unavailable,
+};
+
+/// Longest wait for the connection at start-up and for each recovery probe.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive failures that open the circuit.
+pub const BREAKER_THRESHOLD: u32 = 3;
+/// Pause between recovery probes while the circuit is open.
+pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
+/// At most one "Redis unavailable" log line per this period (with the count in between).
+pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Leases renewed per script call.
+const RENEW_BATCH: usize = 256;
+/// Keys asked per `SCAN` step and read or deleted per call.
+const SCAN_BATCH: usize = 500;
+
+/// How to reach Redis and what to do when it cannot answer.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://…` or `redis+unix:///path`.
+    pub url: String,
+    /// Longest wait for one round trip (default 100 ms).
+    pub timeout: Duration,
+    /// `on_backend_error = "open"`: let requests through under local limits when Redis is down.
+    pub fail_open: bool,
+    /// Prefix of every key (default `portcullis:`).
+    pub key_prefix: String,
+    /// How long an in-flight slot outlives its last renewal (default 30 s, renewed every third).
+    pub lease: Duration,
+}
+
+impl RedisOptions {
+    /// Defaults for `url`: 100 ms timeout, fail closed, prefix `portcullis:`, 30 s leases.
+    pub fn new(url: impl Into<String>) -> RedisOptions {
+        RedisOptions {
+            url: url.into(),
+            timeout: Duration::from_millis(100),
+            fail_open: false,
+            key_prefix: "portcullis:".to_owned(),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact(&self.url))
+            .field("timeout", &self.timeout)
+            .field("fail_open", &self.fail_open)
+            .field("key_prefix", &self.key_prefix)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+/// The state store shared through Redis. Dropping it stops its lease renewal.
+pub struct RedisState {
+    inner: Arc<Inner>,
+    renewal: AbortHandle,
+}
+
+struct Inner {
+    /// The connection in use; replaced by a fresh one when the circuit closes after an outage.
+    conn: RwLock<ConnectionManager>,
+    client: Client,
+    /// `host:port` (or the socket path): for messages, never the URL (it may hold a password).
+    endpoint: String,
+    timeout: Duration,
+    fail_open: bool,
+    lease: Duration,
+    keys: Keys,
+    breaker: Mutex<Breaker>,
+    fallback: Arc<MemoryState>,
+    runtime: Handle,
+    /// Names this instance's leases: random per process start.
+    instance: String,
+    seq: AtomicU64,
+    /// Leases of this instance's requests in flight, renewed in the background.
+    leases: Mutex<HashMap<u64, Lease>>,
+    /// Leases whose release failed (Redis down): retried until they would have ended anyway.
+    orphans: Mutex<Vec<Orphan>>,
+    outage_log: Mutex<OutageLog>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    admit: Script,
+    renew: Script,
+    failure: Script,
+    read_bans: Script,
+}
+
+struct Lease {
+    key: String,
+    member: String,
+}
+
+struct Orphan {
+    lease: Lease,
+    /// When the lease ends by itself at the latest.
+    ends: Instant,
+}
+
+/// Closed (counting consecutive failures) or open (calls fail at once; a probe is running).
+enum Breaker {
+    Closed { failures: u32 },
+    Open { since: Instant },
+}
+
+#[derive(Default)]
+struct OutageLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// Why a call gave no answer.
+struct CallError {
+    message: String,
+    /// Whether anything was sent (false when the circuit was open).
+    attempted: bool,
+}
+
+impl From<CallError> for Unavailable {
+    fn from(e: CallError) -> Unavailable {
+        Unavailable(e.message)
+    }
+}
+
+// === impl RedisState ===
+
+impl RedisState {
+    /// Connects to Redis and checks it answers `PING` within [`CONNECT_TIMEOUT`]; the error
+    /// names `host:port`, never the password. `fallback` holds the local limits used while
+    /// Redis is down with `fail_open`.
+    pub async fn connect(
+        options: RedisOptions,
+        fallback: Arc<MemoryState>,
+    ) -> Result<RedisState, String> {
+        let client = Client::open(options.url.as_str())
+            .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
+        let endpoint = client.get_connection_info().addr().to_string();
+        let conn = open_connection(&client, &endpoint).await?;
+        let timeout = options.timeout.max(Duration::from_millis(1));
+        let lease = options.lease.max(Duration::from_millis(30));
+        let inner = Arc::new(Inner {
+            conn: RwLock::new(conn),
+            client,
+            endpoint,
+            timeout,
+            fail_open: options.fail_open,
+            lease,
+            keys: Keys {
+                prefix: options.key_prefix,
+            },
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+            fallback,
+            runtime: Handle::current(),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            seq: AtomicU64::new(0),
+            leases: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
+            outage_log: Mutex::new(OutageLog::default()),
+            scripts: Scripts {
+                admit: Script::new(include_str!("lua/admit.lua")),
+                renew: Script::new(include_str!("lua/renew.lua")),
+                failure: Script::new(include_str!("lua/failure.lua")),
+                read_bans: Script::new(include_str!("lua/read_bans.lua")),
+            },
+        });
+        let renewal = tokio::spawn(renew_leases(Arc::downgrade(&inner), lease / 3)).abort_handle();
+        tracing::info!(endpoint = %inner.endpoint, "state shared through Redis");
+        Ok(RedisState { inner, renewal })
+    }
+
+    /// Whether Redis is answering (the circuit is closed): for health checks.
+    pub fn is_available(&self) -> bool {
+        matches!(*lock(&self.inner.breaker), Breaker::Closed { .. })
+    }
+
+    /// Phase 4: checks one request from `ip` against `limits` and, when admitted, counts it.
+    pub async fn admit(&self, ip: IpAddr, limits: &Limits) -> Admission {
+        if limits.max_concurrent.is_none() && limits.rate.is_none() {
+            return Admission::Admitted(InFlightGuard::none());
+        }
+        let inner = &self.inner;
+        let ip = ip.to_canonical();
+        let max_concurrent = limits.max_concurrent.unwrap_or(0);
+        // Taken before the call: if this future is dropped mid-call, the script may still have
+        // run, so the lease is released like any other.
+        let lease = limits.max_concurrent.map(|_| inner.take_lease(ip));
+        let (max_requests, interval_us) = match limits.rate {
+            Some(rate) => (rate.max_requests.max(1), micros(rate.interval).max(1)),
+            None => (0, 0),
+        };
+        let mut call = inner.scripts.admit.prepare_invoke();
+        call.key(inner.keys.in_flight(ip))
+            .key(inner.keys.rate(ip))
+            .arg(max_concurrent)
+            .arg(max_requests)
+            .arg(interval_us)
+            .arg(millis(inner.lease))
+            .arg(lease.as_ref().map_or("", |l| l.member.as_str()));
+        let mut conn = inner.connection();
+        let answer: Result<(i64, i64), CallError> = inner.call(call.invoke_async(&mut conn)).await;
+        match answer {
+            Ok((0, _)) => match lease {
+                Some(lease) => Admission::Admitted(InFlightGuard::new(move || drop(lease))),
+                None => Admission::Admitted(InFlightGuard::none()),
+            },
+            Ok((code, retry_us)) => {
+                if let Some(lease) = lease {
+                    lease.forget();
+                }
+                match code {
+                    1 => Admission::Refused(LimitRefusal::Concurrent {
+                        max: max_concurrent,
+                    }),
+                    _ => Admission::Refused(LimitRefusal::Rate {
+                        retry_after: Duration::from_micros(u64::try_from(retry_us).unwrap_or(0)),
+                    }),
+                }
+            }
+            Err(e) => {
+                if let Some(lease) = lease
+                    && !e.attempted
+                {
+                    lease.forget();
+                }
+                if inner.degraded(&e.message) {
+                    inner.fallback.admit(ip, limits)
+                } else {
+                    Admission::Unavailable
+                }
+            }
+        }
+    }
+
+    /// Phase 5: the active ban of the address, else of the user name.
+    pub async fn ban_for(
+        &self,
+        ip: IpAddr,
+        user: Option<&str>,
+    ) -> Result<Option<Ban>, Unavailable> {
+        let inner = &self.inner;
+        let ip = ip.to_canonical();
+        let mut subjects = vec![BanSubject::Address(ip)];
+        subjects.extend(user.map(|u| BanSubject::User(u.to_owned())));
+        match inner.read_bans(subjects).await {
+            Ok(bans) => Ok(bans.into_iter().next()),
+            Err(e) if inner.degraded(&e.message) => Ok(inner.fallback.ban_for(ip, user)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a failed logon of `user` from `ip`; returns the bans it started (address and/or
+    /// user name).
+    pub async fn record_failure(
+        &self,
+        ip: IpAddr,
+        user: &str,
+        reg: &Regulation,
+    ) -> Result<Vec<Ban>, Unavailable> {
+        let inner = &self.inner;
+        let ip = ip.to_canonical();
+        let reason = ban_reason(reg);
+        let mut call = inner.scripts.failure.prepare_invoke();
+        call.key(inner.keys.failures(&BanSubject::Address(ip)))
+            .key(inner.keys.failures(&BanSubject::User(user.to_owned())))
+            .key(inner.keys.ban(&BanSubject::Address(ip)))
+            .key(inner.keys.ban(&BanSubject::User(user.to_owned())))
+            .arg(reg.max_failures.max(1))
+            .arg(millis(reg.find_time).max(1))
+            .arg(millis(reg.ban_time).max(1))
+            .arg(&reason)
+            .arg(format!(
+                "{}:{}",
+                inner.instance,
+                inner.seq.fetch_add(1, Ordering::Relaxed)
+            ));
+        let mut conn = inner.connection();
+        let answer: Result<Vec<i64>, CallError> = inner.call(call.invoke_async(&mut conn)).await;
+        match answer {
+            Ok(started) => {
+                let remaining = Duration::from_millis(millis(reg.ban_time).max(1));
+                let until = SystemTime::now()
+                    .checked_add(remaining)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let subject = |i: i64| match i {
+                    1 => BanSubject::Address(ip),
+                    _ => BanSubject::User(user.to_owned()),
+                };
+                Ok(started
+                    .into_iter()
+                    .map(|i| Ban {
+                        subject: subject(i),
+                        reason: reason.clone(),
+                        until,
+                        remaining,
+                    })
+                    .collect())
+            }
+            Err(e) if inner.degraded(&e.message) => {
+                Ok(inner.fallback.record_failure(ip, user, reg))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a successful logon: the failure count of the client address starts again (the
+    /// user name's count and any ban stay).
+    pub async fn record_success(&self, ip: IpAddr, user: &str) -> Result<(), Unavailable> {
+        let inner = &self.inner;
+        let ip = ip.to_canonical();
+        let cmd = {
+            let mut c = redis::cmd("DEL");
+            c.arg(inner.keys.failures(&BanSubject::Address(ip)));
+            c
+        };
+        let mut conn = inner.connection();
+        match inner.call(cmd.query_async::<i64>(&mut conn)).await {
+            Ok(_) => Ok(()),
+            Err(e) if inner.degraded(&e.message) => {
+                inner.fallback.record_success(ip, user);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every active ban: addresses first, then user names, each in order.
+    ///
+    /// `Err` when Redis cannot answer, whatever `on_backend_error` says.
+    pub async fn list_bans(&self) -> Result<Vec<Ban>, Unavailable> {
+        let inner = &self.inner;
+        let keys = inner.scan_bans().await?;
+        let subjects: Vec<BanSubject> = keys
+            .iter()
+            .filter_map(|k| inner.keys.ban_subject(k))
+            .collect();
+        let mut bans = Vec::with_capacity(subjects.len());
+        for chunk in subjects.chunks(SCAN_BATCH) {
+            bans.extend(inner.read_bans(chunk.to_vec()).await?);
+        }
+        bans.sort_by(|a, b| match (&a.subject, &b.subject) {
+            (BanSubject::Address(x), BanSubject::Address(y)) => client_key(*x).cmp(&client_key(*y)),
+            (BanSubject::Address(_), BanSubject::User(_)) => std::cmp::Ordering::Less,
+            (BanSubject::User(_), BanSubject::Address(_)) => std::cmp::Ordering::Greater,
+            (BanSubject::User(x), BanSubject::User(y)) => x.cmp(y),
+        });
+        Ok(bans)
+    }
+
+    /// Lifts the bans of `who` (parsed as an address if it is one, else a user name), or every
+    /// ban when `None`; returns how many active bans were lifted. The local fallback's bans
+    /// (from an outage with `fail_open`) are lifted too, so they cannot return with the next one.
+    ///
+    /// `Err` when Redis cannot answer, whatever `on_backend_error` says.
+    pub async fn clear_bans(&self, who: Option<&str>) -> Result<usize, Unavailable> {
+        let inner = &self.inner;
+        let keys = match who {
+            Some(who) => {
+                let subject = match who.parse::<IpAddr>() {
+                    Ok(ip) => BanSubject::Address(ip.to_canonical()),
+                    Err(_) => BanSubject::User(who.to_owned()),
+                };
+                vec![inner.keys.ban(&subject)]
+            }
+            None => inner.scan_bans().await?,
+        };
+        let mut lifted = 0;
+        for chunk in keys.chunks(SCAN_BATCH) {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(chunk);
+            let mut conn = inner.connection();
+            let n: u64 = inner.call(cmd.query_async(&mut conn)).await?;
+            lifted += usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        inner.fallback.clear_bans(who);
+        Ok(lifted)
+    }
+}
+
+impl Drop for RedisState {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}
+
+impl fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisState")
+            .field("endpoint", &self.inner.endpoint)
+            .field("key_prefix", &self.inner.keys.prefix)
+            .field("available", &self.is_available())
+            .field("in_flight", &lock(&self.inner.leases).len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn connection(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs one round trip under the timeout and the circuit breaker.
+    async fn call<T>(
+        self: &Arc<Self>,
+        op: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, CallError> {
+        if !matches!(*lock(&self.breaker), Breaker::Closed { .. }) {
+            return Err(CallError {
+                message: format!("Redis at {} is unreachable (circuit open)", self.endpoint),
+                attempted: false,
+            });
+        }
+        let message = match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(value)) => {
+                self.succeeded();
+                return Ok(value);
+            }
+            Ok(Err(e)) if !is_outage(&e) => {
+                // Redis answered, with an error: not an outage, but no answer either.
+                self.succeeded();
+                tracing::error!(endpoint = %self.endpoint, error = %e, "Redis refused a state operation");
+                format!("Redis at {}: {e}", self.endpoint)
+            }
+            Ok(Err(e)) => format!("Redis at {}: {e}", self.endpoint),
+            Err(_) => format!(
+                "Redis at {} did not answer within {:?}",
+                self.endpoint, self.timeout
+            ),
+        };
+        self.failed(&message);
+        Err(CallError {
+            message,
+            attempted: true,
+        })
+    }
+
+    fn succeeded(&self) {
+        let mut breaker = lock(&self.breaker);
+        if let Breaker::Closed { failures } = &mut *breaker {
+            *failures = 0;
+        }
+    }
+
+    fn failed(self: &Arc<Self>, message: &str) {
+        let mut breaker = lock(&self.breaker);
+        let Breaker::Closed { failures } = &mut *breaker else {
+            return;
+        };
+        *failures += 1;
+        if *failures < BREAKER_THRESHOLD {
+            return;
+        }
+        *breaker = Breaker::Open {
+            since: Instant::now(),
+        };
+        drop(breaker);
+        let consequence = if self.fail_open {
+            "letting requests through under local limits only (on_backend_error = \"open\")"
+        } else {
+            "refusing requests with 503 (on_backend_error = \"closed\")"
+        };
+        tracing::error!(
+            endpoint = %self.endpoint,
+            "state backend unreachable: {message}; {consequence} until Redis answers again (probing every {:?})",
+            BREAKER_OPEN_FOR,
+        );
+        self.runtime
+            .spawn(probe_until_reachable(Arc::downgrade(self)));
+    }
+
+    /// Counts one operation that got no answer; true when it should go on locally (fail open).
+    fn degraded(&self, message: &str) -> bool {
+        let mut log = lock(&self.outage_log);
+        log.suppressed += 1;
+        let due = log
+            .last
+            .is_none_or(|last| last.elapsed() >= OUTAGE_LOG_EVERY);
+        if due {
+            let count = std::mem::take(&mut log.suppressed);
+            log.last = Some(Instant::now());
+            drop(log);
+            if self.fail_open {
+                tracing::error!(
+                    endpoint = %self.endpoint,
+                    count,
+                    "state backend unavailable ({message}): {count} operation(s) let through under LOCAL limits only \
+                     (on_backend_error = \"open\"); limits are not shared until Redis answers",
+                );
+            } else {
+                tracing::error!(
+                    endpoint = %self.endpoint,
+                    count,
+                    "state backend unavailable ({message}): {count} operation(s) refused (on_backend_error = \"closed\")",
+                );
+            }
+        }
+        self.fail_open
+    }
+
+    /// A lease for one request; released (in the background) when the returned value is dropped.
+    fn take_lease(self: &Arc<Self>, ip: IpAddr) -> LeaseHold {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let member = format!("{}:{seq}", self.instance);
+        let key = self.keys.in_flight(ip);
+        lock(&self.leases).insert(
+            seq,
+            Lease {
+                key,
+                member: member.clone(),
+            },
+        );
+        LeaseHold {
+            inner: Arc::clone(self),
+            seq,
+            member,
+            armed: true,
+        }
+    }
+
+    /// Ends a lease: `ZREM` from a spawned task, so dropping a guard never waits for Redis.
+    fn release(self: &Arc<Self>, seq: u64) {
+        let Some(lease) = lock(&self.leases).remove(&seq) else {
+            return;
+        };
+        let inner = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&lease.key).arg(&lease.member);
+            let mut conn = inner.connection();
+            if inner.call(cmd.query_async::<i64>(&mut conn)).await.is_err() {
+                let ends = Instant::now() + inner.lease;
+                lock(&inner.orphans).push(Orphan { lease, ends });
+            }
+        });
+    }
+
+    /// Extends this instance's live leases and retries failed releases.
+    async fn renew(self: &Arc<Self>) {
+        let live: Vec<(String, String)> = lock(&self.leases)
+            .values()
+            .map(|l| (l.key.clone(), l.member.clone()))
+            .collect();
+        for chunk in live.chunks(RENEW_BATCH) {
+            let mut call = self.scripts.renew.prepare_invoke();
+            call.arg(millis(self.lease));
+            for (key, member) in chunk {
+                call.key(key).arg(member);
+            }
+            let mut conn = self.connection();
+            if self
+                .call(call.invoke_async::<i64>(&mut conn))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+
+        let now = Instant::now();
+        let orphans: Vec<Orphan> = std::mem::take(&mut *lock(&self.orphans));
+        let orphans: Vec<Orphan> = orphans.into_iter().filter(|o| o.ends > now).collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for o in &orphans {
+            pipe.cmd("ZREM")
+                .arg(&o.lease.key)
+                .arg(&o.lease.member)
+                .ignore();
+        }
+        let mut conn = self.connection();
+        if self.call(pipe.query_async::<()>(&mut conn)).await.is_err() {
+            lock(&self.orphans).extend(orphans);
+        }
+    }
+
+    /// Reads the bans of `subjects`, keeping only active ones, in the order given.
+    async fn read_bans(self: &Arc<Self>, subjects: Vec<BanSubject>) -> Result<Vec<Ban>, CallError> {
+        let mut call = self.scripts.read_bans.prepare_invoke();
+        for subject in &subjects {
+            call.key(self.keys.ban(subject));
+        }
+        let mut conn = self.connection();
+        let answer: Vec<(Option<String>, i64)> = self.call(call.invoke_async(&mut conn)).await?;
+        let now = SystemTime::now();
+        Ok(subjects
+            .into_iter()
+            .zip(answer)
+            .filter_map(|(subject, (reason, ms_left))| {
+                let reason = reason?;
+                let remaining =
+                    Duration::from_millis(u64::try_from(ms_left).ok().filter(|&ms| ms > 0)?);
+                let until = now.checked_add(remaining).unwrap_or(SystemTime::UNIX_EPOCH);
+                Some(Ban {
+                    subject,
+                    reason,
+                    until,
+                    remaining,
+                })
+            })
+            .collect())
+    }
+
+    /// Every ban key (`SCAN`, so Redis is never blocked for long).
+    async fn scan_bans(self: &Arc<Self>) -> Result<Vec<String>, Unavailable> {
+        let pattern = self.keys.ban_pattern();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH);
+            let mut conn = self.connection();
+            let (next, batch): (u64, Vec<String>) = self.call(cmd.query_async(&mut conn)).await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key twice.
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+/// One request's lease until its guard is dropped.
+struct LeaseHold {
+    inner: Arc<Inner>,
+    seq: u64,
+    member: String,
+    armed: bool,
+}
+
+impl LeaseHold {
+    /// The lease was never taken in Redis: nothing to release.
+    fn forget(mut self) {
+        self.armed = false;
+        lock(&self.inner.leases).remove(&self.seq);
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.release(self.seq);
+        }
+    }
+}
+
+/// Renews leases every `every` for as long as the store exists.
+async fn renew_leases(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.renew().await;
+    }
+}
+
+/// While the circuit is open: every [`BREAKER_OPEN_FOR`], a fresh connection and a `PING`; the
+/// first answer puts that connection in use and closes the circuit.
+async fn probe_until_reachable(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(BREAKER_OPEN_FOR).await;
+        let Some(inner) = inner.upgrade() else { return };
+        match open_connection(&inner.client, &inner.endpoint).await {
+            Ok(conn) => {
+                *inner.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                let since = match std::mem::replace(
+                    &mut *lock(&inner.breaker),
+                    Breaker::Closed { failures: 0 },
+                ) {
+                    Breaker::Open { since } => since.elapsed(),
+                    Breaker::Closed { .. } => Duration::ZERO,
+                };
+                tracing::warn!(
+                    endpoint = %inner.endpoint,
+                    "state backend reachable again after {:.1}s; limits and bans are shared again",
+                    since.as_secs_f64(),
+                );
+                return;
+            }
+            Err(e) => tracing::debug!(endpoint = %inner.endpoint, "Redis still unreachable: {e}"),
+        }
+    }
+}
+
+/// A connection manager that answered `PING` within [`CONNECT_TIMEOUT`].
+async fn open_connection(client: &Client, endpoint: &str) -> Result<ConnectionManager, String> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        // Each call has its own timeout; the manager reconnects by itself after a drop.
+        .set_response_timeout(None)
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let connecting = async {
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok::<_, RedisError>(conn)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(format!("cannot reach Redis at {endpoint}: {e}")),
+        Err(_) => Err(format!(
+            "Redis at {endpoint} did not answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Whether an error means Redis is unreachable (as opposed to answering with an error).
+fn is_outage(e: &RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ResponseError | ServerErrorKind::ExecAbort | ServerErrorKind::NoScript
+        ) | ErrorKind::UnexpectedReturnType
+            | ErrorKind::Extension
+    )
+}
+
+// === impl Keys ===
+
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn rate(&self, ip: IpAddr) -> String {
+        format!("{}rate:{ip}", self.prefix)
+    }
+
+    fn in_flight(&self, ip: IpAddr) -> String {
+        format!("{}inflight:{ip}", self.prefix)
+    }
+
+    fn failures(&self, subject: &BanSubject) -> String {
+        match subject {
+            BanSubject::Address(ip) => format!("{}fail:addr:{ip}", self.prefix),
+            BanSubject::User(user) => format!("{}fail:user:{user}", self.prefix),
+        }
+    }
+
+    fn ban(&self, subject: &BanSubject) -> String {
+        match subject {
+            BanSubject::Address(ip) => format!("{}ban:addr:{ip}", self.prefix),
+            BanSubject::User(user) => format!("{}ban:user:{user}", self.prefix),
+        }
+    }
+
+    /// `SCAN MATCH` pattern of every ban key (the prefix's glob characters escaped).
+    fn ban_pattern(&self) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + 5);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str("ban:*");
+        pattern
+    }
+
+    fn ban_subject(&self, key: &str) -> Option<BanSubject> {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("ban:")?;
+        if let Some(addr) = rest.strip_prefix("addr:") {
+            return addr
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| BanSubject::Address(ip.to_canonical()));
+        }
+        rest.strip_prefix("user:")
+            .map(|user| BanSubject::User(user.to_owned()))
+    }
+}
+
+// === helpers ===
+
+/// The memory backend's address order: IPv6, IPv4 in its IPv4-mapped form.
+fn client_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// "5 failed logons within 2m", as the memory backend words it.
+fn ban_reason(reg: &Regulation) -> String {
+    let plural = if reg.max_failures == 1 { "" } else { "s" };
+    format!(
+        "{} failed logon{plural} within {}",
+        reg.max_failures,
+        human(reg.find_time)
+    )
+}
+
+/// `2m`, `1m30s`, `200ms`: the way the configuration writes durations.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    let sub = u64::from(d.subsec_nanos());
+    let parts = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (sub / 1_000_000, "ms"),
+        (sub / 1000 % 1000, "us"),
+        (sub % 1000, "ns"),
+    ];
+    let mut out = String::new();
+    for (value, unit) in parts {
+        if value > 0 {
+            let _ = write!(out, "{value}{unit}");
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `url` with the password of its user information replaced by `****`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:****"),
+                None => "****".to_owned(),
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_and_canonical() {
+        let keys = Keys {
+            prefix: "pc:".to_owned(),
+        };
+        let ip: IpAddr = "::ffff:192.0.2.1".parse::<IpAddr>().unwrap().to_canonical();
+        assert_eq!(keys.rate(ip), "pc:rate:192.0.2.1");
+        assert_eq!(keys.in_flight(ip), "pc:inflight:192.0.2.1");
+        assert_eq!(keys.ban(&BanSubject::Address(ip)), "pc:ban:addr:192.0.2.1");
+        assert_eq!(
+            keys.failures(&BanSubject::User("alice".into())),
+            "pc:fail:user:alice"
+        );
+        assert_eq!(
+            keys.ban_subject("pc:ban:addr:2001:db8::1"),
+            Some(BanSubject::Address("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(
+            keys.ban_subject("pc:ban:user:a:b"),
+            Some(BanSubject::User("a:b".into()))
+        );
+        assert_eq!(keys.ban_subject("pc:fail:user:a"), None);
+        assert_eq!(keys.ban_subject("other:ban:user:a"), None);
+        assert_eq!(
+            Keys {
+                prefix: "a*[x]:".to_owned()
+            }
+            .ban_pattern(),
+            "a\\*\\[x\\]:ban:*"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("redis://:s3cret@host:6379/0"),
+            "redis://:****@host:6379/0"
+        );
+        assert_eq!(
+            redact("rediss://user:s3cret@host"),
+            "rediss://user:****@host"
+        );
+        assert_eq!(redact("redis://s3cret@host"), "redis://****@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
+    }
+
+    #[test]
+    fn reasons_match_the_memory_backend() {
+        let reg = Regulation {
+            max_failures: 5,
+            find_time: Duration::from_secs(120),
+            ban_time: Duration::from_secs(300),
+        };
+        assert_eq!(ban_reason(&reg), "5 failed logons within 2m");
+        assert_eq!(
+            ban_reason(&Regulation {
+                max_failures: 1,
+                find_time: Duration::from_millis(1500),
+                ..reg
+            }),
+            "1 failed logon within 1s500ms"
+        );
+    }
+}
