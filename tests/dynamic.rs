@@ -125,18 +125,32 @@ fn concurrency_slots_are_released_on_every_way_out() {
             let r = c.get(gw.url("/download?mb=2")).send().await.unwrap();
             assert_eq!(r.bytes().await.unwrap().len(), 2 << 20);
         }
-        // Way out 2: the client disconnects while the upstream is still thinking.
-        let hung: Vec<_> = (0..2)
-            .map(|_| {
-                tokio::spawn({
-                    let (c, url) = (reqwest::Client::new(), gw.url("/slow"));
-                    async move { c.get(url).send().await }
-                })
-            })
-            .collect();
-        // Both slots taken: a third request is refused.
-        eventually_async(|| async { (get(&c, &gw.url("/public/x")).await.0 == 403).then_some(()) })
-            .await;
+        // Way out 2: the client disconnects while the upstream is still thinking. Two requests
+        // hang on /slow; one answered early was refused while a slot of the previous step was
+        // still being released, so it is sent again until both hang.
+        let slow = gw.url("/slow");
+        let spawn_hung = || {
+            let url = slow.clone();
+            tokio::spawn(async move { reqwest::Client::new().get(url).send().await })
+        };
+        let mut hung = vec![spawn_hung(), spawn_hung()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            for h in hung.iter_mut() {
+                if h.is_finished() {
+                    *h = spawn_hung();
+                }
+            }
+            // Both slots taken: a third request is refused.
+            if get(&c, &gw.url("/public/x")).await.0 == 403 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hung requests never held both slots"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         let (_, _, p) = get(&c, &gw.url("/public/x")).await;
         assert_eq!(p["substatus"], 501);
         for h in hung {

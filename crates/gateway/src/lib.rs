@@ -32,7 +32,9 @@ use policy::{
 use store::Groups;
 use store::state::memory::MemoryState;
 use store::state::redis::{RedisOptions, RedisState};
-use store::state::{Admission, LimitRefusal, Limits, Rate, Regulation, StateStore, SystemClock};
+use store::state::{
+    Admission, InFlightGuard, LimitRefusal, Limits, Rate, Regulation, StateStore, SystemClock,
+};
 use store::verifier::{Verification, Verifier};
 
 use crate::access_log::{AccessLog, LogRecord};
@@ -134,11 +136,82 @@ pub async fn connect_state(config: &Config) -> Result<StateStore, BuildError> {
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What is known about the request when it is refused, for the response and its trace.
-struct Seen<'a> {
+struct Seen {
     peer: IpAddr,
     client_ip: IpAddr,
-    identity: Option<&'a Identity>,
-    host_name: Option<&'a str>,
+    identity: Option<Identity>,
+    host_name: Option<Arc<str>>,
+}
+
+impl Seen {
+    fn new(peer: IpAddr) -> Seen {
+        Seen {
+            peer,
+            client_ip: peer,
+            identity: None,
+            host_name: None,
+        }
+    }
+}
+
+/// The path of the forward-auth endpoint.
+pub const FORWARD_AUTH_PATH: &str = "/.portcullis/auth";
+const X_ORIGINAL_URI: http::HeaderName = http::HeaderName::from_static("x-original-uri");
+const X_ORIGINAL_METHOD: http::HeaderName = http::HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: http::HeaderName = http::HeaderName::from_static("x-forwarded-method");
+const REMOTE_NAME: http::HeaderName = http::HeaderName::from_static("remote-name");
+
+/// The request a forward-auth question is about, from the trusted proxy's headers:
+/// `X-Original-Method` / `X-Original-URI` (nginx) or `X-Forwarded-Method` / `X-Forwarded-Uri`
+/// (Caddy, Traefik).
+struct OriginalRequest {
+    method: String,
+    uri: String,
+}
+
+impl OriginalRequest {
+    fn from_headers(h: &http::HeaderMap) -> Option<OriginalRequest> {
+        let get = |a: &http::HeaderName, b: &http::HeaderName| {
+            h.get(a)
+                .or_else(|| h.get(b))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let uri = get(&X_ORIGINAL_URI, &X_FORWARDED_URI)?;
+        // An absolute URI (some proxies send one) is reduced to its path and query.
+        let uri = match uri.parse::<http::Uri>() {
+            Ok(u) if u.scheme().is_some() => u
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+            _ if uri.starts_with('/') => uri,
+            _ => return None,
+        };
+        let method = get(&X_ORIGINAL_METHOD, &X_FORWARDED_METHOD)
+            .unwrap_or_else(|| "GET".to_owned())
+            .to_ascii_uppercase();
+        Some(OriginalRequest { method, uri })
+    }
+
+    fn path(&self) -> &str {
+        self.uri.split_once('?').map_or(&self.uri, |(p, _)| p)
+    }
+}
+
+/// The request as the policy judges it: the real one in proxy mode, the original one in
+/// forward-auth mode.
+struct RequestView<'a> {
+    method: &'a str,
+    path: &'a str,
+    path_and_query: &'a str,
+    headers: &'a http::HeaderMap,
+}
+
+/// What phases 2–7 hand to phase 8 (or to the forward-auth answer).
+struct Decided {
+    identity: Identity,
+    forwarded_by_proxy: bool,
+    guard: Option<InFlightGuard>,
 }
 
 impl Gateway {
@@ -215,216 +288,43 @@ impl Gateway {
         &self.log
     }
 
-    /// Runs the pipeline for one request.
+    /// Runs the pipeline for one request: forward-auth questions at `/.portcullis/auth`,
+    /// everything else through phases 2–8 to the upstream.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<Body>, Abort> {
+        if req.uri().path() == FORWARD_AUTH_PATH {
+            return self.forward_auth(req, conn).await;
+        }
         let started = Instant::now();
         let request_id = request_id::for_request(req.headers());
-        let peer = canonical_ip(conn.peer.ip());
-        let mut record = self.log.enabled().then(|| LogRecord {
-            time: SystemTime::now(),
-            s_ip: canonical_ip(conn.local.ip()),
-            s_port: conn.local.port(),
-            method: req.method().clone(),
-            uri_stem: req.uri().path().to_owned(),
-            uri_query: req.uri().query().map(str::to_owned),
-            c_ip: peer,
-            user_agent: req.headers().get(USER_AGENT).cloned(),
-            referer: req.headers().get(REFERER).cloned(),
-            request_id: request_id.clone(),
-            started: Some(started),
-            ..LogRecord::default()
-        });
-        let mut seen = Seen {
-            peer,
-            client_ip: peer,
-            identity: None,
-            host_name: None,
+        let view = RequestView {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            headers: req.headers(),
         };
-
-        // Phase 2: the client address.
-        let forwarded_by_proxy =
-            !self.policy.trusted_proxies.is_empty() && self.policy.trusted_proxies.contains(peer);
-        if forwarded_by_proxy {
-            let forwarded: Vec<&[u8]> = req
-                .headers()
-                .get_all(FORWARDED)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            let xff: Vec<&[u8]> = req
-                .headers()
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            match client_addr(peer, &self.policy.trusted_proxies, &forwarded, &xff) {
-                Ok(c) => seen.client_ip = c.ip,
-                Err(refusal) => {
-                    return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-                }
-            }
-        }
-        let client_ip = seen.client_ip;
-        if let Some(r) = record.as_mut() {
-            r.c_ip = client_ip;
-        }
-
-        // Phase 3: static IP and host-name restrictions.
-        if let Err(refusal) = self.policy.ip.check_address(client_ip) {
-            return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-        }
-        let host_name = match &self.hosts {
-            Some(resolver) => match resolver.lookup(client_ip).await {
-                HostName::Verified(name) => Some(name),
-                HostName::Unverified | HostName::Failed => None,
-            },
-            None => None,
-        };
-        seen.host_name = host_name.as_deref();
-        if self.hosts.is_some()
-            && let Err(refusal) = self.policy.ip.check_host(client_ip, seen.host_name)
+        let mut record = self.new_record(&view, &conn, &request_id, started);
+        let mut seen = Seen::new(canonical_ip(conn.peer.ip()));
+        let decided = match self
+            .decide(&view, &mut seen, &request_id, &mut record)
+            .await
         {
-            return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-        }
-
-        // Phase 4: dynamic limits. The guard holds the in-flight slot until the response ends.
-        let mut guard = None;
-        if self.limits.max_concurrent.is_some() || self.limits.rate.is_some() {
-            let refusal = match self.state.admit(client_ip, &self.limits).await {
-                Admission::Admitted(g) => {
-                    guard = Some(g);
-                    None
-                }
-                Admission::Refused(LimitRefusal::Concurrent { max }) => Some(
-                    Refusal::new(Reason::ConcurrentLimit)
-                        .with_detail(format!("{max} requests from {client_ip} already in flight (dynamic.deny_by_concurrent)")),
-                ),
-                Admission::Refused(LimitRefusal::Rate { retry_after }) => Some(
-                    Refusal::new(Reason::RateLimit)
-                        .with_retry_after(retry_after)
-                        .with_detail(format!("{client_ip} exceeded dynamic.deny_by_rate")),
-                ),
-                Admission::Unavailable => {
-                    let refusal = Refusal::new(Reason::StateUnavailable)
-                        .with_detail("the state backend is unreachable and on_backend_error = \"closed\"");
-                    return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-                }
-            };
-            if let Some(refusal) = refusal.map(|r| r.with_action(self.config.dynamic.deny_action)) {
-                if !self.config.dynamic.logging_only {
-                    return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-                }
-                // logging_only: serve it, but log what would have happened.
-                tracing::info!(client = %client_ip, reason = refusal.reason.slug(), status = refusal.status(), substatus = refusal.reason.substatus(), request_id, "would refuse (dynamic.logging_only)");
-                if let Some(r) = record.as_mut() {
-                    r.would_refuse = Some(refusal.reason);
-                }
-            }
-        }
-
-        // Phase 5: authenticate.
-        let path = self.policy.normalize(req.uri().path());
-        let step = self.policy.auth.authenticate(
-            &path,
-            req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes),
-        );
-        let identity = match step {
-            AuthStep::Public(_) => Identity::anonymous(),
-            AuthStep::VerifyBasic(Credentials::Basic { user, password }) => {
-                if let Some(r) = record.as_mut() {
-                    r.username = Some(user.clone());
-                }
-                // Locked out: refused before the password is even looked at.
-                match self.state.ban_for(client_ip, Some(&user)).await {
-                    Ok(None) => {}
-                    Ok(Some(ban)) => {
-                        let refusal = Refusal::new(Reason::LockedOut)
-                            .with_retry_after(ban.remaining)
-                            .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason));
-                        return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-                    }
-                    Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
-                        let refusal =
-                            Refusal::new(Reason::StateUnavailable).with_detail(e.to_string());
-                        return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
-                    }
-                }
-                let accepted =
-                    self.verifier.verify(&user, &password).await == Verification::Accepted;
-                drop(password);
-                let recorded = if accepted {
-                    self.state
-                        .record_success(client_ip, &user)
-                        .await
-                        .map(|()| Vec::new())
-                } else {
-                    self.state
-                        .record_failure(client_ip, &user, &self.regulation)
-                        .await
-                };
-                match recorded {
-                    Ok(bans) => {
-                        for ban in bans {
-                            tracing::warn!(subject = %ban.subject, reason = ban.reason, until = %humantime::format_rfc3339_seconds(ban.until), "locked out");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
-                }
-                match self.policy.auth.after_verification(&user, accepted) {
-                    Ok(mut identity) => {
-                        identity.groups = self.groups.groups_of(&user);
-                        identity
-                    }
-                    Err(refusal) => {
-                        return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-                    }
-                }
-            }
-            AuthStep::VerifyBasic(Credentials::Other { .. }) => {
-                let refusal =
-                    Refusal::new(Reason::InternalError).with_detail("unexpected credentials kind");
-                return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-            }
-            AuthStep::Refuse(refusal) => {
-                return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-            }
+            Ok(d) => d,
+            Err(refusal) => return self.refuse(&refusal, &view, &seen, &request_id, record, &[]),
         };
-        seen.identity = Some(&identity);
-
-        // Phase 6: URL authorization.
-        if let Err(refusal) = self
-            .policy
-            .rules
-            .authorize(&path, req.method().as_str(), &identity)
-        {
-            return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-        }
-
-        // Phase 7: the external filter.
-        if let Some(filter) = &self.filter {
-            let ask = FilterRequest {
-                method: req.method().as_str(),
-                uri: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                client_ip,
-                identity: &identity,
-                request_id: &request_id,
-            };
-            if let Err(refusal) = filter.check(&ask).await {
-                return self.refuse(&refusal, &req, &seen, &request_id, record, &[]);
-            }
-        }
+        let Decided {
+            identity,
+            forwarded_by_proxy,
+            guard,
+        } = decided;
 
         // Phase 8: proxy.
         let ctx = ForwardContext {
-            client_ip,
-            peer,
+            client_ip: seen.client_ip,
+            peer: seen.peer,
             from_trusted_proxy: forwarded_by_proxy,
             tls: conn.tls,
             identity: &identity,
@@ -484,11 +384,281 @@ impl Gateway {
         }
     }
 
+    /// Forward-auth (nginx `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`): the
+    /// original request is described by headers that only a trusted proxy may set; the answer is
+    /// 200 with the identity headers, or the refusal exactly as proxy mode would send it.
+    async fn forward_auth(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, Abort> {
+        let started = Instant::now();
+        let request_id = request_id::for_request(req.headers());
+        let peer = canonical_ip(conn.peer.ip());
+        let trusted = self.policy.trusted_proxies.contains(peer);
+        let original = trusted
+            .then(|| OriginalRequest::from_headers(req.headers()))
+            .flatten();
+        if !trusted
+            && (req.headers().contains_key(X_ORIGINAL_URI)
+                || req.headers().contains_key(X_FORWARDED_URI))
+        {
+            tracing::warn!(%peer, "forward-auth request from a peer not in server.trusted_proxies: its X-Original-*/X-Forwarded-* headers are ignored");
+        }
+        let view = match &original {
+            Some(o) => RequestView {
+                method: &o.method,
+                path: o.path(),
+                path_and_query: &o.uri,
+                headers: req.headers(),
+            },
+            None => RequestView {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                headers: req.headers(),
+            },
+        };
+        let mut record = self.new_record(&view, &conn, &request_id, started);
+        let mut seen = Seen::new(peer);
+        match self
+            .decide(&view, &mut seen, &request_id, &mut record)
+            .await
+        {
+            Ok(Decided { identity, .. }) => {
+                let mut response = Response::new(body::full(bytes::Bytes::new()));
+                let headers = response.headers_mut();
+                if let Some(user) = identity
+                    .user
+                    .as_deref()
+                    .and_then(|u| HeaderValue::from_str(u).ok())
+                {
+                    headers.insert(proxy::REMOTE_USER, user.clone());
+                    headers.insert(REMOTE_NAME, user);
+                    if let Ok(g) = HeaderValue::from_str(&identity.groups.join(",")) {
+                        headers.insert(proxy::REMOTE_GROUPS, g);
+                    }
+                    headers.insert(proxy::REMOTE_EMAIL, HeaderValue::from_static(""));
+                }
+                headers.insert(
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    headers.insert(request_id::X_REQUEST_ID, v);
+                }
+                Ok(self.logged(response, record))
+            }
+            Err(refusal) => self.refuse(&refusal, &view, &seen, &request_id, record, &[]),
+        }
+    }
+
+    fn new_record(
+        &self,
+        view: &RequestView<'_>,
+        conn: &ConnInfo,
+        request_id: &str,
+        started: Instant,
+    ) -> Option<LogRecord> {
+        self.log.enabled().then(|| {
+            let (stem, query) = view
+                .path_and_query
+                .split_once('?')
+                .map_or((view.path_and_query, None), |(s, q)| (s, Some(q)));
+            LogRecord {
+                time: SystemTime::now(),
+                s_ip: canonical_ip(conn.local.ip()),
+                s_port: conn.local.port(),
+                method: http::Method::from_bytes(view.method.as_bytes())
+                    .unwrap_or(http::Method::GET),
+                uri_stem: stem.to_owned(),
+                uri_query: query.map(str::to_owned),
+                c_ip: canonical_ip(conn.peer.ip()),
+                user_agent: view.headers.get(USER_AGENT).cloned(),
+                referer: view.headers.get(REFERER).cloned(),
+                request_id: request_id.to_owned(),
+                started: Some(started),
+                ..LogRecord::default()
+            }
+        })
+    }
+
+    /// Phases 2–7 for the request described by `view`.
+    async fn decide(
+        &self,
+        view: &RequestView<'_>,
+        seen: &mut Seen,
+        request_id: &str,
+        record: &mut Option<LogRecord>,
+    ) -> Result<Decided, Refusal> {
+        let peer = seen.peer;
+        // Phase 2: the client address.
+        let forwarded_by_proxy =
+            !self.policy.trusted_proxies.is_empty() && self.policy.trusted_proxies.contains(peer);
+        if forwarded_by_proxy {
+            let forwarded: Vec<&[u8]> = view
+                .headers
+                .get_all(FORWARDED)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            let xff: Vec<&[u8]> = view
+                .headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            seen.client_ip = client_addr(peer, &self.policy.trusted_proxies, &forwarded, &xff)?.ip;
+        }
+        let client_ip = seen.client_ip;
+        if let Some(r) = record.as_mut() {
+            r.c_ip = client_ip;
+        }
+
+        // Phase 3: static IP and host-name restrictions.
+        self.policy.ip.check_address(client_ip)?;
+        if let Some(resolver) = &self.hosts {
+            seen.host_name = match resolver.lookup(client_ip).await {
+                HostName::Verified(name) => Some(name),
+                HostName::Unverified | HostName::Failed => None,
+            };
+            self.policy
+                .ip
+                .check_host(client_ip, seen.host_name.as_deref())?;
+        }
+
+        // Phase 4: dynamic limits. The guard holds the in-flight slot until the response ends.
+        let mut guard = None;
+        if self.limits.max_concurrent.is_some() || self.limits.rate.is_some() {
+            let refusal = match self.state.admit(client_ip, &self.limits).await {
+                Admission::Admitted(g) => {
+                    guard = Some(g);
+                    None
+                }
+                Admission::Refused(LimitRefusal::Concurrent { max }) => Some(
+                    Refusal::new(Reason::ConcurrentLimit).with_detail(format!(
+                        "{max} requests from {client_ip} already in flight (dynamic.deny_by_concurrent)"
+                    )),
+                ),
+                Admission::Refused(LimitRefusal::Rate { retry_after }) => Some(
+                    Refusal::new(Reason::RateLimit)
+                        .with_retry_after(retry_after)
+                        .with_detail(format!("{client_ip} exceeded dynamic.deny_by_rate")),
+                ),
+                Admission::Unavailable => {
+                    return Err(Refusal::new(Reason::StateUnavailable).with_detail(
+                        "the state backend is unreachable and on_backend_error = \"closed\"",
+                    ));
+                }
+            };
+            if let Some(refusal) = refusal.map(|r| r.with_action(self.config.dynamic.deny_action)) {
+                if !self.config.dynamic.logging_only {
+                    return Err(refusal);
+                }
+                // logging_only: serve it, but log what would have happened.
+                tracing::info!(client = %client_ip, reason = refusal.reason.slug(), status = refusal.status(), substatus = refusal.reason.substatus(), request_id, "would refuse (dynamic.logging_only)");
+                if let Some(r) = record.as_mut() {
+                    r.would_refuse = Some(refusal.reason);
+                }
+            }
+        }
+
+        // Phase 5: authenticate.
+        let path = self.policy.normalize(view.path);
+        let step = self.policy.auth.authenticate(
+            &path,
+            view.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
+        );
+        let identity = match step {
+            AuthStep::Public(_) => Identity::anonymous(),
+            AuthStep::VerifyBasic(Credentials::Basic { user, password }) => {
+                if let Some(r) = record.as_mut() {
+                    r.username = Some(user.clone());
+                }
+                self.authenticate_basic(client_ip, &user, password).await?
+            }
+            AuthStep::VerifyBasic(Credentials::Other { .. }) => {
+                return Err(
+                    Refusal::new(Reason::InternalError).with_detail("unexpected credentials kind")
+                );
+            }
+            AuthStep::Refuse(refusal) => return Err(refusal),
+        };
+        seen.identity = Some(identity.clone());
+
+        // Phase 6: URL authorization.
+        self.policy.rules.authorize(&path, view.method, &identity)?;
+
+        // Phase 7: the external filter.
+        if let Some(filter) = &self.filter {
+            let ask = FilterRequest {
+                method: view.method,
+                uri: view.path_and_query,
+                client_ip,
+                identity: &identity,
+                request_id,
+            };
+            filter.check(&ask).await?;
+        }
+        Ok(Decided {
+            identity,
+            forwarded_by_proxy,
+            guard,
+        })
+    }
+
+    /// Phase 5 for Basic credentials: lockout, password check, failure counting.
+    async fn authenticate_basic(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        password: String,
+    ) -> Result<Identity, Refusal> {
+        // Locked out: refused before the password is even looked at.
+        match self.state.ban_for(client_ip, Some(user)).await {
+            Ok(None) => {}
+            Ok(Some(ban)) => {
+                return Err(Refusal::new(Reason::LockedOut)
+                    .with_retry_after(ban.remaining)
+                    .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
+            }
+            Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
+                return Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
+            }
+        }
+        let accepted = self.verifier.verify(user, &password).await == Verification::Accepted;
+        drop(password);
+        let recorded = if accepted {
+            self.state
+                .record_success(client_ip, user)
+                .await
+                .map(|()| Vec::new())
+        } else {
+            self.state
+                .record_failure(client_ip, user, &self.regulation)
+                .await
+        };
+        match recorded {
+            Ok(bans) => {
+                for ban in bans {
+                    tracing::warn!(subject = %ban.subject, reason = ban.reason, until = %humantime::format_rfc3339_seconds(ban.until), "locked out");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
+        }
+        let mut identity = self.policy.auth.after_verification(user, accepted)?;
+        identity.groups = self.groups.groups_of(user);
+        Ok(identity)
+    }
+
     fn refuse(
         &self,
         refusal: &Refusal,
-        req: &Request<Incoming>,
-        seen: &Seen<'_>,
+        view: &RequestView<'_>,
+        seen: &Seen,
         request_id: &str,
         mut record: Option<LogRecord>,
         extra_challenges: &[HeaderValue],
@@ -505,9 +675,9 @@ impl Gateway {
             return Err(Abort(refusal.reason));
         }
         let facts = RequestFacts {
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            accept: req.headers().get(ACCEPT),
+            method: view.method,
+            path: view.path,
+            accept: view.headers.get(ACCEPT),
         };
         let response = self.refusal_response(refusal, &facts, seen, request_id, extra_challenges);
         Ok(self.logged(response, record))
@@ -517,7 +687,7 @@ impl Gateway {
         &self,
         refusal: &Refusal,
         facts: &RequestFacts<'_>,
-        seen: &Seen<'_>,
+        seen: &Seen,
         request_id: &str,
         extra_challenges: &[HeaderValue],
     ) -> Response<Body> {
@@ -552,22 +722,17 @@ impl Gateway {
     }
 
     /// The phases before the refusing one, as `explain` sees them, then the refusal itself.
-    fn trace(
-        &self,
-        refusal: &Refusal,
-        facts: &RequestFacts<'_>,
-        seen: &Seen<'_>,
-    ) -> Vec<TraceEntry> {
+    fn trace(&self, refusal: &Refusal, facts: &RequestFacts<'_>, seen: &Seen) -> Vec<TraceEntry> {
         let explained = policy::explain(
             &self.policy,
             &Facts {
                 peer: seen.client_ip,
                 forwarded: Vec::new(),
                 x_forwarded_for: Vec::new(),
-                host_name: seen.host_name.map(str::to_owned),
+                host_name: seen.host_name.as_deref().map(str::to_owned),
                 method: facts.method,
                 path: facts.path,
-                identity: seen.identity.cloned(),
+                identity: seen.identity.clone(),
             },
         );
         let mut entries: Vec<TraceEntry> = explained

@@ -1,0 +1,290 @@
+//! Forward-auth behind a real nginx (`auth_request`) and a real Caddy (`forward_auth`), with the
+//! recipes of docs/recipes/ (the files are read from there, so the docs are what is tested).
+
+mod util;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use util::*;
+
+const PW: &str = "fa-pw";
+
+/// Portcullis as a forward-auth server: nginx/Caddy on loopback are its trusted proxies.
+fn portcullis(upstream: SocketAddr, extra: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    htpasswd(
+        &dir.path().join("users.htpasswd"),
+        &["-B", "-C", "4"],
+        "alice",
+        PW,
+    );
+    std::fs::write(dir.path().join("groups.txt"), "admins: alice\n").unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = ["@LISTEN@"]
+upstream = "http://@UPSTREAM@"
+trusted_proxies = ["127.0.0.1"]
+
+[auth]
+realm = "Forward realm"
+users = "users.htpasswd"
+groups = "groups.txt"
+public = ["/public/**"]
+
+[log]
+access = "access.log"
+
+{extra}
+"#
+    );
+    Gateway::start_in(dir, &config, upstream)
+}
+
+/// A server process stopped by PID on drop (its temp dir lives as long as it does).
+struct Server(Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn render(recipe: &str, vars: &[(&str, String)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/recipes")
+        .join(recipe);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    vars.iter().fold(text, |t, (k, v)| t.replace(k, v))
+}
+
+fn start_nginx(listen: SocketAddr, portcullis: SocketAddr, app: SocketAddr) -> Server {
+    let nginx = which("nginx")
+        .or_else(|| Some("/usr/sbin/nginx".into()))
+        .filter(|p| p.exists())
+        .expect("the tests need nginx (Debian package nginx): run scripts/test");
+    let dir = tempfile::tempdir().unwrap();
+    let site = render(
+        "nginx.conf",
+        &[
+            ("127.0.0.1:8080", listen.to_string()),
+            ("127.0.0.1:9091", portcullis.to_string()),
+            ("127.0.0.1:3000", app.to_string()),
+        ],
+    );
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{site}\n}}\n",
+        d = dir.path().display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(nginx)
+        .args(["-p"])
+        .arg(dir.path())
+        .args(["-e"])
+        .arg(dir.path().join("error.log"))
+        .args(["-c"])
+        .arg(dir.path().join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(listen, Duration::from_secs(10));
+    Server(child, dir)
+}
+
+fn start_caddy(listen: SocketAddr, portcullis: SocketAddr, app: SocketAddr) -> Server {
+    let caddy =
+        which("caddy").expect("the tests need caddy (Debian package caddy): run scripts/test");
+    let dir = tempfile::tempdir().unwrap();
+    let site = render(
+        "Caddyfile",
+        &[
+            ("127.0.0.1:8080", listen.to_string()),
+            ("127.0.0.1:9091", portcullis.to_string()),
+            ("127.0.0.1:3000", app.to_string()),
+        ],
+    );
+    let conf = format!("{{\n  admin off\n  auto_https off\n}}\n{site}");
+    std::fs::write(dir.path().join("Caddyfile"), conf).unwrap();
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.path().join("Caddyfile"))
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(listen, Duration::from_secs(15));
+    Server(child, dir)
+}
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// The behaviour both front proxies must show.
+fn check_front(front: SocketAddr, gw: &Gateway) {
+    runtime().block_on(async {
+        let c = client();
+        let url = |p: &str| format!("http://{front}{p}");
+        let r = c.get(url("/app")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            r#"Basic realm="Forward realm", charset="UTF-8""#,
+            "the challenge reaches the client"
+        );
+        let r = c
+            .get(url("/app?x=1"))
+            .basic_auth("alice", Some(PW))
+            .header("remote-user", "mallory")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(seen["headers"]["remote-user"], "alice", "{seen}");
+        assert_eq!(seen["headers"]["remote-groups"], "admins");
+        let r = c
+            .get(url("/app"))
+            .basic_auth("alice", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(c.get(url("/public/x")).send().await.unwrap().status(), 200);
+    });
+    // The access log names the original request, not the auth sub-request.
+    let log = eventually(
+        Duration::from_secs(5),
+        "the original URI in the log",
+        || {
+            let log = std::fs::read_to_string(gw.path("access.log")).ok()?;
+            log.contains(" GET /app x=1 ").then_some(log)
+        },
+    );
+    assert!(log.contains(" alice 127.0.0.1 "), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" GET /app - ") && l.contains(" 401 2 0 ")),
+        "{log}"
+    );
+    assert!(!log.contains("/.portcullis/auth"), "{log}");
+}
+
+#[test]
+fn nginx_auth_request_recipe() {
+    let app = TestUpstream::start();
+    let gw = portcullis(app.addr, "");
+    let front = addr();
+    let _nginx = start_nginx(front, gw.addr, app.addr);
+    check_front(front, &gw);
+}
+
+#[test]
+fn caddy_forward_auth_recipe() {
+    let app = TestUpstream::start();
+    let gw = portcullis(app.addr, "");
+    let front = addr();
+    let _caddy = start_caddy(front, gw.addr, app.addr);
+    check_front(front, &gw);
+    // Caddy passes Portcullis's own refusal through: the page and its problem+json body.
+    runtime().block_on(async {
+        let r = client()
+            .get(format!("http://{front}/app"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["substatus"], 2);
+    });
+}
+
+#[test]
+fn ip_rules_see_the_original_client_behind_both_proxies() {
+    let app = TestUpstream::start();
+    let gw = portcullis(app.addr, "[ip]\ndeny = [\"127.0.0.1\"]");
+    let (n, c) = (addr(), addr());
+    let _nginx = start_nginx(n, gw.addr, app.addr);
+    let _caddy = start_caddy(c, gw.addr, app.addr);
+    runtime().block_on(async {
+        for front in [n, c] {
+            let r = client()
+                .get(format!("http://{front}/app"))
+                .basic_auth("alice", Some(PW))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{front}");
+        }
+    });
+}
+
+#[test]
+fn traefik_header_contract_and_untrusted_peers() {
+    // Traefik's ForwardAuth sends X-Forwarded-Method/-Proto/-Host/-Uri/-For (no Debian package:
+    // this pins the documented header contract).
+    let app = TestUpstream::start();
+    let gw = portcullis(
+        app.addr,
+        "[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]",
+    );
+    runtime().block_on(async {
+        let c = client();
+        let ask = |uri: &'static str, method: &'static str, user: Option<&'static str>| {
+            let mut rb = c
+                .get(gw.url("/.portcullis/auth"))
+                .header("x-forwarded-method", method)
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "app.example")
+                .header("x-forwarded-uri", uri)
+                .header("x-forwarded-for", "198.51.100.4");
+            if let Some(u) = user {
+                rb = rb.basic_auth(u, Some(PW));
+            }
+            rb.send()
+        };
+        let r = ask("/admin/panel", "POST", Some("alice")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["remote-user"], "alice");
+        assert_eq!(r.headers()["remote-groups"], "admins");
+        assert_eq!(r.headers()["remote-name"], "alice");
+        let r = ask("/public/logo.png", "GET", None).await.unwrap();
+        assert_eq!(r.status(), 200, "public original URI");
+        let r = ask("/admin/panel", "GET", None).await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+    });
+    // From a peer that is not a trusted proxy, the headers are ignored: a spoofed public URI
+    // does not open anything.
+    let gw2 = {
+        let dir = tempfile::tempdir().unwrap();
+        htpasswd(
+            &dir.path().join("users.htpasswd"),
+            &["-B", "-C", "4"],
+            "alice",
+            PW,
+        );
+        Gateway::start_in(
+            dir,
+            "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\n[auth]\nusers = \"users.htpasswd\"\npublic = [\"/public/**\"]\n",
+            app.addr,
+        )
+    };
+    runtime().block_on(async {
+        let r = client()
+            .get(gw2.url("/.portcullis/auth"))
+            .header("x-forwarded-uri", "/public/x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    });
+}
