@@ -14,9 +14,6 @@ use std::time::Duration;
 /// `EX_USAGE`: the configuration or the command line is invalid.
 pub const EXIT_CONFIG: u8 = 64;
 
-/// How long requests in flight may take to finish after a stop signal.
-const DRAIN: Duration = Duration::from_secs(30);
-
 /// Builds the Tokio runtime with `workers` threads (default: the CPUs we may run on).
 pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let workers =
@@ -27,7 +24,8 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
         .build()
 }
 
-/// Binds, builds and serves `config` until SIGINT/SIGTERM; `ready` runs once listening.
+/// Binds, builds and serves `config` until SIGINT/SIGTERM; `ready` runs once listening. With a
+/// config file (`source`), SIGHUP and changes of the file reload it live; SIGUSR1 reopens logs.
 pub fn run_gateway(
     config: config::Config,
     ready: impl FnOnce(&[std::net::SocketAddr]),
@@ -76,6 +74,10 @@ pub fn run_gateway(
             let fail_closed = config.state.on_backend_error == config::FailMode::Closed;
             tokio::spawn(gateway::admin::serve(listener, state.clone(), fail_closed));
         }
+        let source = config.source.clone();
+        let mut watch = source
+            .as_deref()
+            .map(|p| gateway::reload::ConfigWatch::new(p, &config));
         let gateway = match gateway::Gateway::new(config, state) {
             Ok(g) => Arc::new(g),
             Err(e) => {
@@ -84,9 +86,59 @@ pub fn run_gateway(
             }
         };
         ready(&bound.local_addrs());
-        gateway::serve(gateway, bound, stop_signal(), DRAIN).await;
+        let mut server = gateway::Server::start(gateway, bound);
+        supervise(&mut server, source.as_deref(), &mut watch).await;
+        let drain = server.current().config().server.drain_timeout;
+        server.shutdown(drain).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Runs until SIGINT/SIGTERM, reloading on SIGHUP or a changed config file.
+async fn supervise(
+    server: &mut gateway::Server,
+    source: Option<&std::path::Path>,
+    watch: &mut Option<gateway::reload::ConfigWatch>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut usr1 = signal(SignalKind::user_defined1()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let why = tokio::select! {
+            _ = &mut stop => return,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            Some(_) = async { match usr1.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
+                server.current().reopen_logs();
+                continue;
+            }
+            _ = tick.tick() => {
+                if !watch.as_mut().is_some_and(|w| w.changed()) {
+                    continue;
+                }
+                "the configuration changed on disk"
+            }
+        };
+        let Some(path) = source else { continue };
+        match gateway::reload::reload(server, path).await {
+            Ok(()) => {
+                tracing::info!(trigger = why, file = %path.display(), "configuration reloaded");
+                *watch = Some(gateway::reload::ConfigWatch::new(
+                    path,
+                    server.current().config(),
+                ));
+            }
+            Err(refused) => {
+                for line in refused.to_string().lines() {
+                    tracing::error!(trigger = why, "reload refused: {line}");
+                }
+                tracing::error!(file = %path.display(), "the configuration was NOT reloaded; the previous one keeps serving");
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -122,6 +122,16 @@ async fn upstream_handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(Response::new(text("late")))
         }
+        "/sleep" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Response::new(text(format!("slept {ms} ms"))))
+        }
         "/filter" => {
             // An external authorization filter: admits alice only.
             let user = req
@@ -299,6 +309,16 @@ impl Gateway {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `USR1`, …) to the gateway.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
     }
 
     /// Sends SIGTERM and waits for the exit status.

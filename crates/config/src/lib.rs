@@ -69,6 +69,7 @@ impl Config {
                 header_timeout: DEFAULT_HEADER_TIMEOUT,
                 upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                drain_timeout: validate::DEFAULT_DRAIN_TIMEOUT,
                 workers: None,
                 trusted_proxies: policy::IpSet::default(),
             },

@@ -105,6 +105,8 @@ pub struct Server {
     pub upstream_timeout: Duration,
     /// `connect_timeout` (default 5 s): time to open an upstream connection → 502.
     pub connect_timeout: Duration,
+    /// `drain_timeout` (default 30 s): how long requests in flight may finish after SIGTERM.
+    pub drain_timeout: Duration,
     /// `workers` (default: the CPUs this process may run on): async worker threads.
     pub workers: Option<usize>,
     /// `trusted_proxies`: peers whose `Forwarded` / `X-Forwarded-For` is believed.
@@ -269,6 +271,8 @@ impl Default for Dynamic {
 /// `[logon]`: brute-force regulation (per client address and per user name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Logon {
+    /// `enabled` (default true): count failed logons and ban.
+    pub enabled: bool,
     /// `max_failures` (default 5).
     pub max_failures: u32,
     /// `find_time` (default 2m).
@@ -280,6 +284,7 @@ pub struct Logon {
 impl Default for Logon {
     fn default() -> Self {
         Logon {
+            enabled: true,
             max_failures: 5,
             find_time: Duration::from_secs(120),
             ban_time: Duration::from_secs(300),

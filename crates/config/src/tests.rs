@@ -1068,6 +1068,7 @@ listen = "127.0.0.1:9464"
     assert_eq!(
         c.logon,
         Logon {
+            enabled: true,
             max_failures: 3,
             find_time: Duration::from_secs(600),
             ban_time: Duration::from_secs(3600),

@@ -42,6 +42,7 @@ const SERVER_KEYS: &[&str] = &[
     "upstream_timeout",
     "connect_timeout",
     "workers",
+    "drain_timeout",
 ];
 /// Keys of `[auth]`.
 const AUTH_KEYS: &[&str] = &[
@@ -97,6 +98,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `server.upstream_timeout`.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `server.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `server.connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `auth.realm`.
@@ -516,6 +519,7 @@ impl Checker<'_> {
         let upstream_timeout =
             self.duration(s, "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT, false);
         let connect_timeout = self.duration(s, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, false);
+        let drain_timeout = self.duration(s, "drain_timeout", DEFAULT_DRAIN_TIMEOUT, true);
         let workers = s.get("workers").and_then(|v| {
             let n = self.integer(&s.path("workers"), v)?;
             match usize::try_from(n) {
@@ -537,6 +541,7 @@ impl Checker<'_> {
             header_timeout,
             upstream_timeout,
             connect_timeout,
+            drain_timeout,
             workers,
             trusted_proxies,
         })

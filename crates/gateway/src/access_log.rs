@@ -87,6 +87,8 @@ impl Default for LogRecord {
 enum Message {
     Record(Box<LogRecord>),
     Flush(std::sync::mpsc::Sender<()>),
+    /// Reopen the file (after logrotate moved it away).
+    Reopen,
 }
 
 /// The access log sink.
@@ -129,12 +131,22 @@ impl AccessLog {
         let (tx, rx) = sync_channel(16 * 1024);
         let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, out, format))?;
+            .spawn({
+                let target = target.clone();
+                move || write_loop(rx, out, format, &target)
+            })?;
         Ok(AccessLog {
             tx: Some(tx),
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Reopens the log file (SIGUSR1, logrotate's `postrotate`); lines queued meanwhile are kept.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Reopen);
+        }
     }
 
     /// Whether records are written at all (callers skip building them otherwise).
@@ -179,7 +191,12 @@ impl Drop for AccessLog {
     }
 }
 
-fn write_loop(rx: Receiver<Message>, mut out: BufWriter<Box<dyn Write + Send>>, format: LogFormat) {
+fn write_loop(
+    rx: Receiver<Message>,
+    mut out: BufWriter<Box<dyn Write + Send>>,
+    format: LogFormat,
+    target: &AccessLogTarget,
+) {
     let mut line = String::with_capacity(512);
     let mut failing = false;
     while let Ok(first) = rx.recv() {
@@ -204,6 +221,23 @@ fn write_loop(rx: Receiver<Message>, mut out: BufWriter<Box<dyn Write + Send>>, 
                 Message::Flush(done) => {
                     let _ = out.flush();
                     let _ = done.send(());
+                }
+                Message::Reopen => {
+                    let _ = out.flush();
+                    if let AccessLogTarget::File(path) = target {
+                        match OpenOptions::new().create(true).append(true).open(path) {
+                            Ok(file) => {
+                                out = BufWriter::with_capacity(64 * 1024, Box::new(file));
+                                if format == LogFormat::W3c {
+                                    let _ = out.write_all(w3c_header(SystemTime::now()).as_bytes());
+                                }
+                                tracing::info!(file = %path.display(), "access log reopened");
+                            }
+                            Err(e) => {
+                                tracing::error!(file = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file")
+                            }
+                        }
+                    }
                 }
             }
             next = rx.try_recv().ok();

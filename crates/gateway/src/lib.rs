@@ -13,6 +13,7 @@ pub mod dns;
 pub mod filter;
 pub mod pages;
 pub mod proxy;
+pub mod reload;
 pub mod request_id;
 pub mod respond;
 pub mod server;
@@ -45,7 +46,7 @@ use crate::pages::Pages;
 use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
 use crate::respond::RefusalContext;
 
-pub use server::{Bound, ServeError, bind, serve};
+pub use server::{Bound, ServeError, Server, bind, bind_addrs, serve};
 
 /// What the handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +79,8 @@ pub struct Gateway {
     state: StateStore,
     limits: Limits,
     regulation: Regulation,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    connection_builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 }
 
 /// Why a gateway could not be built from a valid config (files that vanished, etc.).
@@ -98,6 +101,9 @@ pub enum BuildError {
     /// The state backend could not be reached.
     #[error("state backend: {0}")]
     State(String),
+    /// The TLS certificate or key could not be used.
+    #[error("{0}")]
+    Tls(ServeError),
 }
 
 /// Connects the configured state backend (`[state]`); an unreachable Redis is an error here,
@@ -217,21 +223,60 @@ struct Decided {
 impl Gateway {
     /// Builds the gateway: loads users, groups and pages, opens the access log.
     pub fn new(config: Config, state: StateStore) -> Result<Gateway, BuildError> {
+        Gateway::build(config, state, None)
+    }
+
+    /// Builds the gateway for a reloaded `config`, keeping what must survive a reload: the state
+    /// store (limiter counters, bans), the access log when its target is unchanged, and the
+    /// user store with its verification cache when `auth.users` and `auth.cache_ttl` are.
+    pub fn rebuild(&self, config: Config, state: StateStore) -> Result<Gateway, BuildError> {
+        Gateway::build(config, state, Some(self))
+    }
+
+    fn build(
+        config: Config,
+        state: StateStore,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, BuildError> {
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(server::load_tls)
+            .transpose()
+            .map_err(BuildError::Tls)?;
+        let connection_builder = server::connection_builder(&config);
         let source = match &config.auth.users {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
             config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
         };
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let verifier = Verifier::new(source, config.auth.cache_ttl, parallel)
-            .map_err(|e| BuildError::Users(e.to_string()))?;
+        let same_users = |p: &Gateway| {
+            p.config.auth.users == config.auth.users
+                && p.config.auth.cache_ttl == config.auth.cache_ttl
+        };
+        let verifier = match previous.filter(|p| same_users(p)) {
+            Some(p) => p.verifier.clone(),
+            None => Arc::new(
+                Verifier::new(source, config.auth.cache_ttl, parallel)
+                    .map_err(|e| BuildError::Users(e.to_string()))?,
+            ),
+        };
         let groups = match &config.auth.groups {
             Some(path) => Groups::load(path.clone())
                 .map_err(|e| BuildError::Groups(format!("{}: {e}", path.display())))?,
             None => Groups::none(),
         };
         let pages = Pages::load(config.errors.pages.as_deref()).map_err(BuildError::Pages)?;
-        let log = AccessLog::open(&config.log.access, config.log.format)
-            .map_err(BuildError::AccessLog)?;
+        let log = match previous.filter(|p| {
+            p.config.log.access == config.log.access && p.config.log.format == config.log.format
+        }) {
+            Some(p) => p.log.clone(),
+            None => Arc::new(
+                AccessLog::open(&config.log.access, config.log.format)
+                    .map_err(BuildError::AccessLog)?,
+            ),
+        };
         let policy = config.policy();
         let challenges = policy
             .auth
@@ -265,17 +310,41 @@ impl Gateway {
             config,
             policy,
             challenges,
-            verifier: Arc::new(verifier),
+            verifier,
             groups,
             hosts,
             filter,
             upstream,
             pages,
-            log: Arc::new(log),
+            log,
             limits,
             regulation,
             state,
+            tls,
+            connection_builder,
         })
+    }
+
+    /// The TLS acceptor, when `server.tls` is set.
+    pub fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    /// Connection settings (header timeout, protocols).
+    pub fn connection_builder(
+        &self,
+    ) -> &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+        &self.connection_builder
+    }
+
+    /// Reopens the log files (SIGUSR1).
+    pub fn reopen_logs(&self) {
+        self.log.reopen();
+    }
+
+    /// The state store (shared across reloads).
+    pub fn state(&self) -> &StateStore {
+        &self.state
     }
 
     /// The configuration in force.
@@ -614,6 +683,13 @@ impl Gateway {
         user: &str,
         password: String,
     ) -> Result<Identity, Refusal> {
+        if !self.config.logon.enabled {
+            let accepted = self.verifier.verify(user, &password).await == Verification::Accepted;
+            drop(password);
+            let mut identity = self.policy.auth.after_verification(user, accepted)?;
+            identity.groups = self.groups.groups_of(user);
+            return Ok(identity);
+        }
         // Locked out: refused before the password is even looked at.
         match self.state.ban_for(client_ip, Some(user)).await {
             Ok(None) => {}

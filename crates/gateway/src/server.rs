@@ -4,11 +4,13 @@
 //! Binding is a separate step from serving so that a port in use or an unreadable certificate is
 //! reported before anything starts: Portcullis never half-starts.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -36,10 +38,9 @@ pub enum ServeError {
     Tls(String),
 }
 
-/// Listeners bound and TLS loaded, ready to serve.
+/// Listeners bound, ready to serve.
 pub struct Bound {
-    listeners: Vec<std::net::TcpListener>,
-    tls: Option<TlsAcceptor>,
+    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
 impl Bound {
@@ -47,27 +48,32 @@ impl Bound {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(_, l)| l.local_addr().ok())
             .collect()
     }
 }
 
-/// Binds every listen address and loads TLS; fails without side effects on any problem.
+/// Binds every listen address of `config`; fails without side effects on any problem.
 pub fn bind(config: &config::Config) -> Result<Bound, ServeError> {
-    let tls = config.server.tls.as_ref().map(load_tls).transpose()?;
+    bind_addrs(&config.server.listen)
+}
+
+/// Binds `addrs` (all or nothing).
+pub fn bind_addrs(addrs: &[SocketAddr]) -> Result<Bound, ServeError> {
     let mut listeners = Vec::new();
-    for &addr in &config.server.listen {
+    for &addr in addrs {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|source| ServeError::Bind { addr, source })?;
         listener
             .set_nonblocking(true)
             .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push(listener);
+        listeners.push((addr, listener));
     }
-    Ok(Bound { listeners, tls })
+    Ok(Bound { listeners })
 }
 
-fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, ServeError> {
+/// Loads the certificate chain and key of `server.tls`, offering h2 and http/1.1 by ALPN.
+pub fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, ServeError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| ServeError::Tls(format!("{}: {e}", tls.cert.display())))?;
@@ -93,70 +99,137 @@ fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, ServeError> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets requests in flight finish for
-/// up to `drain`.
+/// The connection settings of one configuration (header timeout and friends).
+pub fn connection_builder(config: &config::Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// The running server: the gateway in force (swapped atomically on reload) and one accept loop
+/// per listener. Each request runs under the gateway that was current when it arrived, so a
+/// reload never changes the rules under a request in flight.
+pub struct Server {
+    current: Arc<ArcSwap<Gateway>>,
+    graceful: Arc<GracefulShutdown>,
+    loops: HashMap<
+        SocketAddr,
+        (
+            tokio::sync::watch::Sender<bool>,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
+}
+
+impl Server {
+    /// Starts serving `gateway` on the `bound` listeners.
+    pub fn start(gateway: Arc<Gateway>, bound: Bound) -> Server {
+        let mut server = Server {
+            current: Arc::new(ArcSwap::new(gateway)),
+            graceful: Arc::new(GracefulShutdown::new()),
+            loops: HashMap::new(),
+        };
+        server.add_listeners(bound);
+        server
+    }
+
+    /// The gateway in force.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// The addresses being served, as configured.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.loops.keys().copied().collect()
+    }
+
+    /// Makes `gateway` the one new requests get; starts `newly_bound` listeners and stops the
+    /// ones its config no longer lists (their connections finish what they are doing).
+    pub fn swap(&mut self, gateway: Arc<Gateway>, newly_bound: Bound) {
+        let wanted: Vec<SocketAddr> = gateway.config().server.listen.clone();
+        self.current.store(gateway);
+        self.add_listeners(newly_bound);
+        let gone: Vec<SocketAddr> = self
+            .loops
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some((stop, _)) = self.loops.remove(&addr) {
+                let _ = stop.send(true);
+                tracing::info!(%addr, "listener closed (no longer in server.listen)");
+            }
+        }
+    }
+
+    fn add_listeners(&mut self, bound: Bound) {
+        for (addr, std_listener) in bound.listeners {
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot register listener");
+                    continue;
+                }
+            };
+            if let Ok(local) = listener.local_addr() {
+                tracing::info!(addr = %local, "listening");
+            }
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let ctx = AcceptContext {
+                current: self.current.clone(),
+                graceful: self.graceful.clone(),
+            };
+            let task = tokio::spawn(accept_loop(listener, ctx, stop_rx));
+            self.loops.insert(addr, (stop_tx, task));
+        }
+    }
+
+    /// Stops accepting, then lets requests in flight finish for up to `drain`.
+    pub async fn shutdown(self, drain: Duration) {
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        for (_, (stop, task)) in self.loops {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        // Every accept loop has ended, so this is the last reference.
+        let graceful = Arc::try_unwrap(self.graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "drain timeout reached; closing remaining connections"
+            );
+        }
+        self.current
+            .load()
+            .access_log()
+            .flush(Duration::from_secs(5));
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains for up to `drain` (no reloads: tests, demo).
 pub async fn serve(
     gateway: Arc<Gateway>,
     bound: Bound,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(gateway.config().server.header_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-
-    let mut accept_loops = Vec::new();
-    for std_listener in bound.listeners {
-        let listener = match TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot register listener");
-                continue;
-            }
-        };
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, tls = bound.tls.is_some(), "listening");
-        }
-        let ctx = AcceptContext {
-            gateway: gateway.clone(),
-            builder: builder.clone(),
-            graceful: graceful.clone(),
-            tls: bound.tls.clone(),
-        };
-        accept_loops.push(tokio::spawn(accept_loop(listener, ctx, stop_rx.clone())));
-    }
-
+    let server = Server::start(gateway, bound);
     shutdown.await;
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
-    let _ = stop_tx.send(true);
-    for l in accept_loops {
-        let _ = l.await;
-    }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?drain,
-            "drain timeout reached; closing remaining connections"
-        );
-    }
-    gateway.access_log().flush(Duration::from_secs(5));
+    server.shutdown(drain).await;
 }
 
 struct AcceptContext {
-    gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    current: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
-    tls: Option<TlsAcceptor>,
 }
 
 async fn accept_loop(
@@ -179,20 +252,23 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Connection settings and TLS come from the configuration in force when it arrives.
+        let gateway = ctx.current.load_full();
+        let tls = gateway.tls().cloned();
+        let builder = gateway.connection_builder().clone();
         let info = ConnInfo {
             peer,
             local: local.unwrap_or(peer),
-            tls: ctx.tls.is_some(),
+            tls: tls.is_some(),
         };
-        let gateway = ctx.gateway.clone();
+        let current = ctx.current.clone();
         let service = service_fn(move |req| {
-            let gateway = gateway.clone();
+            let gateway = current.load_full();
             async move { gateway.handle(req, info).await }
         });
-        match &ctx.tls {
+        match tls {
             None => {
-                let conn = ctx
-                    .builder
+                let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
                 let conn = ctx.graceful.watch(conn);
@@ -203,10 +279,8 @@ async fn accept_loop(
                 });
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = ctx.builder.clone();
                 let watcher = ctx.graceful.watcher();
-                let handshake_timeout = ctx.gateway.config().server.header_timeout;
+                let handshake_timeout = gateway.config().server.header_timeout;
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                         .await

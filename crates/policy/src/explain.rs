@@ -56,7 +56,7 @@ pub fn explain(policy: &Policy, facts: &Facts<'_>) -> (Trace, Decision) {
     );
 
     match policy.ip.check_address(client.ip) {
-        Ok(why) => trace.record(Phase::Ip, why),
+        Ok(why) => trace.record(Phase::Ip, why.to_string()),
         Err(r) => return refuse(trace, Phase::Ip, r),
     }
     if policy.ip.needs_host_name() {

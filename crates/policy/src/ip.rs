@@ -7,8 +7,31 @@
 
 use std::net::IpAddr;
 
-use crate::ipset::{IpSet, Origin};
+use crate::ipset::{IpEntry, IpSet, Origin};
 use crate::{DenyAction, Reason, Refusal};
+
+/// Why phase 3 admitted an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressVerdict<'a> {
+    /// On the allow list.
+    Listed(IpAddr, &'a IpEntry),
+    /// On no list, and `allow_unlisted = true`.
+    Unlisted(IpAddr),
+}
+
+impl std::fmt::Display for AddressVerdict<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressVerdict::Listed(ip, e) => {
+                write!(f, "allowed: {ip} is in {} = \"{}\"", e.origin, e.net)
+            }
+            AddressVerdict::Unlisted(ip) => write!(
+                f,
+                "allowed: {ip} is on no list and ip.allow_unlisted = true"
+            ),
+        }
+    }
+}
 
 /// A host-name suffix from `ip.deny_hosts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +86,8 @@ impl IpPolicy {
         }
     }
 
-    /// Checks the address lists; the `Ok` text says why it passed.
-    pub fn check_address(&self, ip: IpAddr) -> Result<String, Refusal> {
+    /// Checks the address lists; the `Ok` verdict says why it passed (formatted only when shown).
+    pub fn check_address(&self, ip: IpAddr) -> Result<AddressVerdict<'_>, Refusal> {
         if let Some(e) = self.deny.lookup(ip) {
             return Err(self.refuse(
                 Reason::IpDenied,
@@ -72,12 +95,10 @@ impl IpPolicy {
             ));
         }
         if let Some(e) = self.allow.lookup(ip) {
-            return Ok(format!("allowed: {ip} is in {} = \"{}\"", e.origin, e.net));
+            return Ok(AddressVerdict::Listed(ip, e));
         }
         if self.allow_unlisted {
-            Ok(format!(
-                "allowed: {ip} is on no list and ip.allow_unlisted = true"
-            ))
+            Ok(AddressVerdict::Unlisted(ip))
         } else {
             Err(self.refuse(
                 Reason::IpDenied,
@@ -118,7 +139,6 @@ impl IpPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipset::IpEntry;
 
     fn set(nets: &[&str]) -> IpSet {
         IpSet::new(

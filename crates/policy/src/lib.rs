@@ -21,7 +21,7 @@ pub use client::{ClientAddr, ClientSource, client_addr};
 pub use credentials::{Credentials, MalformedAuthorization, parse_authorization};
 pub use decision::{Decision, Identity, Trace, TraceEntry};
 pub use explain::{Facts, explain};
-pub use ip::{HostPattern, IpPolicy};
+pub use ip::{AddressVerdict, HostPattern, IpPolicy};
 pub use ipset::{IpEntry, IpSet, Origin, canonical};
 pub use path::{
     NormalizedPath, PathPattern, PatternError, normalize_path, normalize_path_lowercase,

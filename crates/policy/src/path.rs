@@ -166,6 +166,14 @@ impl PathPattern {
         (literal as u32, fixed as u32, !deep)
     }
 
+    /// The first segment when it is a literal (no wildcard), for indexing rules.
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Glob(g)) if !g.contains('*') => Some(g),
+            _ => None,
+        }
+    }
+
     /// The same pattern, lower-cased, for case-insensitive matching.
     pub fn to_lowercase(&self) -> PathPattern {
         PathPattern {

@@ -10,6 +10,7 @@
 //!    admits; if rules apply but none allows, the request is denied (implicit deny).
 //! 4. When no rule applies, phase 6 allows: authentication (phase 5) already decided who may in.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::ipset::Origin;
@@ -120,12 +121,44 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     /// 401 (IIS, with a challenge) or 403.
     acl_status: u16,
+    /// Each rule's specificity, computed once.
+    specificity: Vec<(u32, u32, bool)>,
+    /// Rules whose pattern starts with a literal segment, by that segment: a request only has to
+    /// look at the rules of its own first segment plus `wild`, not at every rule.
+    by_first: HashMap<String, Vec<usize>>,
+    /// Rules whose pattern starts with a wildcard (or is `/`).
+    wild: Vec<usize>,
 }
 
 impl RuleSet {
     /// Rules in config order; `acl_status` is 401 or 403.
     pub fn new(rules: Vec<Rule>, acl_status: u16) -> RuleSet {
-        RuleSet { rules, acl_status }
+        let specificity = rules.iter().map(|r| r.path.specificity()).collect();
+        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wild = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            match r.path.first_literal() {
+                Some(first) => by_first.entry(first.to_owned()).or_default().push(i),
+                None => wild.push(i),
+            }
+        }
+        RuleSet {
+            rules,
+            acl_status,
+            specificity,
+            by_first,
+            wild,
+        }
+    }
+
+    /// Indices of the rules that may match `path`, in config order.
+    fn candidates<'a>(&'a self, path: &NormalizedPath) -> impl Iterator<Item = usize> + 'a {
+        let listed: &[usize] = path
+            .segments()
+            .first()
+            .and_then(|f| self.by_first.get(f.as_str()))
+            .map_or(&[], Vec::as_slice);
+        merge_sorted(listed, &self.wild)
     }
 
     /// The rules.
@@ -140,21 +173,26 @@ impl RuleSet {
         method: &str,
         identity: &Identity,
     ) -> Result<AuthzVerdict<'_>, Refusal> {
+        // One matching pass; only the rules of the most specific path are kept.
         let mut best: Option<(u32, u32, bool)> = None;
-        for r in self.rules.iter().filter(|r| r.applies(path, method)) {
-            let s = r.path.specificity();
+        let mut hits: Vec<usize> = Vec::new();
+        for i in self.candidates(path) {
+            if !self.rules[i].applies(path, method) {
+                continue;
+            }
+            let s = self.specificity[i];
             if best.is_none_or(|b| s > b) {
                 best = Some(s);
+                hits.clear();
+            }
+            if best == Some(s) {
+                hits.push(i);
             }
         }
-        let Some(best) = best else {
+        if hits.is_empty() {
             return Ok(AuthzVerdict::NoRule);
-        };
-        let applying = || {
-            self.rules
-                .iter()
-                .filter(move |r| r.path.specificity() == best && r.applies(path, method))
-        };
+        }
+        let applying = || hits.iter().map(|&i| &self.rules[i]);
         let who = identity.user.as_deref().unwrap_or("anonymous");
         for r in applying() {
             if let Some(p) = r.deny.iter().find(|p| p.matches(identity)) {
@@ -185,6 +223,26 @@ impl RuleSet {
             r
         }
     }
+}
+
+/// Merges two ascending index lists.
+fn merge_sorted<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || match (a.get(i), b.get(j)) {
+        (Some(&x), Some(&y)) if x <= y => {
+            i += 1;
+            Some(x)
+        }
+        (_, Some(&y)) => {
+            j += 1;
+            Some(y)
+        }
+        (Some(&x), None) => {
+            i += 1;
+            Some(x)
+        }
+        (None, None) => None,
+    })
 }
 
 #[cfg(test)]
@@ -295,6 +353,49 @@ mod tests {
             .authorize(&normalize_path("/admin"), "GET", &who(Some("bob"), &[]))
             .unwrap_err();
         assert_eq!((r.status(), r.reason.substatus()), (403, 3));
+    }
+
+    #[test]
+    fn rules_starting_with_a_wildcard_are_found_beside_indexed_ones() {
+        let rules = RuleSet::new(
+            vec![
+                rule(0, "/a/x", None, &["*"], &[]),
+                rule(1, "/*/reports", None, &[], &["user:bob"]),
+                rule(2, "/b/reports", None, &["*"], &[]),
+                rule(3, "/", None, &["anonymous"], &[]),
+            ],
+            401,
+        );
+        let bob = who(Some("bob"), &[]);
+        // /a/reports: only the wildcard rule applies.
+        assert!(
+            rules
+                .authorize(&normalize_path("/a/reports"), "GET", &bob)
+                .unwrap_err()
+                .detail
+                .contains("rule[1]")
+        );
+        // /b/reports: the literal rule is more specific than the wildcard one.
+        assert!(
+            matches!(rules.authorize(&normalize_path("/b/reports"), "GET", &bob), Ok(AuthzVerdict::Allowed(r, _)) if r.origin.key == "rule[2]")
+        );
+        // The root pattern is found for the root path.
+        assert!(
+            matches!(rules.authorize(&normalize_path("/"), "GET", &who(None, &[])), Ok(AuthzVerdict::Allowed(r, _)) if r.origin.key == "rule[3]")
+        );
+        assert_eq!(
+            rules.authorize(&normalize_path("/c"), "GET", &bob),
+            Ok(AuthzVerdict::NoRule)
+        );
+    }
+
+    #[test]
+    fn merge_keeps_config_order() {
+        assert_eq!(
+            merge_sorted(&[1, 4, 9], &[0, 5, 6, 10]).collect::<Vec<_>>(),
+            [0, 1, 4, 5, 6, 9, 10]
+        );
+        assert_eq!(merge_sorted(&[], &[2]).collect::<Vec<_>>(), [2]);
     }
 
     #[test]

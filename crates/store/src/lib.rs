@@ -30,4 +30,4 @@ pub use htpasswd::{
     HashAlgorithm, HashError, HashFormatError, InlineUserError, LineProblem, StoredHash, UserFile,
     hash_argon2id, hash_bcrypt,
 };
-pub use verifier::{LoadError, UserSource, Verification, Verifier};
+pub use verifier::{Answer, LoadError, UserSource, Verification, Verifier};

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,16 @@ impl From<bool> for Verification {
             Self::Refused
         }
     }
+}
+
+/// How [`Verifier::verify_traced`] came by its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Without a hash check of its own: from the cache, or from a concurrent check of the same
+    /// credentials.
+    Cached,
+    /// This call ran a password hash check.
+    Hashed,
 }
 
 /// Checks user/password pairs against a user source; share it in an `Arc`.
@@ -267,14 +277,22 @@ impl Verifier {
 
     /// Checks `password` for `user`, from the cache when possible.
     pub async fn verify(&self, user: &str, password: &str) -> Verification {
+        self.verify_traced(user, password).await.0
+    }
+
+    /// [`Verifier::verify`], also telling whether this call ran a password hash check itself
+    /// ([`Answer::Hashed`]) or was answered without one ([`Answer::Cached`]: from the cache, or
+    /// by a concurrent check of the same credentials). For metrics.
+    pub async fn verify_traced(&self, user: &str, password: &str) -> (Verification, Answer) {
         self.poll_file().await;
 
         let snapshot = self.inner.snapshot.load_full();
         let generation = snapshot.generation;
         let key = self.inner.cache_key(user, password);
         if let Some(accepted) = self.inner.cached(&key, generation) {
-            return accepted.into();
+            return (accepted.into(), Answer::Cached);
         }
+        let hashed = AtomicBool::new(false);
 
         // Concurrent misses for the same credentials share one check. If the
         // request running it is abandoned, a waiting one takes over.
@@ -287,6 +305,7 @@ impl Verifier {
                 if let Some(accepted) = self.inner.cached(&key, generation) {
                     return accepted;
                 }
+                hashed.store(true, Ordering::Relaxed);
                 let accepted = self.inner.check(snapshot, user, password).await;
                 if let Some(cache) = &self.inner.cache {
                     cache.insert(
@@ -301,7 +320,12 @@ impl Verifier {
             })
             .await;
         drop(inflight);
-        accepted.into()
+        let answer = if hashed.into_inner() {
+            Answer::Hashed
+        } else {
+            Answer::Cached
+        };
+        (accepted.into(), answer)
     }
 
     /// Re-reads the user file now, whether or not it changed (e.g. on SIGHUP).
@@ -527,6 +551,29 @@ mod tests {
             verifier.verify("alice", "p@ss wörd").await,
             Verification::Refused
         );
+    }
+
+    #[tokio::test]
+    async fn traced_verification_tells_cache_hits_from_hash_checks() {
+        let verifier = Verifier::new(
+            UserSource::Inline(vec![("alice".into(), BCRYPT_SECRET.into())]),
+            Duration::from_secs(60),
+            1,
+        )
+        .expect("load");
+        assert_eq!(
+            verifier.verify_traced("alice", "p@ss wörd").await,
+            (Verification::Accepted, Answer::Hashed)
+        );
+        assert_eq!(
+            verifier.verify_traced("alice", "p@ss wörd").await,
+            (Verification::Accepted, Answer::Cached)
+        );
+        assert_eq!(
+            verifier.verify_traced("alice", "wrong").await,
+            (Verification::Refused, Answer::Hashed)
+        );
+        assert_eq!(verifier.hash_checks(), 2);
     }
 
     #[tokio::test]

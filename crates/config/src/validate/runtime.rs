@@ -29,7 +29,7 @@ const CONCURRENT_KEYS: &[&str] = &["enabled", "max_concurrent"];
 /// Keys of `dynamic.deny_by_rate`.
 const RATE_KEYS: &[&str] = &["enabled", "max_requests", "interval"];
 /// Keys of `[logon]`.
-pub(super) const LOGON_KEYS: &[&str] = &["max_failures", "find_time", "ban_time"];
+pub(super) const LOGON_KEYS: &[&str] = &["enabled", "max_failures", "find_time", "ban_time"];
 /// Keys of `[state]`.
 pub(super) const STATE_KEYS: &[&str] = &["backend", "on_backend_error", "timeout", "key_prefix"];
 /// Keys of `[admin]`.
@@ -173,7 +173,12 @@ impl Checker<'_> {
     /// `[logon]`: failures allowed within `find_time` before a ban of `ban_time`.
     pub(super) fn logon(&mut self, s: &Section<'_, '_>) -> Logon {
         let d = Logon::default();
+        let enabled = match s.get("enabled") {
+            Some(v) => self.boolean(&s.path("enabled"), v).unwrap_or(true),
+            None => true,
+        };
         Logon {
+            enabled,
             max_failures: self.bounded_int(
                 &s.path("max_failures"),
                 s.get("max_failures"),

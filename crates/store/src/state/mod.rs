@@ -189,6 +189,22 @@ pub enum StateStore {
 }
 
 impl StateStore {
+    /// `"memory"` or `"redis"`: for metrics and messages.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StateStore::Memory(_) => "memory",
+            StateStore::Redis(_) => "redis",
+        }
+    }
+
+    /// Clients in the in-process limiter table (with Redis: its local fallback table).
+    pub fn tracked_clients(&self) -> usize {
+        match self {
+            StateStore::Memory(m) => m.tracked_clients(),
+            StateStore::Redis(r) => r.fallback().tracked_clients(),
+        }
+    }
+
     /// Phase 4: checks and counts one request from `ip` against `limits`.
     pub async fn admit(&self, ip: IpAddr, limits: &Limits) -> Admission {
         match self {

@@ -144,6 +144,9 @@ struct Inner {
     orphans: Mutex<Vec<Orphan>>,
     outage_log: Mutex<OutageLog>,
     scripts: Scripts,
+    /// Round trips sent to Redis, and those that got no answer (timeout, connection, error).
+    round_trips: AtomicU64,
+    errors: AtomicU64,
 }
 
 struct Scripts {
@@ -229,6 +232,8 @@ impl RedisState {
                 failure: Script::new(include_str!("lua/failure.lua")),
                 read_bans: Script::new(include_str!("lua/read_bans.lua")),
             },
+            round_trips: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         });
         let renewal = tokio::spawn(renew_leases(Arc::downgrade(&inner), lease / 3)).abort_handle();
         tracing::info!(endpoint = %inner.endpoint, "state shared through Redis");
@@ -238,6 +243,21 @@ impl RedisState {
     /// Whether Redis is answering (the circuit is closed): for health checks.
     pub fn is_available(&self) -> bool {
         matches!(*lock(&self.inner.breaker), Breaker::Closed { .. })
+    }
+
+    /// Round trips sent to Redis so far (not counting calls refused by an open circuit).
+    pub fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Round trips that got no usable answer: timeout, connection failure or a Redis error.
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// The in-process table used while Redis is down with `on_backend_error = "open"`.
+    pub fn fallback(&self) -> &MemoryState {
+        &self.inner.fallback
     }
 
     /// Phase 4: checks one request from `ip` against `limits` and, when admitted, counts it.
@@ -481,6 +501,7 @@ impl Inner {
                 attempted: false,
             });
         }
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         let message = match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(value)) => {
                 self.succeeded();
@@ -498,6 +519,7 @@ impl Inner {
                 self.endpoint, self.timeout
             ),
         };
+        self.errors.fetch_add(1, Ordering::Relaxed);
         self.failed(&message);
         Err(CallError {
             message,

@@ -1,0 +1,253 @@
+//! Running it for months: live reload (SIGHUP and file change) without dropping requests, invalid
+//! reloads refused, listener changes, bans surviving reloads, SIGTERM draining, SIGUSR1 reopening
+//! the access log.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use util::*;
+
+const PW: &str = "ops-pw";
+
+fn config(public: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["@LISTEN@"]
+upstream = "http://@UPSTREAM@"
+
+[auth]
+users = "users.htpasswd"
+public = [{public}]
+
+[log]
+access = "access.log"
+{extra}
+"#
+    )
+}
+
+fn start(config: &str) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    htpasswd(
+        &dir.path().join("users.htpasswd"),
+        &["-B", "-C", "4"],
+        "alice",
+        PW,
+    );
+    let gw = Gateway::start_in(dir, config, upstream.addr);
+    (upstream, gw)
+}
+
+/// Rewrites the config file of a running gateway (same placeholders as at start).
+fn rewrite(gw: &Gateway, upstream: &TestUpstream, config: &str) {
+    let text = config
+        .replace("@LISTEN@", &gw.addr.to_string())
+        .replace("@UPSTREAM@", &upstream.addr.to_string());
+    std::fs::write(gw.path("portcullis.toml"), text).unwrap();
+}
+
+fn status(rt: &tokio::runtime::Runtime, url: &str) -> u16 {
+    rt.block_on(async {
+        client()
+            .get(url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    })
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
+    let (up, gw) = start(&config("\"/public/**\"", ""));
+    let rt = runtime();
+    assert_eq!(status(&rt, &gw.url("/open/x")), 401);
+    rewrite(&gw, &up, &config("\"/public/**\", \"/open/**\"", ""));
+    gw.signal("HUP");
+    eventually(Duration::from_secs(10), "the new public path", || {
+        (status(&rt, &gw.url("/open/x")) == 200).then_some(())
+    });
+
+    std::fs::write(
+        gw.path("portcullis.toml"),
+        "[server]\nlisten = [\"nonsense\"]\n[auth]\nusers = \"missing\"\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let err = eventually(Duration::from_secs(10), "the refusal in the log", || {
+        let e = gw.stderr();
+        e.contains("NOT reloaded").then_some(e)
+    });
+    assert!(
+        err.contains("server.listen") && err.contains("auth.users"),
+        "every problem is logged: {err}"
+    );
+    assert_eq!(
+        status(&rt, &gw.url("/open/x")),
+        200,
+        "the old configuration keeps serving"
+    );
+}
+
+#[test]
+fn a_changed_config_file_is_reloaded_without_a_signal() {
+    let (up, gw) = start(&config("\"/public/**\"", ""));
+    let rt = runtime();
+    assert_eq!(status(&rt, &gw.url("/open/x")), 401);
+    rewrite(&gw, &up, &config("\"/**\"", ""));
+    eventually(
+        Duration::from_secs(15),
+        "the reload after the file change",
+        || (status(&rt, &gw.url("/open/x")) == 200).then_some(()),
+    );
+}
+
+#[test]
+fn reloads_under_continuous_load_lose_no_request() {
+    let (up, gw) = start(&config("\"/**\"", ""));
+    let rt = runtime();
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let url = gw.url("/load");
+    let load = {
+        let (ok, failed) = (ok.clone(), failed.clone());
+        rt.spawn(async move {
+            let c = client();
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let (c, url, ok, failed) = (c.clone(), url.clone(), ok.clone(), failed.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..150 {
+                            match c.get(&url).send().await {
+                                Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                                _ => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+    };
+    for i in 0..4 {
+        eventually(Duration::from_secs(10), "load in progress", || {
+            (ok.load(Ordering::Relaxed) >= 150 * (i + 1) || load.is_finished()).then_some(())
+        });
+        rewrite(&gw, &up, &config("\"/**\"", &format!("# reload {i}\n")));
+        gw.signal("HUP");
+    }
+    rt.block_on(load).unwrap();
+    assert_eq!(
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed)),
+        (1200, 0)
+    );
+    assert!(
+        gw.stderr().matches("configuration reloaded").count() >= 2,
+        "{}",
+        gw.stderr()
+    );
+}
+
+#[test]
+fn listener_changes_and_bans_survive_a_reload() {
+    let extra = "\n[logon]\nmax_failures = 2\nban_time = \"1h\"\n";
+    let (up, gw) = start(&config("\"/public/**\"", extra));
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client();
+        for _ in 0..2 {
+            c.get(gw.url("/p"))
+                .basic_auth("alice", Some("bad"))
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let locked = |url: String| {
+        rt.block_on(async {
+            client()
+                .get(url)
+                .basic_auth("alice", Some(PW))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    assert_eq!(locked(gw.url("/p")), 403);
+    let second = format!("127.0.0.1:{}", free_port());
+    let cfg = config("\"/public/**\"", extra).replace(
+        "listen = [\"@LISTEN@\"]",
+        &format!("listen = [\"@LISTEN@\", \"{second}\"]"),
+    );
+    rewrite(&gw, &up, &cfg);
+    gw.signal("HUP");
+    eventually(Duration::from_secs(10), "the new listener", || {
+        std::net::TcpStream::connect(&second).ok()
+    });
+    assert_eq!(
+        locked(format!("http://{second}/p")),
+        403,
+        "the ban survived the reload"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let (up, mut gw) = start(&config("\"/**\"", ""));
+    let rt = runtime();
+    let url = gw.url("/sleep?ms=1500");
+    let slow = rt.spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    eventually(
+        Duration::from_secs(5),
+        "the slow request at the upstream",
+        || (up.stats.requests.load(Ordering::Relaxed) >= 1).then_some(()),
+    );
+    let code = gw.terminate();
+    assert!(code.success(), "exit status {code}");
+    assert_eq!(
+        rt.block_on(slow).unwrap().unwrap(),
+        200,
+        "the request in flight was completed"
+    );
+    let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
+    assert!(
+        log.contains("/sleep ms=1500"),
+        "the access log was flushed: {log}"
+    );
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_rotation() {
+    let (_up, gw) = start(&config("\"/**\"", ""));
+    let rt = runtime();
+    assert_eq!(status(&rt, &gw.url("/before")), 200);
+    eventually(Duration::from_secs(5), "the first line", || {
+        std::fs::read_to_string(gw.path("access.log"))
+            .ok()?
+            .contains("/before")
+            .then_some(())
+    });
+    std::fs::rename(gw.path("access.log"), gw.path("access.log.1")).unwrap();
+    gw.signal("USR1");
+    eventually(Duration::from_secs(5), "a new access.log", || {
+        let _ = status(&rt, &gw.url("/after"));
+        std::fs::read_to_string(gw.path("access.log"))
+            .ok()?
+            .contains("/after")
+            .then_some(())
+    });
+    assert!(
+        !std::fs::read_to_string(gw.path("access.log.1"))
+            .unwrap()
+            .contains("/after")
+    );
+}
