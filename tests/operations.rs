@@ -202,15 +202,35 @@ fn listener_changes_and_bans_survive_a_reload() {
 
 #[test]
 fn sigterm_lets_a_slow_request_finish_then_exits_0() {
-    let (up, mut gw) = start(&config("\"/**\"", ""));
+    let admin = free_port();
+    let (up, mut gw) = start(&config(
+        "\"/**\"",
+        &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    ));
     let rt = runtime();
-    let url = gw.url("/sleep?ms=1500");
+    let health = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            client()
+                .get(format!("http://127.0.0.1:{admin}/healthz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    };
+    assert_eq!(health(&rt), 200);
+    let url = gw.url("/sleep?ms=2000");
     let slow = rt.spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
     eventually(
         Duration::from_secs(5),
         "the slow request at the upstream",
         || (up.stats.requests.load(Ordering::Relaxed) >= 1).then_some(()),
     );
+    gw.signal("TERM");
+    // While draining, /healthz tells load balancers to move on.
+    eventually(Duration::from_secs(2), "healthz 503 while draining", || {
+        (health(&rt) == 503).then_some(())
+    });
     let code = gw.terminate();
     assert!(code.success(), "exit status {code}");
     assert_eq!(
@@ -220,7 +240,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     );
     let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
     assert!(
-        log.contains("/sleep ms=1500"),
+        log.contains("/sleep ms=2000"),
         "the access log was flushed: {log}"
     );
 }
@@ -250,4 +270,117 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
             .unwrap()
             .contains("/after")
     );
+}
+
+#[test]
+fn audit_log_records_sign_ins_lockouts_and_reloads_but_no_secret() {
+    let extra = "audit = \"audit.log\"\n\n[logon]\nmax_failures = 2\nban_time = \"1h\"\n";
+    let cfg = config("\"/public/**\"", "").replace(
+        "access = \"access.log\"",
+        &format!("access = \"access.log\"\n{extra}"),
+    );
+    let (up, gw) = start(&cfg);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client();
+        assert_eq!(
+            c.get(gw.url("/p"))
+                .basic_auth("alice", Some(PW))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        for _ in 0..2 {
+            c.get(gw.url("/p"))
+                .basic_auth("alice", Some("s3cr3t-wrong-guess"))
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    rewrite(&gw, &up, &cfg.replace("/public/**", "/open/**"));
+    gw.signal("HUP");
+    let audit = eventually(
+        Duration::from_secs(10),
+        "the reload in the audit log",
+        || {
+            let a = std::fs::read_to_string(gw.path("audit.log")).ok()?;
+            a.contains("config_reload").then_some(a)
+        },
+    );
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"sign_in")
+            && kinds.contains(&"sign_in_failed")
+            && kinds.contains(&"locked_out"),
+        "{kinds:?}"
+    );
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "sign_in_failed")
+        .unwrap();
+    assert_eq!(
+        (
+            failed["user"].as_str(),
+            failed["client"].as_str(),
+            failed["scheme"].as_str()
+        ),
+        (Some("alice"), Some("127.0.0.1"), Some("basic"))
+    );
+    let reload = events
+        .iter()
+        .find(|e| e["event"] == "config_reload")
+        .unwrap();
+    assert_eq!(reload["result"], "accepted");
+    assert_eq!(reload["sha256"].as_str().unwrap().len(), 64);
+    for secret in [PW, "s3cr3t-wrong-guess", "$2y$", "YWxpY2U6"] {
+        assert!(
+            !audit.contains(secret),
+            "the audit log contains a secret ({secret}): {audit}"
+        );
+    }
+}
+
+#[test]
+fn every_reason_has_an_explanation_page() {
+    let (_up, gw) = start(&config("\"/public/**\"", ""));
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client();
+        let r = c
+            .get(gw.url("/.portcullis/problems/rate_limit"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "the explanation of a refusal is not itself refused"
+        );
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains("Too many requests") && html.contains("What you can do"),
+            "{html}"
+        );
+        let r = c
+            .get(gw.url("/.portcullis/problems/no_such_reason"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(
+            r.text().await.unwrap().contains("logon_failed"),
+            "the 404 lists the known reasons"
+        );
+    });
 }

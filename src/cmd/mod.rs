@@ -67,18 +67,25 @@ pub fn run_gateway(
                 return ExitCode::FAILURE;
             }
         };
+        // Once per process: counters survive reloads.
+        let metrics = Arc::new(gateway::metrics::Metrics::new());
         if let Some(listener) = admin.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "admin listener (healthz, bans)");
+                tracing::info!(%addr, "admin listener (healthz, metrics, bans)");
             }
             let fail_closed = config.state.on_backend_error == config::FailMode::Closed;
-            tokio::spawn(gateway::admin::serve(listener, state.clone(), fail_closed));
+            tokio::spawn(gateway::admin::serve(
+                listener,
+                state.clone(),
+                fail_closed,
+                metrics.clone(),
+            ));
         }
         let source = config.source.clone();
         let mut watch = source
             .as_deref()
             .map(|p| gateway::reload::ConfigWatch::new(p, &config));
-        let gateway = match gateway::Gateway::new(config, state) {
+        let gateway = match gateway::Gateway::new(config, state, metrics) {
             Ok(g) => Arc::new(g),
             Err(e) => {
                 eprintln!("portcullis: {e}");
@@ -126,6 +133,11 @@ async fn supervise(
         match gateway::reload::reload(server, path).await {
             Ok(()) => {
                 tracing::info!(trigger = why, file = %path.display(), "configuration reloaded");
+                server.current().metrics().record_reload(true);
+                server.current().audit().record(
+                    "config_reload",
+                    serde_json::json!({"result": "accepted", "trigger": why, "file": path.display().to_string(), "sha256": gateway::audit::file_sha256(path)}),
+                );
                 *watch = Some(gateway::reload::ConfigWatch::new(
                     path,
                     server.current().config(),
@@ -136,6 +148,11 @@ async fn supervise(
                     tracing::error!(trigger = why, "reload refused: {line}");
                 }
                 tracing::error!(file = %path.display(), "the configuration was NOT reloaded; the previous one keeps serving");
+                server.current().metrics().record_reload(false);
+                server.current().audit().record(
+                    "config_reload",
+                    serde_json::json!({"result": "refused", "trigger": why, "file": path.display().to_string(), "sha256": gateway::audit::file_sha256(path), "problems": refused.to_string().lines().count()}),
+                );
             }
         }
     }

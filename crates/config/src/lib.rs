@@ -88,6 +88,7 @@ impl Config {
             log: Log {
                 access: AccessLogTarget::Stdout,
                 format: LogFormat::W3c,
+                audit: None,
             },
             ip: policy::IpPolicy::open(),
             rules: Vec::new(),

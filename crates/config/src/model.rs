@@ -242,6 +242,8 @@ pub struct Log {
     pub access: AccessLogTarget,
     /// `format`.
     pub format: LogFormat,
+    /// `audit`: JSON-lines audit trail of sign-ins, lockouts, bans and reloads (none when absent).
+    pub audit: Option<PathBuf>,
 }
 
 /// `[dynamic]`: IIS Dynamic IP Restrictions (phase 4), per client address.

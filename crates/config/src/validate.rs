@@ -59,7 +59,7 @@ const AUTH_KEYS: &[&str] = &[
 /// Keys of `[errors]`.
 const ERRORS_KEYS: &[&str] = &["mode", "pages", "upstream_401"];
 /// Keys of `[log]`.
-const LOG_KEYS: &[&str] = &["access", "format"];
+const LOG_KEYS: &[&str] = &["access", "format", "audit"];
 /// Keys of `server.tls`.
 const TLS_KEYS: &[&str] = &["cert", "key"];
 /// The sections this build understands, with their keys.
@@ -936,7 +936,39 @@ impl Checker<'_> {
             Some("json") => LogFormat::Json,
             _ => LogFormat::W3c,
         };
-        Log { access, format }
+        let audit = s.get("audit").and_then(|v| {
+            let text = self.string(&s.path("audit"), v)?;
+            let path = self.resolve(text);
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if text.is_empty() || path.is_dir() {
+                self.report(
+                    s.path("audit"),
+                    Some(v.span()),
+                    "must be the path of a file (JSON lines)",
+                );
+                None
+            } else if !parent.is_dir() {
+                self.report(
+                    s.path("audit"),
+                    Some(v.span()),
+                    format!(
+                        "the folder of the audit log does not exist: {}",
+                        parent.display()
+                    ),
+                );
+                None
+            } else {
+                Some(path)
+            }
+        });
+        Log {
+            access,
+            format,
+            audit,
+        }
     }
 
     // ---------------------------------------------------------------- values

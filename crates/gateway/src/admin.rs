@@ -4,11 +4,14 @@
 //!   backend is down (Redis with `on_backend_error = "closed"`).
 //! * `GET /bans` — active bans as JSON (who, why, until when).
 //! * `DELETE /bans` — lift every ban; `DELETE /bans/<address or user>` — lift one subject's.
+//! * `GET /metrics` — Prometheus metrics ([`crate::metrics`]): the classic text format, or
+//!   OpenMetrics when the scraper's `Accept` asks for `application/openmetrics-text`.
 //!
 //! `portcullis bans list|clear` talks to these endpoints when the state lives in memory.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -18,17 +21,26 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use store::state::{Ban, BanSubject, StateStore};
 
+use crate::metrics::{self, Metrics};
+
 /// Serves the admin endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, state: StateStore, fail_closed: bool) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: StateStore,
+    fail_closed: bool,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, &state, fail_closed).await) }
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(route(req, &state, fail_closed, &metrics).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -77,16 +89,50 @@ async fn route(
     req: Request<Incoming>,
     state: &StateStore,
     fail_closed: bool,
+    metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => match state {
+            _ if crate::server::draining() => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "draining", "reason": "shutting down: finishing requests in flight, accepting no new connections"}),
+            ),
             StateStore::Redis(r) if !r.is_available() && fail_closed => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"status": "degraded", "reason": "state backend (Redis) unreachable and on_backend_error = \"closed\""}),
             ),
             _ => json(StatusCode::OK, serde_json::json!({"status": "serving"})),
         },
+        (&Method::GET, "/metrics") => {
+            let openmetrics = req
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            let (text, content_type) = if openmetrics {
+                (
+                    metrics.render(state, true).await,
+                    metrics::OPENMETRICS_CONTENT_TYPE,
+                )
+            } else {
+                (
+                    metrics.render(state, false).await,
+                    metrics::TEXT_CONTENT_TYPE,
+                )
+            };
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
         (&Method::GET, "/bans") => match state.list_bans().await {
             Ok(bans) => json(
                 StatusCode::OK,
@@ -119,7 +165,7 @@ async fn route(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not found", "endpoints": ["GET /healthz", "GET /bans", "DELETE /bans", "DELETE /bans/<who>"]}),
+            serde_json::json!({"error": "not found", "endpoints": ["GET /healthz", "GET /metrics", "GET /bans", "DELETE /bans", "DELETE /bans/<who>"]}),
         ),
     }
 }

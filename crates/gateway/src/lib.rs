@@ -8,9 +8,11 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod dns;
 pub mod filter;
+pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod reload;
@@ -39,9 +41,11 @@ use store::state::{
 use store::verifier::{Verification, Verifier};
 
 use crate::access_log::{AccessLog, LogRecord};
+use crate::audit::AuditLog;
 use crate::body::{Body, LoggedBody, PendingLog};
 use crate::dns::{HostName, HostResolver};
 use crate::filter::{FilterClient, FilterRequest};
+use crate::metrics::{AuthOutcome, Metrics};
 use crate::pages::Pages;
 use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
 use crate::respond::RefusalContext;
@@ -77,9 +81,12 @@ pub struct Gateway {
     pages: Pages,
     log: Arc<AccessLog>,
     state: StateStore,
+    /// Shared by every gateway of the process (created once, kept across reloads).
+    metrics: Arc<Metrics>,
     limits: Limits,
     regulation: Regulation,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    audit: Arc<AuditLog>,
     connection_builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 }
 
@@ -160,6 +167,9 @@ impl Seen {
     }
 }
 
+/// Where the explanation of each reason slug is served (the problem+json `type`).
+pub const PROBLEMS_PREFIX: &str = "/.portcullis/problems/";
+
 /// The path of the forward-auth endpoint.
 pub const FORWARD_AUTH_PATH: &str = "/.portcullis/auth";
 const X_ORIGINAL_URI: http::HeaderName = http::HeaderName::from_static("x-original-uri");
@@ -221,22 +231,28 @@ struct Decided {
 }
 
 impl Gateway {
-    /// Builds the gateway: loads users, groups and pages, opens the access log.
-    pub fn new(config: Config, state: StateStore) -> Result<Gateway, BuildError> {
-        Gateway::build(config, state, None)
+    /// Builds the gateway: loads users, groups and pages, opens the access log. `metrics` is
+    /// the process's (created once, so that counters survive reloads).
+    pub fn new(
+        config: Config,
+        state: StateStore,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, BuildError> {
+        Gateway::build(config, state, None, metrics)
     }
 
     /// Builds the gateway for a reloaded `config`, keeping what must survive a reload: the state
     /// store (limiter counters, bans), the access log when its target is unchanged, and the
     /// user store with its verification cache when `auth.users` and `auth.cache_ttl` are.
     pub fn rebuild(&self, config: Config, state: StateStore) -> Result<Gateway, BuildError> {
-        Gateway::build(config, state, Some(self))
+        Gateway::build(config, state, Some(self), self.metrics.clone())
     }
 
     fn build(
         config: Config,
         state: StateStore,
         previous: Option<&Gateway>,
+        metrics: Arc<Metrics>,
     ) -> Result<Gateway, BuildError> {
         let tls = config
             .server
@@ -277,6 +293,14 @@ impl Gateway {
                     .map_err(BuildError::AccessLog)?,
             ),
         };
+        let audit = match (
+            previous.filter(|p| p.config.log.audit == config.log.audit),
+            &config.log.audit,
+        ) {
+            (Some(p), _) => p.audit.clone(),
+            (None, Some(path)) => Arc::new(AuditLog::open(path).map_err(BuildError::AccessLog)?),
+            (None, None) => Arc::new(AuditLog::off()),
+        };
         let policy = config.policy();
         let challenges = policy
             .auth
@@ -306,7 +330,9 @@ impl Gateway {
             find_time: config.logon.find_time,
             ban_time: config.logon.ban_time,
         };
+        metrics.attach_access_log(&log);
         Ok(Gateway {
+            metrics,
             config,
             policy,
             challenges,
@@ -321,6 +347,7 @@ impl Gateway {
             regulation,
             state,
             tls,
+            audit,
             connection_builder,
         })
     }
@@ -337,9 +364,57 @@ impl Gateway {
         &self.connection_builder
     }
 
+    /// `GET /.portcullis/problems/<slug>`: what the reason means and what to do, as a page (or
+    /// problem+json / text by `Accept`), with status 200: it documents a refusal, it is not one.
+    fn problem_page(&self, slug: &str, accept: Option<&HeaderValue>) -> Response<Body> {
+        let Some(reason) = Reason::from_slug(slug) else {
+            let mut r = Response::new(body::full(format!(
+                "404 Not Found: \"{slug}\" is not a Portcullis reason. Known reasons: {}\n",
+                Reason::ALL
+                    .iter()
+                    .map(|r| r.slug())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+            *r.status_mut() = http::StatusCode::NOT_FOUND;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return r;
+        };
+        let refusal = Refusal::new(reason).with_detail("explanation page");
+        let ctx = RefusalContext {
+            request_id: "-",
+            accept,
+            challenges: &[],
+            extra_challenges: &[],
+            detailed: false,
+            mode: "custom",
+            client_ip: IpAddr::from([0, 0, 0, 0]),
+            path: "",
+            realm: &self.policy.auth.realm,
+            trace: &[],
+        };
+        let mut response = respond::refusal_response(&refusal, &ctx, &self.pages);
+        *response.status_mut() = http::StatusCode::OK;
+        response.headers_mut().remove(http::header::RETRY_AFTER);
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+        response
+    }
+
     /// Reopens the log files (SIGUSR1).
     pub fn reopen_logs(&self) {
         self.log.reopen();
+        self.audit.reopen();
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The state store (shared across reloads).
@@ -357,6 +432,11 @@ impl Gateway {
         &self.log
     }
 
+    /// The process's metrics (e.g. to record a reload).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Runs the pipeline for one request: forward-auth questions at `/.portcullis/auth`,
     /// everything else through phases 2–8 to the upstream.
     pub async fn handle(
@@ -366,6 +446,9 @@ impl Gateway {
     ) -> Result<Response<Body>, Abort> {
         if req.uri().path() == FORWARD_AUTH_PATH {
             return self.forward_auth(req, conn).await;
+        }
+        if let Some(slug) = req.uri().path().strip_prefix(PROBLEMS_PREFIX) {
+            return Ok(self.problem_page(slug, req.headers().get(ACCEPT)));
         }
         let started = Instant::now();
         let request_id = request_id::for_request(req.headers());
@@ -407,8 +490,10 @@ impl Gateway {
             path: &path_raw,
             accept: accept.as_ref(),
         };
+        let forwarded = self.metrics.forwarding(started);
         match self.upstream.forward(req, &ctx).await {
             Ok(response) => {
+                self.metrics.upstream_answered(forwarded);
                 let (mut parts, body) = response.into_parts();
                 if let Some(r) = record.as_mut() {
                     r.status = parts.status.as_u16();
@@ -429,12 +514,18 @@ impl Gateway {
                             .with_detail("the application answered 401");
                         let response =
                             self.refusal_response(&refusal, &facts, &seen, &request_id, &theirs);
+                        self.metrics
+                            .request(response.status().as_u16(), Some(Reason::AppDenied));
                         return Ok(self.logged(response, record));
                     }
                 }
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     parts.headers.entry(request_id::X_REQUEST_ID).or_insert(v);
                 }
+                self.metrics.request(
+                    parts.status.as_u16(),
+                    (parts.status == http::StatusCode::UNAUTHORIZED).then_some(Reason::AppDenied),
+                );
                 let pending = record.map(|r| PendingLog::new(self.log.clone(), r));
                 Ok(Response::from_parts(
                     parts,
@@ -444,6 +535,8 @@ impl Gateway {
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason.slug(), detail = %refusal.detail, request_id, "upstream failed");
                 let response = self.refusal_response(&refusal, &facts, &seen, &request_id, &[]);
+                self.metrics
+                    .request(response.status().as_u16(), Some(refusal.reason));
                 if let Some(r) = record.as_mut() {
                     r.substatus = refusal.reason.substatus();
                     r.reason = Some(refusal.reason);
@@ -516,6 +609,7 @@ impl Gateway {
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
                     headers.insert(request_id::X_REQUEST_ID, v);
                 }
+                self.metrics.request(response.status().as_u16(), None);
                 Ok(self.logged(response, record))
             }
             Err(refusal) => self.refuse(&refusal, &view, &seen, &request_id, record, &[]),
@@ -599,7 +693,10 @@ impl Gateway {
         // Phase 4: dynamic limits. The guard holds the in-flight slot until the response ends.
         let mut guard = None;
         if self.limits.max_concurrent.is_some() || self.limits.rate.is_some() {
-            let refusal = match self.state.admit(client_ip, &self.limits).await {
+            let admission = self.state.admit(client_ip, &self.limits).await;
+            let answered = !matches!(admission, Admission::Unavailable);
+            self.metrics.state_call(&self.state, answered);
+            let refusal = match admission {
                 Admission::Admitted(g) => {
                     guard = Some(g);
                     None
@@ -684,30 +781,39 @@ impl Gateway {
         password: String,
     ) -> Result<Identity, Refusal> {
         if !self.config.logon.enabled {
-            let accepted = self.verifier.verify(user, &password).await == Verification::Accepted;
+            let (accepted, _) = self.verify(user, &password, client_ip).await;
             drop(password);
             let mut identity = self.policy.auth.after_verification(user, accepted)?;
             identity.groups = self.groups.groups_of(user);
             return Ok(identity);
         }
         // Locked out: refused before the password is even looked at.
-        match self.state.ban_for(client_ip, Some(user)).await {
+        let ban = self.state.ban_for(client_ip, Some(user)).await;
+        self.metrics.state_call(&self.state, ban.is_ok());
+        match ban {
             Ok(None) => {}
             Ok(Some(ban)) => {
+                self.metrics.auth(AuthOutcome::LockedOut);
+                self.audit
+                    .sign_in(false, user, client_ip, "basic", Some("locked_out"));
                 return Err(Refusal::new(Reason::LockedOut)
                     .with_retry_after(ban.remaining)
                     .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
             }
             Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
+                self.metrics.auth(AuthOutcome::StateUnavailable);
                 return Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
             }
         }
-        let accepted = self.verifier.verify(user, &password).await == Verification::Accepted;
+        let (accepted, fresh) = self.verify(user, &password, client_ip).await;
         drop(password);
-        let recorded = if accepted {
+        // A cached acceptance repeats one already recorded: no state round trip for it.
+        let recorded = if accepted && !fresh {
+            Ok(Vec::new())
+        } else if accepted {
             self.state
                 .record_success(client_ip, user)
                 .await
@@ -717,10 +823,16 @@ impl Gateway {
                 .record_failure(client_ip, user, &self.regulation)
                 .await
         };
+        self.metrics.state_call(&self.state, recorded.is_ok());
         match recorded {
             Ok(bans) => {
                 for ban in bans {
-                    tracing::warn!(subject = %ban.subject, reason = ban.reason, until = %humantime::format_rfc3339_seconds(ban.until), "locked out");
+                    let until = humantime::format_rfc3339_seconds(ban.until).to_string();
+                    tracing::warn!(subject = %ban.subject, reason = ban.reason, until, "locked out");
+                    self.audit.record(
+                        "locked_out",
+                        serde_json::json!({"subject": ban.subject.to_string(), "reason": ban.reason, "until": until}),
+                    );
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
@@ -728,6 +840,28 @@ impl Gateway {
         let mut identity = self.policy.auth.after_verification(user, accepted)?;
         identity.groups = self.groups.groups_of(user);
         Ok(identity)
+    }
+
+    /// Checks a password, counting the sign-in outcome and how the answer was found.
+    /// Returns whether the password was accepted and whether that took a fresh hash check (a
+    /// sign-in, for the audit log) rather than the verification cache.
+    async fn verify(&self, user: &str, password: &str, client_ip: IpAddr) -> (bool, bool) {
+        let (verification, answer) = self.verifier.verify_traced(user, password).await;
+        self.metrics.verification(answer);
+        let accepted = verification == Verification::Accepted;
+        let fresh = matches!(answer, store::Answer::Hashed);
+        if !accepted {
+            self.audit
+                .sign_in(false, user, client_ip, "basic", Some("logon_failed"));
+        } else if fresh {
+            self.audit.sign_in(true, user, client_ip, "basic", None);
+        }
+        self.metrics.auth(if accepted {
+            AuthOutcome::Accepted
+        } else {
+            AuthOutcome::Refused
+        });
+        (accepted, fresh)
     }
 
     fn refuse(
@@ -745,6 +879,7 @@ impl Gateway {
             r.reason = Some(refusal.reason);
         }
         if refusal.status() == 0 {
+            self.metrics.request(0, Some(refusal.reason));
             if let Some(r) = record {
                 self.log.write(r);
             }
@@ -756,6 +891,8 @@ impl Gateway {
             accept: view.headers.get(ACCEPT),
         };
         let response = self.refusal_response(refusal, &facts, seen, request_id, extra_challenges);
+        self.metrics
+            .request(response.status().as_u16(), Some(refusal.reason));
         Ok(self.logged(response, record))
     }
 

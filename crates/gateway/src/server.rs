@@ -193,6 +193,7 @@ impl Server {
     /// Stops accepting, then lets requests in flight finish for up to `drain`.
     pub async fn shutdown(self, drain: Duration) {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
+        DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
         for (_, (stop, task)) in self.loops {
             let _ = stop.send(true);
             let _ = task.await;
@@ -208,11 +209,17 @@ impl Server {
                 "drain timeout reached; closing remaining connections"
             );
         }
-        self.current
-            .load()
-            .access_log()
-            .flush(Duration::from_secs(5));
+        let gateway = self.current.load();
+        gateway.access_log().flush(Duration::from_secs(5));
+        gateway.audit().flush();
     }
+}
+
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the process is shutting down (`/healthz` then answers 503 so load balancers move on).
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Serves until `shutdown` resolves, then drains for up to `drain` (no reloads: tests, demo).
