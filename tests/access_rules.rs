@@ -204,6 +204,39 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
         )
         .await;
         assert_eq!(s, 200);
+        // The proxy maintains X-Forwarded-For (the default): a client's own Forwarded header,
+        // which proxies pass through untouched, is not believed and not forwarded.
+        let r = c
+            .get(&url)
+            .header("forwarded", "for=\"[2001:db8::1]\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert!(seen["headers"].get("forwarded").is_none(), "{seen}");
+        // The upstream sees the chain extended with the proxy.
+        let r = c
+            .get(&url)
+            .header("x-forwarded-for", "198.51.100.1")
+            .send()
+            .await
+            .unwrap();
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            seen["headers"]["x-forwarded-for"],
+            "198.51.100.1, 127.0.0.1"
+        );
+    });
+    // With forwarded_header = "forwarded", RFC 7239 is read instead (and X-Forwarded-For is not).
+    let cfg = config("[ip]\ndeny = [\"203.0.113.0/24\", \"2001:db8::/32\"]").replace(
+        "[auth]",
+        "trusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"\n\n[auth]",
+    );
+    let (_up, gw) = start(&cfg);
+    runtime().block_on(async {
+        let c = client();
+        let url = gw.url("/public/x");
         let (s, _, _) = problem(
             &c,
             &url,
@@ -217,18 +250,8 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
             (s, p["substatus"].as_u64(), p["reason"].as_str()),
             (400, Some(10), Some("bad_forwarded_header"))
         );
-        // The upstream sees the chain extended with the proxy.
-        let r = c
-            .get(&url)
-            .header("x-forwarded-for", "198.51.100.1")
-            .send()
-            .await
-            .unwrap();
-        let seen: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(
-            seen["headers"]["x-forwarded-for"],
-            "198.51.100.1, 127.0.0.1"
-        );
+        let (s, _, _) = problem(&c, &url, None, &[("x-forwarded-for", "203.0.113.9")]).await;
+        assert_eq!(s, 200, "X-Forwarded-For is not read in forwarded mode");
     });
     // From an untrusted peer the same headers are ignored, even malformed ones.
     let cfg = config("[ip]\ndeny = [\"203.0.113.0/24\"]")
@@ -330,7 +353,8 @@ fn url_rules_with_groups_and_bypass_attempts() {
             "//admin//x",
             "/public/../admin/x",
             "/admin/./x",
-            "/admin%2Fx",
+            "/public/..;/admin/x",
+            "/admin;jsessionid=1/x",
         ] {
             let r = c
                 .get(format!("http://{}{sneaky}", gw.addr))
@@ -339,6 +363,21 @@ fn url_rules_with_groups_and_bypass_attempts() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 401, "{sneaky} must not slip past the rule");
+        }
+        // Encoded separators are read differently by different applications: refused outright.
+        for ambiguous in [
+            "/admin%2Fx",
+            "/public%2F..%2Fadmin/x",
+            "/admin%5cx",
+            "/a%00b",
+        ] {
+            let r = c
+                .get(format!("http://{}{ambiguous}", gw.addr))
+                .basic_auth("bob", Some(PW))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{ambiguous}");
         }
         // The upstream learns the groups.
         let seen: serde_json::Value = c

@@ -3,7 +3,6 @@
 //! With the memory backend the state lives inside the running process, so the command asks it
 //! through `[admin] listen`; with Redis it reads and changes the shared state directly.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,15 +14,8 @@ use hyper_util::rt::TokioExecutor;
 /// Arguments of `bans`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Configuration file of the running instance (TOML).
-    #[arg(
-        short,
-        long,
-        default_value = "portcullis.toml",
-        env = "PORTCULLIS_CONFIG",
-        global = true
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigFile,
     #[command(subcommand)]
     action: Action,
 }
@@ -45,7 +37,7 @@ enum Action {
 
 /// Runs `bans`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match config::load(&args.config) {
+    let config = match config::load(&args.config.file) {
         Ok(c) => c,
         Err(diagnostics) => {
             eprint!("{diagnostics}");

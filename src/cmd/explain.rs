@@ -2,7 +2,6 @@
 //! rule or list entry that decided and its line in the config. Exit 0 allowed, 1 refused.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use policy::{Decision, Facts, Identity};
@@ -10,14 +9,8 @@ use policy::{Decision, Facts, Identity};
 /// Arguments of `explain`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Configuration file (TOML).
-    #[arg(
-        short,
-        long,
-        default_value = "portcullis.toml",
-        env = "PORTCULLIS_CONFIG"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigFile,
     /// Client address (as the socket peer).
     #[arg(long, default_value = "127.0.0.1")]
     ip: IpAddr,
@@ -33,7 +26,7 @@ pub struct Args {
 
 /// Runs `explain`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match config::load(&args.config) {
+    let config = match config::load(&args.config.file) {
         Ok(c) => c,
         Err(diagnostics) => {
             eprint!("{diagnostics}");

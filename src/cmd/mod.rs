@@ -11,6 +11,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `-c FILE`, shared by every subcommand that reads a configuration.
+#[derive(clap::Args)]
+pub struct ConfigFile {
+    /// Configuration file (TOML); relative paths inside it are relative to its folder.
+    #[arg(
+        id = "config",
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "portcullis.toml",
+        env = "PORTCULLIS_CONFIG",
+        global = true
+    )]
+    pub file: std::path::PathBuf,
+}
+
 /// `EX_USAGE`: the configuration or the command line is invalid.
 pub const EXIT_CONFIG: u8 = 64;
 

@@ -1,37 +1,30 @@
 //! `portcullis serve`: run the gateway from a configuration file.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Configuration file (TOML).
-    #[arg(
-        short,
-        long,
-        default_value = "portcullis.toml",
-        env = "PORTCULLIS_CONFIG"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigFile,
 }
 
 /// Runs `serve`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match config::load(&args.config) {
+    let config = match config::load(&args.config.file) {
         Ok(c) => c,
         Err(diagnostics) => {
             eprint!("{diagnostics}");
             eprintln!(
                 "portcullis: {} problem(s) in {}; nothing was started",
                 diagnostics.items.len(),
-                args.config.display()
+                args.config.file.display()
             );
             return ExitCode::from(super::EXIT_CONFIG);
         }
     };
     for line in
-        config::format_warnings(&args.config.display().to_string(), &config.warnings).lines()
+        config::format_warnings(&args.config.file.display().to_string(), &config.warnings).lines()
     {
         tracing::warn!("{line}");
     }

@@ -70,6 +70,7 @@ impl Config {
                 upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 drain_timeout: validate::DEFAULT_DRAIN_TIMEOUT,
+                forwarded_header: ForwardedHeader::XForwardedFor,
                 workers: None,
                 trusted_proxies: policy::IpSet::default(),
             },

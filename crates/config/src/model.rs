@@ -107,10 +107,24 @@ pub struct Server {
     pub connect_timeout: Duration,
     /// `drain_timeout` (default 30 s): how long requests in flight may finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// `forwarded_header`: which header of a trusted proxy names the client.
+    pub forwarded_header: ForwardedHeader,
     /// `workers` (default: the CPUs this process may run on): async worker threads.
     pub workers: Option<usize>,
     /// `trusted_proxies`: peers whose `Forwarded` / `X-Forwarded-For` is believed.
     pub trusted_proxies: policy::IpSet,
+}
+
+/// `server.forwarded_header`: the one header a trusted proxy maintains. Only that one is read:
+/// most proxies append to `X-Forwarded-For` and pass a client's own `Forwarded` through untouched,
+/// so reading both would let a client choose its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `"x-forwarded-for"` (default): nginx, HAProxy, Caddy, Traefik, cloud load balancers.
+    #[default]
+    XForwardedFor,
+    /// `"forwarded"` (RFC 7239), for proxies configured to maintain it.
+    Forwarded,
 }
 
 /// An `http://host:port[/base]` upstream.

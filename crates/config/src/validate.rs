@@ -43,6 +43,7 @@ const SERVER_KEYS: &[&str] = &[
     "connect_timeout",
     "workers",
     "drain_timeout",
+    "forwarded_header",
 ];
 /// Keys of `[auth]`.
 const AUTH_KEYS: &[&str] = &[
@@ -520,6 +521,11 @@ impl Checker<'_> {
             self.duration(s, "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT, false);
         let connect_timeout = self.duration(s, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, false);
         let drain_timeout = self.duration(s, "drain_timeout", DEFAULT_DRAIN_TIMEOUT, true);
+        let forwarded_header =
+            match self.choice(s, "forwarded_header", &["x-forwarded-for", "forwarded"]) {
+                Some("forwarded") => ForwardedHeader::Forwarded,
+                _ => ForwardedHeader::XForwardedFor,
+            };
         let workers = s.get("workers").and_then(|v| {
             let n = self.integer(&s.path("workers"), v)?;
             match usize::try_from(n) {
@@ -542,6 +548,7 @@ impl Checker<'_> {
             upstream_timeout,
             connect_timeout,
             drain_timeout,
+            forwarded_header,
             workers,
             trusted_proxies,
         })

@@ -302,7 +302,10 @@ pub fn format_w3c(r: &LogRecord, out: &mut String) {
     w3c_field(out, r.referer.as_ref().map_or(&b""[..], |v| v.as_bytes()));
     // A request served under `dynamic.logging_only` that would have been refused carries the
     // would-be sub-status (e.g. `200 502`), so operators can count them with the same tools.
-    let substatus = r.would_refuse.map_or(r.substatus, |w| w.substatus());
+    let substatus = match (r.reason, r.would_refuse) {
+        (None, Some(w)) => w.substatus(),
+        _ => r.substatus,
+    };
     let _ = writeln!(out, " {} {substatus} 0 {}", r.status, r.time_taken_ms);
 }
 

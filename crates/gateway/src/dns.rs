@@ -76,10 +76,17 @@ impl HostResolver {
     }
 
     async fn resolve(&self, ip: IpAddr) -> HostName {
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return HostName::Failed;
         };
-        match tokio::task::spawn_blocking(move || double_reverse(ip)).await {
+        // The permit moves into the thread: a lookup abandoned by our timeout still counts
+        // against the limit until the resolver returns, so slow DNS cannot pile up threads.
+        match tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            double_reverse(ip)
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(%ip, error = %e, "reverse DNS task failed");

@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use config::{Config, ErrorMode, FailMode, StateBackend, Upstream401};
+use config::{Config, ErrorMode, FailMode, ForwardedHeader, StateBackend, Upstream401};
 use http::header::{ACCEPT, AUTHORIZATION, FORWARDED, REFERER, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -478,6 +478,8 @@ impl Gateway {
             client_ip: seen.client_ip,
             peer: seen.peer,
             from_trusted_proxy: forwarded_by_proxy,
+            keep_forwarded: forwarded_by_proxy
+                && self.config.server.forwarded_header == ForwardedHeader::Forwarded,
             tls: conn.tls,
             identity: &identity,
             forward_authorization: self.config.auth.forward_authorization,
@@ -517,6 +519,13 @@ impl Gateway {
                         self.metrics
                             .request(response.status().as_u16(), Some(Reason::AppDenied));
                         return Ok(self.logged(response, record));
+                    }
+                    // Every 401 carries a challenge (RFC 9110 §15.5.2): when the application sent
+                    // none, ours is added.
+                    if !parts.headers.contains_key(WWW_AUTHENTICATE) {
+                        for c in &self.challenges {
+                            parts.headers.append(WWW_AUTHENTICATE, c.clone());
+                        }
                     }
                 }
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -565,7 +574,24 @@ impl Gateway {
             && (req.headers().contains_key(X_ORIGINAL_URI)
                 || req.headers().contains_key(X_FORWARDED_URI))
         {
-            tracing::warn!(%peer, "forward-auth request from a peer not in server.trusted_proxies: its X-Original-*/X-Forwarded-* headers are ignored");
+            // Once a minute at most: a client could otherwise fill the log.
+            static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+            if now >= last + 60
+                && LAST_WARNED
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(%peer, "forward-auth request from a peer not in server.trusted_proxies: its X-Original-*/X-Forwarded-* headers are ignored (said once a minute)");
+            }
         }
         let view = match &original {
             Some(o) => RequestView {
@@ -597,7 +623,9 @@ impl Gateway {
                 {
                     headers.insert(proxy::REMOTE_USER, user.clone());
                     headers.insert(REMOTE_NAME, user);
-                    if let Ok(g) = HeaderValue::from_str(&identity.groups.join(",")) {
+                    if !identity.groups.is_empty()
+                        && let Ok(g) = HeaderValue::from_str(&identity.groups.join(","))
+                    {
                         headers.insert(proxy::REMOTE_GROUPS, g);
                     }
                     headers.insert(proxy::REMOTE_EMAIL, HeaderValue::from_static(""));
@@ -659,18 +687,18 @@ impl Gateway {
         let forwarded_by_proxy =
             !self.policy.trusted_proxies.is_empty() && self.policy.trusted_proxies.contains(peer);
         if forwarded_by_proxy {
-            let forwarded: Vec<&[u8]> = view
-                .headers
-                .get_all(FORWARDED)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            let xff: Vec<&[u8]> = view
-                .headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
+            // Only the header the trusted proxy maintains is read (server.forwarded_header).
+            let read = |name: http::HeaderName| -> Vec<&[u8]> {
+                view.headers
+                    .get_all(name)
+                    .iter()
+                    .map(HeaderValue::as_bytes)
+                    .collect()
+            };
+            let (forwarded, xff) = match self.config.server.forwarded_header {
+                ForwardedHeader::XForwardedFor => (Vec::new(), read(X_FORWARDED_FOR)),
+                ForwardedHeader::Forwarded => (read(FORWARDED), Vec::new()),
+            };
             seen.client_ip = client_addr(peer, &self.policy.trusted_proxies, &forwarded, &xff)?.ip;
         }
         let client_ip = seen.client_ip;
@@ -729,7 +757,8 @@ impl Gateway {
             }
         }
 
-        // Phase 5: authenticate.
+        // Phase 5: authenticate (on a path every server reads the same way).
+        policy::check_raw_path(view.path)?;
         let path = self.policy.normalize(view.path);
         let step = self.policy.auth.authenticate(
             &path,
@@ -810,6 +839,18 @@ impl Gateway {
         }
         let (accepted, fresh) = self.verify(user, &password, client_ip).await;
         drop(password);
+        // Guesses sent in parallel all pass the ban check above before any of them fails; if
+        // they started a ban while this password was being checked, a right guess among them
+        // must not get in.
+        if accepted
+            && fresh
+            && let Ok(Some(ban)) = self.state.ban_for(client_ip, Some(user)).await
+        {
+            self.metrics.auth(AuthOutcome::LockedOut);
+            return Err(Refusal::new(Reason::LockedOut)
+                .with_retry_after(ban.remaining)
+                .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
+        }
         // A cached acceptance repeats one already recorded: no state round trip for it.
         let recorded = if accepted && !fresh {
             Ok(Vec::new())

@@ -46,6 +46,8 @@ pub struct ForwardContext<'a> {
     pub peer: IpAddr,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-For` chain is kept and extended).
     pub from_trusted_proxy: bool,
+    /// Whether to pass `Forwarded` on (a trusted proxy maintains it: `forwarded_header`).
+    pub keep_forwarded: bool,
     /// Whether the client connected over TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
     /// Who the request is from.
@@ -147,7 +149,7 @@ impl Upstream {
         // `Forwarded` and `X-Forwarded-Proto` are believed only from a trusted proxy (it may have
         // terminated TLS); from anyone else they are dropped or replaced, so a client cannot
         // spoof them to the application.
-        if !ctx.from_trusted_proxy {
+        if !ctx.keep_forwarded {
             headers.remove(header::FORWARDED);
         }
         if !(ctx.from_trusted_proxy && headers.contains_key(X_FORWARDED_PROTO)) {

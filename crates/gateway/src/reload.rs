@@ -37,7 +37,13 @@ pub async fn reload(server: &mut Server, path: &Path) -> Result<(), Refused> {
             "[admin] changed: the admin listener is only set up at start; restart to apply it"
         );
     }
-    let state = if config.state == current.config().state {
+    // Only a different backend needs a new store; anything else keeps counters and bans.
+    let state = if config.state.backend == current.config().state.backend {
+        if config.state != current.config().state {
+            tracing::warn!(
+                "[state] timeout, on_backend_error and key_prefix changes take effect at the next restart"
+            );
+        }
         current.state().clone()
     } else {
         crate::connect_state(&config)

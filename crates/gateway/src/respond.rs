@@ -115,7 +115,10 @@ pub fn refusal_response(
     let reason = refusal.reason;
     let advice = advice(reason);
     let problem_type = format!("/.portcullis/problems/{}", reason.slug());
-    let retry_after = refusal.retry_after.map(|d| d.as_secs().max(1));
+    // Rounded up: a client told "1" for 1.9 s would come back too early and be refused again.
+    let retry_after = refusal
+        .retry_after
+        .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
     let (content_type, body) = match negotiate(ctx.accept) {
         Format::Html => {
             let page = PageContext {

@@ -107,7 +107,14 @@ pub fn connection_builder(config: &config::Config) -> auto::Builder<TokioExecuto
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 has no header timeout: ping idle connections and drop the ones that stop answering,
+    // and bound the streams one client may open at once.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(config.server.header_timeout)
+        .max_concurrent_streams(256);
     builder
 }
 

@@ -47,6 +47,9 @@ impl fmt::Display for MalformedAuthorization {
 
 impl std::error::Error for MalformedAuthorization {}
 
+/// Longest user name accepted: names become keys of lockout counters and log fields.
+pub const MAX_USER_LEN: usize = 256;
+
 /// Parses an `Authorization` header value.
 pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthorization> {
     let raw = trim(raw);
@@ -73,6 +76,11 @@ pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthoriza
     let (user, password) = text.split_once(':').ok_or(MalformedAuthorization(
         "Basic credentials have no ':' between user and password",
     ))?;
+    if user.len() > MAX_USER_LEN {
+        return Err(MalformedAuthorization(
+            "the user name is longer than 256 bytes",
+        ));
+    }
     if user.chars().any(char::is_control) {
         return Err(MalformedAuthorization(
             "the user name contains control characters",
@@ -136,6 +144,16 @@ mod tests {
         assert!(parse_authorization(format!("Basic {}", b64(b"\xff\xfe:pw")).as_bytes()).is_err());
         assert!(parse_authorization(format!("Basic {}", b64(b"a\x07b:pw")).as_bytes()).is_err());
         assert!(parse_authorization(b"(bad) x").is_err());
+        assert!(
+            parse_authorization(
+                format!(
+                    "Basic {}",
+                    b64(format!("{}:pw", "u".repeat(257)).as_bytes())
+                )
+                .as_bytes()
+            )
+            .is_err()
+        );
         assert!(parse_authorization(b"").is_err());
     }
 

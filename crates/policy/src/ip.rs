@@ -57,8 +57,10 @@ impl HostPattern {
         if name.len() < self.suffix.len() {
             return false;
         }
-        let (head, tail) = name.split_at(name.len() - self.suffix.len());
-        tail.eq_ignore_ascii_case(&self.suffix) && (head.is_empty() || head.ends_with('.'))
+        // Bytes, not chars: a non-ASCII PTR name must not make us split inside a character.
+        let (head, tail) = name.as_bytes().split_at(name.len() - self.suffix.len());
+        tail.eq_ignore_ascii_case(self.suffix.as_bytes())
+            && (head.is_empty() || head.ends_with(b"."))
     }
 }
 
@@ -162,6 +164,8 @@ mod tests {
             ("badscanner.example", false),
             ("scanner.example.com", false),
             ("example", false),
+            ("é.scanner.example", true),
+            ("xé", false),
         ] {
             assert_eq!(h.matches(name), want, "{name}");
         }

@@ -24,7 +24,8 @@ pub use explain::{Facts, explain};
 pub use ip::{AddressVerdict, HostPattern, IpPolicy};
 pub use ipset::{IpEntry, IpSet, Origin, canonical};
 pub use path::{
-    NormalizedPath, PathPattern, PatternError, normalize_path, normalize_path_lowercase,
+    NormalizedPath, PathPattern, PatternError, check_raw_path, normalize_path,
+    normalize_path_lowercase,
 };
 pub use reason::{DenyAction, Phase, Reason, Refusal};
 pub use rules::{AuthzVerdict, Principal, Rule, RuleSet};

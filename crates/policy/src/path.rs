@@ -33,9 +33,15 @@ impl fmt::Display for NormalizedPath {
 
 /// Normalises a request path (the part before `?`).
 pub fn normalize_path(raw: &str) -> NormalizedPath {
-    let decoded = percent_decode(raw);
     let mut segments: Vec<String> = Vec::new();
-    for seg in decoded.split(['/', '\\']) {
+    // Split on the separators as sent, then decode each segment: an encoded slash (`%2F`) stays
+    // data inside its segment, as the upstream sees it, instead of creating a segment boundary
+    // the upstream does not have.
+    for raw_seg in raw.split(['/', '\\']) {
+        let decoded = percent_decode(raw_seg);
+        // Path parameters (`;jsessionid=…`, `..;`) are dropped before matching, as servlet
+        // containers do, so `/static/..;/admin` is `/admin` and `/admin;x` is `/admin`.
+        let seg = decoded.split(';').next().unwrap_or("");
         match seg {
             "" | "." => {}
             ".." => {
@@ -45,6 +51,27 @@ pub fn normalize_path(raw: &str) -> NormalizedPath {
         }
     }
     NormalizedPath { segments }
+}
+
+/// Refuses request paths that different servers read differently: an encoded slash or
+/// backslash (`%2F`, `%5C`: a separator for WSGI and CGI applications, data for others) and an
+/// encoded NUL. Apache refuses encoded slashes by default too (`AllowEncodedSlashes Off`).
+pub fn check_raw_path(raw: &str) -> Result<(), crate::Refusal> {
+    let b = raw.as_bytes();
+    let bad = b.windows(3).find(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_uppercase()),
+                (b'2', b'F') | (b'5', b'C') | (b'0', b'0')
+            )
+    });
+    match bad {
+        None => Ok(()),
+        Some(w) => Err(crate::Refusal::new(crate::Reason::BadRequest).with_detail(format!(
+            "the path contains {}, which servers read differently (an encoded separator or NUL); it is refused",
+            String::from_utf8_lossy(w)
+        ))),
+    }
 }
 
 /// Like [`normalize_path`], lower-casing the result (for `auth.path_case = "insensitive"`).
@@ -195,18 +222,36 @@ impl PathPattern {
     }
 }
 
+/// Matches by dynamic programming over (pattern position, path position): O(pattern × path),
+/// never the exponential backtracking a client could trigger with many segments and `**`.
 fn match_segments(pattern: &[Segment], path: &[String]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((Segment::AnyDepth, rest)) => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
+    // reachable[j]: the pattern prefix seen so far matches path[..j].
+    let mut reachable = vec![false; path.len() + 1];
+    reachable[0] = true;
+    for seg in pattern {
+        let mut next = vec![false; path.len() + 1];
+        match seg {
+            Segment::AnyDepth => {
+                let mut any = false;
+                for j in 0..=path.len() {
+                    any |= reachable[j];
+                    next[j] = any;
+                }
+            }
+            Segment::Glob(g) => {
+                for j in 0..path.len() {
+                    if reachable[j] && glob_match(g.as_bytes(), path[j].as_bytes()) {
+                        next[j + 1] = true;
+                    }
+                }
+            }
         }
-        Some((Segment::Glob(g), rest)) => {
-            !path.is_empty()
-                && glob_match(g.as_bytes(), path[0].as_bytes())
-                && match_segments(rest, &path[1..])
+        if !next.iter().any(|&r| r) {
+            return false;
         }
+        reachable = next;
     }
+    reachable[path.len()]
 }
 
 /// `*` matches any run of bytes within one segment.
@@ -258,6 +303,16 @@ mod tests {
             "/bad%zzescape%"
         );
         assert_eq!(normalize_path("").to_string(), "/");
+        assert_eq!(normalize_path("/static/..;/admin").to_string(), "/admin");
+        assert_eq!(
+            normalize_path("/admin;jsessionid=1/x").to_string(),
+            "/admin/x"
+        );
+        assert_eq!(
+            normalize_path("/api/x%2Fy/admin").segments().len(),
+            3,
+            "an encoded slash is data"
+        );
     }
 
     #[test]
@@ -274,6 +329,14 @@ mod tests {
         assert!(m("/**", "/"));
         assert!(m("/files/*.pdf", "/files/report.pdf"));
         assert!(!m("/files/*.pdf", "/files/report.pdf.exe"));
+    }
+
+    #[test]
+    fn many_segments_and_double_stars_stay_cheap() {
+        let p = PathPattern::parse("/**/admin/**/admin/**/x").unwrap();
+        let long = format!("/{}y", "admin/".repeat(5000));
+        assert!(!p.matches(&normalize_path(&long)));
+        assert!(p.matches(&normalize_path("/a/admin/b/admin/c/x")));
     }
 
     #[test]

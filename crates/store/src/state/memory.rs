@@ -32,7 +32,7 @@
 //! `RwLock` with an atomic count that lets the common "nobody is banned" case skip the lock.
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -195,7 +195,7 @@ impl MemoryState {
             return Vec::new();
         }
         let until = now.saturating_add(nanos(reg.ban_time));
-        let reason: Box<str> = ban_reason(reg).into();
+        let reason: Box<str> = super::ban_reason(reg).into();
         let mut started = Vec::new();
         let mut bans = write(&self.inner.bans);
         if addr_reached {
@@ -393,40 +393,6 @@ fn count_failure(deadlines: &mut Vec<u64>, now: u64, reg: &Regulation) -> bool {
     deadlines.len() >= max
 }
 
-/// "5 failed logons within 2m".
-fn ban_reason(reg: &Regulation) -> String {
-    let plural = if reg.max_failures == 1 { "" } else { "s" };
-    format!(
-        "{} failed logon{plural} within {}",
-        reg.max_failures,
-        human(reg.find_time)
-    )
-}
-
-/// `2m`, `1m30s`, `200ms`: the way the configuration writes durations.
-fn human(d: Duration) -> String {
-    let secs = d.as_secs();
-    let sub = u64::from(d.subsec_nanos());
-    let parts = [
-        (secs / 3600, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-        (sub / 1_000_000, "ms"),
-        (sub / 1000 % 1000, "us"),
-        (sub % 1000, "ns"),
-    ];
-    let mut out = String::new();
-    for (value, unit) in parts {
-        if value > 0 {
-            let _ = write!(out, "{value}{unit}");
-        }
-    }
-    if out.is_empty() {
-        out.push_str("0s");
-    }
-    out
-}
-
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -528,8 +494,8 @@ mod tests {
     use std::sync::Barrier;
     use std::thread;
 
-    use super::super::FakeClock;
     use super::*;
+    use crate::state::FakeClock;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -1089,15 +1055,15 @@ mod tests {
 
     #[test]
     fn reasons_read_like_the_config() {
-        assert_eq!(human(Duration::from_secs(120)), "2m");
-        assert_eq!(human(Duration::from_secs(90)), "1m30s");
-        assert_eq!(human(Duration::from_millis(200)), "200ms");
-        assert_eq!(human(Duration::from_secs(3600)), "1h");
-        assert_eq!(human(Duration::ZERO), "0s");
+        assert_eq!(crate::state::human(Duration::from_secs(120)), "2m");
+        assert_eq!(crate::state::human(Duration::from_secs(90)), "1m30s");
+        assert_eq!(crate::state::human(Duration::from_millis(200)), "200ms");
+        assert_eq!(crate::state::human(Duration::from_secs(3600)), "1h");
+        assert_eq!(crate::state::human(Duration::ZERO), "0s");
         let one = Regulation {
             max_failures: 1,
             ..REG
         };
-        assert_eq!(ban_reason(&one), "1 failed logon within 2m");
+        assert_eq!(crate::state::ban_reason(&one), "1 failed logon within 2m");
     }
 }

@@ -10,6 +10,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +142,40 @@ impl Drop for InFlightGuard {
             release();
         }
     }
+}
+
+/// "5 failed logons within 2m".
+pub(crate) fn ban_reason(reg: &Regulation) -> String {
+    let plural = if reg.max_failures == 1 { "" } else { "s" };
+    format!(
+        "{} failed logon{plural} within {}",
+        reg.max_failures,
+        human(reg.find_time)
+    )
+}
+
+/// `2m`, `1m30s`, `200ms`: the way the configuration writes durations.
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    let sub = u64::from(d.subsec_nanos());
+    let parts = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (sub / 1_000_000, "ms"),
+        (sub / 1000 % 1000, "us"),
+        (sub % 1000, "ns"),
+    ];
+    let mut out = String::new();
+    for (value, unit) in parts {
+        if value > 0 {
+            let _ = write!(out, "{value}{unit}");
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 /// Who a ban is for.

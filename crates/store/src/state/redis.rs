@@ -45,7 +45,7 @@
 //! [`memory`]: super::memory
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -345,7 +345,7 @@ impl RedisState {
     ) -> Result<Vec<Ban>, Unavailable> {
         let inner = &self.inner;
         let ip = ip.to_canonical();
-        let reason = ban_reason(reg);
+        let reason = super::ban_reason(reg);
         let mut call = inner.scripts.failure.prepare_invoke();
         call.key(inner.keys.failures(&BanSubject::Address(ip)))
             .key(inner.keys.failures(&BanSubject::User(user.to_owned())))
@@ -888,40 +888,6 @@ fn client_key(ip: IpAddr) -> u128 {
     }
 }
 
-/// "5 failed logons within 2m", as the memory backend words it.
-fn ban_reason(reg: &Regulation) -> String {
-    let plural = if reg.max_failures == 1 { "" } else { "s" };
-    format!(
-        "{} failed logon{plural} within {}",
-        reg.max_failures,
-        human(reg.find_time)
-    )
-}
-
-/// `2m`, `1m30s`, `200ms`: the way the configuration writes durations.
-fn human(d: Duration) -> String {
-    let secs = d.as_secs();
-    let sub = u64::from(d.subsec_nanos());
-    let parts = [
-        (secs / 3600, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-        (sub / 1_000_000, "ms"),
-        (sub / 1000 % 1000, "us"),
-        (sub % 1000, "ns"),
-    ];
-    let mut out = String::new();
-    for (value, unit) in parts {
-        if value > 0 {
-            let _ = write!(out, "{value}{unit}");
-        }
-    }
-    if out.is_empty() {
-        out.push_str("0s");
-    }
-    out
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -1014,9 +980,9 @@ mod tests {
             find_time: Duration::from_secs(120),
             ban_time: Duration::from_secs(300),
         };
-        assert_eq!(ban_reason(&reg), "5 failed logons within 2m");
+        assert_eq!(crate::state::ban_reason(&reg), "5 failed logons within 2m");
         assert_eq!(
-            ban_reason(&Regulation {
+            crate::state::ban_reason(&Regulation {
                 max_failures: 1,
                 find_time: Duration::from_millis(1500),
                 ..reg
