@@ -1,7 +1,8 @@
 //! The `portcullis` command: an authentication and access-control gateway.
 //!
 //! Exit codes: 0 success, 1 runtime failure (port in use, unreadable file), 64 invalid
-//! configuration or usage (as `EX_USAGE` in sysexits.h).
+//! configuration or usage (as `EX_USAGE` in sysexits.h); `explain` also exits 1 for a refused
+//! request.
 #![forbid(unsafe_code)]
 
 mod cmd;
@@ -37,8 +38,8 @@ enum Command {
     /// Run the gateway with a configuration file.
     ///
     /// Binds every listener and loads every file first; any problem is reported before anything
-    /// is served. SIGINT or SIGTERM stops accepting, lets requests in flight finish (up to 30 s)
-    /// and exits 0.
+    /// is served. SIGINT or SIGTERM stops accepting, lets requests in flight finish (up to
+    /// server.drain_timeout, default 30 s) and exits 0.
     Serve(cmd::serve::Args),
     /// Run a ready-made gateway in front of a built-in demo application, with no files needed.
     ///

@@ -640,7 +640,18 @@ impl Gateway {
                 self.metrics.request(response.status().as_u16(), None);
                 Ok(self.logged(response, record))
             }
-            Err(refusal) => self.refuse(&refusal, &view, &seen, &request_id, record, &[]),
+            Err(refusal) => {
+                let response = self.refuse(&refusal, &view, &seen, &request_id, record, &[])?;
+                // nginx's auth_request discards the body of the answer and, with a body to
+                // skip, closes the connection to us: answer it with headers only.
+                if req.headers().contains_key(X_ORIGINAL_URI) {
+                    let (mut parts, body) = response.into_parts();
+                    parts.headers.remove(http::header::CONTENT_TYPE);
+                    drop(body);
+                    return Ok(Response::from_parts(parts, body::full(bytes::Bytes::new())));
+                }
+                Ok(response)
+            }
         }
     }
 
