@@ -256,7 +256,7 @@ pub struct Log {
     pub access: AccessLogTarget,
     /// `format`.
     pub format: LogFormat,
-    /// `audit`: JSON-lines audit trail of sign-ins, lockouts, bans and reloads (none when absent).
+    /// `audit`: JSON-lines audit trail of sign-ins, lockouts and reloads (none when absent).
     pub audit: Option<PathBuf>,
 }
 

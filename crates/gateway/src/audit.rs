@@ -1,6 +1,6 @@
 //! The audit log (`[log] audit = PATH`): one JSON object per line for what security reviews ask
 //! about — sign-ins (success and failure, with the user name as typed, client address, scheme and
-//! reason), lockouts, bans lifted by an operator, configuration reloads (accepted or refused, with
+//! reason), lockouts, configuration reloads (accepted or refused, with
 //! the file's SHA-256). Never a password, hash, token or session id.
 //!
 //! Like the access log it is written by its own thread behind a bounded queue: a slow or full

@@ -858,6 +858,8 @@ impl Gateway {
             && let Ok(Some(ban)) = self.state.ban_for(client_ip, Some(user)).await
         {
             self.metrics.auth(AuthOutcome::LockedOut);
+            self.audit
+                .sign_in(false, user, client_ip, "basic", Some("locked_out"));
             return Err(Refusal::new(Reason::LockedOut)
                 .with_retry_after(ban.remaining)
                 .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));

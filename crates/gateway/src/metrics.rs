@@ -246,7 +246,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "gateway_overhead",
-            "Time spent in the gateway before forwarding a request (phases 1-7: client address, IP rules, limits, authentication, rules, filter)",
+            "Time spent in the gateway before forwarding a request (phases 2-7: client address, IP rules, limits, authentication, rules, filter)",
             Unit::Seconds,
             m.overhead.clone(),
         );
