@@ -227,6 +227,18 @@ fn ip_rules_see_the_original_client_behind_both_proxies() {
     let _nginx = start_nginx(n, gw.addr, app.addr);
     let _caddy = start_caddy(c, gw.addr, app.addr);
     runtime().block_on(async {
+        // A client's own Forwarded header (passed through by both proxies) does not change its
+        // address: the proxies maintain X-Forwarded-For, the header Portcullis reads.
+        for front in [n, c] {
+            let r = client()
+                .get(format!("http://{front}/app"))
+                .basic_auth("alice", Some(PW))
+                .header("forwarded", "for=10.9.9.9")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{front}: spoofed Forwarded");
+        }
         for front in [n, c] {
             let r = client()
                 .get(format!("http://{front}/app"))

@@ -331,6 +331,7 @@ impl Gateway {
             ban_time: config.logon.ban_time,
         };
         metrics.attach_access_log(&log);
+        metrics.attach_audit_log(&audit);
         Ok(Gateway {
             metrics,
             config,

@@ -144,6 +144,8 @@ pub struct Metrics {
     redis_errors: Counter,
     log_dropped: Counter,
     logs: Mutex<LogTally>,
+    audit_dropped: Counter,
+    audit: Mutex<Weak<crate::audit::AuditLog>>,
 }
 
 /// The access log in use and what the ones it replaced (reloads) dropped.
@@ -205,6 +207,8 @@ impl Metrics {
             redis_round_trips: Counter::default(),
             redis_errors: Counter::default(),
             log_dropped: Counter::default(),
+            audit_dropped: Counter::default(),
+            audit: Mutex::new(Weak::new()),
             logs: Mutex::new(LogTally::default()),
         };
         let mut registry = Registry::with_prefix("portcullis");
@@ -301,6 +305,11 @@ impl Metrics {
             "Access-log records dropped because the writer could not keep up",
             m.log_dropped.clone(),
         );
+        registry.register(
+            "audit_log_dropped",
+            "Audit-log lines lost because the disk could not keep up",
+            m.audit_dropped.clone(),
+        );
         m.last_reload_success.set(1);
         m.last_reload_time.set(unix_now());
         Metrics { registry, ..m }
@@ -389,6 +398,11 @@ impl Metrics {
         tally.current = Arc::downgrade(log);
     }
 
+    /// Makes `audit` the audit log whose lost lines are reported.
+    pub fn attach_audit_log(&self, audit: &Arc<crate::audit::AuditLog>) {
+        *self.audit.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(audit);
+    }
+
     /// Reads the scrape-time values from `state` and encodes everything: OpenMetrics text when
     /// `openmetrics`, else the classic Prometheus text format.
     pub async fn render(&self, state: &StateStore, openmetrics: bool) -> String {
@@ -440,6 +454,15 @@ impl Metrics {
         self.log_dropped
             .inner()
             .fetch_max(dropped, Ordering::Relaxed);
+        let audit_dropped = self
+            .audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade()
+            .map_or(0, |a| a.dropped());
+        self.audit_dropped
+            .inner()
+            .fetch_max(audit_dropped, Ordering::Relaxed);
     }
 }
 
