@@ -139,6 +139,11 @@ async fn supervise(
                 continue;
             }
             _ = tick.tick() => {
+                let gateway = server.current();
+                for subject in gateway.state().take_ended_bans() {
+                    tracing::info!(%subject, "lockout ended");
+                    gateway.audit().record("lockout_ended", serde_json::json!({"subject": subject.to_string()}));
+                }
                 if !watch.as_mut().is_some_and(|w| w.changed()) {
                     continue;
                 }

@@ -59,6 +59,8 @@ struct Inner {
     bans: RwLock<Bans>,
     /// `bans.by_addr.len() + bans.by_user.len()`, readable without the lock.
     ban_entries: AtomicUsize,
+    /// Bans that ran out since the last [`MemoryState::take_ended_bans`] (for the audit log).
+    ended: Mutex<Vec<BanSubject>>,
 }
 
 /// One shard, alone on its cache line(s) so that two cores locking neighbouring shards do not
@@ -116,6 +118,7 @@ impl MemoryState {
                 failures: Mutex::new(failures),
                 bans: RwLock::new(bans),
                 ban_entries: AtomicUsize::new(0),
+                ended: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -267,6 +270,11 @@ impl MemoryState {
         lifted
     }
 
+    /// The bans that ran out (found by [`MemoryState::sweep`]) since the last call.
+    pub fn take_ended_bans(&self) -> Vec<BanSubject> {
+        std::mem::take(&mut *lock(&self.inner.ended))
+    }
+
     /// Drops what no longer matters: clients with nothing in flight whose rate state has fully
     /// recovered, expired bans and failure records whose every failure is older than
     /// `find_time`. Returns how many entries were removed. Call it every few seconds.
@@ -298,8 +306,23 @@ impl MemoryState {
         if self.inner.ban_entries.load(Ordering::SeqCst) > 0 {
             let mut bans = write(&self.inner.bans);
             let before = bans.len();
+            let mut ended: Vec<BanSubject> = bans
+                .by_addr
+                .iter()
+                .filter(|(_, b)| b.until <= now)
+                .map(|(k, _)| BanSubject::Address(key_to_ip(*k)))
+                .collect();
+            ended.extend(
+                bans.by_user
+                    .iter()
+                    .filter(|(_, b)| b.until <= now)
+                    .map(|(u, _)| BanSubject::User(u.to_string())),
+            );
             bans.by_addr.retain(|_, b| b.until > now);
             bans.by_user.retain(|_, b| b.until > now);
+            if !ended.is_empty() {
+                lock(&self.inner.ended).extend(ended);
+            }
             removed += before - bans.len();
             self.inner.ban_entries.store(bans.len(), Ordering::SeqCst);
         }
@@ -1008,6 +1031,13 @@ mod tests {
         assert_eq!(s.sweep(), 2, "bob's and 10.0.0.2's failures");
         clock.advance(Duration::from_secs(180));
         assert_eq!(s.sweep(), 2, "both bans");
+        let ended = s.take_ended_bans();
+        assert!(
+            ended.contains(&BanSubject::Address(ip("10.0.0.1")))
+                && ended.contains(&BanSubject::User("alice".into())),
+            "{ended:?}"
+        );
+        assert!(s.take_ended_bans().is_empty());
         assert_eq!(s.inner.ban_entries.load(Ordering::SeqCst), 0);
         assert_eq!(s.sweep(), 0);
     }

@@ -232,6 +232,14 @@ impl StateStore {
         }
     }
 
+    /// Bans that ran out since the last call (memory backend; Redis lets them expire silently).
+    pub fn take_ended_bans(&self) -> Vec<BanSubject> {
+        match self {
+            StateStore::Memory(m) => m.take_ended_bans(),
+            StateStore::Redis(_) => Vec::new(),
+        }
+    }
+
     /// Clients in the in-process limiter table (with Redis: its local fallback table).
     pub fn tracked_clients(&self) -> usize {
         match self {
