@@ -763,15 +763,7 @@ impl Checker<'_> {
 
     /// `auth.schemes`: non-empty; only `basic` is implemented.
     fn schemes(&mut self, key: &str, v: &Value<'_>) -> Vec<Scheme> {
-        if !matches!(v.get_ref(), DeValue::Array(_)) {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected an array such as [\"basic\"], found {}",
-                    type_name(v.get_ref())
-                ),
-            );
+        if !self.expect_array(key, v, "an array such as [\"basic\"]") {
             return Vec::new();
         }
         if matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()) {
@@ -838,15 +830,7 @@ impl Checker<'_> {
 
     /// `auth.public`: each entry compiled as a path pattern.
     fn public(&mut self, key: &str, v: &Value<'_>) -> Vec<PathPattern> {
-        if !matches!(v.get_ref(), DeValue::Array(_)) {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected an array of path patterns, found {}",
-                    type_name(v.get_ref())
-                ),
-            );
+        if !self.expect_array(key, v, "an array of path patterns") {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -979,6 +963,19 @@ impl Checker<'_> {
     }
 
     // ---------------------------------------------------------------- values
+
+    /// Reports "expected WHAT, found TYPE" unless `v` is an array; returns whether it is.
+    fn expect_array(&mut self, key: &str, v: &Value<'_>, what: &str) -> bool {
+        if matches!(v.get_ref(), DeValue::Array(_)) {
+            return true;
+        }
+        self.report(
+            key,
+            Some(v.span()),
+            format!("expected {what}, found {}", type_name(v.get_ref())),
+        );
+        false
+    }
 
     /// A string value, or a type error.
     fn string<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Option<&'v str> {

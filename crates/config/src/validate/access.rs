@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use policy::{DenyAction, HostPattern, IpEntry, IpPolicy, IpSet, Origin};
 use toml::de::DeValue;
 
-use super::{Checker, Section, Value, type_name};
+use super::{Checker, Section, Value};
 use crate::model::{FailMode, Filter};
 
 /// Keys of `[ip]`.
@@ -35,16 +35,7 @@ impl Checker<'_> {
     /// An array of addresses and CIDR ranges (a bare address is a /32 or /128), each entry
     /// remembering its key path (`KEY[i]`) and line.
     pub(super) fn ip_list(&mut self, key: &str, v: &Value<'_>) -> IpSet {
-        if !matches!(v.get_ref(), DeValue::Array(_)) {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected an array of addresses or CIDR ranges such as \
-                     [\"203.0.113.0/24\", \"2001:db8::/32\", \"198.51.100.7\"], found {}",
-                    type_name(v.get_ref())
-                ),
-            );
+        if !self.expect_array(key, v, "an array of addresses or CIDR ranges such as [\"203.0.113.0/24\", \"2001:db8::/32\", \"198.51.100.7\"]") {
             return IpSet::default();
         }
         let mut entries = Vec::new();
@@ -164,15 +155,11 @@ impl Checker<'_> {
 
     /// `ip.deny_hosts`: DNS name suffixes, matched on whole labels.
     fn deny_hosts(&mut self, key: &str, v: &Value<'_>) -> Vec<HostPattern> {
-        if !matches!(v.get_ref(), DeValue::Array(_)) {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected an array of host names such as [\"scanner.example\"], found {}",
-                    type_name(v.get_ref())
-                ),
-            );
+        if !self.expect_array(
+            key,
+            v,
+            "an array of host names such as [\"scanner.example\"]",
+        ) {
             return Vec::new();
         }
         let mut out: Vec<(HostPattern, Range<usize>)> = Vec::new();

@@ -338,15 +338,11 @@ impl Checker<'_> {
     /// `rule[i].allow` / `rule[i].deny`: principals, checked against the user and group files.
     fn principals(&mut self, key: &str, v: Option<&Value<'_>>) -> Vec<Listed> {
         let Some(v) = v else { return Vec::new() };
-        if !matches!(v.get_ref(), DeValue::Array(_)) {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected an array such as [\"group:admins\", \"user:alice\", \"*\"], found {}",
-                    type_name(v.get_ref())
-                ),
-            );
+        if !self.expect_array(
+            key,
+            v,
+            "an array such as [\"group:admins\", \"user:alice\", \"*\"]",
+        ) {
             return Vec::new();
         }
         let mut out: Vec<Listed> = Vec::new();
