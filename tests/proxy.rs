@@ -327,3 +327,90 @@ fn json_access_log_lines() {
     assert_eq!(v["sc_status"], 200);
     assert_eq!(v["request_id"], "json-1");
 }
+
+#[test]
+fn oversized_request_heads_get_431_and_the_gateway_keeps_serving() {
+    use std::io::{Read, Write};
+    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(500_000)
+    );
+    let _ = s.write_all(head.as_bytes());
+    let mut answer = [0u8; 64];
+    let n = s.read(&mut answer).unwrap_or(0);
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    runtime().block_on(async {
+        assert_eq!(
+            client()
+                .get(gw.url("/after"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+}
+
+#[test]
+fn operators_can_replace_pages_by_status_and_substatus() {
+    let upstream = TestUpstream::start();
+    let (name, content) = users();
+    let config = PUBLIC_CONFIG
+        .replace("public = [\"/**\"]", "public = []")
+        .replace("[log]", "[errors]\npages = \"pages\"\n\n[log]");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), content).unwrap();
+    std::fs::create_dir(dir.path().join("pages")).unwrap();
+    std::fs::write(
+        dir.path().join("pages/401.2.html"),
+        "<p>Please sign in, {{ reason }} {{ request_id }}</p>",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pages/401.html"),
+        "<p>Generic 401 {{ substatus }}</p>",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(dir, &config, upstream.addr);
+    runtime().block_on(async {
+        let c = client();
+        let html = c
+            .get(gw.url("/x"))
+            .header("accept", "text/html")
+            .header("x-request-id", "r-1")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            html, "<p>Please sign in, no_credentials r-1</p>",
+            "the most specific page wins"
+        );
+        let r = c
+            .get(gw.url("/x"))
+            .header("accept", "text/html")
+            .basic_auth("alice", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic"),
+            true,
+            "an override page keeps the challenge"
+        );
+        assert_eq!(r.text().await.unwrap(), "<p>Generic 401 1</p>");
+    });
+}
