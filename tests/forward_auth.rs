@@ -26,7 +26,6 @@ fn portcullis(upstream: SocketAddr, extra: &str) -> Gateway {
         r#"
 [server]
 listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
 trusted_proxies = ["127.0.0.1"]
 
 [auth]
@@ -194,6 +193,13 @@ fn check_front(front: SocketAddr, gw: &Gateway) {
 fn nginx_auth_request_recipe() {
     let app = TestUpstream::start();
     let gw = portcullis(app.addr, "");
+    // Forward-auth only (no server.upstream): anything but /.portcullis/* is not ours to answer.
+    runtime().block_on(async {
+        assert_eq!(
+            client().get(gw.url("/app")).send().await.unwrap().status(),
+            404
+        );
+    });
     let front = addr();
     let _nginx = start_nginx(front, gw.addr, app.addr);
     check_front(front, &gw);

@@ -92,10 +92,10 @@ pub fn run(args: Args) -> ExitCode {
     }
     match decision {
         Decision::Allow(_) => {
-            println!(
-                "result: allowed (forwarded to {})",
-                config.server.upstream.authority
-            );
+            match &config.server.upstream {
+                Some(u) => println!("result: allowed (forwarded to {})", u.authority),
+                None => println!("result: allowed (forward-auth answers 200)"),
+            }
             ExitCode::SUCCESS
         }
         Decision::Refuse(r) if r.status() == 0 => {

@@ -64,7 +64,7 @@ impl Config {
             source: None,
             server: Server {
                 listen: vec![listen],
-                upstream,
+                upstream: Some(upstream),
                 tls: None,
                 header_timeout: DEFAULT_HEADER_TIMEOUT,
                 upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,

@@ -95,8 +95,8 @@ pub enum FailMode {
 pub struct Server {
     /// `listen`: addresses to accept on (at least one).
     pub listen: Vec<SocketAddr>,
-    /// `upstream`: where allowed requests go.
-    pub upstream: Upstream,
+    /// `upstream`: where allowed requests go; `None` for a forward-auth-only deployment.
+    pub upstream: Option<Upstream>,
     /// `tls`: serve HTTPS (h2 and http/1.1 by ALPN) with these PEM files.
     pub tls: Option<Tls>,
     /// `header_timeout` (default 10 s): time allowed to send the request head.

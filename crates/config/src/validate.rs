@@ -495,9 +495,16 @@ impl Checker<'_> {
             }
             Some(v) => self.listen(&s.path("listen"), v),
         };
+        // No upstream: a forward-auth-only deployment (only /.portcullis/* is answered).
+        let mut upstream_valid = true;
         let upstream = match s.get("upstream") {
             None => {
-                self.missing(s, "upstream", "\"http://127.0.0.1:3000\"");
+                self.warn(
+                    s.path("upstream"),
+                    s.span.clone(),
+                    "no upstream: Portcullis will only answer forward-auth questions at /.portcullis/auth \
+                     (every other path gets 404); set upstream = \"http://127.0.0.1:3000\" to proxy an application",
+                );
                 None
             }
             Some(v) => {
@@ -506,6 +513,7 @@ impl Checker<'_> {
                         Ok(u) => Some(u),
                         Err(e) => {
                             self.report(s.path("upstream"), Some(v.span()), e);
+                            upstream_valid = false;
                             None
                         }
                     })
@@ -540,9 +548,12 @@ impl Checker<'_> {
                 }
             }
         });
+        if !upstream_valid {
+            return None;
+        }
         Some(Server {
             listen,
-            upstream: upstream?,
+            upstream,
             tls,
             header_timeout,
             upstream_timeout,

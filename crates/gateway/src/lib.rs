@@ -77,7 +77,8 @@ pub struct Gateway {
     groups: Groups,
     hosts: Option<HostResolver>,
     filter: Option<FilterClient>,
-    upstream: Upstream,
+    /// `None`: forward-auth only.
+    upstream: Option<Upstream>,
     pages: Pages,
     log: Arc<AccessLog>,
     state: StateStore,
@@ -313,11 +314,13 @@ impl Gateway {
             .needs_host_name()
             .then(|| HostResolver::new(DNS_TIMEOUT));
         let filter = config.filter.clone().map(FilterClient::new);
-        let upstream = Upstream::new(
-            &config.server.upstream,
-            config.server.connect_timeout,
-            config.server.upstream_timeout,
-        );
+        let upstream = config.server.upstream.as_ref().map(|u| {
+            Upstream::new(
+                u,
+                config.server.connect_timeout,
+                config.server.upstream_timeout,
+            )
+        });
         let limits = Limits {
             max_concurrent: config.dynamic.max_concurrent,
             rate: config.dynamic.rate.map(|(max_requests, interval)| Rate {
@@ -451,6 +454,17 @@ impl Gateway {
         if let Some(slug) = req.uri().path().strip_prefix(PROBLEMS_PREFIX) {
             return Ok(self.problem_page(slug, req.headers().get(ACCEPT)));
         }
+        let Some(upstream) = &self.upstream else {
+            let mut r = Response::new(body::full(format!(
+                "404 Not Found: this Portcullis has no upstream (server.upstream); it only answers forward-auth questions at {FORWARD_AUTH_PATH}\n"
+            )));
+            *r.status_mut() = http::StatusCode::NOT_FOUND;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return Ok(r);
+        };
         let started = Instant::now();
         let request_id = request_id::for_request(req.headers());
         let view = RequestView {
@@ -494,7 +508,7 @@ impl Gateway {
             accept: accept.as_ref(),
         };
         let forwarded = self.metrics.forwarding(started);
-        match self.upstream.forward(req, &ctx).await {
+        match upstream.forward(req, &ctx).await {
             Ok(response) => {
                 self.metrics.upstream_answered(forwarded);
                 let (mut parts, body) = response.into_parts();
