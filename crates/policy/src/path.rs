@@ -83,7 +83,10 @@ pub fn normalize_path_lowercase(raw: &str) -> NormalizedPath {
     p
 }
 
-fn percent_decode(raw: &str) -> String {
+fn percent_decode(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains('%') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -99,7 +102,7 @@ fn percent_decode(raw: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -218,7 +221,34 @@ impl PathPattern {
 
     /// Whether the normalised path matches.
     pub fn matches(&self, path: &NormalizedPath) -> bool {
-        match_segments(&self.segments, &path.segments)
+        // With at most one `**` plain backtracking is linear and allocates nothing; only
+        // patterns with several `**` need the dynamic programme.
+        if self
+            .segments
+            .iter()
+            .filter(|s| **s == Segment::AnyDepth)
+            .count()
+            <= 1
+        {
+            match_simple(&self.segments, &path.segments)
+        } else {
+            match_segments(&self.segments, &path.segments)
+        }
+    }
+}
+
+/// Backtracking match, linear for patterns with at most one `**`.
+fn match_simple(pattern: &[Segment], path: &[String]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((Segment::AnyDepth, rest)) => {
+            (0..=path.len()).any(|skip| match_simple(rest, &path[skip..]))
+        }
+        Some((Segment::Glob(g), rest)) => {
+            !path.is_empty()
+                && glob_match(g.as_bytes(), path[0].as_bytes())
+                && match_simple(rest, &path[1..])
+        }
     }
 }
 
@@ -337,6 +367,18 @@ mod tests {
         let long = format!("/{}y", "admin/".repeat(5000));
         assert!(!p.matches(&normalize_path(&long)));
         assert!(p.matches(&normalize_path("/a/admin/b/admin/c/x")));
+        // Both algorithms agree.
+        for pat in ["/**", "/a/**", "/**/x", "/a/*/b/**", "/**/a/**", "/*/**/*"] {
+            let pp = PathPattern::parse(pat).unwrap();
+            for path in ["/", "/a", "/a/x", "/a/b/x", "/x", "/a/c/b/d", "/q/a/r"] {
+                let np = normalize_path(path);
+                assert_eq!(
+                    match_simple(&pp.segments, np.segments()),
+                    match_segments(&pp.segments, np.segments()),
+                    "{pat} {path}"
+                );
+            }
+        }
     }
 
     #[test]
