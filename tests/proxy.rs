@@ -190,9 +190,12 @@ fn a_1_gib_upload_and_download_stream_in_bounded_memory() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1024 * MIB
     );
+    // 1 GiB went through each way; a proxy that buffered a body would peak above 1 GiB. What
+    // remains is the runtime, buffers in flight and the allocator's caches (40–70 MiB here).
     let peak = gw.peak_rss_kib();
+    eprintln!("gateway peak RSS {peak} KiB");
     assert!(
-        peak < 64 * 1024,
+        peak < 160 * 1024,
         "gateway peak RSS {peak} KiB: bodies must stream, not buffer"
     );
 }
