@@ -385,3 +385,69 @@ fn every_reason_has_an_explanation_page() {
         );
     });
 }
+
+#[test]
+fn operational_log_is_json_with_log_format_json_and_filtered_by_rust_log() {
+    let dir = tempfile::tempdir().unwrap();
+    htpasswd(
+        &dir.path().join("users.htpasswd"),
+        &["-B", "-C", "4"],
+        "alice",
+        PW,
+    );
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:9\"\n[auth]\nusers = \"users.htpasswd\"\n[log]\naccess = \"off\"\n"),
+    )
+    .unwrap();
+    let run = |filter: &str| {
+        let log = dir.path().join(format!("stderr-{filter}.log"));
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--log-format", "json", "-c"])
+            .arg(dir.path().join("portcullis.toml"))
+            .env("RUST_LOG", filter)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The port is bound before the server is fully up: an answered request proves it is
+        // (and that the start-up lines, if any, were written).
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(10),
+        );
+        eventually(Duration::from_secs(10), "an answer", || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /x HTTP/1.0\r\n\r\n").ok()?;
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).ok()?;
+            buf.starts_with(b"HTTP/1.0 401").then_some(())
+        });
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let info = run("info");
+    let lines: Vec<serde_json::Value> = info
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "listening"),
+        "{info}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert!(
+        run("warn").lines().all(|l| !l.contains("\"INFO\"")),
+        "RUST_LOG=warn filters info lines out"
+    );
+}
