@@ -57,6 +57,11 @@ enum Command {
     /// With the memory backend it asks the running process through `[admin] listen`; with Redis
     /// it reads and changes the shared state directly.
     Bans(cmd::bans::Args),
+    /// Manage the SQLite user database (`auth.users = "sqlite:PATH"`): add, passwd, del, list,
+    /// disable, enable, groups, import.
+    ///
+    /// Safe while the server runs: it notices the change and reloads the users.
+    Users(cmd::users::Args),
     /// Print a password hash for an htpasswd file (argon2id by default).
     ///
     /// Reads the password from standard input when it is not a terminal, otherwise prompts
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Explain(args) => cmd::explain::run(args),
         Command::Bans(args) => cmd::bans::run(args),
+        Command::Users(args) => cmd::users::run(args),
     }
 }
 

@@ -36,7 +36,14 @@ pub fn run(args: Args) -> ExitCode {
     let policy = config.policy();
     let method = args.method.to_ascii_uppercase();
     let identity = args.user.as_deref().map(|user| {
+        let from_db = match &config.auth.users {
+            config::UserSource::Sqlite(db) => store::sqlite::UserDb::open(db)
+                .and_then(|d| d.groups_of(user))
+                .ok(),
+            _ => None,
+        };
         let groups = match &config.auth.groups {
+            _ if from_db.is_some() => from_db.unwrap_or_default(),
             Some(path) => match store::GroupFile::load(path) {
                 Ok((file, _)) => file.groups_of(user).to_vec(),
                 Err(e) => {

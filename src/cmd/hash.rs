@@ -53,7 +53,8 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn read_password() -> Result<String, String> {
+/// Reads a password from standard input (not a terminal) or prompts twice without echo.
+pub fn read_password() -> Result<String, String> {
     let stdin = std::io::stdin();
     let password = if stdin.is_terminal() {
         let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;

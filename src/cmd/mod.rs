@@ -6,6 +6,7 @@ pub mod demo;
 pub mod explain;
 pub mod hash;
 pub mod serve;
+pub mod users;
 
 use std::process::ExitCode;
 use std::sync::Arc;

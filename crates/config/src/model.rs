@@ -152,6 +152,8 @@ pub enum UserSource {
     Htpasswd(PathBuf),
     /// Users defined in code (the demo): user name and hash string.
     Inline(Vec<(String, String)>),
+    /// A SQLite user database (`sqlite:PATH`), managed with `portcullis users`.
+    Sqlite(PathBuf),
 }
 
 /// `[auth]`.

@@ -731,6 +731,13 @@ impl Checker<'_> {
         let groups = s
             .get("groups")
             .and_then(|v| self.groups_file(&s.path("groups"), v));
+        // With a user database, groups live in it (`portcullis users groups`): rules may name
+        // any group.
+        if matches!(users, Some(UserSource::Sqlite(_)))
+            && matches!(self.groups, rules::GroupNames::NotConfigured)
+        {
+            self.groups = rules::GroupNames::Unusable;
+        }
         self.case_insensitive_paths =
             self.choice(s, "path_case", PATH_CASES) == Some("insensitive");
         let public = match s.get("public") {
@@ -800,12 +807,36 @@ impl Checker<'_> {
         out
     }
 
-    /// `auth.users`: an htpasswd file that exists (SQLite stores come later).
+    /// `auth.users`: an htpasswd file that exists, or `sqlite:PATH` (a user database whose
+    /// folder exists; `portcullis users add` creates the file).
     fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
         let text = self.string(key, v)?;
-        if text.starts_with("sqlite:") {
-            self.unsupported(key, Some(v.span()), "a SQLite user store (\"sqlite:…\")");
-            return None;
+        if let Some(db) = text.strip_prefix("sqlite:") {
+            let path = self.resolve(db);
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if db.is_empty() || path.is_dir() {
+                self.report(
+                    key,
+                    Some(v.span()),
+                    "write \"sqlite:PATH\", e.g. \"sqlite:portcullis.db\"",
+                );
+                return None;
+            }
+            if !parent.is_dir() {
+                self.report(
+                    key,
+                    Some(v.span()),
+                    format!(
+                        "the folder of the user database does not exist: {}",
+                        parent.display()
+                    ),
+                );
+                return None;
+            }
+            return Some(UserSource::Sqlite(path));
         }
         if text.is_empty() {
             self.report(

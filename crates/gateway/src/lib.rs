@@ -266,6 +266,7 @@ impl Gateway {
         let source = match &config.auth.users {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
             config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
+            config::UserSource::Sqlite(p) => store::verifier::UserSource::Sqlite(p.clone()),
         };
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let same_users = |p: &Gateway| {
@@ -408,6 +409,13 @@ impl Gateway {
             HeaderValue::from_static("public, max-age=3600"),
         );
         response
+    }
+
+    /// The user's groups: from the user database with `sqlite:` users, else from `auth.groups`.
+    fn groups_of(&self, user: &str) -> Vec<String> {
+        self.verifier
+            .groups_of(user)
+            .unwrap_or_else(|| self.groups.groups_of(user))
     }
 
     /// Reopens the log files (SIGUSR1).
@@ -839,7 +847,7 @@ impl Gateway {
             let (accepted, _) = self.verify(user, &password, client_ip).await;
             drop(password);
             let mut identity = self.policy.auth.after_verification(user, accepted)?;
-            identity.groups = self.groups.groups_of(user);
+            identity.groups = self.groups_of(user);
             return Ok(identity);
         }
         // Locked out: refused before the password is even looked at.
@@ -907,7 +915,7 @@ impl Gateway {
             Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
         }
         let mut identity = self.policy.auth.after_verification(user, accepted)?;
-        identity.groups = self.groups.groups_of(user);
+        identity.groups = self.groups_of(user);
         Ok(identity)
     }
 
@@ -924,6 +932,7 @@ impl Gateway {
                 .sign_in(false, user, client_ip, "basic", Some("logon_failed"));
         } else if fresh {
             self.audit.sign_in(true, user, client_ip, "basic", None);
+            self.verifier.record_sign_in(user);
         }
         self.metrics.auth(if accepted {
             AuthOutcome::Accepted

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ pub enum UserSource {
     File(PathBuf),
     /// Fixed `(user, hash)` pairs from the configuration.
     Inline(Vec<(String, String)>),
+    /// A SQLite user database (`auth.users = "sqlite:PATH"`): enabled users, re-read when another
+    /// connection (`portcullis users …`) changes it.
+    Sqlite(PathBuf),
 }
 
 /// Why a [`Verifier`] could not be built.
@@ -63,6 +66,14 @@ pub enum LoadError {
     /// An inline user has an unusable name or hash.
     #[error("invalid inline user: {0}")]
     Inline(#[from] InlineUserError),
+    /// The SQLite user database could not be read.
+    #[error("{path}: {error}")]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// What went wrong.
+        error: crate::sqlite::DbError,
+    },
 }
 
 /// The outcome of a credential check.
@@ -151,8 +162,16 @@ struct ReloadState {
     failing: bool,
 }
 
+/// The open user database and the `data_version` the users were loaded at.
+struct SqliteWatch {
+    db: Mutex<crate::sqlite::UserDb>,
+    version: AtomicI64,
+    groups: ArcSwap<HashMap<String, Vec<String>>>,
+}
+
 struct Inner {
     path: Option<PathBuf>,
+    sqlite: Option<SqliteWatch>,
     snapshot: ArcSwap<Snapshot>,
     cache: Option<Cache<CacheKey, Outcome>>,
     mac: Hmac<Sha256>,
@@ -219,7 +238,25 @@ impl Verifier {
         max_parallel: usize,
         poll_interval: Duration,
     ) -> Result<Self, LoadError> {
+        let mut sqlite = None;
         let (path, users, stamp) = match source {
+            UserSource::Sqlite(path) => {
+                let db_error = |error| LoadError::Sqlite {
+                    path: path.clone(),
+                    error,
+                };
+                let db = crate::sqlite::UserDb::open(&path).map_err(db_error)?;
+                let version = db.data_version().map_err(db_error)?;
+                let users = db.enabled_users().map_err(db_error)?;
+                let groups = db.all_groups().map_err(db_error)?;
+                log_if_empty(&path.display().to_string(), &users);
+                sqlite = Some(SqliteWatch {
+                    db: Mutex::new(db),
+                    version: AtomicI64::new(version),
+                    groups: ArcSwap::from_pointee(groups),
+                });
+                (Some(path), users, None)
+            }
             UserSource::File(path) => {
                 let read_error = |source| LoadError::Read {
                     path: path.clone(),
@@ -253,6 +290,7 @@ impl Verifier {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                sqlite,
                 snapshot: ArcSwap::from_pointee(Snapshot {
                     users,
                     generation: 0,
@@ -333,11 +371,42 @@ impl Verifier {
     /// Blocks on file I/O and hashing the timing dummy; from async code call it
     /// via `spawn_blocking`. Does nothing for inline users.
     pub fn reload_now(&self) {
+        if let Some(watch) = &self.inner.sqlite {
+            return self.inner.reload_sqlite(watch, true);
+        }
         if let Some(path) = &self.inner.path {
             let mut state = lock(&self.inner.reload);
             let stamp = FileStamp::of(path).ok();
             self.inner.reload_locked(path, &mut state, stamp);
         }
+    }
+
+    /// Records a successful sign-in in the user database (no-op for other sources). Runs on the
+    /// blocking pool and does not wait: the sign-in never waits for the disk.
+    pub fn record_sign_in(&self, user: &str) {
+        if self.inner.sqlite.is_none() {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let user = user.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Some(watch) = &inner.sqlite {
+                let db = lock(&watch.db);
+                if let Err(e) = db.record_sign_in(&user) {
+                    tracing::warn!("cannot record the sign-in of {user}: {e}");
+                }
+                // Our own write must not look like someone else's change.
+                if let Ok(v) = db.data_version() {
+                    watch.version.store(v, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    /// The groups the user database gives `user` (`None` when users do not come from SQLite).
+    pub fn groups_of(&self, user: &str) -> Option<Vec<String>> {
+        let watch = self.inner.sqlite.as_ref()?;
+        Some(watch.groups.load().get(user).cloned().unwrap_or_default())
     }
 
     /// Number of successful reloads since creation.
@@ -433,6 +502,9 @@ impl Inner {
     }
 
     fn reload_if_changed(&self) {
+        if let Some(watch) = &self.sqlite {
+            return self.reload_sqlite(watch, false);
+        }
         let Some(path) = &self.path else { return };
         let mut state = lock(&self.reload);
         match FileStamp::of(path) {
@@ -446,6 +518,35 @@ impl Inner {
                     );
                     state.failing = true;
                 }
+            }
+        }
+    }
+
+    /// Re-reads the enabled users when another connection changed the database (or `force`).
+    fn reload_sqlite(&self, watch: &SqliteWatch, force: bool) {
+        let db = lock(&watch.db);
+        let loaded = db.data_version().and_then(|v| {
+            if !force && v == watch.version.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            Ok(Some((v, db.enabled_users()?, db.all_groups()?)))
+        });
+        match loaded {
+            Ok(None) => {}
+            Ok(Some((version, users, groups))) => {
+                watch.version.store(version, Ordering::Relaxed);
+                watch.groups.store(Arc::new(groups));
+                let generation = self.snapshot.load().generation + 1;
+                let count = users.len();
+                self.snapshot
+                    .store(Arc::new(Snapshot { users, generation }));
+                if let Some(cache) = &self.cache {
+                    cache.invalidate_all();
+                }
+                tracing::info!("reloaded the user database: {count} enabled users");
+            }
+            Err(e) => {
+                tracing::error!("cannot read the user database: {e}; keeping the previous users")
             }
         }
     }
