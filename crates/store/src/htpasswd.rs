@@ -13,8 +13,8 @@
 //!
 //! Checking an unknown user must take as long as checking a known one, or
 //! response times reveal which user names exist. [`UserFile`] therefore keeps a
-//! dummy hash built with the same algorithm and cost as the file's first entry
-//! and verifies unknown users against it.
+//! dummy hash built with the algorithm and cost of the costliest hash in the
+//! file and verifies unknown users against it.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -137,6 +137,25 @@ enum Kind {
 }
 
 impl StoredHash {
+    /// A rough estimate of the work one check costs (microseconds on a 2020s core), only for
+    /// comparing hashes of different algorithms.
+    fn work_estimate(&self) -> f64 {
+        match &self.kind {
+            // bcrypt cost 10 ≈ 50 ms, doubling per step.
+            Kind::Bcrypt { cost, .. } => {
+                50_000.0 * 2f64.powi(i32::try_from(*cost).unwrap_or(31) - 10)
+            }
+            // 1000 MD5 rounds.
+            Kind::Md5Crypt { .. } => 300.0,
+            Kind::Sha1 { .. } => 1.0,
+            Kind::ShaCrypt { rounds, .. } => f64::from(*rounds) * 0.7,
+            // Memory-hard: time grows with memory × passes.
+            Kind::Argon2 { params, .. } => {
+                f64::from(params.m_cost()) * f64::from(params.t_cost()) * 0.75
+            }
+        }
+    }
+
     /// Parses a hash string as found after the `:` of an htpasswd line.
     ///
     /// # Errors
@@ -477,7 +496,7 @@ fn parse_argon2(hash: &str) -> Result<Kind, HashFormatError> {
 #[derive(Clone, Default)]
 pub struct UserFile {
     users: HashMap<String, StoredHash>,
-    /// Same algorithm and cost as the first entry; checked for unknown users.
+    /// Same algorithm and cost as the costliest entry; checked for unknown users.
     dummy: Option<StoredHash>,
 }
 
@@ -606,8 +625,20 @@ impl UserFile {
         (file, problems)
     }
 
+    /// The dummy copies the most expensive hash in the file (the first entry among equals): in a
+    /// file mixing algorithms, an unknown user then costs at least what the strongest-protected
+    /// users cost, instead of whatever the first line happens to use.
     fn build_dummy_from(&mut self, first: Option<StoredHash>) {
-        self.dummy = first.map(|hash| hash.dummy_like());
+        let costliest = self
+            .users
+            .values()
+            .max_by(|a, b| a.work_estimate().total_cmp(&b.work_estimate()))
+            .cloned();
+        let pick = match (first, costliest) {
+            (Some(f), Some(c)) if c.work_estimate() > f.work_estimate() => Some(c),
+            (f, c) => f.or(c),
+        };
+        self.dummy = pick.map(|hash| hash.dummy_like());
     }
 
     /// Checks a password; unknown users cost a dummy hash check and return `false`.
@@ -636,7 +667,7 @@ impl UserFile {
         self.users.get(user)
     }
 
-    /// The dummy hash checked for unknown users (same algorithm and cost as the first entry).
+    /// The dummy hash checked for unknown users (algorithm and cost of the costliest entry).
     #[must_use]
     pub fn timing_dummy(&self) -> Option<&StoredHash> {
         self.dummy.as_ref()
@@ -877,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn dummy_copies_algorithm_and_cost_of_the_first_entry() {
+    fn dummy_copies_algorithm_and_cost_of_a_single_entry() {
         for first in [
             BCRYPT,
             APR1,
@@ -891,7 +922,7 @@ mod tests {
             ARGON2I,
             ARGON2ID_V10,
         ] {
-            let text = format!("# users\nbad:plain\nfirst:{first}\nsecond:{BCRYPT}\n");
+            let text = format!("# users\nbad:plain\nfirst:{first}\n");
             let (file, _) = UserFile::parse(&text);
             let entry = file.get("first").expect("first entry");
             let dummy = file.timing_dummy().expect("dummy");
@@ -910,6 +941,22 @@ mod tests {
             assert!(!dummy.verify("p@ss wörd".as_bytes()));
             assert!(!file.verify("nobody", "p@ss wörd".as_bytes()));
         }
+    }
+
+    #[test]
+    fn in_a_mixed_file_the_dummy_copies_the_costliest_hash() {
+        let text = format!("cheap:{APR1}\nsha:{SHA1}\nstrong:{BCRYPT}\n");
+        let (file, _) = UserFile::parse(&text);
+        assert_eq!(
+            file.timing_dummy().expect("dummy").algorithm(),
+            HashAlgorithm::Bcrypt
+        );
+        let text = format!("strong:{BCRYPT}\ncheap:{APR1}\n");
+        let (file, _) = UserFile::parse(&text);
+        assert_eq!(
+            file.timing_dummy().expect("dummy").to_string(),
+            file.get("strong").unwrap().to_string()
+        );
     }
 
     #[test]
