@@ -86,23 +86,11 @@ pub fn run_gateway(
         };
         // Once per process: counters survive reloads.
         let metrics = Arc::new(gateway::metrics::Metrics::new());
-        if let Some(listener) = admin.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "admin listener (healthz, metrics, bans)");
-            }
-            let fail_closed = config.state.on_backend_error == config::FailMode::Closed;
-            tokio::spawn(gateway::admin::serve(
-                listener,
-                state.clone(),
-                fail_closed,
-                metrics.clone(),
-            ));
-        }
         let source = config.source.clone();
         let mut watch = source
             .as_deref()
             .map(|p| gateway::reload::ConfigWatch::new(p, &config));
-        let gateway = match gateway::Gateway::new(config, state, metrics) {
+        let gateway = match gateway::Gateway::new(config, state, metrics.clone()) {
             Ok(g) => Arc::new(g),
             Err(e) => {
                 eprintln!("portcullis: {e}");
@@ -111,6 +99,17 @@ pub fn run_gateway(
         };
         ready(&bound.local_addrs());
         let mut server = gateway::Server::start(gateway, bound);
+        // The admin endpoints follow the gateway in force (state store, settings) across reloads.
+        if let Some(listener) = admin.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listener (healthz, metrics, bans)");
+            }
+            tokio::spawn(gateway::admin::serve(
+                listener,
+                server.handle(),
+                metrics.clone(),
+            ));
+        }
         supervise(&mut server, source.as_deref(), &mut watch).await;
         let drain = server.current().config().server.drain_timeout;
         server.shutdown(drain).await;

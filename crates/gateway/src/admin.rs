@@ -26,21 +26,31 @@ use crate::metrics::{self, Metrics};
 /// Serves the admin endpoints on `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: StateStore,
-    fail_closed: bool,
+    current: Arc<arc_swap::ArcSwap<crate::Gateway>>,
     metrics: Arc<Metrics>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let state = state.clone();
+        let current = current.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let state = state.clone();
+                let gateway = current.load_full();
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(req, &state, fail_closed, &metrics).await) }
+                async move {
+                    let state = gateway.state();
+                    let fail_closed =
+                        gateway.config().state.on_backend_error == config::FailMode::Closed;
+                    Ok::<_, Infallible>(route(req, state, fail_closed, &metrics).await)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

@@ -145,6 +145,11 @@ impl Server {
         server
     }
 
+    /// A handle that always reads the gateway in force (for the admin listener).
+    pub fn handle(&self) -> Arc<ArcSwap<Gateway>> {
+        self.current.clone()
+    }
+
     /// The gateway in force.
     pub fn current(&self) -> Arc<Gateway> {
         self.current.load_full()
