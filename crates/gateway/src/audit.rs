@@ -10,7 +10,7 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -27,7 +27,6 @@ enum Message {
 /// The audit log sink.
 pub struct AuditLog {
     tx: Option<SyncSender<Message>>,
-    path: Option<PathBuf>,
     dropped: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -37,7 +36,6 @@ impl AuditLog {
     pub fn off() -> AuditLog {
         AuditLog {
             tx: None,
-            path: None,
             dropped: AtomicU64::new(0),
             writer: Mutex::new(None),
         }
@@ -59,15 +57,9 @@ impl AuditLog {
             .spawn(move || write_loop(rx, BufWriter::new(file), &owned))?;
         Ok(AuditLog {
             tx: Some(tx),
-            path: Some(path.to_path_buf()),
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
         })
-    }
-
-    /// The file written to, if any.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 
     /// Records `event` with its fields (adds `time` and `event`). Never blocks.

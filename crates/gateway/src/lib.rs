@@ -482,7 +482,7 @@ impl Gateway {
             headers: req.headers(),
         };
         let mut record = self.new_record(&view, &conn, &request_id, started);
-        let mut seen = Seen::new(canonical_ip(conn.peer.ip()));
+        let mut seen = Seen::new(policy::canonical(conn.peer.ip()));
         let decided = match self
             .decide(&view, &mut seen, &request_id, &mut record)
             .await
@@ -588,7 +588,7 @@ impl Gateway {
     ) -> Result<Response<Body>, Abort> {
         let started = Instant::now();
         let request_id = request_id::for_request(req.headers());
-        let peer = canonical_ip(conn.peer.ip());
+        let peer = policy::canonical(conn.peer.ip());
         let trusted = self.policy.trusted_proxies.contains(peer);
         let original = trusted
             .then(|| OriginalRequest::from_headers(req.headers()))
@@ -692,13 +692,13 @@ impl Gateway {
                 .map_or((view.path_and_query, None), |(s, q)| (s, Some(q)));
             LogRecord {
                 time: SystemTime::now(),
-                s_ip: canonical_ip(conn.local.ip()),
+                s_ip: policy::canonical(conn.local.ip()),
                 s_port: conn.local.port(),
                 method: http::Method::from_bytes(view.method.as_bytes())
                     .unwrap_or(http::Method::GET),
                 uri_stem: stem.to_owned(),
                 uri_query: query.map(str::to_owned),
-                c_ip: canonical_ip(conn.peer.ip()),
+                c_ip: policy::canonical(conn.peer.ip()),
                 user_agent: view.headers.get(USER_AGENT).cloned(),
                 referer: view.headers.get(REFERER).cloned(),
                 request_id: request_id.to_owned(),
@@ -1062,12 +1062,4 @@ struct RequestFacts<'a> {
     method: &'a str,
     path: &'a str,
     accept: Option<&'a HeaderValue>,
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are IPv4 addresses.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
