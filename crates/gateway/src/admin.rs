@@ -156,7 +156,7 @@ async fn route(
         (&Method::DELETE, p) if p == "/bans" || p.starts_with("/bans/") => {
             let who = p
                 .strip_prefix("/bans/")
-                .map(percent_decode)
+                .map(|w| policy::percent_decode(w).into_owned())
                 .filter(|w| !w.is_empty());
             match state.clear_bans(who.as_deref()).await {
                 Ok(n) => {
@@ -178,26 +178,4 @@ async fn route(
             serde_json::json!({"error": "not found", "endpoints": ["GET /healthz", "GET /metrics", "GET /bans", "DELETE /bans", "DELETE /bans/<who>"]}),
         ),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -136,10 +136,15 @@ pub async fn connect_state(config: &Config) -> Result<StateStore, BuildError> {
         }
     };
     // Idle clients and expired bans leave the in-process table (the Redis fallback's too).
+    // The task holds a weak reference: it ends when the store is dropped (a reload that changed
+    // the backend), instead of keeping the old table alive forever.
+    let weak = Arc::downgrade(&memory);
+    drop(memory);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
+            let Some(memory) = weak.upgrade() else { return };
             memory.sweep();
         }
     });
@@ -509,10 +514,11 @@ impl Gateway {
             request_id: &request_id,
         };
         let accept = req.headers().get(ACCEPT).cloned();
-        let (method, path_raw) = (req.method().clone(), req.uri().path().to_owned());
+        // Kept for a refusal after forwarding (cheap: reference-counted, no copy of the path).
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let facts = RequestFacts {
             method: method.as_str(),
-            path: &path_raw,
+            path: uri.path(),
             accept: accept.as_ref(),
         };
         let forwarded = self.metrics.forwarding(started);
@@ -537,6 +543,7 @@ impl Gateway {
                             .collect();
                         let refusal = Refusal::new(Reason::AppDenied)
                             .with_detail("the application answered 401");
+                        seen.identity = Some(identity.clone());
                         let response =
                             self.refusal_response(&refusal, &facts, &seen, &request_id, &theirs);
                         self.metrics
@@ -566,6 +573,7 @@ impl Gateway {
             }
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason.slug(), detail = %refusal.detail, request_id, "upstream failed");
+                seen.identity = Some(identity.clone());
                 let response = self.refusal_response(&refusal, &facts, &seen, &request_id, &[]);
                 self.metrics
                     .request(response.status().as_u16(), Some(refusal.reason));
@@ -813,10 +821,13 @@ impl Gateway {
             }
             AuthStep::Refuse(refusal) => return Err(refusal),
         };
-        seen.identity = Some(identity.clone());
-
+        // The identity goes into `seen` (for the trace of a detailed page) only on a refusal:
+        // allowed requests do not pay for a copy.
         // Phase 6: URL authorization.
-        self.policy.rules.authorize(&path, view.method, &identity)?;
+        if let Err(refusal) = self.policy.rules.authorize(&path, view.method, &identity) {
+            seen.identity = Some(identity);
+            return Err(refusal);
+        }
 
         // Phase 7: the external filter.
         if let Some(filter) = &self.filter {
@@ -827,7 +838,11 @@ impl Gateway {
                 identity: &identity,
                 request_id,
             };
-            filter.check(&ask).await?;
+            let checked = filter.check(&ask).await;
+            if let Err(refusal) = checked {
+                seen.identity = Some(identity);
+                return Err(refusal);
+            }
         }
         Ok(Decided {
             identity,
@@ -844,9 +859,10 @@ impl Gateway {
         password: String,
     ) -> Result<Identity, Refusal> {
         if !self.config.logon.enabled {
-            let (accepted, _) = self.verify(user, &password, client_ip).await;
+            let (accepted, fresh) = self.verify(user, &password, client_ip).await;
             drop(password);
             let mut identity = self.policy.auth.after_verification(user, accepted)?;
+            self.signed_in(user, client_ip, fresh);
             identity.groups = self.groups_of(user);
             return Ok(identity);
         }
@@ -915,6 +931,7 @@ impl Gateway {
             Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
         }
         let mut identity = self.policy.auth.after_verification(user, accepted)?;
+        self.signed_in(user, client_ip, fresh);
         identity.groups = self.groups_of(user);
         Ok(identity)
     }
@@ -930,16 +947,19 @@ impl Gateway {
         if !accepted {
             self.audit
                 .sign_in(false, user, client_ip, "basic", Some("logon_failed"));
-        } else if fresh {
+            self.metrics.auth(AuthOutcome::Refused);
+        }
+        (accepted, fresh)
+    }
+
+    /// Counts an accepted sign-in, once it is certain (after the lockout re-check); a fresh one
+    /// (a real password check, not the cache) is also audited and recorded in the user store.
+    fn signed_in(&self, user: &str, client_ip: IpAddr, fresh: bool) {
+        self.metrics.auth(AuthOutcome::Accepted);
+        if fresh {
             self.audit.sign_in(true, user, client_ip, "basic", None);
             self.verifier.record_sign_in(user);
         }
-        self.metrics.auth(if accepted {
-            AuthOutcome::Accepted
-        } else {
-            AuthOutcome::Refused
-        });
-        (accepted, fresh)
     }
 
     fn refuse(

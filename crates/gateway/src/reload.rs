@@ -9,9 +9,10 @@
 //! changes are applied: new addresses are bound first (a reload that cannot bind is refused),
 //! removed ones stop accepting while their connections finish.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use store::FileStamp;
 
 use crate::server::{Server, bind_addrs};
 
@@ -66,29 +67,14 @@ pub async fn reload(server: &mut Server, path: &Path) -> Result<(), Refused> {
     Ok(())
 }
 
-/// What a file looked like last time, to notice changes without inotify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        ino: m.ino(),
-        len: m.len(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    })
+fn stamp(path: &Path) -> Option<FileStamp> {
+    FileStamp::of(path).ok()
 }
 
 /// Notices changes of the config file and of the files it names that only a reload picks up
 /// (the error-page folder and its templates). Users and groups files reload by themselves.
 pub struct ConfigWatch {
-    files: Vec<(PathBuf, Option<Stamp>)>,
+    files: Vec<(PathBuf, Option<FileStamp>)>,
 }
 
 impl ConfigWatch {

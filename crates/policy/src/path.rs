@@ -83,7 +83,8 @@ pub fn normalize_path_lowercase(raw: &str) -> NormalizedPath {
     p
 }
 
-fn percent_decode(raw: &str) -> std::borrow::Cow<'_, str> {
+/// Decodes `%XX` escapes (invalid ones are kept as written; invalid UTF-8 becomes U+FFFD).
+pub fn percent_decode(raw: &str) -> std::borrow::Cow<'_, str> {
     if !raw.contains('%') {
         return std::borrow::Cow::Borrowed(raw);
     }

@@ -31,4 +31,4 @@ pub use htpasswd::{
     HashAlgorithm, HashError, HashFormatError, InlineUserError, LineProblem, StoredHash, UserFile,
     hash_argon2id, hash_bcrypt,
 };
-pub use verifier::{Answer, LoadError, UserSource, Verification, Verifier};
+pub use verifier::{Answer, FileStamp, LoadError, UserSource, Verification, Verifier};

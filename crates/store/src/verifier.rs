@@ -127,9 +127,10 @@ struct Outcome {
 type CacheKey = [u8; 32];
 type InflightKey = (CacheKey, u64);
 
-/// Identity of a file version as far as `stat` can tell.
+/// Identity of a file version as far as `stat` can tell (also used by the gateway to notice
+/// config-file changes).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct FileStamp {
+pub struct FileStamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -140,7 +141,8 @@ pub(crate) struct FileStamp {
 }
 
 impl FileStamp {
-    pub(crate) fn of(path: &Path) -> std::io::Result<Self> {
+    /// Stats `path`.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
         Ok(Self {
             dev: meta.dev(),
