@@ -12,13 +12,7 @@ const PW: &str = "right-pw";
 
 fn start(extra: &str, upstream_timeout: &str) -> (TestUpstream, Gateway) {
     let upstream = TestUpstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "alice",
-        PW,
-    );
+    let dir = dir_with_user("alice", PW);
     let config = format!(
         r#"
 [server]

@@ -14,13 +14,7 @@ const PW: &str = "fa-pw";
 
 /// Portcullis as a forward-auth server: nginx/Caddy on loopback are its trusted proxies.
 fn portcullis(upstream: SocketAddr, extra: &str) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "alice",
-        PW,
-    );
+    let dir = dir_with_user("alice", PW);
     std::fs::write(dir.path().join("groups.txt"), "admins: alice\n").unwrap();
     let config = format!(
         r#"
@@ -295,13 +289,7 @@ fn traefik_header_contract_and_untrusted_peers() {
     // From a peer that is not a trusted proxy, the headers are ignored: a spoofed public URI
     // does not open anything.
     let gw2 = {
-        let dir = tempfile::tempdir().unwrap();
-        htpasswd(
-            &dir.path().join("users.htpasswd"),
-            &["-B", "-C", "4"],
-            "alice",
-            PW,
-        );
+        let dir = dir_with_user("alice", PW);
         Gateway::start_in(
             dir,
             "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\n[auth]\nusers = \"users.htpasswd\"\npublic = [\"/public/**\"]\n",

@@ -13,13 +13,7 @@ const PW: &str = "right-pw";
 
 fn start(extra: &str) -> (TestUpstream, Gateway, u16) {
     let upstream = TestUpstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "alice",
-        PW,
-    );
+    let dir = dir_with_user("alice", PW);
     let admin = free_port();
     let config = format!(
         r#"

@@ -31,16 +31,7 @@ access = "access.log"
 }
 
 fn start(config: &str) -> (TestUpstream, Gateway) {
-    let upstream = TestUpstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "alice",
-        PW,
-    );
-    let gw = Gateway::start_in(dir, config, upstream.addr);
-    (upstream, gw)
+    start_with_user(config, "alice", PW)
 }
 
 /// Rewrites the config file of a running gateway (same placeholders as at start).
@@ -388,13 +379,7 @@ fn every_reason_has_an_explanation_page() {
 
 #[test]
 fn operational_log_is_json_with_log_format_json_and_filtered_by_rust_log() {
-    let dir = tempfile::tempdir().unwrap();
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "alice",
-        PW,
-    );
+    let dir = dir_with_user("alice", PW);
     let port = free_port();
     std::fs::write(
         dir.path().join("portcullis.toml"),

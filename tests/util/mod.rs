@@ -504,3 +504,23 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A temp dir holding `users.htpasswd` with one user, written by the real `htpasswd` (bcrypt
+/// cost 4: fast enough for tests).
+pub fn dir_with_user(user: &str, password: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    htpasswd(
+        &dir.path().join("users.htpasswd"),
+        &["-B", "-C", "4"],
+        user,
+        password,
+    );
+    dir
+}
+
+/// A test upstream and a gateway with `config` and one user in `users.htpasswd`.
+pub fn start_with_user(config: &str, user: &str, password: &str) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start_in(dir_with_user(user, password), config, upstream.addr);
+    (upstream, gw)
+}
