@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use store::sqlite::{DbError, UserDb};
+use store::sqlite::{DbError, TokenKind, UserDb};
 
 /// Arguments of `users`.
 #[derive(clap::Args)]
@@ -71,6 +71,31 @@ enum Action {
         /// The htpasswd file.
         file: PathBuf,
     },
+    /// Invite a new user: creates the account and prints a single-use link (valid for
+    /// portal.invite_ttl) where the person chooses a password; mails it with [mail] and --email.
+    Invite {
+        /// User name.
+        user: String,
+        /// Email address (kept, for reset links).
+        #[arg(long)]
+        email: Option<String>,
+        /// Groups (repeat, or comma-separated).
+        #[arg(long = "group", value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    /// Print a single-use password-reset link (valid for portal.reset_ttl); mails it to the
+    /// user's address with [mail].
+    Reset {
+        /// User name.
+        user: String,
+    },
+    /// Set (or with no address, remove) a user's email address.
+    Email {
+        /// User name.
+        user: String,
+        /// Email address.
+        address: Option<String>,
+    },
 }
 
 /// Runs `users`.
@@ -88,7 +113,7 @@ pub fn run(args: Args) -> ExitCode {
         );
         return ExitCode::from(super::EXIT_CONFIG);
     };
-    match act(path, args.action) {
+    match act(path, args.action, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis users: {e}");
@@ -97,7 +122,7 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn act(path: &std::path::Path, action: Action) -> Result<(), String> {
+fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Result<(), String> {
     let mut db = UserDb::open(path).map_err(|e| e.to_string())?;
     let hash = |bcrypt: bool| -> Result<String, String> {
         let password = super::hash::read_password()?;
@@ -156,6 +181,40 @@ fn act(path: &std::path::Path, action: Action) -> Result<(), String> {
             }
             println!("imported {n} user(s) from {}", file.display());
         }
+        Action::Invite {
+            user,
+            email,
+            groups,
+        } => {
+            // Nobody knows this password: the account opens only through the link.
+            let unknown: [u8; 32] = rand::random();
+            db.add(&user, &store::hash_argon2id(&unknown)).map_err(e)?;
+            if email.is_some() {
+                db.set_email(&user, email.as_deref()).map_err(e)?;
+            }
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            if !groups.is_empty() {
+                db.set_groups(&user, &groups).map_err(e)?;
+            }
+            let token = db
+                .issue_token(&user, TokenKind::Invite, config.portal.invite_ttl)
+                .map_err(e)?;
+            deliver(config, &user, email.as_deref(), &token, true)?;
+        }
+        Action::Reset { user } => {
+            let token = db
+                .issue_token(&user, TokenKind::Reset, config.portal.reset_ttl)
+                .map_err(e)?;
+            let email = db.email_of(&user).map_err(e)?;
+            deliver(config, &user, email.as_deref(), &token, false)?;
+        }
+        Action::Email { user, address } => {
+            db.set_email(&user, address.as_deref()).map_err(e)?;
+            match address {
+                Some(a) => println!("{user}: email {a}"),
+                None => println!("{user}: no email"),
+            }
+        }
         Action::List { json } => {
             let users = db.list().map_err(e)?;
             if json {
@@ -178,6 +237,65 @@ fn act(path: &std::path::Path, action: Action) -> Result<(), String> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Prints the link, and mails it when `[mail]` is set and the user has an address.
+fn deliver(
+    config: &config::Config,
+    user: &str,
+    email: Option<&str>,
+    token: &str,
+    invite: bool,
+) -> Result<(), String> {
+    let base = match &config.portal.public_url {
+        Some(u) => u.clone(),
+        None => {
+            let listen = config.server.listen.first().map_or_else(
+                || "127.0.0.1:8080".to_owned(),
+                std::string::ToString::to_string,
+            );
+            let scheme = if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            eprintln!(
+                "note: portal.public_url is not set; the link uses the listen address. Set it to the address people use."
+            );
+            format!("{scheme}://{listen}")
+        }
+    };
+    let link = format!("{base}{}/password?token={token}", config.portal.prefix);
+    let ttl = if invite {
+        config.portal.invite_ttl
+    } else {
+        config.portal.reset_ttl
+    };
+    println!("{link}");
+    eprintln!(
+        "{} link for {user}; it works once, for {}.",
+        if invite {
+            "invitation"
+        } else {
+            "password-reset"
+        },
+        humantime::format_duration(ttl)
+    );
+    if let (Some(mail), Some(to)) = (&config.mail, email) {
+        let mailer = gateway::mail::Mailer::new(mail)?;
+        let letter = gateway::mail::link_letter(to, user, &config.auth.realm, &link, invite, ttl);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(mailer.send(letter))?;
+        eprintln!("mailed to {to}");
+    } else if config.mail.is_some() {
+        eprintln!(
+            "not mailed: {user} has no email address (portcullis users email {user} ADDRESS)"
+        );
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! binary on a free loopback port, real clients. Everything started is stopped by PID on drop.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,6 +21,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
@@ -523,4 +530,92 @@ pub fn start_with_user(config: &str, user: &str, password: &str) -> (TestUpstrea
     let upstream = TestUpstream::start();
     let gw = Gateway::start_in(dir_with_user(user, password), config, upstream.addr);
     (upstream, gw)
+}
+
+// === impl SmtpSink ===
+
+/// A real local SMTP server (Python's aiosmtpd) storing every message in a maildir.
+pub struct SmtpSink {
+    pub port: u16,
+    child: Child,
+    pub maildir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let maildir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        // The first Python that has aiosmtpd (Debian's python3-aiosmtpd is for /usr/bin/python3).
+        let python = ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|p| {
+                Command::new(p)
+                    .args(["-c", "import aiosmtpd"])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .expect("a Python with aiosmtpd (Debian: python3-aiosmtpd)");
+        let child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (Debian: python3-aiosmtpd)");
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(15),
+        );
+        SmtpSink {
+            port,
+            child,
+            maildir,
+        }
+    }
+
+    /// Every message received so far, raw, oldest first.
+    pub fn messages(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.path().join("mail").join(sub)) {
+                for e in entries.flatten() {
+                    let modified = e.metadata().and_then(|m| m.modified()).unwrap();
+                    found.push((modified, std::fs::read_to_string(e.path()).unwrap()));
+                }
+            }
+        }
+        found.sort();
+        found.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Waits for the `n`th message (1-based) and returns it.
+    pub fn wait_for(&self, n: usize) -> String {
+        eventually(Duration::from_secs(10), "a mail to arrive", || {
+            let m = self.messages();
+            (m.len() >= n).then(|| m[n - 1].clone())
+        })
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first `…/password?token=…` link in `text` (quoted-printable soft breaks undone).
+pub fn password_link(text: &str) -> String {
+    let text = text
+        .replace("=\n", "")
+        .replace("=\r\n", "")
+        .replace("=3D", "=");
+    let start = text.find("http").expect("a link");
+    let end = text[start..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(text.len(), |e| start + e);
+    text[start..end].to_owned()
 }

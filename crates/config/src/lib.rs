@@ -98,6 +98,8 @@ impl Config {
             logon: Logon::default(),
             state: State::default(),
             admin: Admin::default(),
+            portal: Portal::default(),
+            mail: None,
             warnings: Vec::new(),
         }
     }

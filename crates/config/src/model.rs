@@ -39,6 +39,10 @@ pub struct Config {
     pub state: State,
     /// `[admin]`.
     pub admin: Admin,
+    /// `[portal]`.
+    pub portal: Portal,
+    /// `[mail]`.
+    pub mail: Option<Mail>,
     /// Problems that do not stop the gateway (e.g. a rule shadowed by another), with lines.
     pub warnings: Vec<crate::Diagnostic>,
 }
@@ -389,4 +393,62 @@ pub(crate) fn mask_password(url: &str) -> Cow<'_, str> {
 pub struct Admin {
     /// `listen` (no admin listener when absent).
     pub listen: Option<SocketAddr>,
+}
+
+/// `[portal]`: the sign-in pages and sessions of the `form` scheme, and account links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    /// `prefix` (default `/.portcullis`): where the portal's pages live, on every host.
+    pub prefix: String,
+    /// `idle_timeout` (default 30m): a session unused this long ends.
+    pub idle_timeout: Duration,
+    /// `max_age` (default 12h): a session ends this long after sign-in, used or not.
+    pub max_age: Duration,
+    /// `public_url`: the site's address as people reach it (`https://example.com`), for the
+    /// links `users invite` and `users reset` print and mail.
+    pub public_url: Option<String>,
+    /// `invite_ttl` (default 24h): how long an invitation link works.
+    pub invite_ttl: Duration,
+    /// `reset_ttl` (default 1h): how long a password-reset link works.
+    pub reset_ttl: Duration,
+}
+
+impl Default for Portal {
+    fn default() -> Self {
+        Portal {
+            prefix: "/.portcullis".to_owned(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_age: Duration::from_secs(12 * 60 * 60),
+            public_url: None,
+            invite_ttl: Duration::from_secs(24 * 60 * 60),
+            reset_ttl: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// `[mail]`: the SMTP server that sends invitation and reset links.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Mail {
+    /// `host`.
+    pub host: String,
+    /// `port` (default 587 with STARTTLS, 25 without).
+    pub port: u16,
+    /// `from`: the sender address (`Portcullis <noreply@example.com>`).
+    pub from: String,
+    /// `starttls` (default true): upgrade the connection before sending anything.
+    pub starttls: bool,
+    /// `username` and `password`: SMTP AUTH, when both are set.
+    pub credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for Mail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mail")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("from", &self.from)
+            .field("starttls", &self.starttls)
+            .field("credentials", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }

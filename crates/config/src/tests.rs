@@ -212,7 +212,7 @@ from = "portcullis@example.com"
             ("auth.users", Some(7), None),
             ("auth.public[1]", Some(8), None),
             ("errors.mode", Some(11), Some("detailed")),
-            ("mail", Some(13), None),
+            ("mail.host", Some(13), None),
         ],
         "{d}"
     );
@@ -241,7 +241,7 @@ from = "portcullis@example.com"
     );
     assert_eq!(
         lines[5],
-        "portcullis.toml:13: mail: the [mail] section is not supported by this version of Portcullis yet"
+        "portcullis.toml:13: mail.host: is required in [mail] (for example host = \"smtp.example.com\")"
     );
 }
 
@@ -326,11 +326,11 @@ from = "portcullis@example.com"
             ("auth.schemes[1]", Some(7), None),
             ("auth.schemes[2]", Some(7), None),
             ("filter.url", Some(10), None),
-            ("mail", Some(12), None),
+            ("mail.host", Some(12), None),
         ],
         "{d}"
     );
-    for key in ["server.upstream", "auth.schemes[1]", "filter.url", "mail"] {
+    for key in ["server.upstream", "auth.schemes[1]", "filter.url"] {
         assert!(
             d.find(key).unwrap().message.contains("not supported"),
             "{key}: {d}"
@@ -1361,4 +1361,73 @@ listen = "0.0.0.0:9464"
     ] {
         assert_eq!(admin(quiet), [], "{quiet}");
     }
+}
+
+#[test]
+fn portal_and_mail_settings_are_checked_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.htpasswd"), "alice:{SHA}x\n").unwrap();
+    let text = r#"[server]
+upstream = "http://127.0.0.1:3000"
+
+[auth]
+users = "users.htpasswd"
+schemes = ["form", "basic", "form"]
+
+[portal]
+prefix = "/auth/"
+idle_timeout = "2h"
+max_age = "1h"
+public_url = "app.example.com"
+invite_ttl = "0s"
+
+[mail]
+host = "smtp.example.com:25"
+port = 70000
+from = "nobody"
+username = "portcullis"
+"#;
+    let d = errors_of(text, dir.path());
+    assert_eq!(
+        summary(&d),
+        vec![
+            ("auth.schemes[2]", Some(6), None),
+            ("portal.prefix", Some(9), None),
+            ("portal.max_age", Some(11), None),
+            ("portal.public_url", Some(12), None),
+            ("portal.invite_ttl", Some(13), None),
+            ("mail.password", Some(15), None),
+            ("mail.host", Some(16), None),
+            ("mail.port", Some(17), None),
+            ("mail.from", Some(18), None),
+        ],
+        "{d}"
+    );
+
+    let ok = r#"[server]
+upstream = "http://127.0.0.1:3000"
+
+[auth]
+users = "users.htpasswd"
+schemes = ["form"]
+
+[portal]
+prefix = "/_auth"
+public_url = "https://app.example.com/"
+
+[mail]
+host = "smtp.example.com"
+from = "Portcullis <noreply@example.com>"
+starttls = false
+"#;
+    let c = crate::parse(ok, dir.path(), "portcullis.toml").unwrap();
+    assert_eq!(c.portal.prefix, "/_auth");
+    assert_eq!(
+        c.portal.public_url.as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(c.portal.idle_timeout, Duration::from_secs(1800));
+    let mail = c.mail.unwrap();
+    assert_eq!((mail.port, mail.starttls), (25, false));
+    assert_eq!(c.auth.schemes, vec![policy::Scheme::Form]);
 }

@@ -21,11 +21,13 @@ use crate::diagnostics::{Diagnostic, Diagnostics, suggest};
 use crate::model::*;
 
 mod access;
+mod portal;
 mod rules;
 mod runtime;
 
 pub use access::DEFAULT_FILTER_TIMEOUT;
 use access::{FILTER_KEYS, IP_KEYS};
+use portal::{MAIL_KEYS, PORTAL_KEYS};
 use rules::{GroupNames, UserNames};
 use runtime::{ADMIN_KEYS, DYNAMIC_KEYS, LOGON_KEYS, STATE_KEYS};
 pub use runtime::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL};
@@ -76,11 +78,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("logon", LOGON_KEYS),
     ("state", STATE_KEYS),
     ("admin", ADMIN_KEYS),
+    ("portal", PORTAL_KEYS),
+    ("mail", MAIL_KEYS),
 ];
 /// The name of the URL-rule array of tables.
 const RULE: &str = "rule";
 /// Sections of the contract that this build does not implement yet: refused, never ignored.
-const UNSUPPORTED_SECTIONS: &[&str] = &["mail"];
+const UNSUPPORTED_SECTIONS: &[&str] = &[];
 
 /// Names accepted in `auth.schemes`.
 const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
@@ -414,6 +418,8 @@ impl Checker<'_> {
             logon,
             state,
             admin,
+            portal,
+            mail,
         ] = &sections[..]
         else {
             return None;
@@ -434,6 +440,8 @@ impl Checker<'_> {
         let state = self.state(state);
         // After [server]: the admin listener must not be one of its listeners.
         let admin = self.admin(admin);
+        let portal = self.portal(portal);
+        let mail = self.mail(mail);
         Some(Config {
             source,
             server: server?,
@@ -447,6 +455,8 @@ impl Checker<'_> {
             logon,
             state,
             admin,
+            portal,
+            mail,
             warnings: Vec::new(),
         })
     }
@@ -779,7 +789,7 @@ impl Checker<'_> {
         })
     }
 
-    /// `auth.schemes`: non-empty; only `basic` is implemented.
+    /// `auth.schemes`: non-empty; `basic` and `form` are implemented.
     fn schemes(&mut self, key: &str, v: &Value<'_>) -> Vec<Scheme> {
         if !self.expect_array(key, v, "an array such as [\"basic\"]") {
             return Vec::new();
@@ -798,7 +808,11 @@ impl Checker<'_> {
                     self.report(path, Some(span), "\"basic\" is listed twice");
                 }
                 "basic" => out.push(Scheme::Basic),
-                "digest" | "bearer" | "form" => {
+                "form" if out.contains(&Scheme::Form) => {
+                    self.report(path, Some(span), "\"form\" is listed twice");
+                }
+                "form" => out.push(Scheme::Form),
+                "digest" | "bearer" => {
                     self.unsupported(path, Some(span), &format!("the \"{text}\" scheme"));
                 }
                 other => self.bad_enum(path, span, other, SCHEME_NAMES),

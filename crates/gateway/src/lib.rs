@@ -7,13 +7,16 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod account;
 pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod dns;
 pub mod filter;
+pub mod mail;
 pub mod metrics;
 pub mod pages;
+pub mod portal;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;
@@ -89,6 +92,10 @@ pub struct Gateway {
     tls: Option<tokio_rustls::TlsAcceptor>,
     audit: Arc<AuditLog>,
     connection_builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    /// The portal's URLs under `portal.prefix`.
+    paths: portal::Paths,
+    /// `[mail]`, for "forgot password" links.
+    mailer: Option<Arc<mail::Mailer>>,
 }
 
 /// Why a gateway could not be built from a valid config (files that vanished, etc.).
@@ -112,6 +119,9 @@ pub enum BuildError {
     /// The TLS certificate or key could not be used.
     #[error("{0}")]
     Tls(ServeError),
+    /// `[mail]` could not be used.
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 /// Connects the configured state backend (`[state]`); an unreachable Redis is an error here,
@@ -160,6 +170,12 @@ struct Seen {
     client_ip: IpAddr,
     identity: Option<Identity>,
     host_name: Option<Arc<str>>,
+    /// The browser reached the site over HTTPS (for cookie attributes).
+    secure: bool,
+    /// The identity came from a sign-in session (form), not from `Authorization`.
+    session_user: bool,
+    /// The request's session cookie names no live session: the response clears it.
+    clear_session: bool,
 }
 
 impl Seen {
@@ -169,6 +185,9 @@ impl Seen {
             client_ip: peer,
             identity: None,
             host_name: None,
+            secure: false,
+            session_user: false,
+            clear_session: false,
         }
     }
 }
@@ -223,6 +242,8 @@ impl OriginalRequest {
 /// The request as the policy judges it: the real one in proxy mode, the original one in
 /// forward-auth mode.
 struct RequestView<'a> {
+    /// The connection is TLS.
+    tls: bool,
     method: &'a str,
     path: &'a str,
     path_and_query: &'a str,
@@ -232,6 +253,12 @@ struct RequestView<'a> {
 /// What phases 2–7 hand to phase 8 (or to the forward-auth answer).
 struct Decided {
     identity: Identity,
+    forwarded_by_proxy: bool,
+    guard: Option<InFlightGuard>,
+}
+
+/// What phases 2–4 hand to phase 5 (or to a portal page).
+struct Admitted {
     forwarded_by_proxy: bool,
     guard: Option<InFlightGuard>,
 }
@@ -309,9 +336,11 @@ impl Gateway {
             (None, None) => Arc::new(AuditLog::off()),
         };
         let policy = config.policy();
+        let paths = portal::Paths::new(&config.portal.prefix);
+        let mailer = account::mailer_for(&config).map_err(BuildError::Mail)?;
         let challenges = policy
             .auth
-            .challenges()
+            .challenges(&paths.login)
             .iter()
             .filter_map(|c| HeaderValue::from_str(c).ok())
             .collect();
@@ -359,7 +388,22 @@ impl Gateway {
             tls,
             audit,
             connection_builder,
+            paths,
+            mailer,
         })
+    }
+
+    /// Whether the `form` scheme (the sign-in portal) is enabled.
+    pub(crate) fn form_enabled(&self) -> bool {
+        self.policy.auth.schemes.contains(&policy::Scheme::Form)
+    }
+
+    /// The user database, when users live in SQLite.
+    pub(crate) fn user_db(&self) -> Option<&std::path::Path> {
+        match &self.config.auth.users {
+            config::UserSource::Sqlite(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// The TLS acceptor, when `server.tls` is set.
@@ -405,6 +449,7 @@ impl Gateway {
             path: "",
             realm: &self.policy.auth.realm,
             trace: &[],
+            account: None,
         };
         let mut response = respond::refusal_response(&refusal, &ctx, &self.pages);
         *response.status_mut() = http::StatusCode::OK;
@@ -461,11 +506,28 @@ impl Gateway {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<Body>, Abort> {
-        if req.uri().path() == FORWARD_AUTH_PATH {
-            return self.forward_auth(req, conn).await;
-        }
-        if let Some(slug) = req.uri().path().strip_prefix(PROBLEMS_PREFIX) {
-            return Ok(self.problem_page(slug, req.headers().get(ACCEPT)));
+        if let Some(rest) = req.uri().path().strip_prefix(self.paths.prefix.as_str())
+            && rest.starts_with('/')
+        {
+            if rest == "/auth" {
+                return self.forward_auth(req, conn).await;
+            }
+            if let Some(slug) = rest.strip_prefix("/problems/") {
+                return Ok(self.problem_page(slug, req.headers().get(ACCEPT)));
+            }
+            match portal::Page::from_rest(rest) {
+                Some(page @ (portal::Page::Login | portal::Page::Logout))
+                    if self.form_enabled() =>
+                {
+                    return self.portal(req, conn, page).await;
+                }
+                Some(page @ (portal::Page::Password | portal::Page::Forgot))
+                    if self.user_db().is_some() =>
+                {
+                    return self.portal(req, conn, page).await;
+                }
+                _ => {}
+            }
         }
         let Some(upstream) = &self.upstream else {
             let mut r = Response::new(body::full(format!(
@@ -481,6 +543,7 @@ impl Gateway {
         let started = Instant::now();
         let request_id = request_id::for_request(req.headers());
         let view = RequestView {
+            tls: conn.tls,
             method: req.method().as_str(),
             path: req.uri().path(),
             path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
@@ -544,8 +607,14 @@ impl Gateway {
                         let refusal = Refusal::new(Reason::AppDenied)
                             .with_detail("the application answered 401");
                         seen.identity = Some(identity.clone());
-                        let response =
-                            self.refusal_response(&refusal, &facts, &seen, &request_id, &theirs);
+                        let response = self.refusal_response(
+                            &refusal,
+                            &facts,
+                            &seen,
+                            &request_id,
+                            &theirs,
+                            None,
+                        );
                         self.metrics
                             .request(response.status().as_u16(), Some(Reason::AppDenied));
                         return Ok(self.logged(response, record));
@@ -574,7 +643,8 @@ impl Gateway {
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason.slug(), detail = %refusal.detail, request_id, "upstream failed");
                 seen.identity = Some(identity.clone());
-                let response = self.refusal_response(&refusal, &facts, &seen, &request_id, &[]);
+                let response =
+                    self.refusal_response(&refusal, &facts, &seen, &request_id, &[], None);
                 self.metrics
                     .request(response.status().as_u16(), Some(refusal.reason));
                 if let Some(r) = record.as_mut() {
@@ -626,12 +696,14 @@ impl Gateway {
         }
         let view = match &original {
             Some(o) => RequestView {
+                tls: conn.tls,
                 method: &o.method,
                 path: o.path(),
                 path_and_query: &o.uri,
                 headers: req.headers(),
             },
             None => RequestView {
+                tls: conn.tls,
                 method: req.method().as_str(),
                 path: req.uri().path(),
                 path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
@@ -679,6 +751,14 @@ impl Gateway {
                     let (mut parts, body) = response.into_parts();
                     parts.headers.remove(http::header::CONTENT_TYPE);
                     drop(body);
+                    // auth_request passes on only 401 and 403: the sign-in redirect becomes a
+                    // 401 whose Location the recipe's `error_page 401` turns into the redirect.
+                    if parts.status == http::StatusCode::FOUND {
+                        parts.status = http::StatusCode::UNAUTHORIZED;
+                        for c in &self.challenges {
+                            parts.headers.append(WWW_AUTHENTICATE, c.clone());
+                        }
+                    }
                     return Ok(Response::from_parts(parts, body::full(bytes::Bytes::new())));
                 }
                 Ok(response)
@@ -724,6 +804,26 @@ impl Gateway {
         request_id: &str,
         record: &mut Option<LogRecord>,
     ) -> Result<Decided, Refusal> {
+        let Admitted {
+            forwarded_by_proxy,
+            guard,
+        } = self.admit(view, seen, request_id, record).await?;
+        let identity = self.identify(view, seen, request_id, record).await?;
+        Ok(Decided {
+            identity,
+            forwarded_by_proxy,
+            guard,
+        })
+    }
+
+    /// Phases 2–4: who the client is, whether its address may come in, and its limits.
+    async fn admit(
+        &self,
+        view: &RequestView<'_>,
+        seen: &mut Seen,
+        request_id: &str,
+        record: &mut Option<LogRecord>,
+    ) -> Result<Admitted, Refusal> {
         let peer = seen.peer;
         // Phase 2: the client address.
         let forwarded_by_proxy =
@@ -747,6 +847,13 @@ impl Gateway {
         if let Some(r) = record.as_mut() {
             r.c_ip = client_ip;
         }
+        seen.secure = view.tls
+            || (forwarded_by_proxy
+                && view
+                    .headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https")));
 
         // Phase 3: static IP and host-name restrictions.
         self.policy.ip.check_address(client_ip)?;
@@ -799,32 +906,83 @@ impl Gateway {
             }
         }
 
+        Ok(Admitted {
+            forwarded_by_proxy,
+            guard,
+        })
+    }
+
+    /// Phases 5–7: who the user is, whether the rules let them in, and the external filter.
+    async fn identify(
+        &self,
+        view: &RequestView<'_>,
+        seen: &mut Seen,
+        request_id: &str,
+        record: &mut Option<LogRecord>,
+    ) -> Result<Identity, Refusal> {
+        let client_ip = seen.client_ip;
         // Phase 5: authenticate (on a path every server reads the same way).
         policy::check_raw_path(view.path)?;
         let path = self.policy.normalize(view.path);
-        let step = self.policy.auth.authenticate(
-            &path,
-            view.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
-        );
+        let authorization = view.headers.get(AUTHORIZATION);
+        let step = self
+            .policy
+            .auth
+            .authenticate(&path, authorization.map(HeaderValue::as_bytes));
         let identity = match step {
             AuthStep::Public(_) => Identity::anonymous(),
             AuthStep::VerifyBasic(Credentials::Basic { user, password }) => {
                 if let Some(r) = record.as_mut() {
                     r.username = Some(user.clone());
                 }
-                self.authenticate_basic(client_ip, &user, password).await?
+                self.authenticate_password(client_ip, &user, password, "basic")
+                    .await?
             }
             AuthStep::VerifyBasic(Credentials::Other { .. }) => {
                 return Err(
                     Refusal::new(Reason::InternalError).with_detail("unexpected credentials kind")
                 );
             }
+            // Without an Authorization header, a form-login site looks for its session cookie.
+            AuthStep::Refuse(refusal)
+                if refusal.reason == Reason::NoCredentials
+                    && authorization.is_none()
+                    && self.form_enabled() =>
+            {
+                match self.check_session(view.headers).await {
+                    portal::SessionCheck::Valid(identity) => {
+                        seen.session_user = true;
+                        if let Some(r) = record.as_mut() {
+                            r.username = identity.user.clone();
+                        }
+                        identity
+                    }
+                    portal::SessionCheck::Absent => {
+                        return Err(refusal.with_detail(
+                            "no Authorization header and no session cookie were sent",
+                        ));
+                    }
+                    portal::SessionCheck::Ended(why) => {
+                        seen.clear_session = true;
+                        return Err(Refusal::new(Reason::SessionExpired).with_detail(why));
+                    }
+                    portal::SessionCheck::Unavailable(e) => {
+                        return Err(Refusal::new(Reason::StateUnavailable)
+                            .with_detail(format!("the session could not be read: {e}")));
+                    }
+                }
+            }
             AuthStep::Refuse(refusal) => return Err(refusal),
         };
         // The identity goes into `seen` (for the trace of a detailed page) only on a refusal:
         // allowed requests do not pay for a copy.
         // Phase 6: URL authorization.
-        if let Err(refusal) = self.policy.rules.authorize(&path, view.method, &identity) {
+        if let Err(mut refusal) = self.policy.rules.authorize(&path, view.method, &identity) {
+            // A browser signed in by form and refused by a rule gets 403 and a "sign in as
+            // someone else" page: a 401 would send it back to the sign-in page, a loop.
+            if seen.session_user && refusal.reason == Reason::AclDenied {
+                refusal = refusal.with_action(policy::DenyAction::Forbidden);
+            }
             seen.identity = Some(identity);
             return Err(refusal);
         }
@@ -844,25 +1002,25 @@ impl Gateway {
                 return Err(refusal);
             }
         }
-        Ok(Decided {
-            identity,
-            forwarded_by_proxy,
-            guard,
-        })
+        Ok(identity)
     }
 
-    /// Phase 5 for Basic credentials: lockout, password check, failure counting.
-    async fn authenticate_basic(
+    /// Phase 5 for a user name and password (Basic, or the sign-in form: `method`): lockout,
+    /// password check, failure counting.
+    async fn authenticate_password(
         &self,
         client_ip: IpAddr,
         user: &str,
         password: String,
+        method: &'static str,
     ) -> Result<Identity, Refusal> {
+        // A form sign-in is always a fresh check: it starts a session, so it is audited.
+        let always_fresh = method == "form";
         if !self.config.logon.enabled {
-            let (accepted, fresh) = self.verify(user, &password, client_ip).await;
+            let (accepted, fresh) = self.verify(user, &password, client_ip, method).await;
             drop(password);
             let mut identity = self.policy.auth.after_verification(user, accepted)?;
-            self.signed_in(user, client_ip, fresh);
+            self.signed_in(user, client_ip, fresh || always_fresh, method);
             identity.groups = self.groups_of(user);
             return Ok(identity);
         }
@@ -874,7 +1032,7 @@ impl Gateway {
             Ok(Some(ban)) => {
                 self.metrics.auth(AuthOutcome::LockedOut);
                 self.audit
-                    .sign_in(false, user, client_ip, "basic", Some("locked_out"));
+                    .sign_in(false, user, client_ip, method, Some("locked_out"));
                 return Err(Refusal::new(Reason::LockedOut)
                     .with_retry_after(ban.remaining)
                     .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
@@ -887,7 +1045,8 @@ impl Gateway {
                 tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
             }
         }
-        let (accepted, fresh) = self.verify(user, &password, client_ip).await;
+        let (accepted, fresh) = self.verify(user, &password, client_ip, method).await;
+        let fresh = fresh || always_fresh;
         drop(password);
         // Guesses sent in parallel all pass the ban check above before any of them fails; if
         // they started a ban while this password was being checked, a right guess among them
@@ -898,7 +1057,7 @@ impl Gateway {
         {
             self.metrics.auth(AuthOutcome::LockedOut);
             self.audit
-                .sign_in(false, user, client_ip, "basic", Some("locked_out"));
+                .sign_in(false, user, client_ip, method, Some("locked_out"));
             return Err(Refusal::new(Reason::LockedOut)
                 .with_retry_after(ban.remaining)
                 .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
@@ -931,7 +1090,7 @@ impl Gateway {
             Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
         }
         let mut identity = self.policy.auth.after_verification(user, accepted)?;
-        self.signed_in(user, client_ip, fresh);
+        self.signed_in(user, client_ip, fresh, method);
         identity.groups = self.groups_of(user);
         Ok(identity)
     }
@@ -939,14 +1098,20 @@ impl Gateway {
     /// Checks a password, counting the sign-in outcome and how the answer was found.
     /// Returns whether the password was accepted and whether that took a fresh hash check (a
     /// sign-in, for the audit log) rather than the verification cache.
-    async fn verify(&self, user: &str, password: &str, client_ip: IpAddr) -> (bool, bool) {
+    async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        client_ip: IpAddr,
+        method: &'static str,
+    ) -> (bool, bool) {
         let (verification, answer) = self.verifier.verify_traced(user, password).await;
         self.metrics.verification(answer);
         let accepted = verification == Verification::Accepted;
         let fresh = matches!(answer, store::Answer::Hashed);
         if !accepted {
             self.audit
-                .sign_in(false, user, client_ip, "basic", Some("logon_failed"));
+                .sign_in(false, user, client_ip, method, Some("logon_failed"));
             self.metrics.auth(AuthOutcome::Refused);
         }
         (accepted, fresh)
@@ -954,10 +1119,10 @@ impl Gateway {
 
     /// Counts an accepted sign-in, once it is certain (after the lockout re-check); a fresh one
     /// (a real password check, not the cache) is also audited and recorded in the user store.
-    fn signed_in(&self, user: &str, client_ip: IpAddr, fresh: bool) {
+    fn signed_in(&self, user: &str, client_ip: IpAddr, fresh: bool, method: &'static str) {
         self.metrics.auth(AuthOutcome::Accepted);
         if fresh {
-            self.audit.sign_in(true, user, client_ip, "basic", None);
+            self.audit.sign_in(true, user, client_ip, method, None);
             self.verifier.record_sign_in(user);
         }
     }
@@ -983,12 +1148,43 @@ impl Gateway {
             }
             return Err(Abort(refusal.reason));
         }
-        let facts = RequestFacts {
-            method: view.method,
-            path: view.path,
-            accept: view.headers.get(ACCEPT),
+        let mut set_cookies = Vec::new();
+        if seen.clear_session {
+            let cookies = portal::Cookies {
+                secure: seen.secure,
+            };
+            set_cookies.extend(cookies.clear_session(view.headers));
+        }
+        let mut response = match self.login_redirect(refusal, view) {
+            // A browser on a form-login site goes to the sign-in page (and back afterwards).
+            Some(location) => {
+                let mut r = portal::see_other(&location);
+                *r.status_mut() = http::StatusCode::FOUND;
+                if let Ok(v) = HeaderValue::from_str(request_id) {
+                    r.headers_mut().insert(request_id::X_REQUEST_ID, v);
+                }
+                r
+            }
+            None => {
+                let facts = RequestFacts {
+                    method: view.method,
+                    path: view.path,
+                    accept: view.headers.get(ACCEPT),
+                };
+                let account = self.account_for(refusal, view, seen, &mut set_cookies);
+                self.refusal_response(
+                    refusal,
+                    &facts,
+                    seen,
+                    request_id,
+                    extra_challenges,
+                    account.as_ref(),
+                )
+            }
         };
-        let response = self.refusal_response(refusal, &facts, seen, request_id, extra_challenges);
+        for c in set_cookies {
+            response.headers_mut().append(http::header::SET_COOKIE, c);
+        }
         self.metrics
             .request(response.status().as_u16(), Some(refusal.reason));
         Ok(self.logged(response, record))
@@ -1001,6 +1197,7 @@ impl Gateway {
         seen: &Seen,
         request_id: &str,
         extra_challenges: &[HeaderValue],
+        account: Option<&respond::Account>,
     ) -> Response<Body> {
         let mode = self.config.errors.mode;
         let detailed = match mode {
@@ -1028,6 +1225,7 @@ impl Gateway {
             path: facts.path,
             realm: &self.policy.auth.realm,
             trace: &trace,
+            account,
         };
         respond::refusal_response(refusal, &ctx, &self.pages)
     }

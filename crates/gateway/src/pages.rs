@@ -12,6 +12,8 @@ use policy::{Reason, Refusal};
 use serde::Serialize;
 
 const BUILTIN_PAGE: &str = include_str!("../templates/page.html");
+const BASE: &str = include_str!("../templates/base.html");
+const PORTAL: &str = include_str!("../templates/portal.html");
 
 /// The plain-words explanation of a reason: what happened and what to do.
 pub struct Advice {
@@ -174,6 +176,64 @@ pub struct PageContext<'a> {
     pub realm: &'a str,
     /// `(phase, verdict)` for each phase up to the refusal (detailed only).
     pub trace: Vec<(&'a str, &'a str)>,
+    /// The signed-in user (form sign-in), when there is one.
+    pub user: Option<&'a str>,
+    /// The sign-in page, on a site with form sign-in, for refusals that signing in can fix.
+    pub sign_in_url: Option<&'a str>,
+    /// The "forgot password" page, when the site can send reset links.
+    pub forgot_url: Option<&'a str>,
+    /// The "sign in as someone else" button of a signed-in user denied by a rule.
+    pub switch: Option<SwitchForm<'a>>,
+}
+
+/// A form that signs out and returns to the sign-in page with `rd`.
+#[derive(Debug, Serialize)]
+pub struct SwitchForm<'a> {
+    /// The sign-out URL.
+    pub action: &'a str,
+    /// The CSRF token.
+    pub csrf: &'a str,
+    /// Where to go after signing in again.
+    pub rd: &'a str,
+}
+
+/// Everything the portal template (`portal.html`) may use.
+#[derive(Debug, Serialize, Default)]
+pub struct PortalContext<'a> {
+    /// Which form: `login`, `signed_in`, `logout`, `password`, `forgot` or `message`.
+    pub view: &'a str,
+    /// Heading.
+    pub title: &'a str,
+    /// The realm (site name).
+    pub realm: &'a str,
+    /// A neutral message ("your session ended").
+    pub notice: Option<&'a str>,
+    /// What went wrong with the last submission.
+    pub error: Option<&'a str>,
+    /// Where the form posts.
+    pub action: &'a str,
+    /// The sign-out URL.
+    pub logout_action: &'a str,
+    /// The CSRF token of the form.
+    pub csrf: &'a str,
+    /// The same-origin return target.
+    pub rd: &'a str,
+    /// The user name to prefill (sign-in) or the account (password, signed in).
+    pub username: &'a str,
+    /// The signed-in user.
+    pub user: &'a str,
+    /// The sign-in page.
+    pub login_url: &'a str,
+    /// The "forgot password" page, if the site offers it.
+    pub forgot_url: Option<&'a str>,
+    /// The single-use token of a password link.
+    pub token: &'a str,
+    /// Minimum password length.
+    pub min_length: usize,
+    /// Seconds until a retry makes sense.
+    pub retry_after: Option<u64>,
+    /// The request id to quote.
+    pub request_id: &'a str,
 }
 
 /// The HTML templates in force: the built-in page plus any operator overrides.
@@ -186,8 +246,13 @@ impl Pages {
     pub fn load(dir: Option<&Path>) -> Result<Pages, String> {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
-        env.add_template("builtin.html", BUILTIN_PAGE)
-            .map_err(|e| e.to_string())?;
+        for (name, source) in [
+            ("base.html", BASE),
+            ("builtin.html", BUILTIN_PAGE),
+            ("portal.html", PORTAL),
+        ] {
+            env.add_template(name, source).map_err(|e| e.to_string())?;
+        }
         if let Some(dir) = dir {
             let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             for entry in entries.flatten() {
@@ -223,6 +288,23 @@ impl Pages {
             }
         }
         format!("{status} {}\n", ctx.title)
+    }
+}
+
+impl Pages {
+    /// Renders a portal page (`portal.html`, which operators may override too).
+    pub fn render_portal(&self, ctx: &PortalContext<'_>) -> String {
+        match self
+            .env
+            .get_template("portal.html")
+            .and_then(|t| t.render(minijinja::value::Serde(ctx)))
+        {
+            Ok(html) => html,
+            Err(e) => {
+                tracing::error!(error = %e, "portal template failed");
+                format!("{}\n", ctx.title)
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode};
 use policy::{Refusal, TraceEntry};
 
 use crate::body::{Body, full};
-use crate::pages::{PageContext, Pages, advice};
+use crate::pages::{PageContext, Pages, SwitchForm, advice};
 use crate::request_id::X_REQUEST_ID;
 
 /// The body formats a refusal can take.
@@ -102,6 +102,23 @@ pub struct RefusalContext<'a> {
     pub realm: &'a str,
     /// Each phase's verdict up to the refusal (detailed responses only).
     pub trace: &'a [TraceEntry],
+    /// What a form-login site can offer the person (sign-in link, switch account).
+    pub account: Option<&'a Account>,
+}
+
+/// The account side of a refusal page on a site with form sign-in.
+#[derive(Debug, Default)]
+pub struct Account {
+    /// The signed-in user, when the request came with a session.
+    pub user: Option<String>,
+    /// The sign-in page (with the return target).
+    pub sign_in_url: Option<String>,
+    /// The "forgot password" page.
+    pub forgot_url: Option<String>,
+    /// Sign-out URL and CSRF token for the "sign in as someone else" button.
+    pub switch: Option<(String, String)>,
+    /// Where to return after signing in again.
+    pub rd: String,
 }
 
 /// Builds the response for a refusal whose status is not 0 (abort is the caller's to do).
@@ -148,6 +165,16 @@ pub fn refusal_response(
                     .iter()
                     .map(|e| (e.phase.name(), e.verdict.as_str()))
                     .collect(),
+                user: ctx.account.and_then(|a| a.user.as_deref()),
+                sign_in_url: ctx.account.and_then(|a| a.sign_in_url.as_deref()),
+                forgot_url: ctx.account.and_then(|a| a.forgot_url.as_deref()),
+                switch: ctx.account.and_then(|a| {
+                    a.switch.as_ref().map(|(action, csrf)| SwitchForm {
+                        action,
+                        csrf,
+                        rd: &a.rd,
+                    })
+                }),
             };
             (
                 "text/html; charset=utf-8",

@@ -61,6 +61,9 @@ impl Policy {
 pub enum Scheme {
     /// RFC 7617 Basic against the user store.
     Basic,
+    /// A sign-in form with a server-side session (the gateway's portal; its challenge names the
+    /// form, so the gateway writes it).
+    Form,
 }
 
 impl Scheme {
@@ -68,6 +71,7 @@ impl Scheme {
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Basic => "basic",
+            Scheme::Form => "form",
         }
     }
 }
@@ -139,14 +143,21 @@ impl AuthPolicy {
         }
     }
 
-    /// The `WWW-Authenticate` challenges to send with a 401, one per enabled scheme.
-    pub fn challenges(&self) -> Vec<String> {
+    /// The `WWW-Authenticate` challenges to send with a 401, one per enabled scheme;
+    /// `form_action` is where the sign-in form posts (for the `form` scheme's challenge).
+    pub fn challenges(&self, form_action: &str) -> Vec<String> {
         self.schemes
             .iter()
             .map(|s| match s {
                 Scheme::Basic => format!(
                     "Basic realm=\"{}\", charset=\"UTF-8\"",
                     quote_escape(&self.realm)
+                ),
+                // The "Cookie" scheme of draft-broyer-http-cookie-auth: sign in with the form.
+                Scheme::Form => format!(
+                    "Cookie realm=\"{}\", form-action=\"{}\"",
+                    quote_escape(&self.realm),
+                    quote_escape(form_action)
                 ),
             })
             .collect()
@@ -253,8 +264,14 @@ mod tests {
     #[test]
     fn challenge_quotes_the_realm() {
         assert_eq!(
-            policy().challenges(),
+            policy().challenges("/.portcullis/login"),
             vec![r#"Basic realm="Staff \"only\"", charset="UTF-8""#.to_string()]
+        );
+        let mut form = policy();
+        form.schemes.push(Scheme::Form);
+        assert_eq!(
+            form.challenges("/.portcullis/login")[1],
+            r#"Cookie realm="Staff \"only\"", form-action="/.portcullis/login""#
         );
     }
 }

@@ -22,6 +22,7 @@
 pub mod groups;
 pub mod htpasswd;
 mod md5crypt;
+pub mod passwords;
 pub mod sqlite;
 pub mod state;
 pub mod verifier;

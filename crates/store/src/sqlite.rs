@@ -64,7 +64,42 @@ CREATE TABLE IF NOT EXISTS user_groups (
     grp TEXT NOT NULL,
     PRIMARY KEY (name, grp)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    used INTEGER
+);
 ";
+
+/// What a single-use link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A new account chooses its first password (`users invite`).
+    Invite,
+    /// An existing account chooses a new password (`users reset`, "forgot password").
+    Reset,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Invite => "invite",
+            TokenKind::Reset => "reset",
+        }
+    }
+}
+
+/// The SHA-256 (hex) a link token is stored as: the database never holds a usable link.
+fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn now() -> i64 {
     SystemTime::now()
@@ -100,7 +135,151 @@ impl UserDb {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        // Databases made before emails existed get the column.
+        let has_email = conn
+            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'email'")?
+            .exists([])?;
+        if !has_email {
+            conn.execute_batch("ALTER TABLE users ADD COLUMN email TEXT")?;
+        }
         Ok(UserDb { conn })
+    }
+
+    /// Sets (or with `None` removes) a user's email address, where reset links go.
+    pub fn set_email(&self, name: &str, email: Option<&str>) -> Result<(), DbError> {
+        if let Some(e) = email
+            && (e.len() > 254
+                || !e.contains('@')
+                || e.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(DbError::Invalid(format!("{e:?} is not an email address")));
+        }
+        match self.conn.execute(
+            "UPDATE users SET email = ?2 WHERE name = ?1",
+            params![name, email],
+        )? {
+            0 => Err(DbError::Missing(name.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A user's email address.
+    pub fn email_of(&self, name: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT email FROM users WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// The enabled user with this email address (case-insensitive), if exactly one has it.
+    pub fn user_by_email(&self, email: &str) -> Result<Option<String>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name FROM users WHERE lower(email) = lower(?1) AND disabled = 0 LIMIT 2",
+        )?;
+        let names: Vec<String> = stmt
+            .query_map(params![email.trim()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(match names.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        })
+    }
+
+    /// Issues a single-use link token for `name`, valid for `ttl`; returns the token (only its
+    /// hash is stored). Earlier unused tokens of the same kind stop working.
+    pub fn issue_token(
+        &mut self,
+        name: &str,
+        kind: TokenKind,
+        ttl: std::time::Duration,
+    ) -> Result<String, DbError> {
+        use base64::Engine as _;
+        let token =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let now = now();
+        let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let tx = self.conn.transaction()?;
+        if tx
+            .query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_none()
+        {
+            return Err(DbError::Missing(name.to_owned()));
+        }
+        tx.execute(
+            "UPDATE tokens SET used = ?3 WHERE name = ?1 AND kind = ?2 AND used IS NULL",
+            params![name, kind.as_str(), now],
+        )?;
+        tx.execute(
+            "INSERT INTO tokens (hash, name, kind, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash(&token), name, kind.as_str(), now, expires],
+        )?;
+        // Spent and expired tokens older than a week are of no use to anyone.
+        tx.execute(
+            "DELETE FROM tokens WHERE expires < ?1",
+            params![now - 7 * 24 * 3600],
+        )?;
+        tx.commit()?;
+        Ok(token)
+    }
+
+    /// The user a live (unused, unexpired) token belongs to, and its kind.
+    pub fn token_user(&self, token: &str) -> Result<Option<(String, TokenKind)>, DbError> {
+        let found: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT name, kind FROM tokens WHERE hash = ?1 AND used IS NULL AND expires > ?2",
+                params![token_hash(token), now()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(found.map(|(name, kind)| {
+            let kind = if kind == "invite" {
+                TokenKind::Invite
+            } else {
+                TokenKind::Reset
+            };
+            (name, kind)
+        }))
+    }
+
+    /// Spends `token` and sets its user's password hash, in one transaction: of two concurrent
+    /// uses of a link, exactly one succeeds; a failure (disk full) changes nothing. Returns the
+    /// user, or `None` if the token was unknown, used or expired.
+    pub fn redeem_token(&mut self, token: &str, hash: &str) -> Result<Option<String>, DbError> {
+        check_hash(hash)?;
+        let now = now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let name: Option<String> = tx
+            .query_row(
+                "UPDATE tokens SET used = ?2 WHERE hash = ?1 AND used IS NULL AND expires > ?2 RETURNING name",
+                params![token_hash(token), now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE users SET hash = ?2 WHERE name = ?1",
+            params![name, hash],
+        )?;
+        // Other outstanding links of this user stop working with the new password.
+        tx.execute(
+            "UPDATE tokens SET used = ?2 WHERE name = ?1 AND used IS NULL",
+            params![name, now],
+        )?;
+        tx.commit()?;
+        Ok(Some(name))
     }
 
     /// Adds a user with a hash (as `portcullis hash` or `htpasswd` writes it).
@@ -289,6 +468,71 @@ impl UserDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_tokens_are_single_use_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.db");
+        let mut db = UserDb::open(&path).unwrap();
+        db.add("alice", &crate::hash_bcrypt(b"old", 4).unwrap())
+            .unwrap();
+        db.set_email("alice", Some("Alice@Example.com")).unwrap();
+        assert_eq!(
+            db.user_by_email("alice@example.com").unwrap().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(db.user_by_email("nobody@example.com").unwrap(), None);
+        assert!(db.set_email("alice", Some("not an address")).is_err());
+
+        let first = db
+            .issue_token(
+                "alice",
+                TokenKind::Reset,
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        let token = db
+            .issue_token(
+                "alice",
+                TokenKind::Reset,
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert_eq!(
+            db.token_user(&first).unwrap(),
+            None,
+            "a newer link replaces the older one"
+        );
+        assert_eq!(
+            db.token_user(&token).unwrap(),
+            Some(("alice".into(), TokenKind::Reset))
+        );
+        let hash = crate::hash_bcrypt(b"new", 4).unwrap();
+        // Two uses from two connections: one wins.
+        let mut other = UserDb::open(&path).unwrap();
+        assert_eq!(
+            db.redeem_token(&token, &hash).unwrap().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(other.redeem_token(&token, &hash).unwrap(), None);
+        assert!(db.enabled_users().unwrap().verify("alice", b"new"));
+        // Expired links do nothing.
+        let stale = db
+            .issue_token("alice", TokenKind::Reset, std::time::Duration::ZERO)
+            .unwrap();
+        assert_eq!(db.redeem_token(&stale, &hash).unwrap(), None);
+        assert!(
+            db.issue_token(
+                "nobody",
+                TokenKind::Invite,
+                std::time::Duration::from_secs(1)
+            )
+            .is_err()
+        );
+        // The database holds hashes of tokens, never the tokens.
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
+    }
 
     #[test]
     fn users_round_trip_without_exposing_hashes() {

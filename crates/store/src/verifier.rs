@@ -368,6 +368,13 @@ impl Verifier {
         (accepted.into(), answer)
     }
 
+    /// Whether `user` is in the user store now (enabled, for SQLite): a session of a user who
+    /// was deleted or disabled since signing in ends at its next request.
+    pub async fn has_user(&self, user: &str) -> bool {
+        self.poll_file().await;
+        self.inner.snapshot.load().users.contains(user)
+    }
+
     /// Re-reads the user file now, whether or not it changed (e.g. on SIGHUP).
     ///
     /// Blocks on file I/O and hashing the timing dummy; from async code call it

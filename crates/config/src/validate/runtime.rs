@@ -52,18 +52,18 @@ pub const DEFAULT_RATE_INTERVAL: Duration = Duration::from_millis(200);
 /// The finest step counters and bans are kept in (Redis expiries are in milliseconds).
 const MIN_DURATION: Duration = Duration::from_millis(1);
 /// One day.
-const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+pub(super) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What a duration key allows, for its checks and messages.
-struct Within {
+pub(super) struct Within {
     /// Longest value allowed.
-    max: Duration,
+    pub(super) max: Duration,
     /// `max` as written in messages ("24h").
-    max_text: &'static str,
+    pub(super) max_text: &'static str,
     /// The default as written in messages ("200ms").
-    example: &'static str,
+    pub(super) example: &'static str,
     /// Why zero is refused, starting with the key ("an interval of 0 counts no requests").
-    zero: &'static str,
+    pub(super) zero: &'static str,
 }
 
 impl Checker<'_> {
@@ -359,7 +359,7 @@ impl Checker<'_> {
     // ---------------------------------------------------------------- values
 
     /// An integer within `range`, defaulted when absent; `unit` says what it counts.
-    fn bounded_int(
+    pub(super) fn bounded_int(
         &mut self,
         key: &str,
         v: Option<&Value<'_>>,
@@ -394,7 +394,7 @@ impl Checker<'_> {
     }
 
     /// A duration from 1ms to `within.max`, defaulted when absent.
-    fn bounded_duration(
+    pub(super) fn bounded_duration(
         &mut self,
         key: &str,
         v: Option<&Value<'_>>,

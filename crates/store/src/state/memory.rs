@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
+use super::session::Session;
 use super::{
     Admission, Ban, BanSubject, Clock, InFlightGuard, LimitRefusal, Limits, Rate, Regulation,
 };
@@ -61,6 +62,10 @@ struct Inner {
     ban_entries: AtomicUsize,
     /// Bans that ran out since the last [`MemoryState::take_ended_bans`] (for the audit log).
     ended: Mutex<Vec<BanSubject>>,
+    /// Sign-in sessions by store key, with their idle deadline (clock nanos).
+    sessions: Mutex<HashMap<String, (Session, u64)>>,
+    /// The key that signs CSRF tokens: random per process.
+    secret: [u8; 32],
 }
 
 /// One shard, alone on its cache line(s) so that two cores locking neighbouring shards do not
@@ -119,6 +124,8 @@ impl MemoryState {
                 bans: RwLock::new(bans),
                 ban_entries: AtomicUsize::new(0),
                 ended: Mutex::new(Vec::new()),
+                sessions: Mutex::new(HashMap::new()),
+                secret: rand::random(),
             }),
         }
     }
@@ -270,6 +277,45 @@ impl MemoryState {
         lifted
     }
 
+    /// The key that signs CSRF tokens (random per process).
+    pub fn secret(&self) -> [u8; 32] {
+        self.inner.secret
+    }
+
+    /// Stores a new session under `key`, idle for at most `idle`.
+    pub fn session_create(&self, key: &str, session: &Session, idle: Duration) {
+        let deadline = self.inner.now().saturating_add(nanos(idle));
+        lock(&self.inner.sessions).insert(key.to_owned(), (session.clone(), deadline));
+    }
+
+    /// The session under `key`, if it has not been idle too long; its idle deadline moves to
+    /// `idle` from now.
+    pub fn session_touch(&self, key: &str, idle: Duration) -> Option<Session> {
+        let now = self.inner.now();
+        let mut sessions = lock(&self.inner.sessions);
+        match sessions.get_mut(key) {
+            Some((session, deadline)) if *deadline > now => {
+                *deadline = now.saturating_add(nanos(idle));
+                Some(session.clone())
+            }
+            Some(_) => {
+                sessions.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends the session under `key`; whether there was one.
+    pub fn session_delete(&self, key: &str) -> bool {
+        lock(&self.inner.sessions).remove(key).is_some()
+    }
+
+    /// Live sessions (for tests and metrics).
+    pub fn session_count(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+
     /// The bans that ran out (found by [`MemoryState::sweep`]) since the last call.
     pub fn take_ended_bans(&self) -> Vec<BanSubject> {
         std::mem::take(&mut *lock(&self.inner.ended))
@@ -302,6 +348,12 @@ impl MemoryState {
             failures.by_addr.retain(|_, d| live(d));
             failures.by_user.retain(|_, d| live(d));
             removed += before - (failures.by_addr.len() + failures.by_user.len());
+        }
+        {
+            let mut sessions = lock(&self.inner.sessions);
+            let before = sessions.len();
+            sessions.retain(|_, (_, deadline)| *deadline > now);
+            removed += before - sessions.len();
         }
         if self.inner.ban_entries.load(Ordering::SeqCst) > 0 {
             let mut bans = write(&self.inner.bans);

@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod session;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -305,6 +306,53 @@ impl StateStore {
         match self {
             StateStore::Memory(m) => Ok(m.clear_bans(who)),
             StateStore::Redis(r) => r.clear_bans(who).await,
+        }
+    }
+
+    /// The key that signs CSRF tokens: per process in memory, shared through Redis.
+    pub fn secret(&self) -> [u8; 32] {
+        match self {
+            StateStore::Memory(m) => m.secret(),
+            StateStore::Redis(r) => r.secret(),
+        }
+    }
+
+    /// Stores a new sign-in session under `key` ([`session::key_of`] of its id).
+    pub async fn session_create(
+        &self,
+        key: &str,
+        session: &session::Session,
+        idle: Duration,
+    ) -> Result<(), Unavailable> {
+        match self {
+            StateStore::Memory(m) => {
+                m.session_create(key, session, idle);
+                Ok(())
+            }
+            StateStore::Redis(r) => r.session_create(key, session, idle).await,
+        }
+    }
+
+    /// The live session under `key`, its idle deadline renewed.
+    pub async fn session_touch(
+        &self,
+        key: &str,
+        idle: Duration,
+    ) -> Result<Option<session::Session>, Unavailable> {
+        match self {
+            StateStore::Memory(m) => Ok(m.session_touch(key, idle)),
+            StateStore::Redis(r) => r.session_touch(key, idle).await,
+        }
+    }
+
+    /// Ends the session under `key`.
+    pub async fn session_delete(&self, key: &str) -> Result<(), Unavailable> {
+        match self {
+            StateStore::Memory(m) => {
+                m.session_delete(key);
+                Ok(())
+            }
+            StateStore::Redis(r) => r.session_delete(key).await,
         }
     }
 }

@@ -58,6 +58,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use super::memory::MemoryState;
+use super::session::Session;
 use super::{
     Admission, Ban, BanSubject, InFlightGuard, LimitRefusal, Limits, Regulation, Unavailable,
 };
@@ -147,6 +148,8 @@ struct Inner {
     /// Round trips sent to Redis, and those that got no answer (timeout, connection, error).
     round_trips: AtomicU64,
     errors: AtomicU64,
+    /// The CSRF signing key every instance shares (kept in Redis, created by the first).
+    secret: [u8; 32],
 }
 
 struct Scripts {
@@ -205,7 +208,8 @@ impl RedisState {
         let client = Client::open(options.url.as_str())
             .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
         let endpoint = client.get_connection_info().addr().to_string();
-        let conn = open_connection(&client, &endpoint).await?;
+        let mut conn = open_connection(&client, &endpoint).await?;
+        let secret = shared_secret(&mut conn, &options.key_prefix, &endpoint).await?;
         let timeout = options.timeout.max(Duration::from_millis(1));
         let lease = options.lease.max(Duration::from_millis(30));
         let inner = Arc::new(Inner {
@@ -234,6 +238,7 @@ impl RedisState {
             },
             round_trips: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            secret,
         });
         let renewal = tokio::spawn(renew_leases(Arc::downgrade(&inner), lease / 3)).abort_handle();
         tracing::info!(endpoint = %inner.endpoint, "state shared through Redis");
@@ -461,6 +466,117 @@ impl RedisState {
         inner.fallback.clear_bans(who);
         Ok(lifted)
     }
+}
+
+impl RedisState {
+    /// The CSRF signing key shared by every instance on this Redis.
+    pub fn secret(&self) -> [u8; 32] {
+        self.inner.secret
+    }
+
+    /// Stores a new session under `key`, idle for at most `idle`. While Redis is down with
+    /// `fail_open`, the session lives in this instance only.
+    pub async fn session_create(
+        &self,
+        key: &str,
+        session: &Session,
+        idle: Duration,
+    ) -> Result<(), Unavailable> {
+        let inner = &self.inner;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(inner.keys.session(key))
+            .arg(session.encode())
+            .arg("PX")
+            .arg(millis(idle).max(1));
+        let mut conn = inner.connection();
+        match inner.call(cmd.query_async::<()>(&mut conn)).await {
+            Ok(()) => Ok(()),
+            Err(e) if inner.degraded(&e.message) => {
+                inner.fallback.session_create(key, session, idle);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The session under `key`, its idle deadline pushed to `idle` from now: one round trip
+    /// (`GETEX`).
+    pub async fn session_touch(
+        &self,
+        key: &str,
+        idle: Duration,
+    ) -> Result<Option<Session>, Unavailable> {
+        let inner = &self.inner;
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(inner.keys.session(key))
+            .arg("PX")
+            .arg(millis(idle).max(1));
+        let mut conn = inner.connection();
+        match inner
+            .call(cmd.query_async::<Option<String>>(&mut conn))
+            .await
+        {
+            Ok(found) => Ok(found.as_deref().and_then(Session::decode)),
+            Err(e) if inner.degraded(&e.message) => Ok(inner.fallback.session_touch(key, idle)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends the session under `key` (here and in the local fallback).
+    pub async fn session_delete(&self, key: &str) -> Result<(), Unavailable> {
+        let inner = &self.inner;
+        inner.fallback.session_delete(key);
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(inner.keys.session(key));
+        let mut conn = inner.connection();
+        inner.call(cmd.query_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+/// The CSRF signing key stored in Redis: the first instance creates it (`SET NX`), every
+/// instance reads the same one, so a form served by one instance is accepted by another.
+async fn shared_secret(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    endpoint: &str,
+) -> Result<[u8; 32], String> {
+    let key = format!("{prefix}csrf-secret");
+    let fresh: [u8; 32] = rand::random();
+    let fresh_hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+    let reading = async {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&fresh_hex)
+            .arg("NX")
+            .query_async::<Option<String>>(conn)
+            .await?;
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async::<String>(conn)
+            .await
+    };
+    let stored = tokio::time::timeout(CONNECT_TIMEOUT, reading)
+        .await
+        .map_err(|_| {
+            format!(
+                "Redis at {endpoint} did not answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("Redis at {endpoint}: reading the shared CSRF key: {e}"))?;
+    let mut secret = [0u8; 32];
+    if stored.len() != 64 {
+        return Err(format!(
+            "Redis at {endpoint}: {key} is not a 64-digit hex key; delete it and restart"
+        ));
+    }
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&stored[2 * i..2 * i + 2], 16).map_err(|_| {
+            format!("Redis at {endpoint}: {key} is not a 64-digit hex key; delete it and restart")
+        })?;
+    }
+    Ok(secret)
 }
 
 impl Drop for RedisState {
@@ -828,6 +944,10 @@ struct Keys {
 }
 
 impl Keys {
+    fn session(&self, key: &str) -> String {
+        format!("{}session:{key}", self.prefix)
+    }
+
     fn rate(&self, ip: IpAddr) -> String {
         format!("{}rate:{ip}", self.prefix)
     }

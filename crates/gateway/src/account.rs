@@ -1,0 +1,353 @@
+//! Account pages of the portal for sites whose users live in SQLite: choosing a password from
+//! an invitation or reset link (`{prefix}/password?token=…`) and asking for a reset link by
+//! email (`{prefix}/forgot`).
+//!
+//! A link works once: spending the token and storing the new hash is one SQLite transaction,
+//! so two tabs submitting the same link cannot both succeed and a full disk changes nothing.
+//! "Forgot password" answers the same words whether or not an account has the address, and
+//! sends the mail in the background so the answer takes the same time either way. Links are
+//! built from `portal.public_url`, never from the request's `Host` (which a client chooses).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::StatusCode;
+use http::header::SET_COOKIE;
+use hyper::body::Incoming;
+use policy::Reason;
+use store::sqlite::{TokenKind, UserDb};
+
+use crate::Gateway;
+use crate::portal::{Outcome, Visit, html, query_param, read_form, same_origin, see_other};
+
+/// A password form to show again, with what went wrong.
+struct PasswordForm<'a> {
+    token: &'a str,
+    user: &'a str,
+    error: Option<&'a str>,
+    status: StatusCode,
+}
+
+/// Runs a user-database operation on the blocking pool.
+async fn with_db<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce(&mut UserDb) -> Result<T, store::sqlite::DbError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || {
+        let mut db = UserDb::open(&path).map_err(|e| e.to_string())?;
+        f(&mut db).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+impl Gateway {
+    /// A message page (expired link, store failure…).
+    fn account_message(
+        &self,
+        visit: &Visit<'_>,
+        status: StatusCode,
+        title: &str,
+        error: Option<&str>,
+        notice: Option<&str>,
+    ) -> Outcome {
+        let mut ctx = self.portal_context(visit, "message", title);
+        ctx.error = error;
+        ctx.notice = notice;
+        Outcome {
+            response: html(status, self.pages.render_portal(&ctx)),
+            reason: (status.as_u16() >= 400).then_some(Reason::BadRequest),
+            user: None,
+        }
+    }
+
+    fn dead_link(&self, visit: &Visit<'_>) -> Outcome {
+        let error = if self.can_reset() {
+            "This link has expired or was already used. Links work once, for a limited time. Ask for a new one with \"Forgot your password?\" on the sign-in page, or ask the administrator."
+        } else {
+            "This link has expired or was already used. Links work once, for a limited time. Ask the administrator for a new one."
+        };
+        self.account_message(
+            visit,
+            StatusCode::GONE,
+            "This link no longer works",
+            Some(error),
+            None,
+        )
+    }
+
+    fn password_form(&self, visit: &Visit<'_>, form: PasswordForm<'_>) -> Outcome {
+        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
+        let mut ctx = self.portal_context(visit, "password", "Choose your password");
+        ctx.action = &self.paths.password;
+        ctx.token = form.token;
+        ctx.user = form.user;
+        ctx.csrf = &csrf;
+        ctx.error = form.error;
+        let mut r = html(form.status, self.pages.render_portal(&ctx));
+        r.headers_mut().insert(
+            http::header::REFERRER_POLICY,
+            http::HeaderValue::from_static("no-referrer"),
+        );
+        if let Some(c) = set_csrf {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        Outcome {
+            response: r,
+            reason: form.error.map(|_| Reason::BadRequest),
+            user: Some(form.user.to_owned()),
+        }
+    }
+
+    /// `GET {prefix}/password?token=…`.
+    pub(crate) async fn password_page(&self, visit: &Visit<'_>) -> Outcome {
+        let Some(db) = self.user_db().map(PathBuf::from) else {
+            return self.dead_link(visit);
+        };
+        let token = query_param(visit.query, "token").unwrap_or_default();
+        let lookup = token.clone();
+        match with_db(db, move |db| db.token_user(&lookup)).await {
+            Ok(Some((user, _))) => self.password_form(
+                visit,
+                PasswordForm {
+                    token: &token,
+                    user: &user,
+                    error: None,
+                    status: StatusCode::OK,
+                },
+            ),
+            Ok(None) => self.dead_link(visit),
+            Err(e) => {
+                tracing::error!(error = %e, "user database unavailable");
+                self.account_message(
+                    visit,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Please try again later",
+                    Some("The user database cannot be read right now. Your link still works; try again in a few minutes."),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// `POST {prefix}/password`: checks the form, the link and the password, then stores it.
+    pub(crate) async fn password_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+        let form = match read_form(body).await {
+            Ok(f) => f,
+            Err(e) => return self.form_problem(visit, e),
+        };
+        let Some(db) = self.user_db().map(PathBuf::from) else {
+            return self.dead_link(visit);
+        };
+        let token = form.get("token").unwrap_or("").to_owned();
+        let lookup = token.clone();
+        let user = match with_db(db.clone(), move |db| db.token_user(&lookup)).await {
+            Ok(Some((user, _))) => user,
+            Ok(None) => return self.dead_link(visit),
+            Err(e) => {
+                tracing::error!(error = %e, "user database unavailable");
+                return self.account_message(
+                    visit,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Please try again later",
+                    Some("The user database cannot be read right now. Nothing was changed, and your link still works."),
+                    None,
+                );
+            }
+        };
+        let again = |error: &str, status: StatusCode| {
+            self.password_form(
+                visit,
+                PasswordForm {
+                    token: &token,
+                    user: &user,
+                    error: Some(error),
+                    status,
+                },
+            )
+        };
+        if !same_origin(visit.headers, visit.host.as_deref(), visit.cookies.secure)
+            || !self
+                .csrf()
+                .check(&visit.cookies, visit.headers, form.get("csrf"))
+        {
+            return again(
+                "The form had expired or came from another site, so nothing was changed. Enter the password again.",
+                StatusCode::BAD_REQUEST,
+            );
+        }
+        let password = form.get("password").unwrap_or("");
+        if password != form.get("confirm").unwrap_or("") {
+            return again(
+                "The two passwords are not the same. Enter them again.",
+                StatusCode::BAD_REQUEST,
+            );
+        }
+        if let Some(why) = store::passwords::weakness(password, &user) {
+            return again(&why, StatusCode::BAD_REQUEST);
+        }
+        let password = password.to_owned();
+        let redeemed = with_db(db, move |db| {
+            let hash = store::hash_argon2id(password.as_bytes());
+            db.redeem_token(&token, &hash)
+        })
+        .await;
+        match redeemed {
+            Ok(Some(user)) => {
+                // The verifier would notice within a second; the person may be faster.
+                let verifier = self.verifier.clone();
+                let _ = tokio::task::spawn_blocking(move || verifier.reload_now()).await;
+                self.audit.record(
+                    "password_set",
+                    serde_json::json!({"user": user, "client": visit.client_ip.to_string()}),
+                );
+                let mut r = see_other(&self.paths.login_url("/", Some("password_set=1")));
+                // The pre-session used for this form is spent with it.
+                r.headers_mut().insert(
+                    http::header::REFERRER_POLICY,
+                    http::HeaderValue::from_static("no-referrer"),
+                );
+                Outcome {
+                    response: r,
+                    reason: None,
+                    user: Some(user),
+                }
+            }
+            Ok(None) => self.dead_link(visit),
+            Err(e) => {
+                tracing::error!(error = %e, "could not store a new password");
+                self.account_message(
+                    visit,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The password could not be saved",
+                    Some("The user database could not save it (the disk may be full). Nothing was changed, and your link still works: try again later."),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// `GET {prefix}/forgot`.
+    pub(crate) fn forgot_page(&self, visit: &Visit<'_>, error: Option<&str>) -> Outcome {
+        if !self.can_reset() {
+            return self.account_message(
+                visit,
+                StatusCode::NOT_FOUND,
+                "Password reset by email is not available",
+                Some("This site cannot send reset links by email. Ask the administrator to reset your password."),
+                None,
+            );
+        }
+        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
+        let mut ctx = self.portal_context(visit, "forgot", "Forgot your password?");
+        ctx.action = &self.paths.forgot;
+        ctx.csrf = &csrf;
+        ctx.error = error;
+        let status = if error.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        let mut r = html(status, self.pages.render_portal(&ctx));
+        if let Some(c) = set_csrf {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        Outcome {
+            response: r,
+            reason: error.map(|_| Reason::BadRequest),
+            user: None,
+        }
+    }
+
+    /// `POST {prefix}/forgot`: the same answer for every address; a link is mailed when the
+    /// address belongs to an enabled account.
+    pub(crate) async fn forgot_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+        let form = match read_form(body).await {
+            Ok(f) => f,
+            Err(e) => return self.form_problem(visit, e),
+        };
+        if !self.can_reset() {
+            return self.forgot_page(visit, None);
+        }
+        if !same_origin(visit.headers, visit.host.as_deref(), visit.cookies.secure)
+            || !self
+                .csrf()
+                .check(&visit.cookies, visit.headers, form.get("csrf"))
+        {
+            return self.forgot_page(
+                visit,
+                Some("The form had expired or came from another site. Enter your address again."),
+            );
+        }
+        let email = form.get("email").unwrap_or("").trim().to_owned();
+        if email.is_empty() || email.len() > 254 || !email.contains('@') {
+            return self.forgot_page(visit, Some("Enter the email address of your account."));
+        }
+        if let (Some(db), Some(mailer), Some(base)) = (
+            self.user_db().map(PathBuf::from),
+            self.mailer.clone(),
+            self.config.portal.public_url.clone(),
+        ) {
+            let ttl = self.config.portal.reset_ttl;
+            let realm = self.policy.auth.realm.clone();
+            let password_path = self.paths.password.clone();
+            let audit = self.audit.clone();
+            let client = visit.client_ip.to_string();
+            // In the background: the answer must not take longer when the account exists.
+            tokio::spawn(async move {
+                let address = email.clone();
+                let issued = with_db(db, move |db| {
+                    let Some(user) = db.user_by_email(&address)? else {
+                        return Ok(None);
+                    };
+                    let token = db.issue_token(&user, TokenKind::Reset, ttl)?;
+                    // To the address on record, not as typed.
+                    let to = db.email_of(&user)?.unwrap_or(address);
+                    Ok(Some((user, token, to)))
+                })
+                .await;
+                match issued {
+                    Ok(Some((user, token, to))) => {
+                        let link = format!("{base}{password_path}?token={token}");
+                        let letter =
+                            crate::mail::link_letter(&to, &user, &realm, &link, false, ttl);
+                        match mailer.send(letter).await {
+                            Ok(()) => audit.record(
+                                "reset_requested",
+                                serde_json::json!({"user": user, "client": client, "mailed": true}),
+                            ),
+                            Err(e) => {
+                                tracing::error!(error = %e, user, "could not mail a reset link")
+                            }
+                        }
+                    }
+                    Ok(None) => audit.record(
+                        "reset_requested",
+                        serde_json::json!({"user": null, "client": client, "mailed": false}),
+                    ),
+                    Err(e) => tracing::error!(error = %e, "reset link not issued"),
+                }
+            });
+        }
+        let valid = humantime::format_duration(self.config.portal.reset_ttl).to_string();
+        let notice = format!(
+            "If an account has that address, a link to choose a new password is on its way. It works once, for {valid}. Check your spam folder if it does not arrive within a few minutes."
+        );
+        self.account_message(
+            visit,
+            StatusCode::OK,
+            "Check your email",
+            None,
+            Some(&notice),
+        )
+    }
+}
+
+/// Builds the mailer for `[mail]`, if configured.
+pub fn mailer_for(config: &config::Config) -> Result<Option<Arc<crate::mail::Mailer>>, String> {
+    config
+        .mail
+        .as_ref()
+        .map(|m| crate::mail::Mailer::new(m).map(Arc::new))
+        .transpose()
+}

@@ -1,0 +1,1078 @@
+//! The sign-in portal of the `form` scheme: sign-in and sign-out pages, sessions in the state
+//! backend, CSRF protection, and the redirects that bring a browser to the sign-in page and back.
+//!
+//! Loops are impossible by construction: the sign-in page never redirects (a signed-in visitor
+//! sees "signed in as X" with a link onward), a stale session cookie is cleared by the very
+//! response that reports it, and a signed-in user refused by a rule gets a 403 page with a
+//! "sign in as someone else" button instead of a trip back to the sign-in page.
+//!
+//! CSRF: every form carries a token that is an HMAC of a random *pre-session* id kept in its own
+//! cookie (signed double submit, keyed by a secret every instance shares through the state
+//! backend), and a POST whose `Origin` names another site is refused. A token that does not
+//! match re-renders the form with a fresh one and a message; it never traps the person.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use policy::{Identity, Reason, Refusal};
+use sha2::Sha256;
+use store::state::session::{self, Session};
+
+use crate::body::{self, Body};
+use crate::pages::PortalContext;
+use crate::{Abort, ConnInfo, Gateway, RequestView, Seen, request_id};
+
+/// Largest form body accepted (a sign-in form is a few hundred bytes).
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+/// Shortest password the password page accepts.
+pub const MIN_PASSWORD_LENGTH: usize = 10;
+
+/// Cookie names: `__Host-` names over HTTPS (bound to this host, Secure, Path=/), plain names
+/// over HTTP, where browsers refuse `__Host-` cookies.
+const SESSION_SECURE: &str = "__Host-portcullis";
+const SESSION_PLAIN: &str = "portcullis_session";
+const CSRF_SECURE: &str = "__Host-portcullis-csrf";
+const CSRF_PLAIN: &str = "portcullis_csrf";
+
+/// The portal's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `GET|POST {prefix}/login`.
+    Login,
+    /// `GET|POST {prefix}/logout`.
+    Logout,
+    /// `GET|POST {prefix}/password?token=…`.
+    Password,
+    /// `GET|POST {prefix}/forgot`.
+    Forgot,
+}
+
+impl Page {
+    /// The page for a path below the prefix.
+    pub fn from_rest(rest: &str) -> Option<Page> {
+        Some(match rest {
+            "/login" => Page::Login,
+            "/logout" => Page::Logout,
+            "/password" => Page::Password,
+            "/forgot" => Page::Forgot,
+            _ => return None,
+        })
+    }
+}
+
+/// The portal's URLs under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `{prefix}` itself.
+    pub prefix: String,
+    /// `{prefix}/login`.
+    pub login: String,
+    /// `{prefix}/logout`.
+    pub logout: String,
+    /// `{prefix}/password`.
+    pub password: String,
+    /// `{prefix}/forgot`.
+    pub forgot: String,
+    /// `{prefix}/auth`.
+    pub auth: String,
+    /// `{prefix}/problems/`.
+    pub problems: String,
+}
+
+impl Paths {
+    /// The URLs under `prefix` (`/.portcullis`).
+    pub fn new(prefix: &str) -> Paths {
+        Paths {
+            prefix: prefix.to_owned(),
+            login: format!("{prefix}/login"),
+            logout: format!("{prefix}/logout"),
+            password: format!("{prefix}/password"),
+            forgot: format!("{prefix}/forgot"),
+            auth: format!("{prefix}/auth"),
+            problems: format!("{prefix}/problems/"),
+        }
+    }
+
+    /// The sign-in page returning to `rd`, optionally saying why the person is there.
+    pub fn login_url(&self, rd: &str, note: Option<&str>) -> String {
+        let mut url = format!("{}?rd={}", self.login, encode(rd));
+        if let Some(note) = note {
+            url.push('&');
+            url.push_str(note);
+        }
+        url
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// The return target to use for `rd`: a path on this site, or `/`.
+///
+/// Refused (→ `/`): absolute and scheme-relative URLs, backslashes (browsers read `/\evil` as
+/// `//evil`), any of those hidden behind percent-encoding, control characters, and the portal's
+/// own pages (returning to the sign-in page after signing in would be a loop).
+pub fn safe_return(rd: &str, paths: &Paths) -> String {
+    let fallback = || "/".to_owned();
+    if !rd.starts_with('/') || rd.len() > 2048 {
+        return fallback();
+    }
+    // Decode repeatedly: "%252F" becomes "%2F" becomes "/" in some chain of proxies.
+    let mut decoded = rd.to_owned();
+    for _ in 0..3 {
+        let next = policy::percent_decode(&decoded).into_owned();
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let bad = |s: &str| {
+        s.starts_with("//")
+            || s.contains('\\')
+            || s.chars().any(|c| c.is_control())
+            || !s.starts_with('/')
+    };
+    if bad(rd) || bad(&decoded) {
+        return fallback();
+    }
+    let path = decoded.split(['?', '#']).next().unwrap_or("/");
+    let normalized = format!("/{}", policy::normalize_path(path).segments().join("/"));
+    if normalized == paths.prefix || normalized.starts_with(&format!("{}/", paths.prefix)) {
+        return fallback();
+    }
+    rd.to_owned()
+}
+
+/// The value of cookie `name` in the request (the first one, if repeated).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure over HTTPS.
+fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
+}
+
+/// What a request carries and needs, cookie-wise.
+pub struct Cookies {
+    /// Whether the site is reached over HTTPS (directly, or as a trusted proxy says).
+    pub secure: bool,
+}
+
+impl Cookies {
+    fn session_name(&self) -> &'static str {
+        if self.secure {
+            SESSION_SECURE
+        } else {
+            SESSION_PLAIN
+        }
+    }
+
+    fn csrf_name(&self) -> &'static str {
+        if self.secure { CSRF_SECURE } else { CSRF_PLAIN }
+    }
+
+    /// The session id the request carries (either name: a site moved to HTTPS keeps working).
+    pub fn session_id<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        cookie(headers, self.session_name())
+            .or_else(|| cookie(headers, SESSION_SECURE))
+            .or_else(|| cookie(headers, SESSION_PLAIN))
+    }
+
+    /// Sets the session cookie.
+    pub fn set_session(&self, id: &str, max_age: u64) -> HeaderValue {
+        set_cookie(self.session_name(), id, self.secure, Some(max_age))
+    }
+
+    /// Clears the session cookie(s) the request carries.
+    pub fn clear_session(&self, headers: &HeaderMap) -> Vec<HeaderValue> {
+        let mut out = vec![set_cookie(self.session_name(), "", self.secure, Some(0))];
+        for name in [SESSION_SECURE, SESSION_PLAIN] {
+            if name != self.session_name() && cookie(headers, name).is_some() {
+                out.push(set_cookie(name, "", name == SESSION_SECURE, Some(0)));
+            }
+        }
+        out
+    }
+
+    /// The pre-session id the request carries, if well-formed.
+    fn pre_session<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        cookie(headers, self.csrf_name()).filter(|id| session::well_formed(id))
+    }
+}
+
+/// Signed double-submit CSRF tokens.
+pub struct Csrf {
+    secret: [u8; 32],
+}
+
+impl Csrf {
+    /// Tokens keyed by `secret` (the state store's).
+    pub fn new(secret: [u8; 32]) -> Csrf {
+        Csrf { secret }
+    }
+
+    /// The token for pre-session `id`.
+    pub fn token(&self, id: &str) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
+        mac.update(b"portcullis-csrf\0");
+        mac.update(id.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `token` belongs to pre-session `id` (constant time).
+    pub fn verify(&self, id: &str, token: &str) -> bool {
+        let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) else {
+            return false;
+        };
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
+        mac.update(b"portcullis-csrf\0");
+        mac.update(id.as_bytes());
+        mac.verify_slice(&raw).is_ok()
+    }
+
+    /// The request's pre-session and its token, or a new pre-session (and the cookie to set).
+    pub fn for_request(
+        &self,
+        cookies: &Cookies,
+        headers: &HeaderMap,
+    ) -> (String, Option<HeaderValue>) {
+        match cookies.pre_session(headers) {
+            Some(id) => (self.token(id), None),
+            None => {
+                let id = session::new_id();
+                let cookie = set_cookie(cookies.csrf_name(), &id, cookies.secure, None);
+                (self.token(&id), Some(cookie))
+            }
+        }
+    }
+
+    /// Whether a POST's token matches the pre-session cookie it came with.
+    pub fn check(&self, cookies: &Cookies, headers: &HeaderMap, token: Option<&str>) -> bool {
+        match (cookies.pre_session(headers), token) {
+            (Some(id), Some(token)) => self.verify(id, token),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a POST's `Origin` (when sent) is this site: `scheme://host[:port]` as the request
+/// reached it. Browsers send `Origin` on every cross-site POST, so a mismatch is a forgery; its
+/// absence (old clients) leaves the decision to the CSRF token.
+pub fn same_origin(headers: &HeaderMap, host: Option<&str>, secure: bool) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some(host) = host else { return false };
+    let scheme = if secure { "https" } else { "http" };
+    let strip = |h: &str| -> String {
+        let h = h.to_ascii_lowercase();
+        let default = if secure { ":443" } else { ":80" };
+        h.strip_suffix(default).map_or(h.clone(), str::to_owned)
+    };
+    match origin.split_once("://") {
+        Some((s, h)) => s.eq_ignore_ascii_case(scheme) && strip(h) == strip(host),
+        None => false,
+    }
+}
+
+/// The fields of an `application/x-www-form-urlencoded` body.
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a form body could not be read.
+pub enum FormError {
+    /// Larger than [`MAX_FORM_BYTES`].
+    TooLarge,
+    /// The connection failed mid-body.
+    Broken,
+}
+
+/// Reads a form body of at most [`MAX_FORM_BYTES`].
+pub async fn read_form(body: Incoming) -> Result<Form, FormError> {
+    match Limited::new(body, MAX_FORM_BYTES).collect().await {
+        Ok(collected) => {
+            let bytes: Bytes = collected.to_bytes();
+            Ok(Form(
+                form_urlencoded::parse(&bytes)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+            ))
+        }
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(FormError::TooLarge)
+        }
+        Err(_) => Err(FormError::Broken),
+    }
+}
+
+/// The query parameter `name` of `query`.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// What checking the session cookie of a request found.
+pub enum SessionCheck {
+    /// No session cookie.
+    Absent,
+    /// A live session of a current user.
+    Valid(Identity),
+    /// A cookie that names no live session (expired, signed out, tampered, user removed).
+    Ended(&'static str),
+    /// The state backend did not answer.
+    Unavailable(String),
+}
+
+/// A portal response with what the access log and metrics need.
+pub struct Outcome {
+    /// The response.
+    pub response: Response<Body>,
+    /// The reason of a refusal it carries (a failed sign-in is 401.1).
+    pub reason: Option<Reason>,
+    /// The user name the request was about.
+    pub user: Option<String>,
+}
+
+impl Outcome {
+    fn plain(response: Response<Body>) -> Outcome {
+        Outcome {
+            response,
+            reason: None,
+            user: None,
+        }
+    }
+}
+
+/// A 303 to `location`.
+pub fn see_other(location: &str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// An HTML response.
+pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut r = Response::new(body::full(page));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        http::header::HeaderName::from_static("x-frame-options"),
+        HeaderValue::from_static("DENY"),
+    );
+    r.headers_mut().insert(
+        http::header::HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    r
+}
+
+/// The request's host as the browser addressed it (`X-Forwarded-Host` from a trusted proxy).
+pub fn request_host(headers: &HeaderMap, uri: &http::Uri, trusted: bool) -> Option<String> {
+    if trusted
+        && let Some(h) = headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok())
+    {
+        return Some(h.split(',').next().unwrap_or(h).trim().to_owned());
+    }
+    headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+}
+
+/// Facts about one portal request.
+pub(crate) struct Visit<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) cookies: Cookies,
+    pub(crate) host: Option<String>,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) request_id: &'a str,
+    pub(crate) query: Option<&'a str>,
+}
+
+impl Gateway {
+    /// Serves a portal page: phases 2–4 (client address, IP rules, limits) first, as for any
+    /// request, then the page.
+    pub(crate) async fn portal(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        page: Page,
+    ) -> Result<Response<Body>, Abort> {
+        let started = Instant::now();
+        let request_id = request_id::for_request(req.headers());
+        let (parts, body) = req.into_parts();
+        let view = RequestView {
+            tls: conn.tls,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            // A password link's token must not reach the access log.
+            path_and_query: if page == Page::Password {
+                parts.uri.path()
+            } else {
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            },
+            headers: &parts.headers,
+        };
+        let mut record = self.new_record(&view, &conn, &request_id, started);
+        let mut seen = Seen::new(policy::canonical(conn.peer.ip()));
+        let admitted = match self.admit(&view, &mut seen, &request_id, &mut record).await {
+            Ok(a) => a,
+            Err(refusal) => return self.refuse(&refusal, &view, &seen, &request_id, record, &[]),
+        };
+        let visit = Visit {
+            headers: &parts.headers,
+            cookies: Cookies {
+                secure: seen.secure,
+            },
+            host: request_host(&parts.headers, &parts.uri, admitted.forwarded_by_proxy),
+            client_ip: seen.client_ip,
+            request_id: &request_id,
+            query: parts.uri.query(),
+        };
+        let outcome = match (page, &parts.method) {
+            (Page::Login, &Method::GET | &Method::HEAD) => self.login_page(&visit).await,
+            (Page::Login, &Method::POST) => self.login_post(&visit, body).await,
+            (Page::Logout, &Method::GET | &Method::HEAD) => self.logout_page(&visit, None).await,
+            (Page::Logout, &Method::POST) => self.logout_post(&visit, body).await,
+            (Page::Password, &Method::GET | &Method::HEAD) => self.password_page(&visit).await,
+            (Page::Password, &Method::POST) => self.password_post(&visit, body).await,
+            (Page::Forgot, &Method::GET | &Method::HEAD) => self.forgot_page(&visit, None),
+            (Page::Forgot, &Method::POST) => self.forgot_post(&visit, body).await,
+            _ => {
+                let mut r = Response::new(body::full("405 Method Not Allowed\n"));
+                *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                r.headers_mut().insert(
+                    http::header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST"),
+                );
+                Outcome::plain(r)
+            }
+        };
+        let Outcome {
+            mut response,
+            reason,
+            user,
+        } = outcome;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(request_id::X_REQUEST_ID, v);
+        }
+        if let Some(r) = record.as_mut() {
+            r.username = user.or(r.username.take());
+            if let Some(reason) = reason {
+                r.substatus = reason.substatus();
+                r.reason = Some(reason);
+            }
+        }
+        self.metrics.request(response.status().as_u16(), reason);
+        let response = self.logged(response, record);
+        Ok(match admitted.guard {
+            Some(guard) => response.map(|b| {
+                crate::body::LoggedBody::new(b, None)
+                    .holding(Some(guard))
+                    .boxed()
+            }),
+            None => response,
+        })
+    }
+
+    /// The session the request's cookie names, if it is live and its user still exists.
+    pub(crate) async fn check_session(&self, headers: &HeaderMap) -> SessionCheck {
+        let cookies = Cookies { secure: false };
+        let Some(id) = cookies.session_id(headers) else {
+            return SessionCheck::Absent;
+        };
+        if !session::well_formed(id) {
+            return SessionCheck::Ended("the session cookie is not one Portcullis issued");
+        }
+        let key = session::key_of(id);
+        let found = self
+            .state
+            .session_touch(&key, self.config.portal.idle_timeout)
+            .await;
+        self.metrics.state_call(&self.state, found.is_ok());
+        let session = match found {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return SessionCheck::Ended(
+                    "the session cookie names no live session (idle too long, signed out, or unknown)",
+                );
+            }
+            Err(e) => return SessionCheck::Unavailable(e.to_string()),
+        };
+        if session::unix_now().saturating_sub(session.created)
+            >= self.config.portal.max_age.as_secs()
+        {
+            let _ = self.state.session_delete(&key).await;
+            return SessionCheck::Ended("the session reached portal.max_age");
+        }
+        if !self.verifier.has_user(&session.user).await {
+            let _ = self.state.session_delete(&key).await;
+            return SessionCheck::Ended("the session's user was removed or disabled");
+        }
+        let mut identity = Identity::user(&session.user);
+        identity.groups = self.groups_of(&session.user);
+        SessionCheck::Valid(identity)
+    }
+
+    pub(crate) fn portal_context<'a>(
+        &'a self,
+        visit: &'a Visit<'a>,
+        view: &'a str,
+        title: &'a str,
+    ) -> PortalContext<'a> {
+        PortalContext {
+            view,
+            title,
+            realm: &self.policy.auth.realm,
+            action: &self.paths.login,
+            logout_action: &self.paths.logout,
+            login_url: &self.paths.login,
+            forgot_url: self.can_reset().then_some(self.paths.forgot.as_str()),
+            min_length: MIN_PASSWORD_LENGTH,
+            request_id: visit.request_id,
+            ..PortalContext::default()
+        }
+    }
+
+    /// Whether the site can mail password-reset links ("forgot password").
+    pub(crate) fn can_reset(&self) -> bool {
+        self.mailer.is_some() && self.user_db().is_some() && self.config.portal.public_url.is_some()
+    }
+
+    /// `GET {prefix}/login`: the form; "signed in as X" when the session is live; a stale
+    /// session cookie is cleared here too.
+    async fn login_page(&self, visit: &Visit<'_>) -> Outcome {
+        let rd = safe_return(
+            &query_param(visit.query, "rd").unwrap_or_else(|| "/".to_owned()),
+            &self.paths,
+        );
+        let mut clear = Vec::new();
+        let mut notice = match () {
+            () if query_param(visit.query, "password_set").is_some() => {
+                Some("Your password is set. Sign in with it now.")
+            }
+            () if query_param(visit.query, "ended").is_some() => Some(
+                "Your session ended, so please sign in again. (The old session cookie has been removed.)",
+            ),
+            () if query_param(visit.query, "signed_out").is_some() => Some("You are signed out."),
+            () => None,
+        };
+        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
+        match self.check_session(visit.headers).await {
+            SessionCheck::Valid(identity) => {
+                let user = identity.user.unwrap_or_default();
+                let mut ctx = self.portal_context(visit, "signed_in", "You are signed in");
+                ctx.user = &user;
+                ctx.rd = &rd;
+                ctx.csrf = &csrf;
+                let mut r = html(StatusCode::OK, self.pages.render_portal(&ctx));
+                if let Some(c) = set_csrf {
+                    r.headers_mut().append(SET_COOKIE, c);
+                }
+                return Outcome {
+                    response: r,
+                    reason: None,
+                    user: Some(user.clone()),
+                };
+            }
+            SessionCheck::Ended(_) => {
+                clear = visit.cookies.clear_session(visit.headers);
+                notice = notice.or(Some(
+                    "Your session ended, so please sign in again. (The old session cookie has been removed.)",
+                ));
+            }
+            SessionCheck::Absent | SessionCheck::Unavailable(_) => {}
+        }
+        let mut ctx = self.portal_context(visit, "login", "Sign in");
+        ctx.notice = notice;
+        ctx.rd = &rd;
+        ctx.csrf = &csrf;
+        let mut r = html(StatusCode::OK, self.pages.render_portal(&ctx));
+        for c in clear.into_iter().chain(set_csrf) {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        Outcome::plain(r)
+    }
+
+    /// Re-renders the sign-in form with an error (and a fresh CSRF token if needed).
+    #[allow(clippy::too_many_arguments)]
+    fn login_again(
+        &self,
+        visit: &Visit<'_>,
+        status: StatusCode,
+        error: &str,
+        username: &str,
+        rd: &str,
+        refusal: Option<&Refusal>,
+        fresh_csrf: bool,
+    ) -> Outcome {
+        let (csrf, set_csrf) = if fresh_csrf {
+            let id = session::new_id();
+            (
+                self.csrf().token(&id),
+                Some(set_cookie(
+                    visit.cookies.csrf_name(),
+                    &id,
+                    visit.cookies.secure,
+                    None,
+                )),
+            )
+        } else {
+            self.csrf().for_request(&visit.cookies, visit.headers)
+        };
+        let mut ctx = self.portal_context(visit, "login", "Sign in");
+        ctx.error = Some(error);
+        ctx.username = username;
+        ctx.rd = rd;
+        ctx.csrf = &csrf;
+        let retry_after = refusal
+            .and_then(|r| r.retry_after)
+            .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
+        ctx.retry_after = retry_after;
+        let mut r = html(status, self.pages.render_portal(&ctx));
+        if let Some(c) = set_csrf {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            for c in &self.challenges {
+                r.headers_mut()
+                    .append(http::header::WWW_AUTHENTICATE, c.clone());
+            }
+        }
+        if let Some(secs) = retry_after {
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        Outcome {
+            response: r,
+            reason: refusal.map(|r| r.reason),
+            user: (!username.is_empty()).then(|| username.to_owned()),
+        }
+    }
+
+    /// `POST {prefix}/login`: checks origin, CSRF token and password (with the same lockout as
+    /// Basic), then starts a new session and sends the browser back to `rd`.
+    async fn login_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+        let form = match read_form(body).await {
+            Ok(f) => f,
+            Err(e) => return self.form_problem(visit, e),
+        };
+        let rd = safe_return(form.get("rd").unwrap_or("/"), &self.paths);
+        let username = form.get("username").unwrap_or("").trim().to_owned();
+        if !same_origin(visit.headers, visit.host.as_deref(), visit.cookies.secure) {
+            return self.login_again(
+                visit,
+                StatusCode::FORBIDDEN,
+                "This sign-in form was sent from another site, so it was ignored. Sign in here instead.",
+                &username,
+                &rd,
+                None,
+                true,
+            );
+        }
+        if !self
+            .csrf()
+            .check(&visit.cookies, visit.headers, form.get("csrf"))
+        {
+            return self.login_again(
+                visit,
+                StatusCode::BAD_REQUEST,
+                "The sign-in form had expired (or your browser did not send its cookie back). Please sign in again; if this repeats, allow cookies for this site.",
+                &username,
+                &rd,
+                Some(&Refusal::new(Reason::BadRequest)),
+                true,
+            );
+        }
+        let password = form.get("password").unwrap_or("").to_owned();
+        if username.is_empty() || password.is_empty() || username.len() > 256 {
+            return self.login_again(
+                visit,
+                StatusCode::BAD_REQUEST,
+                "Enter both your user name and your password.",
+                &username,
+                &rd,
+                Some(&Refusal::new(Reason::BadRequest)),
+                false,
+            );
+        }
+        let identity = match self
+            .authenticate_password(visit.client_ip, &username, password, "form")
+            .await
+        {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                let message = match refusal.reason {
+                    Reason::LogonFailed => {
+                        "The user name or password was not accepted. Check them (and Caps Lock) and try again."
+                    }
+                    Reason::LockedOut => {
+                        "Too many sign-in attempts failed, so signing in is blocked for a while, even with the right password."
+                    }
+                    _ => "Signing in is not possible right now. Please try again in a minute.",
+                };
+                let status = StatusCode::from_u16(refusal.status())
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return self.login_again(
+                    visit,
+                    status,
+                    message,
+                    &username,
+                    &rd,
+                    Some(&refusal),
+                    false,
+                );
+            }
+        };
+        // A new id at every sign-in: a session id planted before cannot be promoted.
+        let id = session::new_id();
+        let key = session::key_of(&id);
+        let user = identity.user.clone().unwrap_or_default();
+        let stored = self
+            .state
+            .session_create(&key, &Session::new(&user), self.config.portal.idle_timeout)
+            .await;
+        self.metrics.state_call(&self.state, stored.is_ok());
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot store a new session");
+            return self.login_again(
+                visit,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signing in is not possible right now (the session store is unavailable). Please try again in a minute.",
+                &username,
+                &rd,
+                Some(&Refusal::new(Reason::StateUnavailable)),
+                false,
+            );
+        }
+        let mut r = see_other(&rd);
+        let headers = r.headers_mut();
+        headers.append(
+            SET_COOKIE,
+            visit
+                .cookies
+                .set_session(&id, self.config.portal.max_age.as_secs()),
+        );
+        // The pre-session is renewed as well: a token seen before sign-in is worth nothing after.
+        let pre = session::new_id();
+        headers.append(
+            SET_COOKIE,
+            set_cookie(visit.cookies.csrf_name(), &pre, visit.cookies.secure, None),
+        );
+        Outcome {
+            response: r,
+            reason: None,
+            user: Some(user),
+        }
+    }
+
+    /// `GET {prefix}/logout` (or a POST whose token failed): a page with a sign-out button.
+    async fn logout_page(&self, visit: &Visit<'_>, error: Option<&str>) -> Outcome {
+        let rd = safe_return(
+            &query_param(visit.query, "rd").unwrap_or_else(|| "/".to_owned()),
+            &self.paths,
+        );
+        let user = match self.check_session(visit.headers).await {
+            SessionCheck::Valid(identity) => identity.user.unwrap_or_default(),
+            _ => String::new(),
+        };
+        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
+        let mut ctx = self.portal_context(visit, "logout", "Sign out");
+        ctx.user = &user;
+        ctx.csrf = &csrf;
+        ctx.rd = &rd;
+        ctx.error = error;
+        let status = if error.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        let mut r = html(status, self.pages.render_portal(&ctx));
+        if let Some(c) = set_csrf {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        Outcome {
+            response: r,
+            reason: error.map(|_| Reason::BadRequest),
+            user: (!user.is_empty()).then_some(user),
+        }
+    }
+
+    /// `POST {prefix}/logout`: ends the session server-side, clears the cookies and the cache
+    /// (`Clear-Site-Data`), and shows the sign-in page (returning to `rd`).
+    async fn logout_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+        let form = match read_form(body).await {
+            Ok(f) => f,
+            Err(e) => return self.form_problem(visit, e),
+        };
+        if !same_origin(visit.headers, visit.host.as_deref(), visit.cookies.secure)
+            || !self
+                .csrf()
+                .check(&visit.cookies, visit.headers, form.get("csrf"))
+        {
+            return self
+                .logout_page(
+                    visit,
+                    Some("That sign-out request could not be verified (it may have come from another site, or the page was old). Use the button below to sign out."),
+                )
+                .await;
+        }
+        let rd = safe_return(form.get("rd").unwrap_or("/"), &self.paths);
+        let mut user = None;
+        if let Some(id) = visit.cookies.session_id(visit.headers)
+            && session::well_formed(id)
+        {
+            let key = session::key_of(id);
+            if let Ok(Some(s)) = self
+                .state
+                .session_touch(&key, self.config.portal.idle_timeout)
+                .await
+            {
+                user = Some(s.user);
+            }
+            if let Err(e) = self.state.session_delete(&key).await {
+                tracing::error!(error = %e, "cannot end a session in the state store; its cookie is cleared anyway");
+            }
+        }
+        if let Some(u) = &user {
+            self.audit.record(
+                "sign_out",
+                serde_json::json!({"user": u, "client": visit.client_ip.to_string()}),
+            );
+        }
+        let mut r = see_other(&self.paths.login_url(&rd, Some("signed_out=1")));
+        let headers = r.headers_mut();
+        for c in visit.cookies.clear_session(visit.headers) {
+            headers.append(SET_COOKIE, c);
+        }
+        headers.insert(
+            http::header::HeaderName::from_static("clear-site-data"),
+            HeaderValue::from_static("\"cache\", \"cookies\""),
+        );
+        Outcome {
+            response: r,
+            reason: None,
+            user,
+        }
+    }
+
+    /// An unreadable or oversized form: a page saying so (413 or 400).
+    pub(crate) fn form_problem(&self, visit: &Visit<'_>, e: FormError) -> Outcome {
+        let (status, message) = match e {
+            FormError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The form sent was far larger than any sign-in form; nothing was saved. Go back and try again.",
+            ),
+            FormError::Broken => (
+                StatusCode::BAD_REQUEST,
+                "The form did not arrive completely; nothing was saved. Go back and try again.",
+            ),
+        };
+        let mut ctx = self.portal_context(visit, "message", "The form could not be read");
+        ctx.error = Some(message);
+        Outcome {
+            response: html(status, self.pages.render_portal(&ctx)),
+            reason: Some(Reason::BadRequest),
+            user: None,
+        }
+    }
+
+    /// The CSRF token maker (keyed by the state store's shared secret).
+    pub(crate) fn csrf(&self) -> Csrf {
+        Csrf::new(self.state.secret())
+    }
+
+    /// Fills the account part of a refusal page.
+    pub(crate) fn account_for(
+        &self,
+        refusal: &Refusal,
+        view: &RequestView<'_>,
+        seen: &Seen,
+        set_cookies: &mut Vec<HeaderValue>,
+    ) -> Option<crate::respond::Account> {
+        if !self.form_enabled() {
+            return None;
+        }
+        let rd = safe_return(view.path_and_query, &self.paths);
+        let mut account = crate::respond::Account {
+            rd: rd.clone(),
+            ..Default::default()
+        };
+        match refusal.reason {
+            Reason::NoCredentials | Reason::SessionExpired | Reason::LogonFailed => {
+                account.sign_in_url = Some(self.paths.login_url(&rd, None));
+                account.forgot_url = self.can_reset().then(|| self.paths.forgot.clone());
+            }
+            Reason::AclDenied if seen.session_user => {
+                let cookies = Cookies {
+                    secure: seen.secure,
+                };
+                let (csrf, set) = self.csrf().for_request(&cookies, view.headers);
+                set_cookies.extend(set);
+                account.switch = Some((self.paths.logout.clone(), csrf));
+            }
+            _ => {}
+        }
+        if seen.session_user {
+            account.user = seen.identity.as_ref().and_then(|i| i.user.clone());
+        }
+        Some(account)
+    }
+
+    /// Where a browser refused for lack of a (live) session is sent: the sign-in page, back to
+    /// this request afterwards. `None` when a redirect is not the answer (API clients, other
+    /// methods, sites without form sign-in).
+    pub(crate) fn login_redirect(
+        &self,
+        refusal: &Refusal,
+        view: &RequestView<'_>,
+    ) -> Option<String> {
+        if !self.form_enabled()
+            || !matches!(
+                refusal.reason,
+                Reason::NoCredentials | Reason::SessionExpired
+            )
+            || !matches!(view.method, "GET" | "HEAD")
+            || crate::respond::negotiate(view.headers.get(http::header::ACCEPT))
+                != crate::respond::Format::Html
+        {
+            return None;
+        }
+        let rd = safe_return(view.path_and_query, &self.paths);
+        let note = (refusal.reason == Reason::SessionExpired).then_some("ended=1");
+        Some(self.paths.login_url(&rd, note))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths() -> Paths {
+        Paths::new("/.portcullis")
+    }
+
+    #[test]
+    fn return_targets_stay_on_this_site() {
+        let p = paths();
+        for good in ["/", "/app", "/app/page?x=1&y=2", "/a%20b", "/docs#top"] {
+            assert_eq!(safe_return(good, &p), good, "{good}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example/",
+            "\\\\evil.example",
+            "/%2F%2Fevil.example",
+            "%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "/%252F%252Fevil.example",
+            "http:/evil.example",
+            "javascript:alert(1)",
+            "/app\r\nSet-Cookie: x=1",
+            "/%0d%0aSet-Cookie:x",
+            "",
+            "/.portcullis/login?rd=/x",
+            "/.portcullis/logout",
+            "/a/../.portcullis/login",
+        ] {
+            assert_eq!(safe_return(bad, &p), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn csrf_tokens_bind_to_their_pre_session() {
+        let c = Csrf::new([7; 32]);
+        let t = c.token("abc");
+        assert!(c.verify("abc", &t));
+        assert!(!c.verify("abd", &t));
+        assert!(!c.verify("abc", "garbage!"));
+        assert!(!Csrf::new([8; 32]).verify("abc", &t));
+    }
+
+    #[test]
+    fn origin_must_be_this_site_when_sent() {
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h, Some("example.com"), true));
+        h.insert(ORIGIN, HeaderValue::from_static("https://example.com"));
+        assert!(same_origin(&h, Some("example.com"), true));
+        assert!(same_origin(&h, Some("Example.com:443"), true));
+        assert!(!same_origin(&h, Some("example.com"), false));
+        assert!(!same_origin(&h, Some("example.org"), true));
+        h.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h, Some("example.com"), true));
+    }
+
+    #[test]
+    fn cookies_are_read_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; portcullis_session=xyz; b=2"),
+        );
+        assert_eq!(cookie(&h, "portcullis_session"), Some("xyz"));
+        assert_eq!(cookie(&h, "portcullis"), None);
+        let c = Cookies { secure: true };
+        assert_eq!(c.session_id(&h), Some("xyz"));
+        let set = c.set_session("id", 60);
+        assert_eq!(
+            set.to_str().unwrap(),
+            "__Host-portcullis=id; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=60"
+        );
+    }
+}

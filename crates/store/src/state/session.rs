@@ -1,0 +1,113 @@
+//! Server-side sign-in sessions (form login), kept in the state backend.
+//!
+//! The browser holds only an opaque random id; the store is keyed by the SHA-256 of that id, so
+//! a copy of the store (a Redis dump) holds nothing a browser could present. A session ends when
+//! it is idle longer than the idle timeout (each use pushes the deadline), when it is older than
+//! its absolute lifetime (checked against the creation time it carries), or at sign-out.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+/// One signed-in browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user name.
+    pub user: String,
+    /// Unix time (seconds) of the sign-in.
+    pub created: u64,
+}
+
+impl Session {
+    /// A session for `user` created now.
+    pub fn new(user: &str) -> Session {
+        Session {
+            user: user.to_owned(),
+            created: unix_now(),
+        }
+    }
+
+    /// The stored form: `v1 <created> <user>` (the user last, so any name round-trips).
+    pub fn encode(&self) -> String {
+        format!("v1 {} {}", self.created, self.user)
+    }
+
+    /// Reads the stored form; `None` for anything else (an older format, damage).
+    pub fn decode(s: &str) -> Option<Session> {
+        let mut parts = s.splitn(3, ' ');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let created = parts.next()?.parse().ok()?;
+        let user = parts.next()?;
+        (!user.is_empty()).then(|| Session {
+            user: user.to_owned(),
+            created,
+        })
+    }
+}
+
+/// A new session id: 32 random bytes, base64url (43 characters).
+pub fn new_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The store key of a session id (hex SHA-256): ids never reach the store.
+pub fn key_of(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Whether `id` has the shape of an id we issue (43 base64url characters): anything else is
+/// refused without a store round trip.
+pub fn well_formed(id: &str) -> bool {
+    id.len() == 43
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_round_trip_any_user_name() {
+        for user in ["alice", "bob smith", "x y z", "é"] {
+            let s = Session {
+                user: user.into(),
+                created: 42,
+            };
+            assert_eq!(Session::decode(&s.encode()), Some(s));
+        }
+        assert_eq!(Session::decode("v2 1 alice"), None);
+        assert_eq!(Session::decode("v1 x alice"), None);
+        assert_eq!(Session::decode("v1 1 "), None);
+    }
+
+    #[test]
+    fn ids_are_unique_well_formed_and_never_stored() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert!(well_formed(&a));
+        assert!(!well_formed("short"));
+        assert!(!well_formed(&format!("{}!", &a[..42])));
+        assert_eq!(key_of(&a).len(), 64);
+        assert!(!key_of(&a).contains(&a));
+    }
+}

@@ -1,0 +1,257 @@
+//! Account setup and password reset end to end: `portcullis users invite|reset` print and mail
+//! single-use links (to a real SMTP server, Python's aiosmtpd), the password page refuses weak
+//! and common passwords, links work once, "forgot password" never tells whether an account
+//! exists, and the person signs in with the new password.
+
+mod util;
+
+use std::process::Command;
+
+use util::browser::Browser;
+use util::*;
+
+const CONFIG: &str = r#"
+[server]
+listen = ["@LISTEN@"]
+upstream = "http://@UPSTREAM@"
+
+[auth]
+schemes = ["form"]
+users = "sqlite:users.db"
+
+[portal]
+public_url = "http://@LISTEN@"
+
+[mail]
+host = "127.0.0.1"
+port = @SMTP@
+starttls = false
+from = "Portcullis <noreply@example.com>"
+
+[log]
+access = "access.log"
+audit = "audit.log"
+"#;
+
+fn users(gw: &Gateway, args: &[&str]) -> (String, String) {
+    let out = Command::new(BIN)
+        .arg("users")
+        .args(args)
+        .arg("-c")
+        .arg(gw.path("portcullis.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "users {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn start(smtp: &SmtpSink) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let config = CONFIG.replace("@SMTP@", &smtp.port.to_string());
+    let gw = Gateway::start(&config, upstream.addr, &[]);
+    (upstream, gw)
+}
+
+/// Sets a password through the link's page; returns the answer to the POST.
+async fn choose(b: &mut Browser, link: &str, password: &str, confirm: &str) -> util::browser::Page {
+    let page = b.get(link).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let token = page.field("token").unwrap();
+    let csrf = page.field("csrf").unwrap();
+    b.post(
+        "/.portcullis/password",
+        &[
+            ("csrf", &csrf),
+            ("token", &token),
+            ("password", password),
+            ("confirm", confirm),
+        ],
+    )
+    .await
+}
+
+#[test]
+fn an_invited_person_chooses_a_password_and_signs_in() {
+    let smtp = SmtpSink::start();
+    let (_up, gw) = start(&smtp);
+    let (stdout, stderr) = users(
+        &gw,
+        &[
+            "invite",
+            "carol",
+            "--email",
+            "carol@example.com",
+            "--group",
+            "staff",
+        ],
+    );
+    let link = stdout.trim().to_owned();
+    assert!(
+        link.starts_with(&format!("http://{}/.portcullis/password?token=", gw.addr)),
+        "{link}"
+    );
+    assert!(stderr.contains("mailed to carol@example.com"), "{stderr}");
+    let mail = smtp.wait_for(1);
+    assert!(mail.contains("To: carol@example.com"), "{mail}");
+    assert_eq!(password_link(&mail), link);
+
+    runtime().block_on(async {
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let page = b.get(&link).await;
+        assert!(page.body.contains(r#"autocomplete="new-password""#));
+        assert!(page.body.contains(r#"autocomplete="username""#));
+        assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+        // Weak, common, mismatched: the form again with the reason, the link still works.
+        let r = choose(&mut b, &link, "short", "short").await;
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("at least 10 characters"), "{}", r.body);
+        let r = choose(&mut b, &link, "1qaz2wsx3edc", "1qaz2wsx3edc").await;
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("10,000 most common"), "{}", r.body);
+        let r = choose(
+            &mut b,
+            &link,
+            "plum tractor velvet 1987",
+            "plum tractor velvet 1988",
+        )
+        .await;
+        assert!(r.text().contains("not the same"), "{}", r.body);
+        // A good one.
+        let r = choose(
+            &mut b,
+            &link,
+            "plum tractor velvet 1987",
+            "plum tractor velvet 1987",
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(
+            r.header("location"),
+            Some("/.portcullis/login?rd=%2F&password_set=1")
+        );
+        // The link is spent.
+        let again = b.get(&link).await;
+        assert_eq!(again.status, 410);
+        assert!(again.text().contains("expired or was already used"));
+        // Signing in with the new password works, and the groups reach the upstream.
+        let r = b.sign_in("carol", "plum tractor velvet 1987", "/app").await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let app = b.get("/app").await;
+        let echo: serde_json::Value = serde_json::from_str(&app.body).unwrap();
+        assert_eq!(echo["headers"]["remote-user"], "carol");
+        assert_eq!(echo["headers"]["remote-groups"], "staff");
+    });
+    // The token never reaches the access log.
+    let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
+    let token = link.split("token=").nth(1).unwrap();
+    assert!(!log.contains(token), "{log}");
+    assert!(log.contains("GET /.portcullis/password - "), "{log}");
+    let audit = std::fs::read_to_string(gw.path("audit.log")).unwrap();
+    assert!(audit.contains(r#""event":"password_set""#), "{audit}");
+}
+
+#[test]
+fn forgot_password_mails_a_link_without_telling_who_exists() {
+    let smtp = SmtpSink::start();
+    let (_up, gw) = start(&smtp);
+    let (stdout, _) = users(&gw, &["invite", "dave", "--email", "dave@example.com"]);
+    let invite = stdout.trim().to_owned();
+    smtp.wait_for(1);
+    runtime().block_on(async {
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let r = choose(
+            &mut b,
+            &invite,
+            "orange kayak mountain",
+            "orange kayak mountain",
+        )
+        .await;
+        assert_eq!(r.status, 303);
+
+        // The sign-in page offers the reset; a refused password's page links to it too.
+        let login = b.get("/.portcullis/login").await;
+        assert!(login.text().contains(r#"href="/.portcullis/forgot""#));
+
+        let ask = |email: &'static str| {
+            let base = format!("http://{}", gw.addr);
+            async move {
+                let mut b = Browser::new(&base);
+                let form = b.get("/.portcullis/forgot").await;
+                assert!(form.body.contains(r#"autocomplete="email""#));
+                let csrf = form.field("csrf").unwrap();
+                let r = b
+                    .post("/.portcullis/forgot", &[("csrf", &csrf), ("email", email)])
+                    .await;
+                (
+                    r.status,
+                    r.text().split("Request id").next().unwrap().to_owned(),
+                )
+            }
+        };
+        let known = ask("DAVE@example.com").await;
+        let unknown = ask("nobody@example.com").await;
+        assert_eq!(known.0, 200);
+        assert_eq!(
+            known, unknown,
+            "the same answer whether or not the account exists"
+        );
+        let mail = smtp.wait_for(2);
+        assert!(mail.contains("To: dave@example.com"), "{mail}");
+        let link = password_link(&mail);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(smtp.messages().len(), 2, "no mail for an unknown address");
+
+        // Two tabs submit the same link at once: exactly one succeeds.
+        let mut one = Browser::new(&format!("http://{}", gw.addr));
+        let mut two = Browser::new(&format!("http://{}", gw.addr));
+        let p1 = one.get(&link).await;
+        let p2 = two.get(&link).await;
+        let post = |b: &mut Browser, p: &util::browser::Page, pw: &'static str| {
+            let fields = [
+                ("csrf".to_owned(), p.field("csrf").unwrap()),
+                ("token".to_owned(), p.field("token").unwrap()),
+                ("password".to_owned(), pw.to_owned()),
+                ("confirm".to_owned(), pw.to_owned()),
+            ];
+            let mut b2 = Browser::new(&b.base);
+            b2.jar = b.jar.clone();
+            async move {
+                let f: Vec<(&str, &str)> = fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                b2.post("/.portcullis/password", &f).await.status
+            }
+        };
+        let (s1, s2) = tokio::join!(
+            post(&mut one, &p1, "violet harbor engine 77"),
+            post(&mut two, &p2, "granite willow pocket 31")
+        );
+        let mut statuses = [s1, s2];
+        statuses.sort();
+        assert_eq!(statuses, [303, 410]);
+        // The old password no longer works; exactly one of the new ones does.
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        assert_eq!(
+            b.sign_in("dave", "orange kayak mountain", "/").await.status,
+            401
+        );
+        let winner = if s1 == 303 {
+            "violet harbor engine 77"
+        } else {
+            "granite willow pocket 31"
+        };
+        assert_eq!(b.sign_in("dave", winner, "/").await.status, 303);
+    });
+    // `users reset` prints (and mails) a fresh link too.
+    let (stdout, stderr) = users(&gw, &["reset", "dave"]);
+    assert!(stdout.contains("/.portcullis/password?token="), "{stdout}");
+    assert!(stderr.contains("mailed to dave@example.com"), "{stderr}");
+}

@@ -1,0 +1,517 @@
+//! The sign-in portal (`auth.schemes` with `form`) end to end: the real binary, a real upstream,
+//! a cookie-keeping client that behaves like a browser, and the access and audit logs.
+
+mod util;
+
+use std::time::Duration;
+
+use util::browser::Browser;
+use util::*;
+
+const CONFIG: &str = r#"
+[server]
+listen = ["@LISTEN@"]
+upstream = "http://@UPSTREAM@"
+trusted_proxies = ["10.9.9.9/32"]
+
+[auth]
+schemes = ["form", "basic"]
+users = "users.htpasswd"
+
+[[rule]]
+path = "/admin/**"
+allow = ["user:alice"]
+
+[[rule]]
+path = "/**"
+allow = ["*"]
+
+[log]
+access = "access.log"
+audit = "audit.log"
+
+[logon]
+max_failures = 3
+"#;
+
+fn start(config: &str) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let dir = dir_with_user("alice", "wonderland-42");
+    htpasswd(
+        &dir.path().join("users.htpasswd"),
+        &["-B", "-C", "4"],
+        "bob",
+        "builder-of-things",
+    );
+    let gw = Gateway::start_in(dir, config, upstream.addr);
+    (upstream, gw)
+}
+
+fn base(gw: &Gateway) -> String {
+    format!("http://{}", gw.addr)
+}
+
+#[test]
+fn a_browser_signs_in_through_the_form_and_out_again() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        let mut b = Browser::new(&base(&gw));
+        // No session: the browser is sent to the sign-in page, with where it was going.
+        let first = b.get("/app/page?x=1&y=2").await;
+        assert_eq!(first.status, 302);
+        assert_eq!(
+            first.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp%2Fpage%3Fx%3D1%26y%3D2")
+        );
+        let form = b.get(first.header("location").unwrap()).await;
+        assert_eq!(form.status, 200);
+        assert_eq!(form.header("cache-control"), Some("no-store"));
+        assert!(form.body.contains(r#"autocomplete="username""#));
+        assert!(form.body.contains(r#"autocomplete="current-password""#));
+        assert!(form.body.contains(r#"<label for="password">"#));
+        assert_eq!(form.field("rd").as_deref(), Some("/app/page?x=1&y=2"));
+        let csrf = form.field("csrf").unwrap();
+
+        // A wrong password: the form again, 401 with the challenges, the user name kept.
+        let wrong = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", "/app/page?x=1&y=2"),
+                    ("username", "alice"),
+                    ("password", "not-it"),
+                ],
+            )
+            .await;
+        assert_eq!(wrong.status, 401);
+        assert_eq!(
+            wrong.all("www-authenticate"),
+            vec![
+                r#"Cookie realm="Restricted area", form-action="/.portcullis/login""#.to_owned(),
+                r#"Basic realm="Restricted area", charset="UTF-8""#.to_owned()
+            ]
+        );
+        assert!(wrong.body.contains("was not accepted"), "{}", wrong.body);
+        assert!(wrong.body.contains(r#"value="alice""#));
+        assert!(!b.jar.keys().any(|k| k.contains("session")));
+
+        // The right one: a session cookie and back to where the browser was going.
+        let ok = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", "/app/page?x=1&y=2"),
+                    ("username", "alice"),
+                    ("password", "wonderland-42"),
+                ],
+            )
+            .await;
+        assert_eq!(ok.status, 303, "{}", ok.body);
+        assert_eq!(ok.header("location"), Some("/app/page?x=1&y=2"));
+        let session_cookie = b
+            .last_set_cookies
+            .iter()
+            .find(|c| c.starts_with("portcullis_session="))
+            .expect("a session cookie")
+            .clone();
+        assert!(session_cookie.contains("HttpOnly"), "{session_cookie}");
+        assert!(session_cookie.contains("SameSite=Lax"));
+        assert!(session_cookie.contains("Path=/"));
+        assert!(
+            !session_cookie.contains("Secure"),
+            "plain HTTP: {session_cookie}"
+        );
+        let id = b.jar["portcullis_session"].clone();
+        assert_eq!(id.len(), 43);
+
+        let app = b.get("/app/page?x=1&y=2").await;
+        assert_eq!(app.status, 200, "{}", app.body);
+        let echo: serde_json::Value = serde_json::from_str(&app.body).unwrap();
+        assert_eq!(echo["headers"]["remote-user"], "alice");
+
+        // The sign-in page, signed in: no redirect (no loop), "signed in as" and a way out.
+        let again = b.get("/.portcullis/login?rd=/app").await;
+        assert_eq!(again.status, 200);
+        assert!(again.body.contains("signed in as <strong>alice</strong>"));
+
+        // Sign out: the session ends on the server, cookies and cache are cleared.
+        let token = again.field("csrf").unwrap();
+        let out = b
+            .post("/.portcullis/logout", &[("csrf", &token), ("rd", "/app")])
+            .await;
+        assert_eq!(out.status, 303);
+        assert_eq!(
+            out.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp&signed_out=1")
+        );
+        assert_eq!(out.header("clear-site-data"), Some(r#""cache", "cookies""#));
+        assert!(b.jar.is_empty());
+        let bye = b.get(out.header("location").unwrap()).await;
+        assert!(bye.body.contains("You are signed out."));
+
+        // The old id, replayed, is worth nothing: the session was ended server-side.
+        let mut thief = Browser::new(&base(&gw));
+        thief.jar.insert("portcullis_session".into(), id);
+        let replay = thief.get("/app").await;
+        assert_eq!(replay.status, 302);
+        assert_eq!(
+            replay.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp&ended=1")
+        );
+    });
+    let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("POST /.portcullis/login - ")
+            && l.contains(" alice ")
+            && l.contains(" 401 1 ")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("GET /app/page x=1&y=2 ")
+            && l.contains(" alice ")
+            && l.contains(" 200 0 ")),
+        "{log}"
+    );
+    let audit = std::fs::read_to_string(gw.path("audit.log")).unwrap();
+    assert!(
+        audit.contains(r#""event":"sign_in""#) && audit.contains(r#""scheme":"form""#),
+        "{audit}"
+    );
+    assert!(audit.contains(r#""event":"sign_out""#), "{audit}");
+    assert!(!audit.contains("wonderland-42"));
+}
+
+#[test]
+fn api_clients_get_401_with_every_challenge_and_basic_still_works() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        let c = client();
+        for accept in [None, Some("application/json"), Some("*/*")] {
+            let mut req = c.get(gw.url("/app"));
+            if let Some(a) = accept {
+                req = req.header("accept", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{accept:?}");
+            assert_eq!(r.headers().get_all("www-authenticate").iter().count(), 2);
+        }
+        // A browser POST (a form submitted after the session ended) is not redirected: its body
+        // would be lost. It gets the 401 page with a sign-in link.
+        let r = c
+            .post(gw.url("/app/save"))
+            .header("accept", "text/html")
+            .body("x=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let body = util::browser::unescape(&r.text().await.unwrap());
+        assert!(
+            body.contains(r#"href="/.portcullis/login?rd=%2Fapp%2Fsave""#),
+            "{body}"
+        );
+        let r = c
+            .get(gw.url("/app"))
+            .basic_auth("alice", Some("wonderland-42"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+}
+
+#[test]
+fn return_targets_never_leave_the_site() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        for rd in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "/%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "%2F%2Fevil.example",
+            "http:evil.example",
+            "/.portcullis/login",
+        ] {
+            let mut b = Browser::new(&base(&gw));
+            let r = b.sign_in("alice", "wonderland-42", rd).await;
+            assert_eq!(r.status, 303, "{rd}");
+            assert_eq!(r.header("location"), Some("/"), "{rd}");
+        }
+    });
+}
+
+#[test]
+fn csrf_and_origin_checks_refuse_forgeries_without_trapping_anyone() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        // No pre-session cookie (a forged cross-site form): refused, the form comes back with a
+        // fresh token and a message, and that form works.
+        let mut b = Browser::new(&base(&gw));
+        let forged = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", "x"),
+                    ("username", "alice"),
+                    ("password", "wonderland-42"),
+                ],
+            )
+            .await;
+        assert_eq!(forged.status, 400);
+        assert!(forged.body.contains("had expired"), "{}", forged.body);
+        assert!(!b.jar.contains_key("portcullis_session"));
+        let csrf = forged.field("csrf").unwrap();
+        let retry = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", "wonderland-42"),
+                ],
+            )
+            .await;
+        assert_eq!(retry.status, 303, "{}", retry.body);
+
+        // A valid token but posted from another site's page.
+        let mut b = Browser::new(&base(&gw));
+        let form = b.get("/.portcullis/login").await;
+        let csrf = form.field("csrf").unwrap();
+        let cross = b
+            .post_from(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", "wonderland-42"),
+                ],
+                Some("https://evil.example"),
+            )
+            .await;
+        assert_eq!(cross.status, 403);
+        assert!(cross.body.contains("another site"));
+        assert!(!b.jar.contains_key("portcullis_session"));
+
+        // Sign-out needs the token too; without it, a page with a working button.
+        let mut b = Browser::new(&base(&gw));
+        assert_eq!(b.sign_in("alice", "wonderland-42", "/").await.status, 303);
+        let forged = b.post("/.portcullis/logout", &[("csrf", "nope")]).await;
+        assert_eq!(forged.status, 400);
+        assert_eq!(b.get("/app").await.status, 200, "still signed in");
+        let token = forged.field("csrf").unwrap();
+        let out = b.post("/.portcullis/logout", &[("csrf", &token)]).await;
+        assert_eq!(out.status, 303);
+
+        // An oversized form: 413 and a page, nothing else happens.
+        let big = "x".repeat(64 * 1024);
+        let r = b
+            .post(
+                "/.portcullis/login",
+                &[("csrf", &big), ("username", "alice")],
+            )
+            .await;
+        assert_eq!(r.status, 413);
+        assert!(r.body.contains("nothing was saved"));
+    });
+}
+
+#[test]
+fn a_stale_or_tampered_cookie_lands_on_the_sign_in_page_once_and_is_cleared() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        for stale in [
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", // well-formed, unknown
+            "tampered!",                                   // not ours at all
+        ] {
+            let mut b = Browser::new(&base(&gw));
+            b.jar.insert("portcullis_session".into(), stale.into());
+            let (page, hops) = b.follow("/app/report").await;
+            assert_eq!(
+                hops,
+                vec!["/.portcullis/login?rd=%2Fapp%2Freport&ended=1"],
+                "{stale}"
+            );
+            assert_eq!(page.status, 200);
+            assert!(page.body.contains("Your session ended"), "{}", page.body);
+            assert!(
+                !b.jar.contains_key("portcullis_session"),
+                "cleared: {:?}",
+                b.jar
+            );
+            // Signing in from there goes back to the page, and it opens.
+            let csrf = page.field("csrf").unwrap();
+            let rd = page.field("rd").unwrap();
+            let r = b
+                .post(
+                    "/.portcullis/login",
+                    &[
+                        ("csrf", &csrf),
+                        ("rd", &rd),
+                        ("username", "alice"),
+                        ("password", "wonderland-42"),
+                    ],
+                )
+                .await;
+            assert_eq!(r.header("location"), Some("/app/report"));
+            let (page, hops) = b.follow("/app/report").await;
+            assert!(hops.is_empty());
+            assert_eq!(page.status, 200);
+        }
+    });
+}
+
+#[test]
+fn a_signed_in_user_denied_by_a_rule_gets_403_and_can_switch_account() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        let mut b = Browser::new(&base(&gw));
+        assert_eq!(
+            b.sign_in("bob", "builder-of-things", "/admin/panel")
+                .await
+                .status,
+            303
+        );
+        let (denied, hops) = b.follow("/admin/panel").await;
+        assert!(
+            hops.is_empty(),
+            "no trip back to the sign-in page: {hops:?}"
+        );
+        assert_eq!(denied.status, 403);
+        assert!(
+            denied
+                .body
+                .contains("signed in as <strong>bob</strong>, who may not open this page"),
+            "{}",
+            denied.body
+        );
+        assert!(denied.body.contains("Sign in as someone else"));
+        assert!(denied.header("www-authenticate").is_none());
+        // The switch button: sign out, then the sign-in page returns to the denied page.
+        let token = denied.field("csrf").unwrap();
+        let rd = denied.field("rd").unwrap();
+        assert_eq!(rd, "/admin/panel");
+        let out = b
+            .post("/.portcullis/logout", &[("csrf", &token), ("rd", &rd)])
+            .await;
+        assert_eq!(
+            out.header("location"),
+            Some("/.portcullis/login?rd=%2Fadmin%2Fpanel&signed_out=1")
+        );
+        let r = b.sign_in("alice", "wonderland-42", "/admin/panel").await;
+        assert_eq!(r.header("location"), Some("/admin/panel"));
+        assert_eq!(b.get("/admin/panel").await.status, 200);
+    });
+    let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("GET /admin/panel - ")
+            && l.contains(" bob ")
+            && l.contains(" 403 3 ")),
+        "{log}"
+    );
+}
+
+#[test]
+fn sessions_end_when_idle_and_failed_sign_ins_lock_out() {
+    let config = format!("{CONFIG}\n[portal]\nidle_timeout = \"1s\"\nmax_age = \"1h\"\n");
+    let (_up, gw) = start(&config);
+    runtime().block_on(async {
+        let mut b = Browser::new(&base(&gw));
+        assert_eq!(b.sign_in("alice", "wonderland-42", "/").await.status, 303);
+        assert_eq!(b.get("/app").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let r = b.get("/app").await;
+        assert_eq!(r.status, 302);
+        assert_eq!(
+            r.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp&ended=1")
+        );
+
+        // Three wrong passwords (logon.max_failures = 3): the fourth try, even right, is refused
+        // with a wait.
+        let mut b = Browser::new(&base(&gw));
+        for _ in 0..3 {
+            assert_eq!(b.sign_in("bob", "wrong", "/").await.status, 401);
+        }
+        let locked = b.sign_in("bob", "builder-of-things", "/").await;
+        assert_eq!(locked.status, 403, "{}", locked.body);
+        assert!(locked.header("retry-after").is_some());
+        assert!(locked.body.contains("blocked for a while"));
+    });
+}
+
+#[test]
+fn behind_an_https_proxy_the_cookies_are_host_only_and_secure() {
+    let config = CONFIG.replace("10.9.9.9/32", "127.0.0.1/32");
+    let (_up, gw) = start(&config);
+    runtime().block_on(async {
+        let c = client();
+        let login = c
+            .get(gw.url("/.portcullis/login"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "203.0.113.5")
+            .send()
+            .await
+            .unwrap();
+        let set = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(set.starts_with("__Host-portcullis-csrf="), "{set}");
+        assert!(set.contains("; Secure") && set.contains("Path=/"), "{set}");
+        let pre = set.split(';').next().unwrap().to_owned();
+        let body = login.text().await.unwrap();
+        let marker = r#"name="csrf" value=""#;
+        let start = body.find(marker).unwrap() + marker.len();
+        let csrf = &body[start..start + body[start..].find('"').unwrap()];
+        let r = c
+            .post(gw.url("/.portcullis/login"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "203.0.113.5")
+            .header("origin", format!("https://{}", gw.addr))
+            .header("cookie", pre)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}&username=alice&password=wonderland-42"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let session = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("__Host-portcullis="))
+            .expect("a __Host- session cookie");
+        assert!(session.contains("; Secure"), "{session}");
+    });
+}
+
+#[test]
+fn sessions_are_shared_by_instances_on_one_redis() {
+    let redis = RedisServer::start();
+    let config = format!("{CONFIG}\n[state]\nbackend = \"{}\"\n", redis.url());
+    let (_up, a) = start(&config);
+    let b_gw = Gateway::start_in(dir_with_user("alice", "wonderland-42"), &config, _up.addr);
+    runtime().block_on(async {
+        let mut on_a = Browser::new(&base(&a));
+        assert_eq!(
+            on_a.sign_in("alice", "wonderland-42", "/").await.status,
+            303
+        );
+        // The same browser (same cookies) reaching the other instance.
+        let mut on_b = Browser::new(&base(&b_gw));
+        on_b.jar = on_a.jar.clone();
+        assert_eq!(on_b.get("/app").await.status, 200);
+        // A form served by one instance is accepted by the other (shared CSRF key).
+        let page = on_b.get("/.portcullis/login").await;
+        let token = page.field("csrf").unwrap();
+        on_a.jar = on_b.jar.clone();
+        let out = on_a.post("/.portcullis/logout", &[("csrf", &token)]).await;
+        assert_eq!(out.status, 303);
+        // Signed out on A: B refuses the old cookie too.
+        let r = on_b.get("/app").await;
+        assert_eq!(r.status, 302);
+        assert!(r.header("location").unwrap().ends_with("ended=1"));
+    });
+}
