@@ -14,6 +14,10 @@ const PW: &str = "fa-pw";
 
 /// Portcullis as a forward-auth server: nginx/Caddy on loopback are its trusted proxies.
 fn portcullis(upstream: SocketAddr, extra: &str) -> Gateway {
+    portcullis_with(upstream, r#"["basic"]"#, extra)
+}
+
+fn portcullis_with(upstream: SocketAddr, schemes: &str, extra: &str) -> Gateway {
     let dir = dir_with_user("alice", PW);
     std::fs::write(dir.path().join("groups.txt"), "admins: alice\n").unwrap();
     let config = format!(
@@ -24,6 +28,7 @@ trusted_proxies = ["127.0.0.1"]
 
 [auth]
 realm = "Forward realm"
+schemes = {schemes}
 users = "users.htpasswd"
 groups = "groups.txt"
 public = ["/public/**"]
@@ -181,6 +186,89 @@ fn check_front(front: SocketAddr, gw: &Gateway) {
         "{log}"
     );
     assert!(!log.contains("/.portcullis/auth"), "{log}");
+}
+
+/// Form sign-in through the front proxy: the browser is sent to the portal (served through the
+/// same proxy), signs in, reaches the application, and a stale cookie costs one redirect.
+fn check_form_front(front: SocketAddr) {
+    runtime().block_on(async {
+        let mut b = util::browser::Browser::new(&format!("http://{front}"));
+        // nginx makes the Location absolute; either form names the same page.
+        let relative = |hops: Vec<String>| -> Vec<String> {
+            hops.into_iter()
+                .map(|h| h.trim_start_matches(&format!("http://{front}")).to_owned())
+                .collect()
+        };
+        let (page, hops) = b.follow("/app/page?x=1").await;
+        assert_eq!(
+            relative(hops),
+            vec!["/.portcullis/login?rd=%2Fapp%2Fpage%3Fx%3D1"]
+        );
+        assert_eq!(page.status, 200);
+        let csrf = page.field("csrf").unwrap();
+        let rd = page.field("rd").unwrap();
+        let r = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", &rd),
+                    ("username", "alice"),
+                    ("password", PW),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(r.header("location"), Some("/app/page?x=1"));
+        let app = b.get("/app/page?x=1").await;
+        assert_eq!(app.status, 200, "{}", app.body);
+        let seen: serde_json::Value = serde_json::from_str(&app.body).unwrap();
+        assert_eq!(seen["headers"]["remote-user"], "alice");
+        // API clients still get 401 with the challenges.
+        let r = client()
+            .get(format!("http://{front}/app"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(
+            r.headers().contains_key("www-authenticate"),
+            "{:?}",
+            r.headers()
+        );
+        // A stale cookie: one redirect, with "session ended", and the cookie is cleared.
+        let mut stale = util::browser::Browser::new(&format!("http://{front}"));
+        stale
+            .jar
+            .insert("portcullis_session".into(), "A".repeat(43));
+        let (page, hops) = stale.follow("/app").await;
+        assert_eq!(relative(hops), vec!["/.portcullis/login?rd=%2Fapp&ended=1"]);
+        assert!(page.body.contains("Your session ended"));
+        assert!(
+            !stale.jar.contains_key("portcullis_session"),
+            "{:?}",
+            stale.jar
+        );
+        // Sign out through the proxy.
+        let page = b.get("/.portcullis/logout").await;
+        let token = page.field("csrf").unwrap();
+        let r = b.post("/.portcullis/logout", &[("csrf", &token)]).await;
+        assert_eq!(r.status, 303);
+        assert_eq!(b.get("/app").await.status, 302);
+    });
+}
+
+#[test]
+fn form_sign_in_behind_nginx_and_caddy() {
+    let app = TestUpstream::start();
+    let gw = portcullis_with(app.addr, r#"["form", "basic"]"#, "");
+    let front = addr();
+    let nginx = start_nginx(front, gw.addr, app.addr);
+    check_form_front(front);
+    drop(nginx);
+    let front = addr();
+    let _caddy = start_caddy(front, gw.addr, app.addr);
+    check_form_front(front);
 }
 
 #[test]
