@@ -139,7 +139,7 @@ fn demo_runs_with_no_files_and_prints_what_to_do() {
             password = Some(p.trim().to_owned());
         }
         if let Some(u) = line.trim().strip_prefix("Open") {
-            url = Some(u.trim().to_owned());
+            url = u.split_whitespace().next().map(str::to_owned);
         }
         if password.is_some() && url.is_some() {
             break;
@@ -155,6 +155,15 @@ fn demo_runs_with_no_files_and_prints_what_to_do() {
     let (denied, page) = rt.block_on(async {
         let c = client();
         let denied = c.get(&url).send().await.unwrap().status();
+        // A browser is sent to the sign-in page.
+        let browser = c
+            .get(&url)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(browser.status(), 302);
+        assert_eq!(browser.headers()["location"], "/.portcullis/login?rd=%2F");
         let page = c
             .get(&url)
             .basic_auth("demo", Some(&password))

@@ -47,7 +47,7 @@ pub fn run(args: Args) -> ExitCode {
         let addr = addrs.first().copied().unwrap_or(args.listen);
         println!("Portcullis demo is running.");
         println!();
-        println!("  Open      http://{addr}/");
+        println!("  Open      http://{addr}/   (a browser gets the sign-in page)");
         println!("  User      {DEMO_USER}");
         println!("  Password  {password}");
         println!();
@@ -126,7 +126,7 @@ async fn demo_page(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
 <table><tr><th>Remote-User</th><td><code>{}</code></td></tr><tr><th>X-Forwarded-For</th><td><code>{}</code></td></tr>\
 <tr><th>X-Forwarded-Proto</th><td><code>{}</code></td></tr><tr><th>X-Request-Id</th><td><code>{}</code></td></tr>\
 <tr><th>Authorization</th><td><code>{}</code> (not forwarded)</td></tr><tr><th>Path</th><td><code>{}</code></td></tr></table>\
-<p><a href=\"/\">Protected home</a> · <a href=\"/public/\">Public page</a></p></body></html>",
+<p><a href=\"/\">Protected home</a> · <a href=\"/public/\">Public page</a> · <a href=\"/.portcullis/logout\">Sign out</a></p></body></html>",
         header("remote-user"),
         header("x-forwarded-for"),
         header("x-forwarded-proto"),

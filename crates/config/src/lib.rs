@@ -49,7 +49,8 @@ pub fn parse(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, Dia
 }
 
 impl Config {
-    /// The built-in config of `portcullis demo`: defaults, inline users, `/public/**` public,
+    /// The built-in config of `portcullis demo`: form and Basic sign-in, inline users,
+    /// `/public/**` public,
     /// access log on stdout, no IP restrictions, no URL rules, no filter, no dynamic limits,
     /// the default logon regulation, the memory state backend, no admin listener.
     pub fn builder_for_demo(
@@ -76,7 +77,8 @@ impl Config {
             },
             auth: Auth {
                 realm: DEFAULT_REALM.to_owned(),
-                schemes: vec![Scheme::Basic],
+                // Browsers get the sign-in page, curl and scripts Basic.
+                schemes: vec![Scheme::Form, Scheme::Basic],
                 users: UserSource::Inline(users),
                 public,
                 acl_status: 401,
