@@ -23,10 +23,22 @@ pub struct Advice {
     pub todo: &'static [&'static str],
 }
 
-/// The table of explanations, one per reason.
-pub fn advice(reason: Reason) -> Advice {
+/// The table of explanations, one per reason; `form_site`: the site signs people in with its
+/// sign-in page (the page then carries a sign-in link) rather than the browser's password box.
+pub fn advice(reason: Reason, form_site: bool) -> Advice {
     use Reason::*;
     let (what, todo): (&str, &[&str]) = match reason {
+        NoCredentials if form_site => (
+            "This page is protected and you are not signed in.",
+            &["Sign in with the link below; you come back to this page afterwards."],
+        ),
+        LogonFailed if form_site => (
+            "A user name and password were sent, but they were not accepted.",
+            &[
+                "Check the user name and password (and Caps Lock), then sign in again with the link below.",
+                "If you forgot your password, use \"Forgot your password?\" on the sign-in page, or ask the administrator to reset it.",
+            ],
+        ),
         NoCredentials => (
             "This page is protected and your request did not include a user name and password.",
             &[
@@ -315,8 +327,10 @@ mod tests {
     #[test]
     fn every_reason_has_advice() {
         for r in Reason::ALL {
-            let a = advice(*r);
-            assert!(!a.what.is_empty() && !a.todo.is_empty(), "{r}");
+            for form in [false, true] {
+                let a = advice(*r, form);
+                assert!(!a.what.is_empty() && !a.todo.is_empty(), "{r}");
+            }
         }
     }
 }

@@ -130,7 +130,7 @@ pub fn refusal_response(
     let status =
         StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let reason = refusal.reason;
-    let advice = advice(reason);
+    let advice = advice(reason, ctx.account.is_some());
     let problem_type = format!("/.portcullis/problems/{}", reason.slug());
     // Rounded up: a client told "1" for 1.9 s would come back too early and be refused again.
     let retry_after = refusal
