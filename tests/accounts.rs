@@ -255,3 +255,138 @@ fn forgot_password_mails_a_link_without_telling_who_exists() {
     assert!(stdout.contains("/.portcullis/password?token="), "{stdout}");
     assert!(stderr.contains("mailed to dave@example.com"), "{stderr}");
 }
+
+#[test]
+fn a_totp_second_factor_is_asked_after_the_password() {
+    let smtp = SmtpSink::start();
+    let (_up, gw) = start(&smtp);
+    let config = std::fs::read_to_string(gw.path("portcullis.toml")).unwrap();
+    std::fs::write(
+        gw.path("portcullis.toml"),
+        config.replace(r#"schemes = ["form"]"#, r#"schemes = ["form", "basic"]"#),
+    )
+    .unwrap();
+    let mut add = Command::new(BIN)
+        .args(["users", "add", "erin", "-c"])
+        .arg(gw.path("portcullis.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(b"erin-secret-pass\n")
+            .unwrap();
+    }
+    assert!(add.wait().unwrap().success());
+    let (uri, _) = users(&gw, &["totp", "enable", "erin"]);
+    assert!(
+        uri.starts_with("otpauth://totp/Restricted%20area:erin?secret="),
+        "{uri}"
+    );
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let raw = store::totp::unbase32(secret).unwrap();
+    let code_now = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        format!(
+            "{:06}",
+            store::totp::code_at(&raw, store::totp::step_of(now))
+        )
+    };
+    // The server reloads its config (schemes) on the file change.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    runtime().block_on(async {
+        // Basic cannot carry the code: refused even with the right password.
+        let r = client()
+            .get(gw.url("/app"))
+            .basic_auth("erin", Some("erin-secret-pass"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let step = b.sign_in("erin", "erin-secret-pass", "/app").await;
+        assert_eq!(step.status, 200, "{}", step.body);
+        assert!(
+            step.body.contains(r#"autocomplete="one-time-code""#),
+            "{}",
+            step.body
+        );
+        assert!(!b.jar.contains_key("portcullis_session"));
+        let pending = step.field("pending").unwrap();
+        let csrf = step.field("csrf").unwrap();
+        let wrong = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", "/app"),
+                    ("pending", &pending),
+                    ("code", "000000"),
+                ],
+            )
+            .await;
+        // (000000 could be the current code once in a million runs.)
+        if code_now() != "000000" {
+            assert_eq!(wrong.status, 401, "{}", wrong.body);
+            assert!(wrong.text().contains("not accepted"));
+        }
+        let code = code_now();
+        let pending = wrong.field("pending").unwrap_or(pending);
+        let csrf = wrong.field("csrf").unwrap_or(csrf);
+        let ok = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", "/app"),
+                    ("pending", &pending),
+                    ("code", &code),
+                ],
+            )
+            .await;
+        assert_eq!(ok.status, 303, "{}", ok.body);
+        assert_eq!(ok.header("location"), Some("/app"));
+        assert_eq!(b.get("/app").await.status, 200);
+        // The same code again (another browser, right password): refused, it was spent.
+        let mut other = Browser::new(&format!("http://{}", gw.addr));
+        let step = other.sign_in("erin", "erin-secret-pass", "/").await;
+        let replay = other
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &step.field("csrf").unwrap()),
+                    ("pending", &step.field("pending").unwrap()),
+                    ("code", &code),
+                ],
+            )
+            .await;
+        assert_eq!(replay.status, 401, "{}", replay.body);
+        // A forged pending token (another user's name) is refused.
+        let forged = other
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &step.field("csrf").unwrap()),
+                    ("pending", "YWxpY2U.9999999999.AAAA"),
+                    ("code", &code_now()),
+                ],
+            )
+            .await;
+        assert_eq!(forged.status, 400);
+        assert!(!other.jar.contains_key("portcullis_session"));
+    });
+}

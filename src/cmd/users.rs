@@ -89,6 +89,15 @@ enum Action {
         /// User name.
         user: String,
     },
+    /// Turn a TOTP second factor on (prints the otpauth:// URI for an authenticator app) or off.
+    /// Users with one sign in with the form (Basic cannot carry the code).
+    Totp {
+        /// enable or disable.
+        #[arg(value_parser = ["enable", "disable"])]
+        action: String,
+        /// User name.
+        user: String,
+    },
     /// Set (or with no address, remove) a user's email address.
     Email {
         /// User name.
@@ -207,6 +216,22 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
                 .map_err(e)?;
             let email = db.email_of(&user).map_err(e)?;
             deliver(config, &user, email.as_deref(), &token, false)?;
+        }
+        Action::Totp { action, user } => {
+            if action == "enable" {
+                let secret = store::totp::new_secret();
+                db.set_totp(&user, Some(&secret)).map_err(e)?;
+                println!(
+                    "{}",
+                    store::totp::otpauth_uri(&config.auth.realm, &user, &secret)
+                );
+                eprintln!(
+                    "TOTP enabled for {user}: add the URI above to an authenticator app (most turn it into a QR code); the secret is {secret}"
+                );
+            } else {
+                db.set_totp(&user, None).map_err(e)?;
+                println!("TOTP disabled for {user}");
+            }
         }
         Action::Email { user, address } => {
             db.set_email(&user, address.as_deref()).map_err(e)?;

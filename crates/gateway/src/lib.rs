@@ -935,8 +935,16 @@ impl Gateway {
                 if let Some(r) = record.as_mut() {
                     r.username = Some(user.clone());
                 }
-                self.authenticate_password(client_ip, &user, password, "basic")
-                    .await?
+                let identity = self
+                    .authenticate_password(client_ip, &user, password, "basic")
+                    .await?;
+                // Basic cannot carry a second factor: such users sign in with the form.
+                if self.verifier.has_second_factor(&user) {
+                    return Err(Refusal::new(Reason::LogonFailed).with_detail(format!(
+                        "{user} has a second factor (TOTP) and must sign in with the sign-in form"
+                    )));
+                }
+                identity
             }
             AuthStep::VerifyBasic(Credentials::Other { .. }) => {
                 return Err(

@@ -256,6 +256,41 @@ impl Csrf {
         mac.verify_slice(&raw).is_ok()
     }
 
+    /// A token saying "`user` gave the right password, the second factor is pending", valid
+    /// until `expires` (Unix seconds) for the pre-session `pre`: `user.expires.mac`.
+    pub fn pending(&self, user: &str, expires: u64, pre: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
+        mac.update(b"portcullis-2fa\0");
+        mac.update(user.as_bytes());
+        mac.update(format!("\0{expires}\0{pre}").as_bytes());
+        format!(
+            "{}.{expires}.{}",
+            b64.encode(user),
+            b64.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    /// The user of a pending token that is genuine, unexpired and for pre-session `pre`.
+    pub fn check_pending(&self, token: &str, pre: &str, now: u64) -> Option<String> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let user = String::from_utf8(b64.decode(parts.next()?).ok()?).ok()?;
+        let expires: u64 = parts.next()?.parse().ok()?;
+        let sig = b64.decode(parts.next()?).ok()?;
+        if now > expires {
+            return None;
+        }
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
+        mac.update(b"portcullis-2fa\0");
+        mac.update(user.as_bytes());
+        mac.update(format!("\0{expires}\0{pre}").as_bytes());
+        mac.verify_slice(&sig).ok()?;
+        Some(user)
+    }
+
     /// The request's pre-session and its token, or a new pre-session (and the cookie to set).
     pub fn for_request(
         &self,
@@ -739,6 +774,11 @@ impl Gateway {
                 true,
             );
         }
+        if let Some(pending) = form.get("pending") {
+            return self
+                .second_factor(visit, pending, form.get("code").unwrap_or(""), &rd)
+                .await;
+        }
         let password = form.get("password").unwrap_or("").to_owned();
         if username.is_empty() || password.is_empty() || username.len() > 256 {
             return self.login_again(
@@ -779,10 +819,118 @@ impl Gateway {
                 );
             }
         };
+        let user = identity.user.clone().unwrap_or_default();
+        if self.verifier.has_second_factor(&user) {
+            return self.code_step(visit, &user, &rd, None);
+        }
+        self.start_session(visit, user, &rd).await
+    }
+
+    /// The second step of a sign-in with TOTP: a form for the code, bound to this pre-session
+    /// and valid for five minutes.
+    fn code_step(&self, visit: &Visit<'_>, user: &str, rd: &str, error: Option<&str>) -> Outcome {
+        let (pre, set_pre) = match visit.cookies.pre_session(visit.headers) {
+            Some(id) => (id.to_owned(), None),
+            None => {
+                let id = session::new_id();
+                let c = set_cookie(visit.cookies.csrf_name(), &id, visit.cookies.secure, None);
+                (id, Some(c))
+            }
+        };
+        let csrf = self.csrf();
+        let pending = csrf.pending(user, session::unix_now() + 300, &pre);
+        let token = csrf.token(&pre);
+        let mut ctx = self.portal_context(visit, "code", "Enter your code");
+        ctx.csrf = &token;
+        ctx.rd = rd;
+        ctx.token = &pending;
+        ctx.user = user;
+        ctx.error = error;
+        let status = if error.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let mut r = html(status, self.pages.render_portal(&ctx));
+        if status == StatusCode::UNAUTHORIZED {
+            for c in &self.challenges {
+                r.headers_mut()
+                    .append(http::header::WWW_AUTHENTICATE, c.clone());
+            }
+        }
+        if let Some(c) = set_pre {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        Outcome {
+            response: r,
+            reason: error.map(|_| Reason::LogonFailed),
+            user: Some(user.to_owned()),
+        }
+    }
+
+    /// `POST {prefix}/login` with a pending token: checks the TOTP code (lockout applies).
+    async fn second_factor(
+        &self,
+        visit: &Visit<'_>,
+        pending: &str,
+        code: &str,
+        rd: &str,
+    ) -> Outcome {
+        let pre = visit.cookies.pre_session(visit.headers).unwrap_or("");
+        let Some(user) = self.csrf().check_pending(pending, pre, session::unix_now()) else {
+            return self.login_again(
+                visit,
+                StatusCode::BAD_REQUEST,
+                "The code step took too long. Please sign in again.",
+                "",
+                rd,
+                Some(&Refusal::new(Reason::BadRequest)),
+                false,
+            );
+        };
+        if let Ok(Some(ban)) = self.state.ban_for(visit.client_ip, Some(&user)).await {
+            let refusal = Refusal::new(Reason::LockedOut).with_retry_after(ban.remaining);
+            return self.login_again(
+                visit,
+                StatusCode::FORBIDDEN,
+                "Too many sign-in attempts failed, so signing in is blocked for a while, even with the right password.",
+                &user,
+                rd,
+                Some(&refusal),
+                false,
+            );
+        }
+        if self.verifier.check_second_factor(&user, code).await {
+            self.audit
+                .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": true}));
+            return self.start_session(visit, user, rd).await;
+        }
+        self.audit
+            .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": false}));
+        if let Ok(bans) = self
+            .state
+            .record_failure(visit.client_ip, &user, &self.regulation)
+            .await
+        {
+            for ban in bans {
+                tracing::warn!(subject = %ban.subject, reason = ban.reason, "locked out");
+            }
+        }
+        self.code_step(
+            visit,
+            &user,
+            rd,
+            Some("That code was not accepted. Enter the current code from your authenticator app (each code works once)."),
+        )
+    }
+
+    /// Starts a session for `user` and sends the browser to `rd`.
+    async fn start_session(&self, visit: &Visit<'_>, user: String, rd: &str) -> Outcome {
+        let username = user.clone();
+        let rd = rd.to_owned();
         // A new id at every sign-in: a session id planted before cannot be promoted.
         let id = session::new_id();
         let key = session::key_of(&id);
-        let user = identity.user.clone().unwrap_or_default();
         let stored = self
             .state
             .session_create(&key, &Session::new(&user), self.config.portal.idle_timeout)

@@ -25,6 +25,7 @@ mod md5crypt;
 pub mod passwords;
 pub mod sqlite;
 pub mod state;
+pub mod totp;
 pub mod verifier;
 
 pub use groups::{GroupFile, Groups};

@@ -142,7 +142,61 @@ impl UserDb {
         if !has_email {
             conn.execute_batch("ALTER TABLE users ADD COLUMN email TEXT")?;
         }
+        let has_totp = conn
+            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'totp'")?
+            .exists([])?;
+        if !has_totp {
+            conn.execute_batch(
+                "ALTER TABLE users ADD COLUMN totp TEXT; ALTER TABLE users ADD COLUMN totp_step INTEGER;",
+            )?;
+        }
         Ok(UserDb { conn })
+    }
+
+    /// Sets (a base32 secret) or removes (`None`) a user's TOTP second factor.
+    pub fn set_totp(&self, name: &str, secret: Option<&str>) -> Result<(), DbError> {
+        match self.conn.execute(
+            "UPDATE users SET totp = ?2, totp_step = NULL WHERE name = ?1",
+            params![name, secret],
+        )? {
+            0 => Err(DbError::Missing(name.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The users with a TOTP second factor.
+    pub fn totp_users(&self) -> Result<std::collections::HashSet<String>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM users WHERE totp IS NOT NULL")?;
+        Ok(stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Checks `code` against the user's TOTP secret and spends its step (a code works once).
+    pub fn check_totp(&self, name: &str, code: &str, unix_now: u64) -> Result<bool, DbError> {
+        let secret: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT totp FROM users WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(raw) = secret.as_deref().and_then(crate::totp::unbase32) else {
+            return Ok(false);
+        };
+        let Some(step) = crate::totp::matching_step(&raw, code, unix_now) else {
+            return Ok(false);
+        };
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        let claimed = self.conn.execute(
+            "UPDATE users SET totp_step = ?2 WHERE name = ?1 AND (totp_step IS NULL OR totp_step < ?2)",
+            params![name, step],
+        )?;
+        Ok(claimed == 1)
     }
 
     /// Sets (or with `None` removes) a user's email address, where reset links go.
@@ -468,6 +522,28 @@ impl UserDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totp_codes_work_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(&dir.path().join("users.db")).unwrap();
+        db.add("alice", &crate::hash_bcrypt(b"pw", 4).unwrap())
+            .unwrap();
+        let secret = crate::totp::new_secret();
+        db.set_totp("alice", Some(&secret)).unwrap();
+        assert!(db.totp_users().unwrap().contains("alice"));
+        let raw = crate::totp::unbase32(&secret).unwrap();
+        let now = 1_800_000_000;
+        let code = format!(
+            "{:06}",
+            crate::totp::code_at(&raw, crate::totp::step_of(now))
+        );
+        assert!(!db.check_totp("alice", "000000", now).unwrap() || code == "000000");
+        assert!(db.check_totp("alice", &code, now).unwrap());
+        assert!(!db.check_totp("alice", &code, now).unwrap(), "replayed");
+        db.set_totp("alice", None).unwrap();
+        assert!(db.totp_users().unwrap().is_empty());
+    }
 
     #[test]
     fn link_tokens_are_single_use_and_expire() {

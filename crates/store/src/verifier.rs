@@ -169,6 +169,8 @@ struct SqliteWatch {
     db: Mutex<crate::sqlite::UserDb>,
     version: AtomicI64,
     groups: ArcSwap<HashMap<String, Vec<String>>>,
+    /// Users with a TOTP second factor.
+    totp: ArcSwap<std::collections::HashSet<String>>,
 }
 
 struct Inner {
@@ -251,11 +253,13 @@ impl Verifier {
                 let version = db.data_version().map_err(db_error)?;
                 let users = db.enabled_users().map_err(db_error)?;
                 let groups = db.all_groups().map_err(db_error)?;
+                let totp = db.totp_users().map_err(db_error)?;
                 log_if_empty(&path.display().to_string(), &users);
                 sqlite = Some(SqliteWatch {
                     db: Mutex::new(db),
                     version: AtomicI64::new(version),
                     groups: ArcSwap::from_pointee(groups),
+                    totp: ArcSwap::from_pointee(totp),
                 });
                 (Some(path), users, None)
             }
@@ -418,6 +422,42 @@ impl Verifier {
         Some(watch.groups.load().get(user).cloned().unwrap_or_default())
     }
 
+    /// Whether `user` has a TOTP second factor (SQLite users only).
+    pub fn has_second_factor(&self, user: &str) -> bool {
+        self.inner
+            .sqlite
+            .as_ref()
+            .is_some_and(|w| w.totp.load().contains(user))
+    }
+
+    /// Checks a TOTP code of `user` (on the blocking pool: it writes the spent step).
+    pub async fn check_second_factor(&self, user: &str, code: &str) -> bool {
+        if self.inner.sqlite.is_none() {
+            return false;
+        }
+        let inner = Arc::clone(&self.inner);
+        let (user, code) = (user.to_owned(), code.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let Some(watch) = &inner.sqlite else {
+                return false;
+            };
+            let db = lock(&watch.db);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let ok = db.check_totp(&user, &code, now).unwrap_or_else(|e| {
+                tracing::error!("cannot check a TOTP code: {e}");
+                false
+            });
+            if let Ok(v) = db.data_version() {
+                watch.version.store(v, Ordering::Relaxed);
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Number of successful reloads since creation.
     #[must_use]
     pub fn generation(&self) -> u64 {
@@ -538,13 +578,19 @@ impl Inner {
             if !force && v == watch.version.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            Ok(Some((v, db.enabled_users()?, db.all_groups()?)))
+            Ok(Some((
+                v,
+                db.enabled_users()?,
+                db.all_groups()?,
+                db.totp_users()?,
+            )))
         });
         match loaded {
             Ok(None) => {}
-            Ok(Some((version, users, groups))) => {
+            Ok(Some((version, users, groups, totp))) => {
                 watch.version.store(version, Ordering::Relaxed);
                 watch.groups.store(Arc::new(groups));
+                watch.totp.store(Arc::new(totp));
                 let generation = self.snapshot.load().generation + 1;
                 let count = users.len();
                 self.snapshot
