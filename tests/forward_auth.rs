@@ -394,3 +394,53 @@ fn traefik_header_contract_and_untrusted_peers() {
         assert_eq!(r.status(), 401);
     });
 }
+
+#[test]
+fn traefik_gets_an_absolute_sign_in_redirect_for_browsers() {
+    // Traefik resolves a relative Location against the forward-auth address: the redirect must
+    // name the site as the browser reached it (X-Forwarded-Proto/-Host of the trusted proxy).
+    let app = TestUpstream::start();
+    let gw = portcullis_with(app.addr, r#"["form", "basic"]"#, "");
+    runtime().block_on(async {
+        let ask = |accept: &'static str, cookie: Option<&'static str>| {
+            let mut rb = client()
+                .get(gw.url("/.portcullis/auth"))
+                .header("accept", accept)
+                .header("x-forwarded-method", "GET")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "app.example:8443")
+                .header("x-forwarded-uri", "/reports?q=1")
+                .header("x-forwarded-for", "198.51.100.4");
+            if let Some(c) = cookie {
+                rb = rb.header("cookie", c);
+            }
+            rb.send()
+        };
+        let r = ask("text/html,*/*;q=0.8", None).await.unwrap();
+        assert_eq!(r.status(), 302);
+        assert_eq!(
+            r.headers()["location"],
+            "https://app.example:8443/.portcullis/login?rd=%2Freports%3Fq%3D1"
+        );
+        // A stale cookie: the same redirect with ended=1, and the __Host- cookie cleared.
+        let stale = format!("__Host-portcullis={}", "A".repeat(43));
+        let stale: &'static str = Box::leak(stale.into_boxed_str());
+        let r = ask("text/html", Some(stale)).await.unwrap();
+        assert_eq!(r.status(), 302);
+        assert!(
+            r.headers()["location"]
+                .to_str()
+                .unwrap()
+                .ends_with("&ended=1")
+        );
+        let cleared = r.headers()["set-cookie"].to_str().unwrap();
+        assert!(
+            cleared.starts_with("__Host-portcullis=;") && cleared.contains("Secure"),
+            "{cleared}"
+        );
+        // API clients: 401 with every challenge.
+        let r = ask("application/json", None).await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers().get_all("www-authenticate").iter().count(), 2);
+    });
+}

@@ -201,6 +201,18 @@ impl Gateway {
                     "password_set",
                     serde_json::json!({"user": user, "client": visit.client_ip.to_string()}),
                 );
+                if !self.form_enabled() {
+                    // No sign-in page on a Basic-only site: say so here.
+                    let mut done = self.account_message(
+                        visit,
+                        StatusCode::OK,
+                        "Your password is set",
+                        None,
+                        Some("Sign in with it now: open the site and enter your user name and the new password when your browser asks."),
+                    );
+                    done.user = Some(user);
+                    return done;
+                }
                 let mut r = see_other(&self.paths.login_url("/", Some("password_set=1")));
                 // The pre-session used for this form is spent with it.
                 r.headers_mut().insert(

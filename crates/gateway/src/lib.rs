@@ -192,11 +192,6 @@ impl Seen {
     }
 }
 
-/// Where the explanation of each reason slug is served (the problem+json `type`).
-pub const PROBLEMS_PREFIX: &str = "/.portcullis/problems/";
-
-/// The path of the forward-auth endpoint.
-pub const FORWARD_AUTH_PATH: &str = "/.portcullis/auth";
 const X_ORIGINAL_URI: http::HeaderName = http::HeaderName::from_static("x-original-uri");
 const X_ORIGINAL_METHOD: http::HeaderName = http::HeaderName::from_static("x-original-method");
 const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
@@ -450,6 +445,7 @@ impl Gateway {
             realm: &self.policy.auth.realm,
             trace: &[],
             account: None,
+            problems: &self.paths.problems,
         };
         let mut response = respond::refusal_response(&refusal, &ctx, &self.pages);
         *response.status_mut() = http::StatusCode::OK;
@@ -531,7 +527,8 @@ impl Gateway {
         }
         let Some(upstream) = &self.upstream else {
             let mut r = Response::new(body::full(format!(
-                "404 Not Found: this Portcullis has no upstream (server.upstream); it only answers forward-auth questions at {FORWARD_AUTH_PATH}\n"
+                "404 Not Found: this Portcullis has no upstream (server.upstream); it only answers forward-auth questions at {}\n",
+                self.paths.auth
             )));
             *r.status_mut() = http::StatusCode::NOT_FOUND;
             r.headers_mut().insert(
@@ -744,7 +741,18 @@ impl Gateway {
                 Ok(self.logged(response, record))
             }
             Err(refusal) => {
-                let response = self.refuse(&refusal, &view, &seen, &request_id, record, &[])?;
+                let mut response = self.refuse(&refusal, &view, &seen, &request_id, record, &[])?;
+                // The sign-in redirect names the site as the browser reached it: Traefik resolves
+                // a relative Location against the forward-auth address, not the site's.
+                if response.status() == http::StatusCode::FOUND
+                    && trusted
+                    && let Some(absolute) =
+                        self.absolute_location(&response, req.headers(), req.uri())
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::LOCATION, absolute);
+                }
                 // nginx's auth_request discards the body of the answer and, with a body to
                 // skip, closes the connection to us: answer it with headers only.
                 if req.headers().contains_key(X_ORIGINAL_URI) {
@@ -764,6 +772,35 @@ impl Gateway {
                 Ok(response)
             }
         }
+    }
+
+    /// `Location` made absolute with the trusted proxy's `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` (or `Host`).
+    fn absolute_location(
+        &self,
+        response: &Response<Body>,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+    ) -> Option<HeaderValue> {
+        let location = response
+            .headers()
+            .get(http::header::LOCATION)?
+            .to_str()
+            .ok()?;
+        if !location.starts_with('/') {
+            return None;
+        }
+        let host = portal::request_host(headers, uri, true)?;
+        host.parse::<http::uri::Authority>().ok()?;
+        let proto = match headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+        {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
+        };
+        HeaderValue::from_str(&format!("{proto}://{host}{location}")).ok()
     }
 
     fn new_record(
@@ -1038,7 +1075,7 @@ impl Gateway {
         match ban {
             Ok(None) => {}
             Ok(Some(ban)) => {
-                self.metrics.auth(AuthOutcome::LockedOut);
+                self.metrics.auth(method, AuthOutcome::LockedOut);
                 self.audit
                     .sign_in(false, user, client_ip, method, Some("locked_out"));
                 return Err(Refusal::new(Reason::LockedOut)
@@ -1046,7 +1083,7 @@ impl Gateway {
                     .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
             }
             Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
-                self.metrics.auth(AuthOutcome::StateUnavailable);
+                self.metrics.auth(method, AuthOutcome::StateUnavailable);
                 return Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()));
             }
             Err(e) => {
@@ -1063,7 +1100,7 @@ impl Gateway {
             && fresh
             && let Ok(Some(ban)) = self.state.ban_for(client_ip, Some(user)).await
         {
-            self.metrics.auth(AuthOutcome::LockedOut);
+            self.metrics.auth(method, AuthOutcome::LockedOut);
             self.audit
                 .sign_in(false, user, client_ip, method, Some("locked_out"));
             return Err(Refusal::new(Reason::LockedOut)
@@ -1120,7 +1157,7 @@ impl Gateway {
         if !accepted {
             self.audit
                 .sign_in(false, user, client_ip, method, Some("logon_failed"));
-            self.metrics.auth(AuthOutcome::Refused);
+            self.metrics.auth(method, AuthOutcome::Refused);
         }
         (accepted, fresh)
     }
@@ -1128,7 +1165,7 @@ impl Gateway {
     /// Counts an accepted sign-in, once it is certain (after the lockout re-check); a fresh one
     /// (a real password check, not the cache) is also audited and recorded in the user store.
     fn signed_in(&self, user: &str, client_ip: IpAddr, fresh: bool, method: &'static str) {
-        self.metrics.auth(AuthOutcome::Accepted);
+        self.metrics.auth(method, AuthOutcome::Accepted);
         if fresh {
             self.audit.sign_in(true, user, client_ip, method, None);
             self.verifier.record_sign_in(user);
@@ -1218,10 +1255,18 @@ impl Gateway {
         } else {
             Vec::new()
         };
+        // A 401 page for a browser on a form-login site carries only the form's challenge: a
+        // Basic one would open the browser's password prompt over the page.
+        let challenges =
+            if account.is_some() && respond::negotiate(facts.accept) == respond::Format::Html {
+                self.page_challenges()
+            } else {
+                &self.challenges
+            };
         let ctx = RefusalContext {
             request_id,
             accept: facts.accept,
-            challenges: &self.challenges,
+            challenges,
             extra_challenges,
             detailed,
             mode: match mode {
@@ -1234,6 +1279,7 @@ impl Gateway {
             realm: &self.policy.auth.realm,
             trace: &trace,
             account,
+            problems: &self.paths.problems,
         };
         respond::refusal_response(refusal, &ctx, &self.pages)
     }

@@ -125,8 +125,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
-    /// `portcullis_auth_total{scheme="basic"}`, indexed like [`AuthOutcome::ALL`].
-    auth_basic: [Counter; 4],
+    /// `portcullis_auth_total{scheme}`: `[basic, form]`, each indexed like [`AuthOutcome::ALL`].
+    auth_by_scheme: [[Counter; 4]; 2],
     cache_hits: Counter,
     hash_checks: Counter,
     upstream: Histogram,
@@ -178,11 +178,13 @@ impl Metrics {
     /// successful load (`portcullis_config_last_reload_success` 1, timestamp now).
     pub fn new() -> Metrics {
         let auth: Family<AuthLabels, Counter> = Family::default();
-        let auth_basic = AuthOutcome::ALL.map(|outcome| {
-            // `Counter` clones share one value: this is the family's member itself.
-            auth.get_or_create_owned(&AuthLabels {
-                scheme: "basic",
-                outcome: outcome.label(),
+        let auth_by_scheme = ["basic", "form"].map(|scheme| {
+            AuthOutcome::ALL.map(|outcome| {
+                // `Counter` clones share one value: this is the family's member itself.
+                auth.get_or_create_owned(&AuthLabels {
+                    scheme,
+                    outcome: outcome.label(),
+                })
             })
         });
         let reloads: Family<ResultLabels, Counter> = Family::default();
@@ -191,7 +193,7 @@ impl Metrics {
             registry: Registry::default(),
             requests: Family::default(),
             refusals: Family::default(),
-            auth_basic,
+            auth_by_scheme,
             cache_hits: Counter::default(),
             hash_checks: Counter::default(),
             upstream: Histogram::new(UPSTREAM_BUCKETS),
@@ -334,12 +336,13 @@ impl Metrics {
     }
 
     /// Counts one Basic sign-in attempt.
-    pub fn auth(&self, outcome: AuthOutcome) {
+    pub fn auth(&self, scheme: &str, outcome: AuthOutcome) {
         let i = AuthOutcome::ALL
             .iter()
             .position(|&o| o == outcome)
             .unwrap_or(0);
-        self.auth_basic[i].inc();
+        let by = usize::from(scheme == "form");
+        self.auth_by_scheme[by][i].inc();
     }
 
     /// Counts one credential check by how it was answered.

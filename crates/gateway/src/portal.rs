@@ -164,6 +164,17 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// Whether a `Cookie` header value mentions one of Portcullis's cookies (a cheap pre-check).
+pub fn has_own_cookie(value: &[u8]) -> bool {
+    value.windows(10).any(|w| w == b"portcullis")
+}
+
+/// Whether a `name=value` pair is one of Portcullis's cookies.
+pub fn is_own_cookie(pair: &str) -> bool {
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+    [SESSION_SECURE, SESSION_PLAIN, CSRF_SECURE, CSRF_PLAIN].contains(&name)
+}
+
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure over HTTPS.
 fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -> HeaderValue {
     let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
@@ -318,7 +329,9 @@ impl Csrf {
 
 /// Whether a POST's `Origin` (when sent) is this site: `scheme://host[:port]` as the request
 /// reached it. Browsers send `Origin` on every cross-site POST, so a mismatch is a forgery; its
-/// absence (old clients) leaves the decision to the CSRF token.
+/// absence (old clients) leaves the decision to the CSRF token, and so does `Origin: null`,
+/// which browsers send for a same-site form on a page with `Referrer-Policy: no-referrer` (the
+/// password page, so its link's token never leaves in a Referer).
 pub fn same_origin(headers: &HeaderMap, host: Option<&str>, secure: bool) -> bool {
     let Some(origin) = headers.get(ORIGIN) else {
         return true;
@@ -326,6 +339,9 @@ pub fn same_origin(headers: &HeaderMap, host: Option<&str>, secure: bool) -> boo
     let Ok(origin) = origin.to_str() else {
         return false;
     };
+    if origin == "null" {
+        return true;
+    }
     let Some(host) = host else { return false };
     let scheme = if secure { "https" } else { "http" };
     let strip = |h: &str| -> String {
@@ -616,12 +632,34 @@ impl Gateway {
             realm: &self.policy.auth.realm,
             action: &self.paths.login,
             logout_action: &self.paths.logout,
-            login_url: &self.paths.login,
+            // No sign-in page on a Basic-only site: pages then offer no link to one.
+            login_url: if self.form_enabled() {
+                &self.paths.login
+            } else {
+                ""
+            },
             forgot_url: self.can_reset().then_some(self.paths.forgot.as_str()),
             min_length: MIN_PASSWORD_LENGTH,
             request_id: visit.request_id,
             ..PortalContext::default()
         }
+    }
+
+    /// The challenges of a 401 *page* on a form-login site: only the form's. A Basic challenge
+    /// makes browsers open their own password prompt instead of showing the page.
+    pub(crate) fn page_challenges(&self) -> &[HeaderValue] {
+        match self.form_challenge_index() {
+            Some(i) => &self.challenges[i..=i],
+            None => &self.challenges,
+        }
+    }
+
+    fn form_challenge_index(&self) -> Option<usize> {
+        self.policy
+            .auth
+            .schemes
+            .iter()
+            .position(|s| *s == policy::Scheme::Form)
     }
 
     /// Whether the site can mail password-reset links ("forgot password").
@@ -724,7 +762,7 @@ impl Gateway {
             r.headers_mut().append(SET_COOKIE, c);
         }
         if status == StatusCode::UNAUTHORIZED {
-            for c in &self.challenges {
+            for c in self.page_challenges() {
                 r.headers_mut()
                     .append(http::header::WWW_AUTHENTICATE, c.clone());
             }
@@ -853,7 +891,7 @@ impl Gateway {
         };
         let mut r = html(status, self.pages.render_portal(&ctx));
         if status == StatusCode::UNAUTHORIZED {
-            for c in &self.challenges {
+            for c in self.page_challenges() {
                 r.headers_mut()
                     .append(http::header::WWW_AUTHENTICATE, c.clone());
             }
@@ -1130,14 +1168,17 @@ impl Gateway {
         refusal: &Refusal,
         view: &RequestView<'_>,
     ) -> Option<String> {
+        // Only requests that name text/html: a favicon or an image fetched with `*/*` is not
+        // a page to send to the sign-in form.
+        let accept = view.headers.get(http::header::ACCEPT);
         if !self.form_enabled()
             || !matches!(
                 refusal.reason,
                 Reason::NoCredentials | Reason::SessionExpired
             )
             || !matches!(view.method, "GET" | "HEAD")
-            || crate::respond::negotiate(view.headers.get(http::header::ACCEPT))
-                != crate::respond::Format::Html
+            || !accept.is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"))
+            || crate::respond::negotiate(accept) != crate::respond::Format::Html
         {
             return None;
         }
@@ -1203,7 +1244,10 @@ mod tests {
         assert!(!same_origin(&h, Some("example.com"), false));
         assert!(!same_origin(&h, Some("example.org"), true));
         h.insert(ORIGIN, HeaderValue::from_static("null"));
-        assert!(!same_origin(&h, Some("example.com"), true));
+        assert!(
+            same_origin(&h, Some("example.com"), true),
+            "the token decides"
+        );
     }
 
     #[test]

@@ -111,6 +111,28 @@ impl Upstream {
         if !ctx.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
+        // Portcullis's own cookies (session, CSRF) are not the application's to see.
+        if headers
+            .get_all(header::COOKIE)
+            .iter()
+            .any(|v| crate::portal::has_own_cookie(v.as_bytes()))
+        {
+            let kept: Vec<String> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && !crate::portal::is_own_cookie(pair))
+                .map(str::to_owned)
+                .collect();
+            headers.remove(header::COOKIE);
+            if !kept.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+            {
+                headers.insert(header::COOKIE, v);
+            }
+        }
         if let Some(user) = ctx
             .identity
             .user

@@ -104,6 +104,8 @@ pub struct RefusalContext<'a> {
     pub trace: &'a [TraceEntry],
     /// What a form-login site can offer the person (sign-in link, switch account).
     pub account: Option<&'a Account>,
+    /// Where the explanation pages are served (`{portal.prefix}/problems/`).
+    pub problems: &'a str,
 }
 
 /// The account side of a refusal page on a site with form sign-in.
@@ -131,7 +133,7 @@ pub fn refusal_response(
         StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let reason = refusal.reason;
     let advice = advice(reason, ctx.account.is_some());
-    let problem_type = format!("/.portcullis/problems/{}", reason.slug());
+    let problem_type = format!("{}{}", ctx.problems, reason.slug());
     // Rounded up: a client told "1" for 1.9 s would come back too early and be refused again.
     let retry_after = refusal
         .retry_after
