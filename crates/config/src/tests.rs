@@ -558,7 +558,7 @@ fn demo_config_has_defaults_and_inline_users() {
     );
     assert!(c.auth.public[0].matches(&normalize_path("/public/logo.png")));
     assert_eq!(c.log.access, AccessLogTarget::Stdout);
-    assert_eq!(c.auth.policy().schemes, vec![Scheme::Basic]);
+    assert_eq!(c.auth.policy().schemes, vec![Scheme::Form, Scheme::Basic]);
     assert!(c.ip.allow_unlisted && c.ip.allow.is_empty() && c.ip.deny.is_empty());
     assert!(c.rules.is_empty() && c.filter.is_none() && c.warnings.is_empty());
     assert!(c.server.trusted_proxies.is_empty());
