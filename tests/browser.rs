@@ -618,3 +618,139 @@ fn invited_user_sets_password_in_chromium() {
         c.close().await.unwrap();
     });
 }
+
+#[test]
+fn forgotten_password_reset_by_mail_then_totp_in_chromium() {
+    let smtp = SmtpSink::start();
+    let upstream = TestUpstream::start();
+    let config = ACCOUNTS_CONFIG.replace("@SMTP@", &smtp.port.to_string());
+    let gw = Gateway::start(&config, upstream.addr, &[]);
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("users")
+            .args(args)
+            .arg("-c")
+            .arg(gw.path("portcullis.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "users {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let invite = cli(&["invite", "dave", "--email", "dave@example.com"]);
+    smtp.wait_for(1);
+    let driver = ChromeDriver::start();
+    runtime().block_on(async {
+        let c = driver.browser().await;
+        // Dave accepted his invitation once...
+        c.goto(&invite).await.unwrap();
+        wait_at(&c, "/.portcullis/password", "the password page", |_| true).await;
+        fill(&c, "password", "orange kayak mountain").await;
+        fill(&c, "confirm", "orange kayak mountain").await;
+        click(&c, "Set password").await;
+        wait_at(&c, "/.portcullis/login", "the sign-in page", |s| {
+            s.text.contains("Your password is set")
+        })
+        .await;
+
+        // ...and forgot it: "Forgot your password?" on the sign-in page.
+        c.goto(&format!("http://{}/private/report", gw.addr))
+            .await
+            .unwrap();
+        wait_at(&c, "/.portcullis/login", "the sign-in page", |_| true).await;
+        c.wait()
+            .at_most(STEP)
+            .for_element(Locator::LinkText("Forgot your password?"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_at(&c, "/.portcullis/forgot", "the forgot-password page", |s| {
+            s.text.contains("Enter the email address of your account")
+        })
+        .await;
+        c.wait()
+            .at_most(STEP)
+            .for_element(Locator::Css("input#email[autocomplete=email]"))
+            .await
+            .unwrap();
+        screenshot(&c, "forgot").await;
+        fill(&c, "email", "dave@example.com").await;
+        click(&c, "Send the link").await;
+        wait_at(
+            &c,
+            "/.portcullis/forgot",
+            "the check-your-email page",
+            |s| {
+                s.text
+                    .contains("a link to choose a new password is on its way")
+            },
+        )
+        .await;
+        screenshot(&c, "forgot-sent").await;
+
+        // The mail arrives at the real SMTP server; its link sets a new password.
+        let mail = smtp.wait_for(2);
+        assert!(mail.contains("To: dave@example.com"), "{mail}");
+        let link = password_link(&mail);
+        c.goto(&link).await.unwrap();
+        wait_at(&c, "/.portcullis/password", "the reset page", |s| {
+            s.text.contains("Choose a password for dave")
+        })
+        .await;
+        fill(&c, "password", "violet harbor engine 77").await;
+        fill(&c, "confirm", "violet harbor engine 77").await;
+        click(&c, "Set password").await;
+        wait_at(&c, "/.portcullis/login", "the sign-in page", |s| {
+            s.text.contains("Your password is set")
+        })
+        .await;
+
+        // The old password is refused, the new one works, with a second factor now.
+        sign_in(&c, "dave", "orange kayak mountain").await;
+        wait_at(&c, "/.portcullis/login", "the refusal", |s| {
+            s.text.contains("was not accepted")
+        })
+        .await;
+        let uri = cli(&["totp", "enable", "dave"]);
+        let secret = uri
+            .split("secret=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let raw = store::totp::unbase32(secret).unwrap();
+        // The server notices the database change within a second.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        sign_in(&c, "dave", "violet harbor engine 77").await;
+        wait_at(&c, "/.portcullis/login", "the code step", |s| {
+            s.text.contains("Enter the 6-digit code")
+        })
+        .await;
+        c.wait()
+            .at_most(STEP)
+            .for_element(Locator::Css("input#code[autocomplete=one-time-code]"))
+            .await
+            .unwrap();
+        screenshot(&c, "totp-code").await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let code = format!(
+            "{:06}",
+            store::totp::code_at(&raw, store::totp::step_of(now))
+        );
+        fill(&c, "code", &code).await;
+        click(&c, "Verify").await;
+        // (The reset link came by mail: the sign-in after it returns to "/".)
+        wait_at(&c, "/", "the application as dave", |_| true).await;
+        assert_eq!(echo(&c).await["headers"]["remote-user"], "dave");
+        c.close().await.unwrap();
+    });
+}
