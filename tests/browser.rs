@@ -340,6 +340,21 @@ fn sign_in_wrong_password_denied_page_sign_out_and_stale_cookie_in_chromium() {
             .await
             .unwrap();
         screenshot(&c, "signin").await;
+        // On a phone-sized screen the form fits the width: no horizontal scrolling.
+        c.set_window_size(390, 844).await.unwrap();
+        let overflow = c
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "scrolls sideways on a phone: {overflow}"
+        );
+        screenshot(&c, "signin-phone").await;
+        c.set_window_size(1280, 900).await.unwrap();
 
         // A wrong password: the form again with the reason, the user name kept.
         sign_in(&c, "bob", "not-it").await;
