@@ -62,6 +62,14 @@ enum Command {
     ///
     /// Safe while the server runs: it notices the change and reloads the users.
     Users(cmd::users::Args),
+    /// Diagnose why an address does not open, from the client side, for any site.
+    ///
+    /// Walks the checklist a person would: does the name resolve and the server answer, does
+    /// the page (or a near variant) exist, is a sign-in required and by which scheme, are the
+    /// given credentials refused, does the stored cookie make it worse, is the client blocked or
+    /// rate-limited, does it redirect in a loop. Prints one verdict with what to do; exit 0
+    /// only for "ok".
+    Doctor(cmd::doctor::Args),
     /// Print a password hash for an htpasswd file (argon2id by default).
     ///
     /// Reads the password from standard input when it is not a terminal, otherwise prompts
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cmd::explain::run(args),
         Command::Bans(args) => cmd::bans::run(args),
         Command::Users(args) => cmd::users::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod bans;
 pub mod check_config;
 pub mod demo;
+pub mod doctor;
 pub mod explain;
 pub mod hash;
 pub mod serve;

@@ -149,6 +149,17 @@ async fn upstream_handle(
             let status = if user == "alice" { 200 } else { 403 };
             Ok(Response::builder().status(status).body(text("")).unwrap())
         }
+        // A redirect loop (for `doctor`).
+        "/loop" => Ok(Response::builder()
+            .status(302)
+            .header("location", "/loop2")
+            .body(text(""))
+            .unwrap()),
+        "/loop2" => Ok(Response::builder()
+            .status(302)
+            .header("location", "/loop")
+            .body(text(""))
+            .unwrap()),
         "/app401" => Ok(Response::builder()
             .status(401)
             .header("www-authenticate", "Bearer realm=\"app\"")

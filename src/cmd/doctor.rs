@@ -1,0 +1,657 @@
+//! `portcullis doctor URL`: the client side of "why can't I open this page?", for any site.
+//!
+//! Walks the checklist a person would, with real requests: does the name resolve and the server
+//! answer (and its TLS certificate hold), does the page exist or a near variant of it, is a
+//! sign-in required and by which scheme and realm, are the given credentials refused, does a
+//! stored cookie make things worse than no cookie, is the client blocked or rate-limited, does
+//! the site redirect in a loop. It prints one verdict with what to do (`--json` for scripts).
+//! When the site is a Portcullis, its problem+json answers name the exact reason.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Arguments of `doctor`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The address that does not work, e.g. https://app.example.com/reports.
+    url: String,
+    /// Credentials to try, USER:PASSWORD (USER alone prompts for the password).
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// A Cookie header value the browser sends (e.g. "portcullis_session=…").
+    #[arg(long)]
+    cookie: Option<String>,
+    /// Print {"verdict", "status", "findings", "advice"} as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Longest wait for each request.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+struct Report {
+    verdict: &'static str,
+    /// The status of the request as given (0 when nothing answered).
+    status: u16,
+    findings: Vec<String>,
+    advice: Vec<String>,
+}
+
+/// One request's outcome, redirects followed.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    /// Locations followed, in order.
+    hops: Vec<String>,
+    /// A redirect came back to an address already visited.
+    looped: bool,
+    /// `reason` of a problem+json body (a Portcullis answer).
+    reason: Option<String>,
+    final_url: reqwest::Url,
+}
+
+enum Failure {
+    Resolve(String),
+    Connect(String),
+    Tls(String),
+    Timeout,
+}
+
+const ACCEPT: &str = "application/problem+json, application/json;q=0.9, text/html;q=0.8, */*;q=0.5";
+
+/// Runs `doctor`.
+pub fn run(args: Args) -> ExitCode {
+    let url = match reqwest::Url::parse(&args.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+        _ => {
+            eprintln!(
+                "portcullis doctor: {:?} is not an http:// or https:// address",
+                args.url
+            );
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    let credentials = match args.user.as_deref() {
+        None => None,
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => Some((user.to_owned(), pass.to_owned())),
+            None => match super::hash::read_password() {
+                Ok(p) => Some((u.to_owned(), p)),
+                Err(e) => {
+                    eprintln!("portcullis doctor: {e}");
+                    return ExitCode::from(super::EXIT_CONFIG);
+                }
+            },
+        },
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis doctor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(diagnose(
+        url,
+        credentials,
+        args.cookie.as_deref(),
+        args.timeout,
+    ));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).unwrap_or_else(|_| "{}".into())
+        );
+    } else {
+        println!("Verdict: {} (HTTP {})", report.verdict, report.status);
+        println!("Findings:");
+        for f in &report.findings {
+            println!("  - {f}");
+        }
+        println!("What to do:");
+        for a in &report.advice {
+            println!("  - {a}");
+        }
+    }
+    if report.verdict == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn diagnose(
+    url: reqwest::Url,
+    credentials: Option<(String, String)>,
+    cookie: Option<&str>,
+    timeout: Duration,
+) -> Report {
+    let mut findings = Vec::new();
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .user_agent(concat!("portcullis-doctor/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return report("server_error", 0, vec![e.to_string()], vec![]),
+    };
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    // 1. Does the name resolve?
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            findings.push(format!("{host} resolves to {}", addrs.join(", ")));
+        }
+        Ok(Err(e)) => {
+            return failed(Failure::Resolve(e.to_string()), &host, findings);
+        }
+        Err(_) => return failed(Failure::Timeout, &host, findings),
+    }
+    // 2. The page without credentials or cookies.
+    let plain = match fetch(&client, &url, None, None).await {
+        Ok(a) => a,
+        Err(f) => return failed(f, &host, findings),
+    };
+    findings.push(describe("without credentials", &url, &plain));
+    if plain.looped {
+        return report(
+            "redirect_loop",
+            plain.status,
+            findings,
+            vec![
+                format!("The site sends the browser round in circles: {}.", plain.hops.join(" → ")),
+                "Delete this site's cookies and try again; if it persists, the site's administrator must fix the redirects (a sign-in page that redirects to itself, or HTTP ↔ HTTPS).".into(),
+            ],
+        );
+    }
+    // 3. With the cookie the browser holds: worse than without?
+    if let Some(cookie) = cookie {
+        match fetch(&client, &url, None, Some(cookie)).await {
+            Ok(with) => {
+                findings.push(describe("with the cookie", &url, &with));
+                let ended = with.reason.as_deref() == Some("session_expired")
+                    || with.hops.iter().any(|h| h.contains("ended=1"));
+                let worse = with.looped
+                    || (with.status >= 400 && plain.status < 400)
+                    || matches!(with.status, 400 | 431)
+                    || (with.status >= 500 && plain.status < 500);
+                if ended || worse {
+                    let mut advice = vec![
+                        "The cookie your browser holds for this site makes it worse: delete this site's cookies (or use a private window), then sign in again.".to_owned(),
+                    ];
+                    if ended {
+                        advice.push("The site says the session it names has ended (expired, signed out, or the server forgot it).".into());
+                    }
+                    return report("stale_cookie", with.status, findings, advice);
+                }
+            }
+            Err(f) => return failed(f, &host, findings),
+        }
+    }
+    let status = plain.status;
+    // 4. What the answer means.
+    match status {
+        200..=299 => report(
+            "ok",
+            status,
+            findings,
+            vec!["The page opens for this client without signing in. If a browser still fails, delete this site's cookies or try a private window.".into()],
+        ),
+        401 => login(&client, &url, &plain, credentials, findings).await,
+        404 | 410 => {
+            let variants = near_variants(&url);
+            let mut found = Vec::new();
+            for v in variants {
+                if let Ok(a) = fetch(&client, &v, None, None).await
+                    && !matches!(a.status, 404 | 410)
+                {
+                    found.push(format!("{} answers {}", v.path(), a.status));
+                }
+            }
+            let mut advice = vec!["Check the address for typing mistakes (letter case, a missing or extra '/').".to_owned()];
+            if found.is_empty() {
+                findings.push("no near variant of the path exists either".into());
+            } else {
+                advice.insert(0, format!("Did you mean: {}?", found.join("; ")));
+                findings.extend(found);
+            }
+            report("not_found", status, findings, advice)
+        }
+        403 | 429 => refused(&plain, findings),
+        500..=599 => report(
+            "server_error",
+            status,
+            findings,
+            vec![
+                "The server (or the application behind it) failed. Try again in a few minutes.".into(),
+                format!(
+                    "If it persists, tell the administrator{}.",
+                    request_id(&plain).map_or(String::new(), |id| format!(", quoting request id {id}"))
+                ),
+            ],
+        ),
+        _ => report(
+            "server_error",
+            status,
+            findings,
+            vec![format!("The server answered {status}, which a browser cannot use as a page.")],
+        ),
+    }
+}
+
+/// A 401: which scheme and realm; the given credentials tried.
+async fn login(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    plain: &Answer,
+    credentials: Option<(String, String)>,
+    mut findings: Vec<String>,
+) -> Report {
+    let challenges: Vec<String> = plain
+        .headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let schemes: Vec<String> = challenges
+        .iter()
+        .filter_map(|c| c.split_whitespace().next())
+        .map(|s| s.trim_end_matches(',').to_owned())
+        .collect();
+    let realm = challenges.iter().find_map(|c| param(c, "realm"));
+    let form = challenges
+        .iter()
+        .find(|c| c.starts_with("Cookie "))
+        .and_then(|c| param(c, "form-action"));
+    if challenges.is_empty() {
+        findings
+            .push("the 401 carries no WWW-Authenticate challenge (RFC 9110 requires one)".into());
+    } else {
+        findings.push(format!("a sign-in is required: {}", challenges.join(" | ")));
+    }
+    let basic = schemes.iter().any(|s| s.eq_ignore_ascii_case("basic"));
+    let sign_in_page = form
+        .as_ref()
+        .map(|f| url.join(f).map_or_else(|_| f.clone(), |u| u.to_string()));
+    let Some((user, password)) = credentials else {
+        let mut advice = vec![match (&sign_in_page, basic) {
+            (Some(page), _) => {
+                format!("Sign in on the sign-in page ({page}); a browser is sent there by itself.")
+            }
+            (None, true) => format!(
+                "Sign in with a user name and password{} (curl: -u USER).",
+                realm
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" for \"{r}\""))
+            ),
+            (None, false) => format!(
+                "Sign in with the scheme the site asks for ({}).",
+                schemes.join(", ")
+            ),
+        }];
+        advice.push("Run doctor again with -u USER:PASSWORD to check the credentials.".into());
+        return report("login_required", plain.status, findings, advice);
+    };
+    if !basic {
+        let mut advice = vec![format!(
+            "The site does not take a user name and password directly (it asks for {}).",
+            schemes.join(", ")
+        )];
+        if let Some(page) = sign_in_page {
+            advice.push(format!("Sign in on the sign-in page ({page}) in a browser, then pass its session cookie with --cookie."));
+        }
+        return report("scheme_unsupported", plain.status, findings, advice);
+    }
+    let with = match fetch(client, url, Some((&user, &password)), None).await {
+        Ok(a) => a,
+        Err(_) => {
+            return report(
+                "server_error",
+                plain.status,
+                findings,
+                vec!["The server stopped answering when credentials were sent.".into()],
+            );
+        }
+    };
+    findings.push(describe(
+        &format!("with the credentials of {user}"),
+        url,
+        &with,
+    ));
+    match with.status {
+        200..=299 => report(
+            "ok",
+            with.status,
+            findings,
+            vec![format!("The credentials of {user} work. In a browser, close all its windows (browsers remember a refused password) and sign in again.")],
+        ),
+        401 => report(
+            "credentials_refused",
+            with.status,
+            findings,
+            vec![
+                format!("The user name or password of {user} was not accepted: check both (and Caps Lock)."),
+                "If you forgot the password, use the site's \"forgot password\" link or ask the administrator to reset it.".into(),
+            ],
+        ),
+        403 | 429 => refused(&with, findings),
+        s => report(
+            if s >= 500 { "server_error" } else { "forbidden" },
+            s,
+            findings,
+            vec![format!("With credentials the site answers {s}.")],
+        ),
+    }
+}
+
+/// A 403 or 429: blocked, rate-limited, locked out or simply not allowed.
+fn refused(answer: &Answer, findings: Vec<String>) -> Report {
+    let id = request_id(answer).map_or(String::new(), |id| format!(" (request id {id})"));
+    let wait = answer
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match answer.reason.as_deref() {
+        Some("rate_limit" | "concurrent_limit") | None
+            if answer.status == 429
+                || answer
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.ends_with("limit")) =>
+        {
+            report(
+                "rate_limited",
+                answer.status,
+                findings,
+                vec![
+                    format!(
+                        "Too many requests from this address: wait{} and try again.",
+                        wait.map_or(String::new(), |w| format!(" {w} seconds"))
+                    ),
+                    "Scripts and tools should slow down and honour Retry-After.".into(),
+                ],
+            )
+        }
+        Some("ip_denied" | "host_denied") => report(
+            "blocked",
+            answer.status,
+            findings,
+            vec![
+                format!(
+                    "This network address is blocked by the site: send the administrator this request id{id}."
+                ),
+                "A different network (mobile data instead of office Wi-Fi) may not be blocked."
+                    .into(),
+            ],
+        ),
+        Some("locked_out") => report(
+            "blocked",
+            answer.status,
+            findings,
+            vec![format!(
+                "Too many failed sign-ins: signing in is blocked for a while{}. Wait, then use the right password.",
+                wait.map_or(String::new(), |w| format!(" ({w} more seconds)"))
+            )],
+        ),
+        _ => report(
+            "forbidden",
+            answer.status,
+            findings,
+            vec![format!(
+                "The site refuses this page to this client or account: ask the administrator for access{id}."
+            )],
+        ),
+    }
+}
+
+fn failed(failure: Failure, host: &str, mut findings: Vec<String>) -> Report {
+    let (verdict, finding, advice) = match failure {
+        Failure::Resolve(e) => (
+            "unreachable",
+            format!("{host} does not resolve: {e}"),
+            "Check the host name for typing mistakes; if it is right, the DNS (or VPN) is the problem.".to_owned(),
+        ),
+        Failure::Connect(e) => (
+            "unreachable",
+            format!("{host} does not answer: {e}"),
+            "Check the port and that the server is running; a firewall may drop the connection.".to_owned(),
+        ),
+        Failure::Tls(e) => (
+            "tls_error",
+            format!("the TLS connection to {host} failed: {e}"),
+            "The certificate is not valid for this name, expired or self-signed: tell the administrator; do not click through the warning.".to_owned(),
+        ),
+        Failure::Timeout => (
+            "unreachable",
+            format!("{host} did not answer in time"),
+            "The server or the network is overloaded or filtered; try again later.".to_owned(),
+        ),
+    };
+    findings.push(finding);
+    report(verdict, 0, findings, vec![advice])
+}
+
+fn report(
+    verdict: &'static str,
+    status: u16,
+    findings: Vec<String>,
+    advice: Vec<String>,
+) -> Report {
+    Report {
+        verdict,
+        status,
+        findings,
+        advice,
+    }
+}
+
+/// GET `url` following redirects (at most 10, stopping at a repeat), with optional Basic
+/// credentials (sent only to the same host) and cookie.
+async fn fetch(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    credentials: Option<(&str, &str)>,
+    cookie: Option<&str>,
+) -> Result<Answer, Failure> {
+    let mut current = url.clone();
+    let mut hops = Vec::new();
+    let mut visited = HashSet::new();
+    let mut cookies: Vec<String> = cookie.map(|c| vec![c.to_owned()]).unwrap_or_default();
+    visited.insert(current.to_string());
+    loop {
+        let mut req = client
+            .get(current.clone())
+            .header(reqwest::header::ACCEPT, ACCEPT);
+        if let Some((u, p)) = credentials
+            && current.host_str() == url.host_str()
+        {
+            req = req.basic_auth(u, Some(p));
+        }
+        if !cookies.is_empty() {
+            req = req.header(reqwest::header::COOKIE, cookies.join("; "));
+        }
+        let response = req.send().await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        for set in headers.get_all(reqwest::header::SET_COOKIE) {
+            if let Some(pair) = set.to_str().ok().and_then(|s| s.split(';').next()) {
+                let name = pair.split('=').next().unwrap_or_default().to_owned();
+                cookies.retain(|c| !c.starts_with(&format!("{name}=")));
+                if !set.to_str().unwrap_or_default().contains("Max-Age=0") {
+                    cookies.push(pair.to_owned());
+                }
+            }
+        }
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| current.join(l).ok());
+        if (300..400).contains(&status)
+            && let Some(next) = location
+        {
+            hops.push(next.to_string());
+            if !visited.insert(next.to_string()) || hops.len() > 10 {
+                return Ok(Answer {
+                    status,
+                    headers,
+                    hops,
+                    looped: true,
+                    reason: None,
+                    final_url: next,
+                });
+            }
+            current = next;
+            continue;
+        }
+        let is_problem = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json"));
+        let reason = if is_problem {
+            response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+        } else {
+            None
+        };
+        return Ok(Answer {
+            status,
+            headers,
+            hops,
+            looped: false,
+            reason,
+            final_url: current,
+        });
+    }
+}
+
+fn classify(e: reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        return Failure::Timeout;
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(&e);
+    let mut chain = Vec::new();
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return Failure::Tls(s.to_string());
+        }
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let text = chain.join(": ");
+    if text.contains("certificate") || text.to_ascii_lowercase().contains("tls") {
+        Failure::Tls(text)
+    } else {
+        Failure::Connect(chain.last().cloned().unwrap_or(text))
+    }
+}
+
+/// "without credentials: GET /x → 401 …" for the findings.
+fn describe(how: &str, url: &reqwest::Url, a: &Answer) -> String {
+    let mut s = format!("{how}: GET {} → {}", url.path(), a.status);
+    if !a.hops.is_empty() {
+        s.push_str(&format!(
+            " after {} redirect(s) ({})",
+            a.hops.len(),
+            a.hops.join(" → ")
+        ));
+    } else if a.final_url != *url {
+        s.push_str(&format!(" at {}", a.final_url));
+    }
+    if let Some(r) = &a.reason {
+        s.push_str(&format!(", reason {r}"));
+    }
+    s
+}
+
+fn request_id(a: &Answer) -> Option<String> {
+    a.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A `name="value"` (or `name=value`) parameter of a challenge.
+fn param(challenge: &str, name: &str) -> Option<String> {
+    let at = challenge.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &challenge[at..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        Some(quoted[..quoted.find('"')?].to_owned())
+    } else {
+        Some(rest.split([',', ' ']).next()?.to_owned())
+    }
+}
+
+/// Addresses one typing mistake away: the other trailing slash, lower case, the parent folder.
+fn near_variants(url: &reqwest::Url) -> Vec<reqwest::Url> {
+    let path = url.path();
+    let mut paths = Vec::new();
+    if path.len() > 1 {
+        paths.push(match path.strip_suffix('/') {
+            Some(p) => p.to_owned(),
+            None => format!("{path}/"),
+        });
+    }
+    let lower = path.to_lowercase();
+    if lower != path {
+        paths.push(lower.clone());
+        if !lower.ends_with('/') {
+            paths.push(format!("{lower}/"));
+        }
+    }
+    if let Some((parent, _)) = path.trim_end_matches('/').rsplit_once('/') {
+        paths.push(format!("{parent}/"));
+    }
+    let mut seen = HashSet::new();
+    paths
+        .into_iter()
+        .filter(|p| p != path && seen.insert(p.clone()))
+        .map(|p| {
+            let mut u = url.clone();
+            u.set_path(&p);
+            u
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_parameters_and_near_variants() {
+        assert_eq!(
+            param(r#"Basic realm="Staff area", charset="UTF-8""#, "realm").as_deref(),
+            Some("Staff area")
+        );
+        assert_eq!(
+            param(
+                r#"Cookie realm="x", form-action="/.portcullis/login""#,
+                "form-action"
+            )
+            .as_deref(),
+            Some("/.portcullis/login")
+        );
+        let u = reqwest::Url::parse("http://h/Docs/Guide").unwrap();
+        let v: Vec<String> = near_variants(&u)
+            .iter()
+            .map(|u| u.path().to_owned())
+            .collect();
+        assert_eq!(v, ["/Docs/Guide/", "/docs/guide", "/docs/guide/", "/Docs/"]);
+    }
+}
