@@ -8,56 +8,8 @@ mod util;
 use std::process::Command;
 
 use util::browser::Browser;
+use util::portal::{start_accounts as start, users_cli as users};
 use util::*;
-
-const CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-schemes = ["form"]
-users = "sqlite:users.db"
-
-[portal]
-public_url = "http://@LISTEN@"
-
-[mail]
-host = "127.0.0.1"
-port = @SMTP@
-starttls = false
-from = "Portcullis <noreply@example.com>"
-
-[log]
-access = "access.log"
-audit = "audit.log"
-"#;
-
-fn users(gw: &Gateway, args: &[&str]) -> (String, String) {
-    let out = Command::new(BIN)
-        .arg("users")
-        .args(args)
-        .arg("-c")
-        .arg(gw.path("portcullis.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "users {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn start(smtp: &SmtpSink) -> (TestUpstream, Gateway) {
-    let upstream = TestUpstream::start();
-    let config = CONFIG.replace("@SMTP@", &smtp.port.to_string());
-    let gw = Gateway::start(&config, upstream.addr, &[]);
-    (upstream, gw)
-}
 
 /// Sets a password through the link's page; returns the answer to the POST.
 async fn choose(b: &mut Browser, link: &str, password: &str, confirm: &str) -> util::browser::Page {
@@ -92,7 +44,7 @@ fn an_invited_person_chooses_a_password_and_signs_in() {
             "staff",
         ],
     );
-    let link = stdout.trim().to_owned();
+    let link = stdout.clone();
     assert!(
         link.starts_with(&format!("http://{}/.portcullis/password?token=", gw.addr)),
         "{link}"
@@ -162,7 +114,7 @@ fn forgot_password_mails_a_link_without_telling_who_exists() {
     let smtp = SmtpSink::start();
     let (_up, gw) = start(&smtp);
     let (stdout, _) = users(&gw, &["invite", "dave", "--email", "dave@example.com"]);
-    let invite = stdout.trim().to_owned();
+    let invite = stdout.clone();
     smtp.wait_for(1);
     runtime().block_on(async {
         let mut b = Browser::new(&format!("http://{}", gw.addr));

@@ -280,47 +280,9 @@ async fn session_cookies(c: &Client) -> Vec<String> {
 
 // === the portal ===
 
-const PORTAL_CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-schemes = ["form", "basic"]
-users = "users.htpasswd"
-
-[[rule]]
-path = "/admin/**"
-allow = ["user:alice"]
-
-[[rule]]
-path = "/**"
-allow = ["*"]
-
-[log]
-access = "access.log"
-audit = "audit.log"
-
-[logon]
-max_failures = 3
-"#;
-
-fn start_portal() -> (TestUpstream, Gateway) {
-    let upstream = TestUpstream::start();
-    let dir = dir_with_user("alice", "wonderland-42");
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "bob",
-        "builder-of-things",
-    );
-    let gw = Gateway::start_in(dir, PORTAL_CONFIG, upstream.addr);
-    (upstream, gw)
-}
-
 #[test]
 fn sign_in_wrong_password_denied_page_sign_out_and_stale_cookie_in_chromium() {
-    let (_up, gw) = start_portal();
+    let (_up, gw) = util::portal::start_portal(util::portal::PORTAL_CONFIG);
     let driver = ChromeDriver::start();
     let base = format!("http://{}", gw.addr);
     runtime().block_on(async {
@@ -481,7 +443,7 @@ fn sign_in_wrong_password_denied_page_sign_out_and_stale_cookie_in_chromium() {
 
 #[test]
 fn repeated_wrong_passwords_lock_out_in_chromium() {
-    let (_up, gw) = start_portal();
+    let (_up, gw) = util::portal::start_portal(util::portal::PORTAL_CONFIG);
     let driver = ChromeDriver::start();
     let base = format!("http://{}", gw.addr);
     runtime().block_on(async {
@@ -520,47 +482,12 @@ fn repeated_wrong_passwords_lock_out_in_chromium() {
 
 // === accounts ===
 
-const ACCOUNTS_CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-schemes = ["form"]
-users = "sqlite:users.db"
-
-[portal]
-public_url = "http://@LISTEN@"
-
-[mail]
-host = "127.0.0.1"
-port = @SMTP@
-starttls = false
-from = "Portcullis <noreply@example.com>"
-
-[log]
-access = "access.log"
-audit = "audit.log"
-"#;
-
 #[test]
 fn invited_user_sets_password_in_chromium() {
     let smtp = SmtpSink::start();
-    let upstream = TestUpstream::start();
-    let config = ACCOUNTS_CONFIG.replace("@SMTP@", &smtp.port.to_string());
-    let gw = Gateway::start(&config, upstream.addr, &[]);
-    let out = Command::new(BIN)
-        .args(["users", "invite", "carol", "--email", "carol@example.com"])
-        .arg("-c")
-        .arg(gw.path("portcullis.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "users invite: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (_upstream, gw) = util::portal::start_accounts(&smtp);
+    let (link, _) =
+        util::portal::users_cli(&gw, &["invite", "carol", "--email", "carol@example.com"]);
     assert!(
         link.starts_with(&format!("http://{}/.portcullis/password?token=", gw.addr)),
         "{link}"
@@ -637,24 +564,8 @@ fn invited_user_sets_password_in_chromium() {
 #[test]
 fn forgotten_password_reset_by_mail_then_totp_in_chromium() {
     let smtp = SmtpSink::start();
-    let upstream = TestUpstream::start();
-    let config = ACCOUNTS_CONFIG.replace("@SMTP@", &smtp.port.to_string());
-    let gw = Gateway::start(&config, upstream.addr, &[]);
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("users")
-            .args(args)
-            .arg("-c")
-            .arg(gw.path("portcullis.toml"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "users {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let (_upstream, gw) = util::portal::start_accounts(&smtp);
+    let cli = |args: &[&str]| util::portal::users_cli(&gw, args).0;
     let invite = cli(&["invite", "dave", "--email", "dave@example.com"]);
     smtp.wait_for(1);
     let driver = ChromeDriver::start();

@@ -8,43 +8,10 @@ use std::time::Duration;
 use util::browser::Browser;
 use util::*;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-trusted_proxies = ["10.9.9.9/32"]
-
-[auth]
-schemes = ["form", "basic"]
-users = "users.htpasswd"
-
-[[rule]]
-path = "/admin/**"
-allow = ["user:alice"]
-
-[[rule]]
-path = "/**"
-allow = ["*"]
-
-[log]
-access = "access.log"
-audit = "audit.log"
-
-[logon]
-max_failures = 3
-"#;
+const CONFIG: &str = util::portal::PORTAL_CONFIG;
 
 fn start(config: &str) -> (TestUpstream, Gateway) {
-    let upstream = TestUpstream::start();
-    let dir = dir_with_user("alice", "wonderland-42");
-    htpasswd(
-        &dir.path().join("users.htpasswd"),
-        &["-B", "-C", "4"],
-        "bob",
-        "builder-of-things",
-    );
-    let gw = Gateway::start_in(dir, config, upstream.addr);
-    (upstream, gw)
+    util::portal::start_portal(config)
 }
 
 fn base(gw: &Gateway) -> String {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod portal;
 
 use std::convert::Infallible;
 use std::io::Write;

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::StatusCode;
-use http::header::SET_COOKIE;
 use hyper::body::Incoming;
 use policy::Reason;
 use store::sqlite::{TokenKind, UserDb};
@@ -25,7 +24,6 @@ struct PasswordForm<'a> {
     token: &'a str,
     user: &'a str,
     error: Option<&'a str>,
-    status: StatusCode,
 }
 
 /// Runs a user-database operation on the blocking pool.
@@ -77,21 +75,17 @@ impl Gateway {
     }
 
     fn password_form(&self, visit: &Visit<'_>, form: PasswordForm<'_>) -> Outcome {
-        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
         let mut ctx = self.portal_context(visit, "password", "Choose your password");
         ctx.action = &self.paths.password;
         ctx.token = form.token;
         ctx.user = form.user;
-        ctx.csrf = &csrf;
         ctx.error = form.error;
-        let mut r = html(form.status, self.pages.render_portal(&ctx));
+        let mut r = self.form_response(visit, ctx);
+        // The link's token must not leave in a Referer.
         r.headers_mut().insert(
             http::header::REFERRER_POLICY,
             http::HeaderValue::from_static("no-referrer"),
         );
-        if let Some(c) = set_csrf {
-            r.headers_mut().append(SET_COOKIE, c);
-        }
         Outcome {
             response: r,
             reason: form.error.map(|_| Reason::BadRequest),
@@ -113,7 +107,6 @@ impl Gateway {
                     token: &token,
                     user: &user,
                     error: None,
-                    status: StatusCode::OK,
                 },
             ),
             Ok(None) => self.dead_link(visit),
@@ -155,14 +148,13 @@ impl Gateway {
                 );
             }
         };
-        let again = |error: &str, status: StatusCode| {
+        let again = |error: &str| {
             self.password_form(
                 visit,
                 PasswordForm {
                     token: &token,
                     user: &user,
                     error: Some(error),
-                    status,
                 },
             )
         };
@@ -173,18 +165,14 @@ impl Gateway {
         {
             return again(
                 "The form had expired or came from another site, so nothing was changed. Enter the password again.",
-                StatusCode::BAD_REQUEST,
             );
         }
         let password = form.get("password").unwrap_or("");
         if password != form.get("confirm").unwrap_or("") {
-            return again(
-                "The two passwords are not the same. Enter them again.",
-                StatusCode::BAD_REQUEST,
-            );
+            return again("The two passwords are not the same. Enter them again.");
         }
         if let Some(why) = store::passwords::weakness(password, &user) {
-            return again(&why, StatusCode::BAD_REQUEST);
+            return again(&why);
         }
         let password = password.to_owned();
         let redeemed = with_db(db, move |db| {
@@ -250,22 +238,11 @@ impl Gateway {
                 None,
             );
         }
-        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
         let mut ctx = self.portal_context(visit, "forgot", "Forgot your password?");
         ctx.action = &self.paths.forgot;
-        ctx.csrf = &csrf;
         ctx.error = error;
-        let status = if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
-        let mut r = html(status, self.pages.render_portal(&ctx));
-        if let Some(c) = set_csrf {
-            r.headers_mut().append(SET_COOKIE, c);
-        }
         Outcome {
-            response: r,
+            response: self.form_response(visit, ctx),
             reason: error.map(|_| Reason::BadRequest),
             user: None,
         }

@@ -662,6 +662,27 @@ impl Gateway {
             .position(|s| *s == policy::Scheme::Form)
     }
 
+    /// A portal form page: its CSRF token (and the pre-session cookie when the browser has
+    /// none), 400 when it shows an error about the last submission, else 200.
+    pub(crate) fn form_response(
+        &self,
+        visit: &Visit<'_>,
+        ctx: PortalContext<'_>,
+    ) -> Response<Body> {
+        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
+        let ctx = PortalContext { csrf: &csrf, ..ctx };
+        let status = if ctx.error.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        let mut r = html(status, self.pages.render_portal(&ctx));
+        if let Some(c) = set_csrf {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        r
+    }
+
     /// Whether the site can mail password-reset links ("forgot password").
     pub(crate) fn can_reset(&self) -> bool {
         self.mailer.is_some() && self.user_db().is_some() && self.config.portal.public_url.is_some()
@@ -685,20 +706,14 @@ impl Gateway {
             () if query_param(visit.query, "signed_out").is_some() => Some("You are signed out."),
             () => None,
         };
-        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
         match self.check_session(visit.headers).await {
             SessionCheck::Valid(identity) => {
                 let user = identity.user.unwrap_or_default();
                 let mut ctx = self.portal_context(visit, "signed_in", "You are signed in");
                 ctx.user = &user;
                 ctx.rd = &rd;
-                ctx.csrf = &csrf;
-                let mut r = html(StatusCode::OK, self.pages.render_portal(&ctx));
-                if let Some(c) = set_csrf {
-                    r.headers_mut().append(SET_COOKIE, c);
-                }
                 return Outcome {
-                    response: r,
+                    response: self.form_response(visit, ctx),
                     reason: None,
                     user: Some(user.clone()),
                 };
@@ -714,9 +729,8 @@ impl Gateway {
         let mut ctx = self.portal_context(visit, "login", "Sign in");
         ctx.notice = notice;
         ctx.rd = &rd;
-        ctx.csrf = &csrf;
-        let mut r = html(StatusCode::OK, self.pages.render_portal(&ctx));
-        for c in clear.into_iter().chain(set_csrf) {
+        let mut r = self.form_response(visit, ctx);
+        for c in clear {
             r.headers_mut().append(SET_COOKIE, c);
         }
         Outcome::plain(r)
@@ -1017,23 +1031,12 @@ impl Gateway {
             SessionCheck::Valid(identity) => identity.user.unwrap_or_default(),
             _ => String::new(),
         };
-        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
         let mut ctx = self.portal_context(visit, "logout", "Sign out");
         ctx.user = &user;
-        ctx.csrf = &csrf;
         ctx.rd = &rd;
         ctx.error = error;
-        let status = if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
-        let mut r = html(status, self.pages.render_portal(&ctx));
-        if let Some(c) = set_csrf {
-            r.headers_mut().append(SET_COOKIE, c);
-        }
         Outcome {
-            response: r,
+            response: self.form_response(visit, ctx),
             reason: error.map(|_| Reason::BadRequest),
             user: (!user.is_empty()).then_some(user),
         }

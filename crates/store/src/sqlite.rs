@@ -120,6 +120,15 @@ fn check_name(name: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// `Err(Missing)` unless `name` is a user (inside a transaction, before changing what hangs on it).
+fn require_user(conn: &Connection, name: &str) -> Result<(), DbError> {
+    conn.query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
+        Ok(())
+    })
+    .optional()?
+    .ok_or_else(|| DbError::Missing(name.to_owned()))
+}
+
 fn check_hash(hash: &str) -> Result<(), DbError> {
     StoredHash::parse(hash)
         .map(|_| ())
@@ -258,15 +267,7 @@ impl UserDb {
         let now = now();
         let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
         let tx = self.conn.transaction()?;
-        if tx
-            .query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_none()
-        {
-            return Err(DbError::Missing(name.to_owned()));
-        }
+        require_user(&tx, name)?;
         tx.execute(
             "UPDATE tokens SET used = ?3 WHERE name = ?1 AND kind = ?2 AND used IS NULL",
             params![name, kind.as_str(), now],
@@ -391,15 +392,7 @@ impl UserDb {
     /// Replaces a user's groups.
     pub fn set_groups(&mut self, name: &str, groups: &[String]) -> Result<(), DbError> {
         let tx = self.conn.transaction()?;
-        if tx
-            .query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_none()
-        {
-            return Err(DbError::Missing(name.to_owned()));
-        }
+        require_user(&tx, name)?;
         tx.execute("DELETE FROM user_groups WHERE name = ?1", params![name])?;
         for g in groups {
             tx.execute(
