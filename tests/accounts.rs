@@ -342,3 +342,56 @@ fn a_totp_second_factor_is_asked_after_the_password() {
         assert!(!other.jar.contains_key("portcullis_session"));
     });
 }
+
+#[test]
+fn a_new_password_ends_the_sessions_of_the_old_one() {
+    let smtp = SmtpSink::start();
+    let (_up, gw) = start(&smtp);
+    let (invite, _) = users(&gw, &["invite", "frank"]);
+    runtime().block_on(async {
+        let base = format!("http://{}", gw.addr);
+        let mut laptop = Browser::new(&base);
+        let r = choose(
+            &mut laptop,
+            &invite,
+            "first tangerine lantern",
+            "first tangerine lantern",
+        )
+        .await;
+        assert_eq!(r.status, 303);
+        assert_eq!(
+            laptop
+                .sign_in("frank", "first tangerine lantern", "/")
+                .await
+                .status,
+            303
+        );
+        assert_eq!(laptop.get("/app").await.status, 200);
+        // The password is reset (say, because the laptop was stolen).
+        let (reset, _) = users(&gw, &["reset", "frank"]);
+        let mut phone = Browser::new(&base);
+        let r = choose(
+            &mut phone,
+            &reset,
+            "second marble compass",
+            "second marble compass",
+        )
+        .await;
+        assert_eq!(r.status, 303);
+        // The laptop's session, started with the old password, has ended.
+        let r = laptop.get("/app").await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert_eq!(
+            r.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp&ended=1")
+        );
+        assert_eq!(
+            phone
+                .sign_in("frank", "second marble compass", "/")
+                .await
+                .status,
+            303
+        );
+        assert_eq!(phone.get("/app").await.status, 200);
+    });
+}

@@ -611,9 +611,16 @@ impl Gateway {
             let _ = self.state.session_delete(&key).await;
             return SessionCheck::Ended("the session reached portal.max_age");
         }
-        if !self.verifier.has_user(&session.user).await {
-            let _ = self.state.session_delete(&key).await;
-            return SessionCheck::Ended("the session's user was removed or disabled");
+        match self.verifier.credential_stamp(&session.user).await {
+            Some(stamp) if stamp == session.stamp => {}
+            Some(_) => {
+                let _ = self.state.session_delete(&key).await;
+                return SessionCheck::Ended("the password changed since this session began");
+            }
+            None => {
+                let _ = self.state.session_delete(&key).await;
+                return SessionCheck::Ended("the session's user was removed or disabled");
+            }
         }
         let mut identity = Identity::user(&session.user);
         identity.groups = self.groups_of(&session.user);
@@ -983,9 +990,14 @@ impl Gateway {
         // A new id at every sign-in: a session id planted before cannot be promoted.
         let id = session::new_id();
         let key = session::key_of(&id);
+        let stamp = self.verifier.credential_stamp(&user).await.unwrap_or(0);
         let stored = self
             .state
-            .session_create(&key, &Session::new(&user), self.config.portal.idle_timeout)
+            .session_create(
+                &key,
+                &Session::new(&user, stamp),
+                self.config.portal.idle_timeout,
+            )
             .await;
         self.metrics.state_call(&self.state, stored.is_ok());
         if let Err(e) = stored {

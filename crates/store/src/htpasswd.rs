@@ -106,6 +106,9 @@ pub enum HashAlgorithm {
 #[derive(Clone)]
 pub struct StoredHash {
     kind: Kind,
+    /// 64 bits of the SHA-256 of the hash as written: changes whenever the password does
+    /// (sessions remember it, so a new password ends the sessions started with the old one).
+    stamp: u64,
 }
 
 #[derive(Clone)]
@@ -200,7 +203,16 @@ impl StoredHash {
                 "unrecognised password hash (plaintext passwords are not supported); re-create it with htpasswd -B",
             ));
         };
-        Ok(Self { kind })
+        Ok(Self {
+            kind,
+            stamp: stamp_of(hash),
+        })
+    }
+
+    /// Identifies this password (not the password itself): see [`StoredHash`].
+    #[must_use]
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Returns whether `password` matches this hash (constant-time comparison).
@@ -333,8 +345,16 @@ impl StoredHash {
                 }
             }
         };
-        Self { kind }
+        Self { kind, stamp: 0 }
     }
+}
+
+fn stamp_of(hash: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(hash.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl fmt::Display for StoredHash {

@@ -372,11 +372,17 @@ impl Verifier {
         (accepted.into(), answer)
     }
 
-    /// Whether `user` is in the user store now (enabled, for SQLite): a session of a user who
-    /// was deleted or disabled since signing in ends at its next request.
-    pub async fn has_user(&self, user: &str) -> bool {
+    /// The stamp of `user`'s current password ([`crate::StoredHash::stamp`]), `None` when the
+    /// user is not in the store now (deleted, or disabled in SQLite). A session remembers the
+    /// stamp of its sign-in: a different one means the password changed, and the session ends.
+    pub async fn credential_stamp(&self, user: &str) -> Option<u64> {
         self.poll_file().await;
-        self.inner.snapshot.load().users.contains(user)
+        self.inner
+            .snapshot
+            .load()
+            .users
+            .get(user)
+            .map(crate::StoredHash::stamp)
     }
 
     /// Re-reads the user file now, whether or not it changed (e.g. on SIGHUP).

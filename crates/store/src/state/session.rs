@@ -16,33 +16,38 @@ pub struct Session {
     pub user: String,
     /// Unix time (seconds) of the sign-in.
     pub created: u64,
+    /// The stamp of the password signed in with (see `StoredHash::stamp`).
+    pub stamp: u64,
 }
 
 impl Session {
-    /// A session for `user` created now.
-    pub fn new(user: &str) -> Session {
+    /// A session for `user`, signed in now with the password whose stamp is `stamp`.
+    pub fn new(user: &str, stamp: u64) -> Session {
         Session {
             user: user.to_owned(),
             created: unix_now(),
+            stamp,
         }
     }
 
-    /// The stored form: `v1 <created> <user>` (the user last, so any name round-trips).
+    /// The stored form: `v1 <created> <stamp> <user>` (the user last, so any name round-trips).
     pub fn encode(&self) -> String {
-        format!("v1 {} {}", self.created, self.user)
+        format!("v1 {} {:016x} {}", self.created, self.stamp, self.user)
     }
 
     /// Reads the stored form; `None` for anything else (an older format, damage).
     pub fn decode(s: &str) -> Option<Session> {
-        let mut parts = s.splitn(3, ' ');
+        let mut parts = s.splitn(4, ' ');
         if parts.next()? != "v1" {
             return None;
         }
         let created = parts.next()?.parse().ok()?;
+        let stamp = u64::from_str_radix(parts.next()?, 16).ok()?;
         let user = parts.next()?;
         (!user.is_empty()).then(|| Session {
             user: user.to_owned(),
             created,
+            stamp,
         })
     }
 }
@@ -91,12 +96,14 @@ mod tests {
             let s = Session {
                 user: user.into(),
                 created: 42,
+                stamp: 0xdead_beef,
             };
             assert_eq!(Session::decode(&s.encode()), Some(s));
         }
-        assert_eq!(Session::decode("v2 1 alice"), None);
-        assert_eq!(Session::decode("v1 x alice"), None);
-        assert_eq!(Session::decode("v1 1 "), None);
+        assert_eq!(Session::decode("v2 1 0 alice"), None);
+        assert_eq!(Session::decode("v1 x 0 alice"), None);
+        assert_eq!(Session::decode("v1 1 zz alice"), None);
+        assert_eq!(Session::decode("v1 1 0 "), None);
     }
 
     #[test]
