@@ -202,6 +202,11 @@ fn forgot_password_mails_a_link_without_telling_who_exists() {
         };
         assert_eq!(b.sign_in("dave", winner, "/").await.status, 303);
     });
+    // `users list` shows the address and whether a second factor is set.
+    let (list, _) = users(&gw, &["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["email"], "dave@example.com", "{list}");
+    assert_eq!(list[0]["totp"], false);
     // `users reset` prints (and mails) a fresh link too.
     let (stdout, stderr) = users(&gw, &["reset", "dave"]);
     assert!(stdout.contains("/.portcullis/password?token="), "{stdout}");

@@ -245,18 +245,23 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
             if json {
                 let list: Vec<_> = users
                     .iter()
-                    .map(|u| serde_json::json!({"name": u.name, "disabled": u.disabled, "groups": u.groups, "last_sign_in": u.last_sign_in}))
+                    .map(|u| serde_json::json!({"name": u.name, "disabled": u.disabled, "groups": u.groups, "last_sign_in": u.last_sign_in, "email": u.email, "totp": u.totp}))
                     .collect();
                 println!("{}", serde_json::Value::from(list));
             } else if users.is_empty() {
                 println!("no users");
             } else {
-                println!("{:<24} {:<9} GROUPS", "USER", "STATE");
+                println!(
+                    "{:<24} {:<9} {:<5} {:<28} GROUPS",
+                    "USER", "STATE", "TOTP", "EMAIL"
+                );
                 for u in users {
                     println!(
-                        "{:<24} {:<9} {}",
+                        "{:<24} {:<9} {:<5} {:<28} {}",
                         u.name,
                         if u.disabled { "disabled" } else { "enabled" },
+                        if u.totp { "yes" } else { "no" },
+                        u.email.as_deref().unwrap_or("-"),
                         u.groups.join(",")
                     );
                 }

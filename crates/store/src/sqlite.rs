@@ -44,6 +44,10 @@ pub struct UserRow {
     pub groups: Vec<String>,
     /// Unix time of the last successful sign-in, if any.
     pub last_sign_in: Option<i64>,
+    /// Where reset links go.
+    pub email: Option<String>,
+    /// Whether a TOTP second factor is set.
+    pub totp: bool,
 }
 
 /// An open user database.
@@ -407,7 +411,8 @@ impl UserDb {
     /// Every user, by name.
     pub fn list(&self) -> Result<Vec<UserRow>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT u.name, u.disabled, u.last_sign_in, group_concat(g.grp, ',') FROM users u \
+            "SELECT u.name, u.disabled, u.last_sign_in, group_concat(g.grp, ','), u.email, \
+             u.totp IS NOT NULL FROM users u \
              LEFT JOIN user_groups g ON g.name = u.name GROUP BY u.name ORDER BY u.name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -416,6 +421,8 @@ impl UserDb {
                 name: r.get(0)?,
                 disabled: r.get(1)?,
                 last_sign_in: r.get(2)?,
+                email: r.get(4)?,
+                totp: r.get(5)?,
                 groups: groups
                     .map(|g| g.split(',').map(str::to_owned).collect())
                     .unwrap_or_default(),
