@@ -1430,4 +1430,16 @@ starttls = false
     let mail = c.mail.unwrap();
     assert_eq!((mail.port, mail.starttls), (25, false));
     assert_eq!(c.auth.schemes, vec![policy::Scheme::Form]);
+    // [mail] with htpasswd users sends nothing: said, not refused.
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].key, "mail");
+    assert_eq!(c.warnings[0].line, Some(12));
+    assert!(c.warnings[0].message.contains("SQLite"));
+    // With SQLite users but no public_url: no "forgot password", said too.
+    let sqlite = ok
+        .replace("users = \"users.htpasswd\"", "users = \"sqlite:users.db\"")
+        .replace("public_url = \"https://app.example.com/\"\n", "");
+    let c = crate::parse(&sqlite, dir.path(), "portcullis.toml").unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].message.contains("portal.public_url"));
 }

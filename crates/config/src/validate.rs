@@ -440,8 +440,26 @@ impl Checker<'_> {
         let state = self.state(state);
         // After [server]: the admin listener must not be one of its listeners.
         let admin = self.admin(admin);
-        let portal = self.portal(portal);
-        let mail = self.mail(mail);
+        let portal_config = self.portal(portal);
+        let mail_config = self.mail(mail);
+        // Links need somewhere to live and an address to point at.
+        if mail.table.is_some() {
+            if !matches!(auth.as_ref().map(|a| &a.users), Some(UserSource::Sqlite(_))) {
+                self.warn(
+                    "mail",
+                    mail.span.clone(),
+                    "[mail] only sends invitation and reset links, which need users in SQLite (auth.users = \"sqlite:PATH\"); with these users it sends nothing",
+                );
+            } else if portal_config.public_url.is_none() {
+                self.warn(
+                    "mail",
+                    mail.span.clone(),
+                    "without portal.public_url the sign-in page offers no \"Forgot your password?\" (links are built from it, never from a request's Host header)",
+                );
+            }
+        }
+        let portal = portal_config;
+        let mail = mail_config;
         Some(Config {
             source,
             server: server?,
