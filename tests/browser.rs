@@ -474,7 +474,7 @@ fn repeated_wrong_passwords_lock_out_in_chromium() {
         assert_eq!(navigation(&c).await.0, 403);
         c.find(Locator::Id("password")).await.unwrap();
         assert!(session_cookies(&c).await.is_empty());
-        screenshot(&c, "rate-limited").await;
+        screenshot(&c, "locked-out").await;
 
         c.close().await.unwrap();
     });

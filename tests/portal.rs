@@ -477,7 +477,15 @@ fn sessions_are_shared_by_instances_on_one_redis() {
     let redis = RedisServer::start();
     let config = format!("{CONFIG}\n[state]\nbackend = \"{}\"\n", redis.url());
     let (_up, a) = start(&config);
-    let b_gw = Gateway::start_in(dir_with_user("alice", "wonderland-42"), &config, _up.addr);
+    // The same user file on both instances, as a deployment has (a session also checks that
+    // the password hash it began with is still the user's).
+    let b_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        a.path("users.htpasswd"),
+        b_dir.path().join("users.htpasswd"),
+    )
+    .unwrap();
+    let b_gw = Gateway::start_in(b_dir, &config, _up.addr);
     runtime().block_on(async {
         let mut on_a = Browser::new(&base(&a));
         assert_eq!(
