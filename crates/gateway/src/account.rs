@@ -19,6 +19,9 @@ use store::sqlite::{TokenKind, UserDb};
 use crate::Gateway;
 use crate::portal::{Outcome, Visit, html, query_param, read_form, same_origin, see_other};
 
+/// Shortest time between two reset mails for one account.
+const RESET_MAIL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A password form to show again, with what went wrong.
 struct PasswordForm<'a> {
     token: &'a str,
@@ -289,14 +292,22 @@ impl Gateway {
                     let Some(user) = db.user_by_email(&address)? else {
                         return Ok(None);
                     };
+                    // One mail a minute per account at most: the form cannot flood a mailbox.
+                    if db.issued_within(&user, TokenKind::Reset, RESET_MAIL_INTERVAL)? {
+                        return Ok(Some((user, None, address)));
+                    }
                     let token = db.issue_token(&user, TokenKind::Reset, ttl)?;
                     // To the address on record, not as typed.
                     let to = db.email_of(&user)?.unwrap_or(address);
-                    Ok(Some((user, token, to)))
+                    Ok(Some((user, Some(token), to)))
                 })
                 .await;
                 match issued {
-                    Ok(Some((user, token, to))) => {
+                    Ok(Some((user, None, _))) => audit.record(
+                        "reset_requested",
+                        serde_json::json!({"user": user, "client": client, "mailed": false, "why": "a link was mailed less than a minute ago"}),
+                    ),
+                    Ok(Some((user, Some(token), to))) => {
                         let link = format!("{base}{password_path}?token={token}");
                         let letter =
                             crate::mail::link_letter(&to, &user, &realm, &link, false, ttl);

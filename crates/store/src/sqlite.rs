@@ -289,6 +289,21 @@ impl UserDb {
         Ok(token)
     }
 
+    /// Whether a token of `kind` was issued for `name` less than `within` ago (so "forgot
+    /// password" cannot be used to flood someone's mailbox).
+    pub fn issued_within(
+        &self,
+        name: &str,
+        kind: TokenKind,
+        within: std::time::Duration,
+    ) -> Result<bool, DbError> {
+        let since = now().saturating_sub(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
+        Ok(self
+            .conn
+            .prepare("SELECT 1 FROM tokens WHERE name = ?1 AND kind = ?2 AND created > ?3")?
+            .exists(params![name, kind.as_str(), since])?)
+    }
+
     /// The user a live (unused, unexpired) token belongs to, and its kind.
     pub fn token_user(&self, token: &str) -> Result<Option<(String, TokenKind)>, DbError> {
         let found: Option<(String, String)> = self
