@@ -115,6 +115,25 @@ pub struct Verifier {
 struct Snapshot {
     users: UserFile,
     generation: u64,
+    /// How long checking the timing dummy took when the users were loaded: every check lasts
+    /// at least this long, so a user whose hash is cheaper than the costliest one (a `{SHA}`
+    /// line in a bcrypt file) does not answer faster than an unknown user would.
+    floor: Duration,
+}
+
+impl Snapshot {
+    fn new(users: UserFile, generation: u64) -> Snapshot {
+        let floor = users.timing_dummy().map_or(Duration::ZERO, |dummy| {
+            let started = Instant::now();
+            std::hint::black_box(dummy.verify(b"timing floor"));
+            started.elapsed()
+        });
+        Snapshot {
+            users,
+            generation,
+            floor,
+        }
+    }
 }
 
 /// A cached outcome, valid only for the generation it was computed against.
@@ -297,10 +316,7 @@ impl Verifier {
             inner: Arc::new(Inner {
                 path,
                 sqlite,
-                snapshot: ArcSwap::from_pointee(Snapshot {
-                    users,
-                    generation: 0,
-                }),
+                snapshot: ArcSwap::from_pointee(Snapshot::new(users, 0)),
                 cache,
                 mac,
                 permits: Arc::new(Semaphore::new(max_parallel.max(1))),
@@ -541,14 +557,22 @@ impl Inner {
             let _permit = permit;
             let running = inner.running.fetch_add(1, Ordering::SeqCst) + 1;
             inner.peak_running.fetch_max(running, Ordering::SeqCst);
+            let started = Instant::now();
             let accepted = snapshot.users.verify(&user, &password);
+            let elapsed = started.elapsed();
             inner.running.fetch_sub(1, Ordering::SeqCst);
             password.fill(0);
             std::hint::black_box(&password);
-            accepted
+            (accepted, snapshot.floor.saturating_sub(elapsed))
         });
         match task.await {
-            Ok(accepted) => accepted,
+            Ok((accepted, short)) => {
+                // Waiting, not hashing: the padding costs no CPU and holds no permit.
+                if !short.is_zero() {
+                    tokio::time::sleep(short).await;
+                }
+                accepted
+            }
             Err(e) => {
                 tracing::error!("password check task failed: {e}");
                 false
@@ -600,7 +624,7 @@ impl Inner {
                 let generation = self.snapshot.load().generation + 1;
                 let count = users.len();
                 self.snapshot
-                    .store(Arc::new(Snapshot { users, generation }));
+                    .store(Arc::new(Snapshot::new(users, generation)));
                 if let Some(cache) = &self.cache {
                     cache.invalidate_all();
                 }
@@ -621,7 +645,7 @@ impl Inner {
                 let generation = self.snapshot.load().generation + 1;
                 let count = users.len();
                 self.snapshot
-                    .store(Arc::new(Snapshot { users, generation }));
+                    .store(Arc::new(Snapshot::new(users, generation)));
                 if let Some(cache) = &self.cache {
                     cache.invalidate_all();
                 }
@@ -776,6 +800,36 @@ mod tests {
         assert_eq!(lock(&verifier.inner.inflight).len(), 1);
         drop(second);
         assert!(lock(&verifier.inner.inflight).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cheap_hash_answers_no_faster_than_an_unknown_user() {
+        // {SHA} ("secret") beside a bcrypt line: the SHA-1 check takes microseconds, the dummy
+        // an unknown user costs takes a bcrypt; the known user must not answer faster.
+        let bcrypt = crate::hash_bcrypt(b"other", 6).expect("hash");
+        let verifier = Verifier::new(
+            UserSource::Inline(vec![
+                ("bob".into(), bcrypt),
+                ("sha".into(), "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=".into()),
+            ]),
+            Duration::ZERO,
+            2,
+        )
+        .expect("inline");
+        let floor = verifier.inner.snapshot.load().floor;
+        assert!(floor > Duration::from_millis(1), "{floor:?}");
+        for (user, password, expected) in [
+            ("sha", "secret", Verification::Accepted),
+            ("sha", "wrong", Verification::Refused),
+        ] {
+            let started = Instant::now();
+            assert_eq!(verifier.verify(user, password).await, expected);
+            assert!(
+                started.elapsed() >= floor,
+                "{:?} < {floor:?}",
+                started.elapsed()
+            );
+        }
     }
 
     fn inline(users: &[(&str, &str)], cache_ttl: Duration, max_parallel: usize) -> Verifier {
