@@ -1264,6 +1264,10 @@ fn redis_passwords_never_appear_in_diagnostics() {
         ("redis://admin:hunter2@cache.internal/zero", "non-negative"),
         ("redis//:hunter2@cache.internal", "not a Redis URL"),
         ("redis://admin:hunter2@", "no host"),
+        (
+            "redis://:hun/ter2@cache.internal",
+            "percent-encode it as %2F",
+        ),
     ] {
         let text = minimal(dir.path()) + &format!("[state]\nbackend = \"{backend}\"\n");
         let d = errors_of(&text, dir.path());

@@ -516,7 +516,18 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
             Some(_) => Ok(()),
         };
     }
-    // The password may hold '/' or '@': the user information ends at the last '@'.
+    // The user information ends at the last '@' (an '@' in the password is read as the Redis
+    // client reads it); a '/' in it would end the host part for the Redis client, which reads
+    // URLs as WHATWG does, so it must be percent-encoded.
+    if let Some(at) = rest.rfind('@')
+        && rest[..at].contains('/')
+    {
+        return fail(
+            "the password in state.backend contains '/', which ends the host part of a URL; \
+             percent-encode it as %2F (and '%' as %25)"
+                .into(),
+        );
+    }
     let after_user = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
     let (host_port, db) = after_user.split_once('/').unwrap_or((after_user, ""));
     let example = format!("\"{scheme}://127.0.0.1:6379/0\"");
@@ -618,7 +629,7 @@ mod tests {
             "redis://localhost",
             "redis://cache.internal:6380",
             "redis://:secret@cache.internal:6379/15",
-            "redis://user:p@ss/w0rd@cache/2",
+            "redis://user:p@ss%2Fw0rd@cache/2",
             "rediss://redis.example:6380/",
             "redis://[::1]:6379/1",
             "redis://[2001:db8::1]",
