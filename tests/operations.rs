@@ -192,6 +192,35 @@ fn listener_changes_and_bans_survive_a_reload() {
 }
 
 #[test]
+fn a_reload_moves_the_admin_listener() {
+    let (first, second) = (free_port(), free_port());
+    let admin = |port: u16| format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
+    let (up, gw) = start(&config("\"/**\"", &admin(first)));
+    let rt = runtime();
+    let health = |port: u16| status(&rt, &format!("http://127.0.0.1:{port}/healthz"));
+    assert_eq!(health(first), 200);
+    rewrite(&gw, &up, &config("\"/**\"", &admin(second)));
+    gw.signal("HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the admin listener on its new port",
+        || (health(second) == 200).then_some(()),
+    );
+    eventually(Duration::from_secs(5), "the old admin port closed", || {
+        (health(first) == 0).then_some(())
+    });
+    // [admin] removed: the listener closes.
+    rewrite(&gw, &up, &config("\"/**\"", ""));
+    gw.signal("HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the admin listener closed with [admin] removed",
+        || (health(second) == 0).then_some(()),
+    );
+    assert_eq!(status(&rt, &gw.url("/x")), 200, "the gateway kept serving");
+}
+
+#[test]
 fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     let admin = free_port();
     let (up, mut gw) = start(&config(

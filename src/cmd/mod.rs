@@ -101,21 +101,83 @@ pub fn run_gateway(
         ready(&bound.local_addrs());
         let mut server = gateway::Server::start(gateway, bound);
         // The admin endpoints follow the gateway in force (state store, settings) across reloads.
-        if let Some(listener) = admin.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "admin listener (healthz, metrics, bans)");
-            }
-            tokio::spawn(gateway::admin::serve(
-                listener,
-                server.handle(),
-                metrics.clone(),
-            ));
+        let mut admin_listener = AdminListener::default();
+        if let Some(listener) = admin {
+            admin_listener.start(listener, &server, &metrics);
         }
-        supervise(&mut server, source.as_deref(), &mut watch).await;
+        supervise(
+            &mut server,
+            source.as_deref(),
+            &mut watch,
+            &mut admin_listener,
+            &metrics,
+        )
+        .await;
         let drain = server.current().config().server.drain_timeout;
         server.shutdown(drain).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The admin listener in force: moved to a new `admin.listen` by a reload.
+#[derive(Default)]
+struct AdminListener {
+    addr: Option<std::net::SocketAddr>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AdminListener {
+    fn start(
+        &mut self,
+        listener: std::net::TcpListener,
+        server: &gateway::Server,
+        metrics: &Arc<gateway::metrics::Metrics>,
+    ) {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
+        let addr = listener.local_addr().ok();
+        if let Some(addr) = addr {
+            tracing::info!(%addr, "admin listener (healthz, metrics, bans)");
+        }
+        self.stop();
+        self.addr = server.current().config().admin.listen.or(addr);
+        self.task = Some(tokio::spawn(gateway::admin::serve(
+            listener,
+            server.handle(),
+            metrics.clone(),
+        )));
+    }
+
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.addr = None;
+    }
+
+    /// After a reload: binds a new `admin.listen` (the old one keeps serving if that fails),
+    /// or closes the listener when the section is gone.
+    fn follow(&mut self, server: &gateway::Server, metrics: &Arc<gateway::metrics::Metrics>) {
+        let wanted = server.current().config().admin.listen;
+        if wanted == self.addr {
+            return;
+        }
+        match wanted {
+            None => {
+                tracing::info!("admin listener closed ([admin] removed)");
+                self.stop();
+            }
+            Some(addr) => match gateway::admin::bind(addr) {
+                Ok(listener) => self.start(listener, server, metrics),
+                Err(e) => tracing::error!(
+                    %addr,
+                    error = %e,
+                    "cannot listen on the new admin.listen; the admin listener stays where it was"
+                ),
+            },
+        }
+    }
 }
 
 /// Runs until SIGINT/SIGTERM, reloading on SIGHUP or a changed config file.
@@ -123,6 +185,8 @@ async fn supervise(
     server: &mut gateway::Server,
     source: Option<&std::path::Path>,
     watch: &mut Option<gateway::reload::ConfigWatch>,
+    admin: &mut AdminListener,
+    metrics: &Arc<gateway::metrics::Metrics>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -164,6 +228,7 @@ async fn supervise(
                     path,
                     server.current().config(),
                 ));
+                admin.follow(server, metrics);
             }
             Err(refused) => {
                 for line in refused.to_string().lines() {

@@ -33,11 +33,6 @@ pub async fn reload(server: &mut Server, path: &Path) -> Result<(), Refused> {
     for line in config::format_warnings(&path.display().to_string(), &config.warnings).lines() {
         tracing::warn!("{line}");
     }
-    if config.admin != current.config().admin {
-        tracing::warn!(
-            "[admin] changed: the admin listener is only set up at start; restart to apply it"
-        );
-    }
     // Only a different backend needs a new store; anything else keeps counters and bans.
     let state = if config.state.backend == current.config().state.backend {
         if config.state != current.config().state {
