@@ -508,3 +508,51 @@ fn sessions_are_shared_by_instances_on_one_redis() {
         assert!(r.header("location").unwrap().ends_with("ended=1"));
     });
 }
+
+#[test]
+fn a_redis_outage_is_a_clear_503_and_signing_in_works_again_after_it() {
+    let mut redis = RedisServer::start();
+    let config = format!(
+        "{CONFIG}\n[state]\nbackend = \"{}\"\non_backend_error = \"closed\"\n",
+        redis.url()
+    );
+    let (_up, gw) = start(&config);
+    runtime().block_on(async {
+        let mut b = Browser::new(&base(&gw));
+        assert_eq!(b.sign_in("alice", "wonderland-42", "/").await.status, 303);
+        assert_eq!(b.get("/app").await.status, 200);
+        redis.stop();
+        // The session cannot be read: 503 with the explanation, not a trip to the sign-in page.
+        let down = b.get("/app").await;
+        assert_eq!(down.status, 503, "{}", down.body);
+        assert!(
+            down.body.contains("Temporarily unavailable"),
+            "{}",
+            down.body
+        );
+        assert!(
+            b.jar.contains_key("portcullis_session"),
+            "the cookie is kept"
+        );
+        redis.restart();
+        // This Redis kept no data: once it answers, the session has ended (one redirect, the
+        // cookie cleared), and signing in works again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let back = loop {
+            let r = b.get("/app").await;
+            if r.status != 503 {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(back.status, 302);
+        assert_eq!(
+            back.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp&ended=1")
+        );
+        assert!(!b.jar.contains_key("portcullis_session"));
+        assert_eq!(b.sign_in("alice", "wonderland-42", "/").await.status, 303);
+        assert_eq!(b.get("/app").await.status, 200);
+    });
+}
