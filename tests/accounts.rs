@@ -91,6 +91,7 @@ fn an_invited_person_chooses_a_password_and_signs_in() {
         // The link is spent.
         let again = b.get(&link).await;
         assert_eq!(again.status, 410);
+        assert_eq!(again.header("referrer-policy"), Some("no-referrer"));
         assert!(again.text().contains("expired or was already used"));
         // Signing in with the new password works, and the groups reach the upstream.
         let r = b.sign_in("carol", "plum tractor velvet 1987", "/app").await;
@@ -352,6 +353,28 @@ fn a_totp_second_factor_is_asked_after_the_password() {
         assert_eq!(forged.status, 400);
         assert!(!other.jar.contains_key("portcullis_session"));
     });
+    // The audit log: no sign-in for the refused Basic request, and the form sign-in recorded
+    // once the code was accepted, not after the password alone.
+    let audit = std::fs::read_to_string(gw.path("audit.log")).unwrap();
+    let erin: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains(r#""user":"erin""#))
+        .collect();
+    assert!(
+        !erin
+            .iter()
+            .any(|l| l.contains(r#""scheme":"basic""#) && l.contains(r#""event":"sign_in""#)),
+        "{audit}"
+    );
+    let factor = erin
+        .iter()
+        .position(|l| l.contains(r#""accepted":true"#))
+        .expect("second_factor accepted");
+    let signed_in = erin
+        .iter()
+        .position(|l| l.contains(r#""event":"sign_in""#))
+        .expect("sign_in");
+    assert!(factor < signed_in, "{audit}");
 }
 
 #[test]

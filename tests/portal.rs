@@ -469,6 +469,24 @@ fn behind_an_https_proxy_the_cookies_are_host_only_and_secure() {
             .find(|c| c.starts_with("__Host-portcullis="))
             .expect("a __Host- session cookie");
         assert!(session.contains("; Secure"), "{session}");
+        // Over HTTPS only the __Host- cookie counts: a plain-named one (which a sibling
+        // subdomain could plant with Domain=) neither replaces it nor ends it.
+        let id = session.split(';').next().unwrap().to_owned();
+        let r = c
+            .get(gw.url("/app"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "203.0.113.5")
+            .header("accept", "text/html")
+            .header(
+                "cookie",
+                format!("portcullis_session={}; {id}", "A".repeat(43)),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let echo: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(echo["headers"]["remote-user"], "alice");
     });
 }
 

@@ -475,12 +475,15 @@ async fn fetch(
         let mut req = client
             .get(current.clone())
             .header(reqwest::header::ACCEPT, ACCEPT);
+        // Credentials and cookies go only where they were given for: the same scheme, host and
+        // port (a redirect elsewhere, or to plain HTTP, gets neither).
+        let same_origin = current.origin() == url.origin();
         if let Some((u, p)) = credentials
-            && current.host_str() == url.host_str()
+            && same_origin
         {
             req = req.basic_auth(u, Some(p));
         }
-        if !cookies.is_empty() {
+        if !cookies.is_empty() && same_origin {
             req = req.header(reqwest::header::COOKIE, cookies.join("; "));
         }
         let response = req.send().await.map_err(classify)?;

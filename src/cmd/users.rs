@@ -195,6 +195,10 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
             email,
             groups,
         } => {
+            // Checked first: a refused address must not leave a half-made account behind.
+            if let Some(address) = &email {
+                store::sqlite::check_email(address).map_err(e)?;
+            }
             // Nobody knows this password: the account opens only through the link.
             let unknown: [u8; 32] = rand::random();
             db.add(&user, &store::hash_argon2id(&unknown)).map_err(e)?;
@@ -206,14 +210,16 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
                 db.set_groups(&user, &groups).map_err(e)?;
             }
             let token = db
-                .issue_token(&user, TokenKind::Invite, config.portal.invite_ttl)
-                .map_err(e)?;
+                .issue_token(&user, TokenKind::Invite, config.portal.invite_ttl, None)
+                .map_err(e)?
+                .unwrap_or_default();
             deliver(config, &user, email.as_deref(), &token, true)?;
         }
         Action::Reset { user } => {
             let token = db
-                .issue_token(&user, TokenKind::Reset, config.portal.reset_ttl)
-                .map_err(e)?;
+                .issue_token(&user, TokenKind::Reset, config.portal.reset_ttl, None)
+                .map_err(e)?
+                .unwrap_or_default();
             let email = db.email_of(&user).map_err(e)?;
             deliver(config, &user, email.as_deref(), &token, false)?;
         }

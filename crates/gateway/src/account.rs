@@ -83,14 +83,9 @@ impl Gateway {
         ctx.token = form.token;
         ctx.user = form.user;
         ctx.error = form.error;
-        let mut r = self.form_response(visit, ctx);
-        // The link's token must not leave in a Referer.
-        r.headers_mut().insert(
-            http::header::REFERRER_POLICY,
-            http::HeaderValue::from_static("no-referrer"),
-        );
         Outcome {
-            response: r,
+            // (`portal()` adds `Referrer-Policy: no-referrer` to every answer at a link.)
+            response: self.form_response(visit, ctx),
             reason: form.error.map(|_| Reason::BadRequest),
             user: Some(form.user.to_owned()),
         }
@@ -204,14 +199,8 @@ impl Gateway {
                     done.user = Some(user);
                     return done;
                 }
-                let mut r = see_other(&self.paths.login_url("/", Some("password_set=1")));
-                // The pre-session used for this form is spent with it.
-                r.headers_mut().insert(
-                    http::header::REFERRER_POLICY,
-                    http::HeaderValue::from_static("no-referrer"),
-                );
                 Outcome {
-                    response: r,
+                    response: see_other(&self.paths.login_url("/", Some("password_set=1"))),
                     reason: None,
                     user: Some(user),
                 }
@@ -293,10 +282,11 @@ impl Gateway {
                         return Ok(None);
                     };
                     // One mail a minute per account at most: the form cannot flood a mailbox.
-                    if db.issued_within(&user, TokenKind::Reset, RESET_MAIL_INTERVAL)? {
+                    let Some(token) =
+                        db.issue_token(&user, TokenKind::Reset, ttl, Some(RESET_MAIL_INTERVAL))?
+                    else {
                         return Ok(Some((user, None, address)));
-                    }
-                    let token = db.issue_token(&user, TokenKind::Reset, ttl)?;
+                    };
                     // To the address on record, not as typed.
                     let to = db.email_of(&user)?.unwrap_or(address);
                     Ok(Some((user, Some(token), to)))

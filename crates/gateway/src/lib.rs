@@ -972,16 +972,16 @@ impl Gateway {
                 if let Some(r) = record.as_mut() {
                     r.username = Some(user.clone());
                 }
-                let identity = self
-                    .authenticate_password(client_ip, &user, password, "basic")
-                    .await?;
-                // Basic cannot carry a second factor: such users sign in with the form.
-                if self.verifier.has_second_factor(&user) {
+                // Basic cannot carry a second factor: such users sign in with the form (refused
+                // before the password is looked at, so nothing is counted as a sign-in).
+                if self.verifier.has_second_factor(&user).await {
+                    drop(password);
                     return Err(Refusal::new(Reason::LogonFailed).with_detail(format!(
                         "{user} has a second factor (TOTP) and must sign in with the sign-in form"
                     )));
                 }
-                identity
+                self.authenticate_password(client_ip, &user, password, "basic")
+                    .await?
             }
             AuthStep::VerifyBasic(Credentials::Other { .. }) => {
                 return Err(
@@ -994,7 +994,7 @@ impl Gateway {
                     && authorization.is_none()
                     && self.form_enabled() =>
             {
-                match self.check_session(view.headers).await {
+                match self.check_session(view.headers, seen.secure).await {
                     portal::SessionCheck::Valid(identity) => {
                         seen.session_user = true;
                         if let Some(r) = record.as_mut() {
@@ -1065,7 +1065,9 @@ impl Gateway {
             let (accepted, fresh) = self.verify(user, &password, client_ip, method).await;
             drop(password);
             let mut identity = self.policy.auth.after_verification(user, accepted)?;
-            self.signed_in(user, client_ip, fresh || always_fresh, method);
+            if !(method == "form" && self.verifier.has_second_factor(user).await) {
+                self.signed_in(user, client_ip, fresh || always_fresh, method);
+            }
             identity.groups = self.groups_of(user);
             return Ok(identity);
         }
@@ -1107,8 +1109,12 @@ impl Gateway {
                 .with_retry_after(ban.remaining)
                 .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
         }
+        // A right password of a user with a second factor is not a sign-in yet: it is counted
+        // and audited when the code is (portal::second_factor).
+        let factor_pending =
+            accepted && method == "form" && self.verifier.has_second_factor(user).await;
         // A cached acceptance repeats one already recorded: no state round trip for it.
-        let recorded = if accepted && !fresh {
+        let recorded = if (accepted && !fresh) || factor_pending {
             Ok(Vec::new())
         } else if accepted {
             self.state
@@ -1135,7 +1141,9 @@ impl Gateway {
             Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
         }
         let mut identity = self.policy.auth.after_verification(user, accepted)?;
-        self.signed_in(user, client_ip, fresh, method);
+        if !factor_pending {
+            self.signed_in(user, client_ip, fresh, method);
+        }
         identity.groups = self.groups_of(user);
         Ok(identity)
     }
@@ -1164,7 +1172,13 @@ impl Gateway {
 
     /// Counts an accepted sign-in, once it is certain (after the lockout re-check); a fresh one
     /// (a real password check, not the cache) is also audited and recorded in the user store.
-    fn signed_in(&self, user: &str, client_ip: IpAddr, fresh: bool, method: &'static str) {
+    pub(crate) fn signed_in(
+        &self,
+        user: &str,
+        client_ip: IpAddr,
+        fresh: bool,
+        method: &'static str,
+    ) {
         self.metrics.auth(method, AuthOutcome::Accepted);
         if fresh {
             self.audit.sign_in(true, user, client_ip, method, None);

@@ -206,11 +206,10 @@ impl Cookies {
         if self.secure { CSRF_SECURE } else { CSRF_PLAIN }
     }
 
-    /// The session id the request carries (either name: a site moved to HTTPS keeps working).
+    /// The session id the request carries. Over HTTPS only the `__Host-` cookie counts: a
+    /// plain-named one can be planted by a sibling subdomain (`Domain=`) or over plain HTTP.
     pub fn session_id<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         cookie(headers, self.session_name())
-            .or_else(|| cookie(headers, SESSION_SECURE))
-            .or_else(|| cookie(headers, SESSION_PLAIN))
     }
 
     /// Sets the session cookie.
@@ -268,38 +267,50 @@ impl Csrf {
     }
 
     /// A token saying "`user` gave the right password, the second factor is pending", valid
-    /// until `expires` (Unix seconds) for the pre-session `pre`: `user.expires.mac`.
-    pub fn pending(&self, user: &str, expires: u64, pre: &str) -> String {
+    /// until `expires` (Unix seconds) for the pre-session `pre` and while the user's password
+    /// is the one whose stamp is `stamp` (the stamp is in the MAC, not in the token: a copy of
+    /// the shared key alone cannot mint one): `user.expires.mac`.
+    pub fn pending(&self, user: &str, stamp: u64, expires: u64, pre: &str) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
-        mac.update(b"portcullis-2fa\0");
-        mac.update(user.as_bytes());
-        mac.update(format!("\0{expires}\0{pre}").as_bytes());
         format!(
             "{}.{expires}.{}",
             b64.encode(user),
-            b64.encode(mac.finalize().into_bytes())
+            b64.encode(self.pending_mac(user, stamp, expires, pre))
         )
     }
 
-    /// The user of a pending token that is genuine, unexpired and for pre-session `pre`.
-    pub fn check_pending(&self, token: &str, pre: &str, now: u64) -> Option<String> {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut parts = token.split('.');
-        let user = String::from_utf8(b64.decode(parts.next()?).ok()?).ok()?;
-        let expires: u64 = parts.next()?.parse().ok()?;
-        let sig = b64.decode(parts.next()?).ok()?;
-        if now > expires {
-            return None;
-        }
+    fn pending_mac(&self, user: &str, stamp: u64, expires: u64, pre: &str) -> Vec<u8> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
         mac.update(b"portcullis-2fa\0");
         mac.update(user.as_bytes());
-        mac.update(format!("\0{expires}\0{pre}").as_bytes());
-        mac.verify_slice(&sig).ok()?;
-        Some(user)
+        mac.update(format!("\0{stamp:016x}\0{expires}\0{pre}").as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The user a pending token names (not yet checked: see [`Csrf::check_pending`]).
+    pub fn pending_user(token: &str) -> Option<String> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        String::from_utf8(b64.decode(token.split('.').next()?).ok()?).ok()
+    }
+
+    /// Whether a pending token for `user` is genuine, unexpired, for pre-session `pre` and for
+    /// the password whose stamp is `stamp`.
+    pub fn check_pending(&self, token: &str, user: &str, stamp: u64, pre: &str, now: u64) -> bool {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let _user = parts.next();
+        let (Some(expires), Some(sig)) = (
+            parts.next().and_then(|e| e.parse::<u64>().ok()),
+            parts.next().and_then(|s| b64.decode(s).ok()),
+        ) else {
+            return false;
+        };
+        if now > expires {
+            return false;
+        }
+        let expected = self.pending_mac(user, stamp, expires, pre);
+        subtle::ConstantTimeEq::ct_eq(&expected[..], &sig[..]).into()
     }
 
     /// The request's pre-session and its token, or a new pre-session (and the cookie to set).
@@ -562,6 +573,14 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(request_id::X_REQUEST_ID, v);
         }
+        // Every answer at a password link (form, error, expired): its token must not leave in a
+        // Referer.
+        if page == Page::Password {
+            response.headers_mut().insert(
+                http::header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+        }
         if let Some(r) = record.as_mut() {
             r.username = user.or(r.username.take());
             if let Some(reason) = reason {
@@ -582,8 +601,8 @@ impl Gateway {
     }
 
     /// The session the request's cookie names, if it is live and its user still exists.
-    pub(crate) async fn check_session(&self, headers: &HeaderMap) -> SessionCheck {
-        let cookies = Cookies { secure: false };
+    pub(crate) async fn check_session(&self, headers: &HeaderMap, secure: bool) -> SessionCheck {
+        let cookies = Cookies { secure };
         let Some(id) = cookies.session_id(headers) else {
             return SessionCheck::Absent;
         };
@@ -713,7 +732,10 @@ impl Gateway {
             () if query_param(visit.query, "signed_out").is_some() => Some("You are signed out."),
             () => None,
         };
-        match self.check_session(visit.headers).await {
+        match self
+            .check_session(visit.headers, visit.cookies.secure)
+            .await
+        {
             SessionCheck::Valid(identity) => {
                 let user = identity.user.unwrap_or_default();
                 let mut ctx = self.portal_context(visit, "signed_in", "You are signed in");
@@ -879,15 +901,21 @@ impl Gateway {
             }
         };
         let user = identity.user.clone().unwrap_or_default();
-        if self.verifier.has_second_factor(&user) {
-            return self.code_step(visit, &user, &rd, None);
+        if self.verifier.has_second_factor(&user).await {
+            return self.code_step(visit, &user, &rd, None).await;
         }
         self.start_session(visit, user, &rd).await
     }
 
     /// The second step of a sign-in with TOTP: a form for the code, bound to this pre-session
     /// and valid for five minutes.
-    fn code_step(&self, visit: &Visit<'_>, user: &str, rd: &str, error: Option<&str>) -> Outcome {
+    async fn code_step(
+        &self,
+        visit: &Visit<'_>,
+        user: &str,
+        rd: &str,
+        error: Option<&str>,
+    ) -> Outcome {
         let (pre, set_pre) = match visit.cookies.pre_session(visit.headers) {
             Some(id) => (id.to_owned(), None),
             None => {
@@ -897,7 +925,8 @@ impl Gateway {
             }
         };
         let csrf = self.csrf();
-        let pending = csrf.pending(user, session::unix_now() + 300, &pre);
+        let stamp = self.verifier.credential_stamp(user).await.unwrap_or(0);
+        let pending = csrf.pending(user, stamp, session::unix_now() + 300, &pre);
         let token = csrf.token(&pre);
         let mut ctx = self.portal_context(visit, "code", "Enter your code");
         ctx.csrf = &token;
@@ -936,7 +965,13 @@ impl Gateway {
         rd: &str,
     ) -> Outcome {
         let pre = visit.cookies.pre_session(visit.headers).unwrap_or("");
-        let Some(user) = self.csrf().check_pending(pending, pre, session::unix_now()) else {
+        let user = Csrf::pending_user(pending).unwrap_or_default();
+        let stamp = self.verifier.credential_stamp(&user).await;
+        let genuine = stamp.is_some_and(|stamp| {
+            self.csrf()
+                .check_pending(pending, &user, stamp, pre, session::unix_now())
+        });
+        if !genuine {
             return self.login_again(
                 visit,
                 StatusCode::BAD_REQUEST,
@@ -962,6 +997,11 @@ impl Gateway {
         if self.verifier.check_second_factor(&user, code).await {
             self.audit
                 .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": true}));
+            // Only now is the sign-in complete: counted, audited, the failure count reset.
+            if let Err(e) = self.state.record_success(visit.client_ip, &user).await {
+                tracing::error!(error = %e, "could not record the logon outcome");
+            }
+            self.signed_in(&user, visit.client_ip, true, "form");
             return self.start_session(visit, user, rd).await;
         }
         self.audit
@@ -981,6 +1021,7 @@ impl Gateway {
             rd,
             Some("That code was not accepted. Enter the current code from your authenticator app (each code works once)."),
         )
+        .await
     }
 
     /// Starts a session for `user` and sends the browser to `rd`.
@@ -1039,7 +1080,10 @@ impl Gateway {
             &query_param(visit.query, "rd").unwrap_or_else(|| "/".to_owned()),
             &self.paths,
         );
-        let user = match self.check_session(visit.headers).await {
+        let user = match self
+            .check_session(visit.headers, visit.cookies.secure)
+            .await
+        {
             SessionCheck::Valid(identity) => identity.user.unwrap_or_default(),
             _ => String::new(),
         };
@@ -1274,8 +1318,11 @@ mod tests {
         );
         assert_eq!(cookie(&h, "portcullis_session"), Some("xyz"));
         assert_eq!(cookie(&h, "portcullis"), None);
+        // Over HTTPS only the __Host- cookie counts (a plain one can be planted from a sibling
+        // subdomain); over HTTP the plain one.
+        assert_eq!(Cookies { secure: true }.session_id(&h), None);
+        assert_eq!(Cookies { secure: false }.session_id(&h), Some("xyz"));
         let c = Cookies { secure: true };
-        assert_eq!(c.session_id(&h), Some("xyz"));
         let set = c.set_session("id", 60);
         assert_eq!(
             set.to_str().unwrap(),

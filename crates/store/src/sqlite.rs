@@ -124,6 +124,21 @@ fn check_name(name: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// `Err(Invalid)` unless `email` looks like an address (one `@`, no spaces, at most 254 bytes).
+pub fn check_email(email: &str) -> Result<(), DbError> {
+    if email.len() > 254
+        || email.matches('@').count() != 1
+        || email.starts_with('@')
+        || email.ends_with('@')
+        || email.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(DbError::Invalid(format!(
+            "{email:?} is not an email address"
+        )));
+    }
+    Ok(())
+}
+
 /// `Err(Missing)` unless `name` is a user (inside a transaction, before changing what hangs on it).
 fn require_user(conn: &Connection, name: &str) -> Result<(), DbError> {
     conn.query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
@@ -214,12 +229,8 @@ impl UserDb {
 
     /// Sets (or with `None` removes) a user's email address, where reset links go.
     pub fn set_email(&self, name: &str, email: Option<&str>) -> Result<(), DbError> {
-        if let Some(e) = email
-            && (e.len() > 254
-                || !e.contains('@')
-                || e.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(DbError::Invalid(format!("{e:?} is not an email address")));
+        if let Some(e) = email {
+            check_email(e)?;
         }
         match self.conn.execute(
             "UPDATE users SET email = ?2 WHERE name = ?1",
@@ -258,20 +269,35 @@ impl UserDb {
     }
 
     /// Issues a single-use link token for `name`, valid for `ttl`; returns the token (only its
-    /// hash is stored). Earlier unused tokens of the same kind stop working.
+    /// hash is stored). Earlier unused tokens of the same kind stop working. With
+    /// `min_interval`, nothing is issued (`None`) when a token of this kind was issued for the
+    /// user less than that long ago — checked in the same transaction, so concurrent requests
+    /// cannot all pass it.
     pub fn issue_token(
         &mut self,
         name: &str,
         kind: TokenKind,
         ttl: std::time::Duration,
-    ) -> Result<String, DbError> {
+        min_interval: Option<std::time::Duration>,
+    ) -> Result<Option<String>, DbError> {
         use base64::Engine as _;
         let token =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let now = now();
         let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         require_user(&tx, name)?;
+        if let Some(within) = min_interval {
+            let since = now.saturating_sub(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
+            if tx
+                .prepare("SELECT 1 FROM tokens WHERE name = ?1 AND kind = ?2 AND created > ?3")?
+                .exists(params![name, kind.as_str(), since])?
+            {
+                return Ok(None);
+            }
+        }
         tx.execute(
             "UPDATE tokens SET used = ?3 WHERE name = ?1 AND kind = ?2 AND used IS NULL",
             params![name, kind.as_str(), now],
@@ -286,22 +312,7 @@ impl UserDb {
             params![now - 7 * 24 * 3600],
         )?;
         tx.commit()?;
-        Ok(token)
-    }
-
-    /// Whether a token of `kind` was issued for `name` less than `within` ago (so "forgot
-    /// password" cannot be used to flood someone's mailbox).
-    pub fn issued_within(
-        &self,
-        name: &str,
-        kind: TokenKind,
-        within: std::time::Duration,
-    ) -> Result<bool, DbError> {
-        let since = now().saturating_sub(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
-        Ok(self
-            .conn
-            .prepare("SELECT 1 FROM tokens WHERE name = ?1 AND kind = ?2 AND created > ?3")?
-            .exists(params![name, kind.as_str(), since])?)
+        Ok(Some(token))
     }
 
     /// The user a live (unused, unexpired) token belongs to, and its kind.
@@ -397,14 +408,23 @@ impl UserDb {
         }
     }
 
-    /// Disables or enables sign-in for a user.
+    /// Disables or enables sign-in for a user; disabling also cancels the user's outstanding
+    /// invitation and reset links.
     pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), DbError> {
         match self.conn.execute(
             "UPDATE users SET disabled = ?2 WHERE name = ?1",
             params![name, disabled],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
-            _ => Ok(()),
+            _ => {
+                if disabled {
+                    self.conn.execute(
+                        "UPDATE tokens SET used = ?2 WHERE name = ?1 AND used IS NULL",
+                        params![name, now()],
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -575,19 +595,21 @@ mod tests {
         assert_eq!(db.user_by_email("nobody@example.com").unwrap(), None);
         assert!(db.set_email("alice", Some("not an address")).is_err());
 
+        let hour = std::time::Duration::from_secs(3600);
         let first = db
-            .issue_token(
-                "alice",
-                TokenKind::Reset,
-                std::time::Duration::from_secs(3600),
-            )
+            .issue_token("alice", TokenKind::Reset, hour, None)
+            .unwrap()
             .unwrap();
+        // Within a minute of the last one, with a minimum interval: nothing is issued.
+        let minute = Some(std::time::Duration::from_secs(60));
+        assert_eq!(
+            db.issue_token("alice", TokenKind::Reset, hour, minute)
+                .unwrap(),
+            None
+        );
         let token = db
-            .issue_token(
-                "alice",
-                TokenKind::Reset,
-                std::time::Duration::from_secs(3600),
-            )
+            .issue_token("alice", TokenKind::Reset, hour, None)
+            .unwrap()
             .unwrap();
         assert_eq!(
             db.token_user(&first).unwrap(),
@@ -609,14 +631,16 @@ mod tests {
         assert!(db.enabled_users().unwrap().verify("alice", b"new"));
         // Expired links do nothing.
         let stale = db
-            .issue_token("alice", TokenKind::Reset, std::time::Duration::ZERO)
+            .issue_token("alice", TokenKind::Reset, std::time::Duration::ZERO, None)
+            .unwrap()
             .unwrap();
         assert_eq!(db.redeem_token(&stale, &hash).unwrap(), None);
         assert!(
             db.issue_token(
                 "nobody",
                 TokenKind::Invite,
-                std::time::Duration::from_secs(1)
+                std::time::Duration::from_secs(1),
+                None
             )
             .is_err()
         );

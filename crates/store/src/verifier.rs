@@ -430,10 +430,8 @@ impl Verifier {
                 if let Err(e) = db.record_sign_in(&user) {
                     tracing::warn!("cannot record the sign-in of {user}: {e}");
                 }
-                // Our own write must not look like someone else's change.
-                if let Ok(v) = db.data_version() {
-                    watch.version.store(v, Ordering::Relaxed);
-                }
+                // No need to note `data_version` here: it never changes for this connection's
+                // own writes, and noting it could hide another connection's change.
             }
         });
     }
@@ -444,8 +442,13 @@ impl Verifier {
         Some(watch.groups.load().get(user).cloned().unwrap_or_default())
     }
 
-    /// Whether `user` has a TOTP second factor (SQLite users only).
-    pub fn has_second_factor(&self, user: &str) -> bool {
+    /// Whether `user` has a TOTP second factor (SQLite users only; the database is looked at
+    /// again first if it may have changed, as for a password check).
+    pub async fn has_second_factor(&self, user: &str) -> bool {
+        if self.inner.sqlite.is_none() {
+            return false;
+        }
+        self.poll_file().await;
         self.inner
             .sqlite
             .as_ref()
@@ -467,14 +470,11 @@ impl Verifier {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let ok = db.check_totp(&user, &code, now).unwrap_or_else(|e| {
+            // (`data_version` is not noted: this connection's own write never changes it.)
+            db.check_totp(&user, &code, now).unwrap_or_else(|e| {
                 tracing::error!("cannot check a TOTP code: {e}");
                 false
-            });
-            if let Ok(v) = db.data_version() {
-                watch.version.store(v, Ordering::Relaxed);
-            }
-            ok
+            })
         })
         .await
         .unwrap_or(false)

@@ -517,7 +517,12 @@ impl RedisState {
             .await
         {
             Ok(found) => Ok(found.as_deref().and_then(Session::decode)),
-            Err(e) if inner.degraded(&e.message) => Ok(inner.fallback.session_touch(key, idle)),
+            // Fail open: a session started during the outage lives here; one that lives in
+            // Redis cannot be read, which is not the same as ended (no one is signed out).
+            Err(e) if inner.degraded(&e.message) => match inner.fallback.session_touch(key, idle) {
+                Some(session) => Ok(Some(session)),
+                None => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
         }
     }
@@ -566,7 +571,7 @@ async fn shared_secret(
         })?
         .map_err(|e| format!("Redis at {endpoint}: reading the shared CSRF key: {e}"))?;
     let mut secret = [0u8; 32];
-    if stored.len() != 64 {
+    if stored.len() != 64 || !stored.is_ascii() {
         return Err(format!(
             "Redis at {endpoint}: {key} is not a 64-digit hex key; delete it and restart"
         ));

@@ -1,7 +1,10 @@
 //! Server-side sign-in sessions (form login), kept in the state backend.
 //!
 //! The browser holds only an opaque random id; the store is keyed by the SHA-256 of that id, so
-//! a copy of the store (a Redis dump) holds nothing a browser could present. A session ends when
+//! a copy of the store (a Redis dump) holds no session a browser could present. (It does hold
+//! the shared CSRF key: with it one can make CSRF tokens, which are worthless without the
+//! victim's pre-session cookie, and the MAC of a pending second-factor step also covers a stamp
+//! of the user's password hash, which is not in Redis.) A session ends when
 //! it is idle longer than the idle timeout (each use pushes the deadline), when it is older than
 //! its absolute lifetime (checked against the creation time it carries), or at sign-out.
 
