@@ -429,3 +429,36 @@ fn a_new_password_ends_the_sessions_of_the_old_one() {
         assert_eq!(phone.get("/app").await.status, 200);
     });
 }
+
+#[test]
+fn links_are_mailed_over_starttls_to_a_server_with_a_private_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let smtp = SmtpSink::start_tls(&cert.cert.pem(), &cert.signing_key.serialize_pem());
+    let upstream = TestUpstream::start();
+    let config = util::portal::ACCOUNTS_CONFIG
+        .replace("@SMTP@", &smtp.port.to_string())
+        .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
+        .replace("starttls = false", "starttls = true\nca = \"smtp-ca.pem\"");
+    let gw = Gateway::start(&config, upstream.addr, &[("smtp-ca.pem", &cert.cert.pem())]);
+    let (link, stderr) = users(&gw, &["invite", "gina", "--email", "gina@example.com"]);
+    assert!(stderr.contains("mailed to gina@example.com"), "{stderr}");
+    let mail = smtp.wait_for(1);
+    assert_eq!(password_link(&mail), link);
+    // Without the CA, the certificate is refused and nothing is sent (the link is still printed).
+    std::fs::write(
+        gw.path("portcullis.toml"),
+        std::fs::read_to_string(gw.path("portcullis.toml"))
+            .unwrap()
+            .replace("ca = \"smtp-ca.pem\"\n", ""),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["users", "reset", "gina", "-c"])
+        .arg(gw.path("portcullis.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(smtp.messages().len(), 1);
+}

@@ -551,10 +551,33 @@ pub struct SmtpSink {
     pub port: u16,
     child: Child,
     pub maildir: tempfile::TempDir,
+    /// The certificate and key of a STARTTLS sink.
+    tls: Option<tempfile::TempDir>,
 }
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
+        SmtpSink::start_with(&[])
+    }
+
+    /// A sink that requires STARTTLS with this certificate and key (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        let args = [
+            "--tlscert".to_owned(),
+            c.display().to_string(),
+            "--tlskey".to_owned(),
+            k.display().to_string(),
+        ];
+        let mut sink = SmtpSink::start_with(&args);
+        sink.tls = Some(dir);
+        sink
+    }
+
+    fn start_with(extra: &[String]) -> SmtpSink {
         let maildir = tempfile::tempdir().unwrap();
         let port = free_port();
         // The first Python that has aiosmtpd (Debian's python3-aiosmtpd is for /usr/bin/python3).
@@ -569,7 +592,9 @@ impl SmtpSink {
             })
             .expect("a Python with aiosmtpd (Debian: python3-aiosmtpd)");
         let child = Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .args(["-m", "aiosmtpd", "-n"])
+            .args(extra)
+            .arg("-l")
             .arg(format!("127.0.0.1:{port}"))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(maildir.path().join("mail"))
@@ -585,6 +610,7 @@ impl SmtpSink {
             port,
             child,
             maildir,
+            tls: None,
         }
     }
 

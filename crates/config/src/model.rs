@@ -439,6 +439,9 @@ pub struct Mail {
     pub starttls: bool,
     /// `username` and `password`: SMTP AUTH, when both are set.
     pub credentials: Option<(String, String)>,
+    /// `ca`: a PEM file of CA certificates to trust for the SMTP server's certificate (a
+    /// private CA), besides the public web roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Mail {
@@ -449,6 +452,7 @@ impl fmt::Debug for Mail {
             .field("from", &self.from)
             .field("starttls", &self.starttls)
             .field("credentials", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("ca", &self.ca)
             .finish()
     }
 }

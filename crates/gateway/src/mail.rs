@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// A configured mail sender.
@@ -35,8 +36,25 @@ impl Mailer {
             .parse()
             .map_err(|e| format!("mail.from {:?}: {e}", mail.from))?;
         let builder = if mail.starttls {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&mail.host)
-                .map_err(|e| format!("mail.host {:?}: {e}", mail.host))?
+            let relay = AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&mail.host)
+                .map_err(|e| format!("mail.host {:?}: {e}", mail.host))?;
+            match &mail.ca {
+                None => relay,
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .map_err(|e| format!("mail.ca {}: {e}", path.display()))?;
+                    let mut params = TlsParameters::builder(mail.host.clone());
+                    for block in split_pem(&pem) {
+                        let cert = Certificate::from_pem(&block)
+                            .map_err(|e| format!("mail.ca {}: {e}", path.display()))?;
+                        params = params.add_root_certificate(cert);
+                    }
+                    let params = params
+                        .build_rustls()
+                        .map_err(|e| format!("mail.ca {}: {e}", path.display()))?;
+                    relay.tls(Tls::Required(params))
+                }
+            }
         } else {
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&mail.host)
         };
@@ -71,6 +89,23 @@ impl Mailer {
             .map(|_| ())
             .map_err(|e| format!("SMTP server {}: {e}", self.endpoint))
     }
+}
+
+/// The certificates of a PEM file, one PEM block each.
+fn split_pem(pem: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let end_marker = "-----END CERTIFICATE-----";
+        let Some(end) = rest[start..].find(end_marker) else {
+            break;
+        };
+        let stop = start + end + end_marker.len();
+        out.push(rest.as_bytes()[start..stop].to_vec());
+        rest = &rest[stop..];
+    }
+    out
 }
 
 /// The text of an invitation or reset mail.

@@ -17,7 +17,9 @@ pub(super) const PORTAL_KEYS: &[&str] = &[
     "reset_ttl",
 ];
 /// Keys of `[mail]`.
-pub(super) const MAIL_KEYS: &[&str] = &["host", "port", "from", "starttls", "username", "password"];
+pub(super) const MAIL_KEYS: &[&str] = &[
+    "host", "port", "from", "starttls", "username", "password", "ca",
+];
 
 impl Checker<'_> {
     /// `[portal]`.
@@ -188,7 +190,43 @@ impl Checker<'_> {
                 None
             }
         };
+        let ca = match s.get("ca") {
+            None => None,
+            Some(v) => match self.string(&s.path("ca"), v) {
+                Some(text) => {
+                    let path = self.resolve(text);
+                    match std::fs::read_to_string(&path) {
+                        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(path),
+                        Ok(_) => {
+                            self.report(
+                                s.path("ca"),
+                                Some(v.span()),
+                                format!("{} holds no PEM certificate", path.display()),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            self.report(
+                                s.path("ca"),
+                                Some(v.span()),
+                                format!("cannot read {}: {e}", path.display()),
+                            );
+                            None
+                        }
+                    }
+                }
+                None => None,
+            },
+        };
+        if ca.is_some() && !starttls {
+            self.warn(
+                s.path("ca"),
+                s.get("ca").map(|v| v.span()),
+                "is only used with starttls = true",
+            );
+        }
         Some(Mail {
+            ca,
             host: host?,
             port: port?,
             from: from?,
