@@ -1446,4 +1446,15 @@ starttls = false
     let c = crate::parse(&sqlite, dir.path(), "portcullis.toml").unwrap();
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].message.contains("portal.public_url"));
+    // [portal] on a Basic-only site with htpasswd users: said to have no effect.
+    let basic = ok
+        .replace("schemes = [\"form\"]", "schemes = [\"basic\"]")
+        .split("[mail]")
+        .next()
+        .unwrap()
+        .to_owned();
+    let c = crate::parse(&basic, dir.path(), "portcullis.toml").unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].key, "portal");
+    assert!(c.warnings[0].message.contains("has no effect"));
 }

@@ -442,6 +442,18 @@ impl Checker<'_> {
         let admin = self.admin(admin);
         let portal_config = self.portal(portal);
         let mail_config = self.mail(mail);
+        // [portal] serves form sign-in and account links: say so when neither is on.
+        if portal.table.is_some()
+            && let Some(a) = auth.as_ref()
+            && !a.schemes.contains(&Scheme::Form)
+            && !matches!(a.users, UserSource::Sqlite(_))
+        {
+            self.warn(
+                "portal",
+                portal.span.clone(),
+                "has no effect: it configures form sign-in (auth.schemes with \"form\") and account links (users in SQLite), and neither is enabled",
+            );
+        }
         // Links need somewhere to live and an address to point at.
         if mail.table.is_some() {
             if !matches!(auth.as_ref().map(|a| &a.users), Some(UserSource::Sqlite(_))) {
