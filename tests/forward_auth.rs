@@ -331,12 +331,48 @@ fn ip_rules_see_the_original_client_behind_both_proxies() {
             let r = client()
                 .get(format!("http://{front}/app"))
                 .basic_auth("alice", Some(PW))
+                .header("accept", "text/html")
                 .send()
                 .await
                 .unwrap();
             assert_eq!(r.status(), 403, "{front}");
+            // Portcullis's page for the reason, behind nginx too (its recipe's error_page), with
+            // the request id to quote, and not cacheable.
+            assert_eq!(r.headers()["cache-control"], "no-store", "{front}");
+            let id = r
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = util::browser::unescape(&r.text().await.unwrap());
+            assert!(
+                body.contains("Your network address is blocked"),
+                "{front}: {body}"
+            );
+            if let Some(id) = id {
+                assert!(body.contains(&id), "{front}: the request id is on the page");
+            }
         }
     });
+    // nginx passes no header of the auth answer on: the page gets Portcullis's request id
+    // through the recipe's `?request_id=`.
+    let page = runtime().block_on(async {
+        client()
+            .get(format!("http://{n}/app"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let marker = "quote this request id: <span class=\"rid\">";
+    let start = page.find(marker).expect("the request id line") + marker.len();
+    let id = &page[start..start + page[start..].find('<').unwrap()];
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
 }
 
 #[test]

@@ -197,6 +197,8 @@ const X_ORIGINAL_METHOD: http::HeaderName = http::HeaderName::from_static("x-ori
 const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_METHOD: http::HeaderName = http::HeaderName::from_static("x-forwarded-method");
 const REMOTE_NAME: http::HeaderName = http::HeaderName::from_static("remote-name");
+const X_PORTCULLIS_PROBLEM: http::HeaderName =
+    http::HeaderName::from_static("x-portcullis-problem");
 
 /// The request a forward-auth question is about, from the trusted proxy's headers:
 /// `X-Original-Method` / `X-Original-URI` (nginx) or `X-Forwarded-Method` / `X-Forwarded-Uri`
@@ -415,7 +417,14 @@ impl Gateway {
 
     /// `GET /.portcullis/problems/<slug>`: what the reason means and what to do, as a page (or
     /// problem+json / text by `Accept`), with status 200: it documents a refusal, it is not one.
-    fn problem_page(&self, slug: &str, accept: Option<&HeaderValue>) -> Response<Body> {
+    /// `?request_id=` names the refused request (a front proxy that shows this page for a
+    /// refusal passes it on); only a plain token of at most 64 characters is shown.
+    fn problem_page(
+        &self,
+        slug: &str,
+        accept: Option<&HeaderValue>,
+        query: Option<&str>,
+    ) -> Response<Body> {
         let Some(reason) = Reason::from_slug(slug) else {
             let mut r = Response::new(body::full(format!(
                 "404 Not Found: \"{slug}\" is not a Portcullis reason. Known reasons: {}\n",
@@ -433,8 +442,15 @@ impl Gateway {
             return r;
         };
         let refusal = Refusal::new(reason).with_detail("explanation page");
+        let quoted = portal::query_param(query, "request_id").filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
         let ctx = RefusalContext {
-            request_id: "-",
+            request_id: quoted.as_deref().unwrap_or("-"),
             accept,
             challenges: &[],
             extra_challenges: &[],
@@ -509,7 +525,7 @@ impl Gateway {
                 return self.forward_auth(req, conn).await;
             }
             if let Some(slug) = rest.strip_prefix("/problems/") {
-                return Ok(self.problem_page(slug, req.headers().get(ACCEPT)));
+                return Ok(self.problem_page(slug, req.headers().get(ACCEPT), req.uri().query()));
             }
             match portal::Page::from_rest(rest) {
                 Some(page @ (portal::Page::Login | portal::Page::Logout))
@@ -759,6 +775,11 @@ impl Gateway {
                     let (mut parts, body) = response.into_parts();
                     parts.headers.remove(http::header::CONTENT_TYPE);
                     drop(body);
+                    // The reason, for the recipe's error page (`/.portcullis/problems/<slug>`).
+                    parts.headers.insert(
+                        X_PORTCULLIS_PROBLEM,
+                        HeaderValue::from_static(refusal.reason.slug()),
+                    );
                     // auth_request passes on only 401 and 403: the sign-in redirect becomes a
                     // 401 whose Location the recipe's `error_page 401` turns into the redirect.
                     if parts.status == http::StatusCode::FOUND {
