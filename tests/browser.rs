@@ -331,8 +331,17 @@ fn sign_in_wrong_password_denied_page_sign_out_and_stale_cookie_in_chromium() {
         assert!(session_cookies(&c).await.is_empty());
         screenshot(&c, "signin-wrong-password").await;
 
-        // The right one: back to where Chromium was going, the upstream sees bob.
-        sign_in(&c, "bob", "builder-of-things").await;
+        // The right one, by keyboard only: the page put the cursor in the password field (the
+        // user name is kept) and Enter submits. Back to where Chromium was going.
+        let focused = c.active_element().await.unwrap();
+        assert_eq!(
+            focused.attr("id").await.unwrap().as_deref(),
+            Some("password")
+        );
+        focused
+            .send_keys("builder-of-things\u{E007}")
+            .await
+            .unwrap();
         wait_at(&c, "/app/page", "the app after signing in", |_| true).await;
         assert_eq!(echo(&c).await["headers"]["remote-user"], "bob");
         assert_eq!(navigation(&c).await, (200, 1), "POST, 303, then the page");

@@ -3,7 +3,6 @@
 
 mod util;
 
-use std::process::Command;
 use std::time::Duration;
 
 use util::*;
@@ -220,21 +219,7 @@ fn repeated_failures_lock_out_address_and_user_and_bans_can_be_cleared() {
             "locked out even with the right password"
         );
     });
-    let bans = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("bans")
-            .args(args)
-            .arg("-c")
-            .arg(gw.path("portcullis.toml"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let bans = |args: &[&str]| cli(&gw, "bans", args).0;
     let listed = bans(&["list"]);
     assert!(
         listed.contains("127.0.0.1") && listed.contains("alice") && listed.contains("3 failed"),

@@ -574,3 +574,88 @@ fn a_redis_outage_is_a_clear_503_and_signing_in_works_again_after_it() {
         assert_eq!(b.get("/app").await.status, 200);
     });
 }
+
+#[test]
+fn sessions_end_at_max_age_even_when_in_use() {
+    let config = format!("{CONFIG}\n[portal]\nidle_timeout = \"2s\"\nmax_age = \"2s\"\n");
+    let (_up, gw) = start(&config);
+    runtime().block_on(async {
+        let mut b = Browser::new(&base(&gw));
+        assert_eq!(b.sign_in("alice", "wonderland-42", "/").await.status, 303);
+        // Used every 400 ms, so never idle for long: only the absolute age can end it.
+        let started = std::time::Instant::now();
+        let ended = loop {
+            let r = b.get("/app").await;
+            if r.status != 200 {
+                break r;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "the session outlived max_age"
+            );
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        };
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        assert_eq!(ended.status, 302);
+        assert_eq!(
+            ended.header("location"),
+            Some("/.portcullis/login?rd=%2Fapp&ended=1")
+        );
+    });
+}
+
+#[test]
+fn a_session_id_planted_before_sign_in_is_never_promoted() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        // Mallory signs in as bob and plants her session id in Alice's browser.
+        let mut mallory = Browser::new(&base(&gw));
+        assert_eq!(
+            mallory
+                .sign_in("bob", "builder-of-things", "/")
+                .await
+                .status,
+            303
+        );
+        let planted = mallory.jar["portcullis_session"].clone();
+        let mut alice = Browser::new(&base(&gw));
+        alice
+            .jar
+            .insert("portcullis_session".into(), planted.clone());
+        // Alice signs in (from the sign-in page, which shows she is "bob"; she signs in anyway).
+        let form = alice.get("/.portcullis/login").await;
+        let csrf = form.field("csrf").unwrap();
+        let r = alice
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", "wonderland-42"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303);
+        // A new id for Alice; the planted one still belongs to bob, not to Alice.
+        assert_ne!(alice.jar["portcullis_session"], planted);
+        let echo: serde_json::Value =
+            serde_json::from_str(&mallory.get("/app").await.body).unwrap();
+        assert_eq!(echo["headers"]["remote-user"], "bob");
+        // A form with a field missing: the form again with a message, nothing else happens.
+        let form = alice.get("/.portcullis/login").await;
+        let csrf = form.field("csrf").unwrap();
+        let r = alice
+            .post(
+                "/.portcullis/login",
+                &[("csrf", &csrf), ("username", "alice")],
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(
+            r.body
+                .contains("Enter both your user name and your password"),
+            "{}",
+            r.body
+        );
+    });
+}

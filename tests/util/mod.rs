@@ -23,6 +23,27 @@ use hyper_util::rt::TokioIo;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// Runs `portcullis VERB ARGS -c <the gateway's config>`, which must succeed; returns its
+/// stdout (trimmed) and stderr.
+pub fn cli(gw: &Gateway, verb: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new(BIN)
+        .arg(verb)
+        .args(args)
+        .arg("-c")
+        .arg(gw.path("portcullis.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{verb} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// Percent-encodes a query value.
 pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()

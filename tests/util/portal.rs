@@ -2,9 +2,7 @@
 //! form-login site with two htpasswd users, a site whose users live in SQLite with mail to a
 //! real SMTP server, and `portcullis users …` against a running gateway.
 
-use std::process::Command;
-
-use super::{BIN, Gateway, SmtpSink, TestUpstream, dir_with_user, htpasswd};
+use super::{Gateway, SmtpSink, TestUpstream, dir_with_user, htpasswd};
 
 /// Form and Basic sign-in; alice may open /admin/**, every signed-in user the rest.
 pub const PORTAL_CONFIG: &str = r#"
@@ -82,20 +80,5 @@ pub fn start_accounts(smtp: &SmtpSink) -> (TestUpstream, Gateway) {
 
 /// Runs `portcullis users ARGS -c <the gateway's config>`; returns stdout and stderr (trimmed).
 pub fn users_cli(gw: &Gateway, args: &[&str]) -> (String, String) {
-    let out = Command::new(BIN)
-        .arg("users")
-        .args(args)
-        .arg("-c")
-        .arg(gw.path("portcullis.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "users {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    super::cli(gw, "users", args)
 }

@@ -6,17 +6,15 @@
 //! full (a stalled disk), records are dropped and counted rather than slowing requests down.
 
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
 use config::{AccessLogTarget, LogFormat};
 use http::{HeaderValue, Method};
 use policy::Reason;
+
+use crate::line_log::{Format, LineLog, Target};
 
 /// The W3C `#Fields` line: IIS's default field set.
 pub const W3C_FIELDS: &str = "date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) cs(Referer) sc-status sc-substatus sc-win32-status time-taken";
@@ -84,167 +82,65 @@ impl Default for LogRecord {
     }
 }
 
-enum Message {
-    Record(Box<LogRecord>),
-    Flush(std::sync::mpsc::Sender<()>),
-    /// Reopen the file (after logrotate moved it away).
-    Reopen,
-}
-
 /// The access log sink.
-pub struct AccessLog {
-    tx: Option<SyncSender<Message>>,
-    dropped: AtomicU64,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
+pub struct AccessLog(LineLog<Box<LogRecord>>);
 
 impl AccessLog {
     /// A log that writes nothing.
     pub fn off() -> AccessLog {
-        AccessLog {
-            tx: None,
-            dropped: AtomicU64::new(0),
-            writer: Mutex::new(None),
-        }
+        AccessLog(LineLog::off())
     }
 
     /// Opens the target (creating the file if needed) and starts the writer thread.
     pub fn open(target: &AccessLogTarget, format: LogFormat) -> io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
+        let target = match target {
             AccessLogTarget::Off => return Ok(AccessLog::off()),
-            AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
-                    })?,
-            ),
+            AccessLogTarget::Stdout => Target::Stdout,
+            AccessLogTarget::File(path) => Target::File(path.clone()),
         };
-        let mut out = BufWriter::with_capacity(64 * 1024, out);
-        if format == LogFormat::W3c {
-            out.write_all(w3c_header(SystemTime::now()).as_bytes())?;
-            out.flush()?;
-        }
-        let (tx, rx) = sync_channel(16 * 1024);
-        let writer = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn({
-                let target = target.clone();
-                move || write_loop(rx, out, format, &target)
-            })?;
-        Ok(AccessLog {
-            tx: Some(tx),
-            dropped: AtomicU64::new(0),
-            writer: Mutex::new(Some(writer)),
-        })
+        let format: Format<Box<LogRecord>> = match format {
+            LogFormat::W3c => Format {
+                line: |r, out| format_w3c(r, out),
+                header: Some(w3c_header),
+            },
+            LogFormat::Json => Format {
+                line: |r, out| format_json(r, out),
+                header: None,
+            },
+        };
+        LineLog::open("access log", target, 16 * 1024, format).map(AccessLog)
     }
 
     /// Reopens the log file (SIGUSR1, logrotate's `postrotate`); lines queued meanwhile are kept.
     pub fn reopen(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Message::Reopen);
-        }
+        self.0.reopen();
     }
 
     /// Whether records are written at all (callers skip building them otherwise).
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.0.enabled()
     }
 
     /// Queues a record; never blocks.
     pub fn write(&self, mut record: LogRecord) {
-        let Some(tx) = &self.tx else { return };
+        if !self.0.enabled() {
+            return;
+        }
         if let Some(started) = record.started {
             record.time_taken_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            tx.try_send(Message::Record(Box::new(record)))
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.0.send(Box::new(record));
     }
 
     /// Records dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.0.dropped()
     }
 
     /// Waits until everything queued so far is written and flushed (bounded by `timeout`).
     pub fn flush(&self, timeout: Duration) {
-        let Some(tx) = &self.tx else { return };
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        if tx.send(Message::Flush(done_tx)).is_ok() {
-            let _ = done_rx.recv_timeout(timeout);
-        }
+        self.0.flush(timeout);
     }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
-            let _ = handle.join();
-        }
-    }
-}
-
-fn write_loop(
-    rx: Receiver<Message>,
-    mut out: BufWriter<Box<dyn Write + Send>>,
-    format: LogFormat,
-    target: &AccessLogTarget,
-) {
-    let mut line = String::with_capacity(512);
-    let mut failing = false;
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Record(record) => {
-                    line.clear();
-                    match format {
-                        LogFormat::W3c => format_w3c(&record, &mut line),
-                        LogFormat::Json => format_json(&record, &mut line),
-                    }
-                    if let Err(e) = out.write_all(line.as_bytes()) {
-                        if !failing {
-                            tracing::error!(error = %e, "cannot write the access log; lines are being lost");
-                            failing = true;
-                        }
-                    } else {
-                        failing = false;
-                    }
-                }
-                Message::Flush(done) => {
-                    let _ = out.flush();
-                    let _ = done.send(());
-                }
-                Message::Reopen => {
-                    let _ = out.flush();
-                    if let AccessLogTarget::File(path) = target {
-                        match OpenOptions::new().create(true).append(true).open(path) {
-                            Ok(file) => {
-                                out = BufWriter::with_capacity(64 * 1024, Box::new(file));
-                                if format == LogFormat::W3c {
-                                    let _ = out.write_all(w3c_header(SystemTime::now()).as_bytes());
-                                }
-                                tracing::info!(file = %path.display(), "access log reopened");
-                            }
-                            Err(e) => {
-                                tracing::error!(file = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file")
-                            }
-                        }
-                    }
-                }
-            }
-            next = rx.try_recv().ok();
-        }
-        let _ = out.flush();
-    }
-    let _ = out.flush();
 }
 
 /// The `#` header block written when the log is opened.

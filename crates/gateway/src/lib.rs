@@ -13,6 +13,7 @@ pub mod audit;
 pub mod body;
 pub mod dns;
 pub mod filter;
+pub mod line_log;
 pub mod mail;
 pub mod metrics;
 pub mod pages;
@@ -32,9 +33,7 @@ use http::header::{ACCEPT, AUTHORIZATION, FORWARDED, REFERER, USER_AGENT, WWW_AU
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use policy::{
-    AuthStep, Credentials, Facts, Identity, Policy, Reason, Refusal, TraceEntry, client_addr,
-};
+use policy::{AuthStep, Facts, Identity, Policy, Reason, Refusal, TraceEntry, client_addr};
 use store::Groups;
 use store::state::memory::MemoryState;
 use store::state::redis::{RedisOptions, RedisState};
@@ -418,7 +417,7 @@ impl Gateway {
     /// `GET /.portcullis/problems/<slug>`: what the reason means and what to do, as a page (or
     /// problem+json / text by `Accept`), with status 200: it documents a refusal, it is not one.
     /// `?request_id=` names the refused request (a front proxy that shows this page for a
-    /// refusal passes it on); only a plain token of at most 64 characters is shown.
+    /// refusal passes it on); only a well-formed request id is shown.
     fn problem_page(
         &self,
         slug: &str,
@@ -442,13 +441,8 @@ impl Gateway {
             return r;
         };
         let refusal = Refusal::new(reason).with_detail("explanation page");
-        let quoted = portal::query_param(query, "request_id").filter(|id| {
-            !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+        let quoted = portal::query_param(query, "request_id")
+            .filter(|id| request_id::well_formed(id.as_bytes()));
         let ctx = RefusalContext {
             request_id: quoted.as_deref().unwrap_or("-"),
             accept,
@@ -588,6 +582,7 @@ impl Gateway {
             identity: &identity,
             forward_authorization: self.config.auth.forward_authorization,
             request_id: &request_id,
+            strip_own_cookies: self.form_enabled(),
         };
         let accept = req.headers().get(ACCEPT).cloned();
         // Kept for a refusal after forwarding (cheap: reference-counted, no copy of the path).
@@ -689,21 +684,9 @@ impl Gateway {
                 || req.headers().contains_key(X_FORWARDED_URI))
         {
             // Once a minute at most: a client could otherwise fill the log.
-            static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
-            if now >= last + 60
-                && LAST_WARNED
-                    .compare_exchange(
-                        last,
-                        now,
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
+            static WARNED: std::sync::LazyLock<store::Throttle> =
+                std::sync::LazyLock::new(|| store::Throttle::new(Duration::from_secs(60)));
+            if WARNED.due() {
                 tracing::warn!(%peer, "forward-auth request from a peer not in server.trusted_proxies: its X-Original-*/X-Forwarded-* headers are ignored (said once a minute)");
             }
         }
@@ -763,7 +746,7 @@ impl Gateway {
                 if response.status() == http::StatusCode::FOUND
                     && trusted
                     && let Some(absolute) =
-                        self.absolute_location(&response, req.headers(), req.uri())
+                        absolute_location(&response, req.headers(), req.uri(), seen.secure)
                 {
                     response
                         .headers_mut()
@@ -793,35 +776,6 @@ impl Gateway {
                 Ok(response)
             }
         }
-    }
-
-    /// `Location` made absolute with the trusted proxy's `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host` (or `Host`).
-    fn absolute_location(
-        &self,
-        response: &Response<Body>,
-        headers: &http::HeaderMap,
-        uri: &http::Uri,
-    ) -> Option<HeaderValue> {
-        let location = response
-            .headers()
-            .get(http::header::LOCATION)?
-            .to_str()
-            .ok()?;
-        if !location.starts_with('/') {
-            return None;
-        }
-        let host = portal::request_host(headers, uri, true)?;
-        host.parse::<http::uri::Authority>().ok()?;
-        let proto = match headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-        {
-            Some(p) if p.eq_ignore_ascii_case("https") => "https",
-            _ => "http",
-        };
-        HeaderValue::from_str(&format!("{proto}://{host}{location}")).ok()
     }
 
     fn new_record(
@@ -989,7 +943,7 @@ impl Gateway {
             .authenticate(&path, authorization.map(HeaderValue::as_bytes));
         let identity = match step {
             AuthStep::Public(_) => Identity::anonymous(),
-            AuthStep::VerifyBasic(Credentials::Basic { user, password }) => {
+            AuthStep::VerifyBasic { user, password } => {
                 if let Some(r) = record.as_mut() {
                     r.username = Some(user.clone());
                 }
@@ -1003,11 +957,6 @@ impl Gateway {
                 }
                 self.authenticate_password(client_ip, &user, password, "basic")
                     .await?
-            }
-            AuthStep::VerifyBasic(Credentials::Other { .. }) => {
-                return Err(
-                    Refusal::new(Reason::InternalError).with_detail("unexpected credentials kind")
-                );
             }
             // Without an Authorization header, a form-login site looks for its session cookie.
             AuthStep::Refuse(refusal)
@@ -1353,15 +1302,50 @@ impl Gateway {
     }
 
     fn logged(&self, response: Response<Body>, record: Option<LogRecord>) -> Response<Body> {
-        match record {
-            None => response,
-            Some(mut r) => {
-                r.status = response.status().as_u16();
-                let pending = Some(PendingLog::new(self.log.clone(), r));
-                response.map(|b| LoggedBody::new(b, pending).boxed())
-            }
-        }
+        self.logged_holding(response, record, None)
     }
+
+    /// The response whose body writes the access-log line, and releases the in-flight slot
+    /// `guard`, when it has been sent (or dropped).
+    fn logged_holding(
+        &self,
+        response: Response<Body>,
+        record: Option<LogRecord>,
+        guard: Option<InFlightGuard>,
+    ) -> Response<Body> {
+        if record.is_none() && guard.is_none() {
+            return response;
+        }
+        let status = response.status().as_u16();
+        let pending = record.map(|mut r| {
+            r.status = status;
+            PendingLog::new(self.log.clone(), r)
+        });
+        response.map(|b| LoggedBody::new(b, pending).holding(guard).boxed())
+    }
+}
+
+/// `Location` made absolute for the site as the browser reached it: `secure` (TLS, or the trusted
+/// proxy's `X-Forwarded-Proto`, as phase 2 found) and the trusted proxy's `X-Forwarded-Host`
+/// (or `Host`).
+fn absolute_location(
+    response: &Response<Body>,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    secure: bool,
+) -> Option<HeaderValue> {
+    let location = response
+        .headers()
+        .get(http::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    if !location.starts_with('/') {
+        return None;
+    }
+    let host = portal::request_host(headers, uri, true)?;
+    host.parse::<http::uri::Authority>().ok()?;
+    let scheme = if secure { "https" } else { "http" };
+    HeaderValue::from_str(&format!("{scheme}://{host}{location}")).ok()
 }
 
 /// The parts of the request a refusal response needs.

@@ -31,8 +31,6 @@ use crate::{Abort, ConnInfo, Gateway, RequestView, Seen, request_id};
 
 /// Largest form body accepted (a sign-in form is a few hundred bytes).
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
-/// Shortest password the password page accepts.
-pub const MIN_PASSWORD_LENGTH: usize = 10;
 
 /// Cookie names: `__Host-` names over HTTPS (bound to this host, Secure, Path=/), plain names
 /// over HTTP, where browsers refuse `__Host-` cookies.
@@ -164,15 +162,36 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-/// Whether a `Cookie` header value mentions one of Portcullis's cookies (a cheap pre-check).
-pub fn has_own_cookie(value: &[u8]) -> bool {
-    value.windows(10).any(|w| w == b"portcullis")
-}
-
-/// Whether a `name=value` pair is one of Portcullis's cookies.
-pub fn is_own_cookie(pair: &str) -> bool {
-    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-    [SESSION_SECURE, SESSION_PLAIN, CSRF_SECURE, CSRF_PLAIN].contains(&name)
+/// Removes Portcullis's session and CSRF cookies from the request's `Cookie` headers, keeping
+/// the application's.
+pub fn strip_own_cookies(headers: &mut HeaderMap) {
+    let ours = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        [SESSION_SECURE, SESSION_PLAIN, CSRF_SECURE, CSRF_PLAIN].contains(&name)
+    };
+    // Cheap pre-check: most requests carry none of ours.
+    if !headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().windows(10).any(|w| w == b"portcullis"))
+    {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !ours(pair))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Path=/, Secure over HTTPS.
@@ -245,25 +264,35 @@ impl Csrf {
         Csrf { secret }
     }
 
-    /// The token for pre-session `id`.
-    pub fn token(&self, id: &str) -> String {
+    /// HMAC-SHA256 under the shared key of `parts`, each ended by a NUL, after a `purpose`
+    /// label (so a CSRF token can never pass as a second-factor token, or the reverse).
+    fn mac(&self, purpose: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
-        mac.update(b"portcullis-csrf\0");
-        mac.update(id.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        mac.update(purpose);
+        for part in parts {
+            mac.update(part);
+            mac.update(b"\0");
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `sig` (base64url) is `expected` (constant time).
+    fn matches(expected: &[u8; 32], sig: &str) -> bool {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .is_ok_and(|raw| subtle::ConstantTimeEq::ct_eq(&expected[..], &raw[..]).into())
+    }
+
+    /// The token for pre-session `id`.
+    pub fn token(&self, id: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.mac(b"portcullis-csrf\0", &[id.as_bytes()]))
     }
 
     /// Whether `token` belongs to pre-session `id` (constant time).
     pub fn verify(&self, id: &str, token: &str) -> bool {
-        let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) else {
-            return false;
-        };
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
-        mac.update(b"portcullis-csrf\0");
-        mac.update(id.as_bytes());
-        mac.verify_slice(&raw).is_ok()
+        Self::matches(&self.mac(b"portcullis-csrf\0", &[id.as_bytes()]), token)
     }
 
     /// A token saying "`user` gave the right password, the second factor is pending", valid
@@ -279,13 +308,16 @@ impl Csrf {
         )
     }
 
-    fn pending_mac(&self, user: &str, stamp: u64, expires: u64, pre: &str) -> Vec<u8> {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length");
-        mac.update(b"portcullis-2fa\0");
-        mac.update(user.as_bytes());
-        mac.update(format!("\0{stamp:016x}\0{expires}\0{pre}").as_bytes());
-        mac.finalize().into_bytes().to_vec()
+    fn pending_mac(&self, user: &str, stamp: u64, expires: u64, pre: &str) -> [u8; 32] {
+        self.mac(
+            b"portcullis-2fa\0",
+            &[
+                user.as_bytes(),
+                &stamp.to_be_bytes(),
+                &expires.to_be_bytes(),
+                pre.as_bytes(),
+            ],
+        )
     }
 
     /// The user a pending token names (not yet checked: see [`Csrf::check_pending`]).
@@ -297,20 +329,14 @@ impl Csrf {
     /// Whether a pending token for `user` is genuine, unexpired, for pre-session `pre` and for
     /// the password whose stamp is `stamp`.
     pub fn check_pending(&self, token: &str, user: &str, stamp: u64, pre: &str, now: u64) -> bool {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut parts = token.split('.');
-        let _user = parts.next();
+        let mut parts = token.split('.').skip(1);
         let (Some(expires), Some(sig)) = (
             parts.next().and_then(|e| e.parse::<u64>().ok()),
-            parts.next().and_then(|s| b64.decode(s).ok()),
+            parts.next(),
         ) else {
             return false;
         };
-        if now > expires {
-            return false;
-        }
-        let expected = self.pending_mac(user, stamp, expires, pre);
-        subtle::ConstantTimeEq::ct_eq(&expected[..], &sig[..]).into()
+        now <= expires && Self::matches(&self.pending_mac(user, stamp, expires, pre), sig)
     }
 
     /// The request's pre-session and its token, or a new pre-session (and the cookie to set).
@@ -589,15 +615,8 @@ impl Gateway {
             }
         }
         self.metrics.request(response.status().as_u16(), reason);
-        let response = self.logged(response, record);
-        Ok(match admitted.guard {
-            Some(guard) => response.map(|b| {
-                crate::body::LoggedBody::new(b, None)
-                    .holding(Some(guard))
-                    .boxed()
-            }),
-            None => response,
-        })
+        // The in-flight slot is held, and the line logged, until the body has gone.
+        Ok(self.logged_holding(response, record, admitted.guard))
     }
 
     /// The session the request's cookie names, if it is live and its user still exists.
@@ -624,22 +643,20 @@ impl Gateway {
             }
             Err(e) => return SessionCheck::Unavailable(e.to_string()),
         };
-        if session::unix_now().saturating_sub(session.created)
+        let ended = if session::unix_now().saturating_sub(session.created)
             >= self.config.portal.max_age.as_secs()
         {
+            Some("the session reached portal.max_age")
+        } else {
+            match self.verifier.credential_stamp(&session.user).await {
+                Some(stamp) if stamp == session.stamp => None,
+                Some(_) => Some("the password changed since this session began"),
+                None => Some("the session's user was removed or disabled"),
+            }
+        };
+        if let Some(why) = ended {
             let _ = self.state.session_delete(&key).await;
-            return SessionCheck::Ended("the session reached portal.max_age");
-        }
-        match self.verifier.credential_stamp(&session.user).await {
-            Some(stamp) if stamp == session.stamp => {}
-            Some(_) => {
-                let _ = self.state.session_delete(&key).await;
-                return SessionCheck::Ended("the password changed since this session began");
-            }
-            None => {
-                let _ = self.state.session_delete(&key).await;
-                return SessionCheck::Ended("the session's user was removed or disabled");
-            }
+            return SessionCheck::Ended(why);
         }
         let mut identity = Identity::user(&session.user);
         identity.groups = self.groups_of(&session.user);
@@ -665,7 +682,7 @@ impl Gateway {
                 ""
             },
             forgot_url: self.can_reset().then_some(self.paths.forgot.as_str()),
-            min_length: MIN_PASSWORD_LENGTH,
+            min_length: store::passwords::MIN_LENGTH,
             request_id: visit.request_id,
             ..PortalContext::default()
         }
@@ -798,7 +815,7 @@ impl Gateway {
         ctx.csrf = &csrf;
         let retry_after = refusal
             .and_then(|r| r.retry_after)
-            .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
+            .map(crate::respond::retry_after_secs);
         ctx.retry_after = retry_after;
         let mut r = html(status, self.pages.render_portal(&ctx));
         if let Some(c) = set_csrf {
@@ -861,7 +878,7 @@ impl Gateway {
                 .await;
         }
         let password = form.get("password").unwrap_or("").to_owned();
-        if username.is_empty() || password.is_empty() || username.len() > 256 {
+        if username.is_empty() || password.is_empty() || username.len() > policy::MAX_USER_LEN {
             return self.login_again(
                 visit,
                 StatusCode::BAD_REQUEST,

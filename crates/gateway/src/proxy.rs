@@ -56,6 +56,8 @@ pub struct ForwardContext<'a> {
     pub forward_authorization: bool,
     /// The request id, passed on as `X-Request-Id`.
     pub request_id: &'a str,
+    /// Remove Portcullis's session and CSRF cookies (a site with form sign-in).
+    pub strip_own_cookies: bool,
 }
 
 impl Upstream {
@@ -112,26 +114,8 @@ impl Upstream {
             headers.remove(header::AUTHORIZATION);
         }
         // Portcullis's own cookies (session, CSRF) are not the application's to see.
-        if headers
-            .get_all(header::COOKIE)
-            .iter()
-            .any(|v| crate::portal::has_own_cookie(v.as_bytes()))
-        {
-            let kept: Vec<String> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty() && !crate::portal::is_own_cookie(pair))
-                .map(str::to_owned)
-                .collect();
-            headers.remove(header::COOKIE);
-            if !kept.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-            {
-                headers.insert(header::COOKIE, v);
-            }
+        if ctx.strip_own_cookies {
+            crate::portal::strip_own_cookies(headers);
         }
         if let Some(user) = ctx
             .identity

@@ -6,17 +6,21 @@ use http::{HeaderMap, HeaderName};
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The client's id if it is 1–128 characters of `[A-Za-z0-9._:-]`, else a new random one.
+/// Whether `id` may be used as a request id: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn well_formed(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+}
+
+/// The client's id if it is [`well_formed`], else a new random one.
 pub fn for_request(headers: &HeaderMap) -> String {
     headers
         .get(X_REQUEST_ID)
         .map(|v| v.as_bytes())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
-        })
+        .filter(|v| well_formed(v))
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }

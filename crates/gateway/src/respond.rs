@@ -123,6 +123,12 @@ pub struct Account {
     pub rd: String,
 }
 
+/// `Retry-After` in whole seconds, rounded up (a client told "1" for 1.9 s would come back too
+/// early and be refused again), at least 1.
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// Builds the response for a refusal whose status is not 0 (abort is the caller's to do).
 pub fn refusal_response(
     refusal: &Refusal,
@@ -134,10 +140,7 @@ pub fn refusal_response(
     let reason = refusal.reason;
     let advice = advice(reason, ctx.account.is_some());
     let problem_type = format!("{}{}", ctx.problems, reason.slug());
-    // Rounded up: a client told "1" for 1.9 s would come back too early and be refused again.
-    let retry_after = refusal
-        .retry_after
-        .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
+    let retry_after = refusal.retry_after.map(retry_after_secs);
     let (content_type, body) = match negotiate(ctx.accept) {
         Format::Html => {
             let page = PageContext {

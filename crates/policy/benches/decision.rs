@@ -20,8 +20,8 @@ use base64::Engine;
 use criterion::{Criterion, criterion_group, criterion_main};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis_policy::{
-    AuthPolicy, AuthStep, AuthzVerdict, Credentials, DenyAction, Identity, IpEntry, IpPolicy,
-    IpSet, Origin, PathPattern, Policy, Principal, Refusal, Rule, RuleSet, Scheme, normalize_path,
+    AuthPolicy, AuthStep, AuthzVerdict, DenyAction, Identity, IpEntry, IpPolicy, IpSet, Origin,
+    PathPattern, Policy, Principal, Refusal, Rule, RuleSet, Scheme, normalize_path,
 };
 
 const DENY_V4: usize = 9_000;
@@ -196,10 +196,10 @@ fn benches(c: &mut Criterion) {
     assert_eq!(normalize_path(TRICKY_PATH), typical);
     assert_eq!(
         policy.auth.authenticate(&typical, Some(&authorization)),
-        AuthStep::VerifyBasic(Credentials::Basic {
+        AuthStep::VerifyBasic {
             user: "alice".into(),
             password: "correct horse battery staple".into()
-        })
+        }
     );
     let want = format!("rule[{TARGET_RULE}] group:g{}", TARGET_RULE % GROUPS);
     assert_eq!(

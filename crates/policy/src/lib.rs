@@ -18,7 +18,7 @@ mod reason;
 mod rules;
 
 pub use client::{ClientAddr, ClientSource, client_addr};
-pub use credentials::{Credentials, MalformedAuthorization, parse_authorization};
+pub use credentials::{Credentials, MAX_USER_LEN, MalformedAuthorization, parse_authorization};
 pub use decision::{Decision, Identity, Trace, TraceEntry};
 pub use explain::{Facts, explain};
 pub use ip::{AddressVerdict, HostPattern, IpPolicy};
@@ -94,7 +94,12 @@ pub enum AuthStep {
     Public(String),
     /// Verify these Basic credentials against the user store, then call
     /// [`AuthPolicy::after_verification`].
-    VerifyBasic(Credentials),
+    VerifyBasic {
+        /// The user name.
+        user: String,
+        /// The password (handed to the store, never kept).
+        password: String,
+    },
     /// Refused without looking at any store.
     Refuse(Refusal),
 }
@@ -114,7 +119,7 @@ impl AuthPolicy {
                 Ok(Credentials::Basic { user, password })
                     if self.schemes.contains(&Scheme::Basic) =>
                 {
-                    AuthStep::VerifyBasic(Credentials::Basic { user, password })
+                    AuthStep::VerifyBasic { user, password }
                 }
                 Ok(Credentials::Basic { .. }) => AuthStep::Refuse(
                     Refusal::new(Reason::NoCredentials)
@@ -245,10 +250,10 @@ mod tests {
         let step = policy().authenticate(&normalize_path("/app"), Some(&basic("alice:pa:ss")));
         assert_eq!(
             step,
-            AuthStep::VerifyBasic(Credentials::Basic {
+            AuthStep::VerifyBasic {
                 user: "alice".into(),
                 password: "pa:ss".into()
-            })
+            }
         );
     }
 

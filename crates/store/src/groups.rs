@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::htpasswd::LineProblem;
+use crate::throttle::Throttle;
 use crate::verifier::FileStamp;
 
 /// A parsed group file.
@@ -76,8 +76,8 @@ pub struct Groups {
     path: Option<PathBuf>,
     current: ArcSwap<GroupFile>,
     stamp: Mutex<Option<FileStamp>>,
-    started: Instant,
-    last_poll_ms: AtomicU64,
+    /// The file is looked at once a second at most.
+    poll: Throttle,
 }
 
 impl Groups {
@@ -87,8 +87,7 @@ impl Groups {
             path: None,
             current: ArcSwap::from_pointee(GroupFile::default()),
             stamp: Mutex::new(None),
-            started: Instant::now(),
-            last_poll_ms: AtomicU64::new(0),
+            poll: Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -101,8 +100,7 @@ impl Groups {
             current: ArcSwap::from_pointee(file),
             path: Some(path),
             stamp: Mutex::new(stamp),
-            started: Instant::now(),
-            last_poll_ms: AtomicU64::new(0),
+            poll: Throttle::new(Duration::from_secs(1)),
         })
     }
 
@@ -114,17 +112,9 @@ impl Groups {
 
     fn poll(&self) {
         let Some(path) = &self.path else { return };
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_poll_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 1000
-            || self
-                .last_poll_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
+        if self.poll.due() {
+            self.reload_if_changed(path);
         }
-        self.reload_if_changed(path);
     }
 
     /// Re-reads the file if its stamp changed.

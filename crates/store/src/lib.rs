@@ -25,6 +25,7 @@ mod md5crypt;
 pub mod passwords;
 pub mod sqlite;
 pub mod state;
+pub mod throttle;
 pub mod totp;
 pub mod verifier;
 
@@ -33,4 +34,22 @@ pub use htpasswd::{
     HashAlgorithm, HashError, HashFormatError, InlineUserError, LineProblem, StoredHash, UserFile,
     hash_argon2id, hash_bcrypt,
 };
+pub use throttle::Throttle;
 pub use verifier::{Answer, FileStamp, LoadError, UserSource, Verification, Verifier};
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Hex SHA-256 of `bytes`: how secrets handed to browsers (session ids, link tokens) are
+/// stored, and how files are fingerprinted for the audit log.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}

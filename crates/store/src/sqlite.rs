@@ -98,11 +98,7 @@ impl TokenKind {
 
 /// The SHA-256 (hex) a link token is stored as: the database never holds a usable link.
 fn token_hash(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::sha256_hex(token.as_bytes())
 }
 
 fn now() -> i64 {

@@ -200,10 +200,8 @@ struct Inner {
     mac: Hmac<Sha256>,
     permits: Arc<Semaphore>,
     inflight: Mutex<HashMap<InflightKey, Arc<OnceCell<bool>>>>,
-    started: Instant,
-    poll_interval: Duration,
-    /// Milliseconds since `started` of the last `stat` (hot-path throttle).
-    last_poll_ms: AtomicU64,
+    /// The user file is looked at once per poll interval at most (it is on the request path).
+    poll: crate::Throttle,
     reload: Mutex<ReloadState>,
     hash_checks: AtomicU64,
     /// Hash checks running right now, and the most ever seen at once.
@@ -321,9 +319,7 @@ impl Verifier {
                 mac,
                 permits: Arc::new(Semaphore::new(max_parallel.max(1))),
                 inflight: Mutex::new(HashMap::new()),
-                started: Instant::now(),
-                poll_interval,
-                last_poll_ms: AtomicU64::new(0),
+                poll: crate::Throttle::new(poll_interval),
                 reload: Mutex::new(ReloadState {
                     stamp,
                     failing: false,
@@ -503,19 +499,8 @@ impl Verifier {
         if self.inner.path.is_none() {
             return;
         }
-        let now = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.inner.last_poll_ms.load(Ordering::Relaxed);
-        let interval = u64::try_from(self.inner.poll_interval.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(last) < interval {
-            return;
-        }
         // One request polls; the others carry on with the current users.
-        if self
-            .inner
-            .last_poll_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.inner.poll.due() {
             return;
         }
         let inner = Arc::clone(&self.inner);

@@ -548,7 +548,7 @@ async fn shared_secret(
 ) -> Result<[u8; 32], String> {
     let key = format!("{prefix}csrf-secret");
     let fresh: [u8; 32] = rand::random();
-    let fresh_hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+    let fresh_hex = crate::hex(&fresh);
     let reading = async {
         redis::cmd("SET")
             .arg(&key)

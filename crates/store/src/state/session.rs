@@ -10,8 +10,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 /// One signed-in browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -64,13 +62,7 @@ pub fn new_id() -> String {
 
 /// The store key of a session id (hex SHA-256): ids never reach the store.
 pub fn key_of(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    crate::sha256_hex(id.as_bytes())
 }
 
 /// Whether `id` has the shape of an id we issue (43 base64url characters): anything else is
