@@ -17,6 +17,9 @@ fn portcullis(upstream: SocketAddr, extra: &str) -> Gateway {
     portcullis_with(upstream, r#"["basic"]"#, extra)
 }
 
+/// `[forward_auth] headers` for Caddy and Traefik (the header set they overwrite).
+const FORWARDED: &str = "[forward_auth]\nheaders = \"forwarded\"\n";
+
 fn portcullis_with(upstream: SocketAddr, schemes: &str, extra: &str) -> Gateway {
     let dir = dir_with_user("alice", PW);
     std::fs::write(dir.path().join("groups.txt"), "admins: alice\n").unwrap();
@@ -266,6 +269,7 @@ fn form_sign_in_behind_nginx_and_caddy() {
     let nginx = start_nginx(front, gw.addr, app.addr);
     check_form_front(front);
     drop(nginx);
+    let gw = portcullis_with(app.addr, r#"["form", "basic"]"#, FORWARDED);
     let front = addr();
     let _caddy = start_caddy(front, gw.addr, app.addr);
     check_form_front(front);
@@ -290,7 +294,7 @@ fn nginx_auth_request_recipe() {
 #[test]
 fn caddy_forward_auth_recipe() {
     let app = TestUpstream::start();
-    let gw = portcullis(app.addr, "");
+    let gw = portcullis(app.addr, FORWARDED);
     let front = addr();
     let _caddy = start_caddy(front, gw.addr, app.addr);
     check_front(front, &gw);
@@ -311,9 +315,13 @@ fn caddy_forward_auth_recipe() {
 fn ip_rules_see_the_original_client_behind_both_proxies() {
     let app = TestUpstream::start();
     let gw = portcullis(app.addr, "[ip]\ndeny = [\"127.0.0.1\"]");
+    let gw_caddy = portcullis(
+        app.addr,
+        &format!("{FORWARDED}[ip]\ndeny = [\"127.0.0.1\"]"),
+    );
     let (n, c) = (addr(), addr());
     let _nginx = start_nginx(n, gw.addr, app.addr);
-    let _caddy = start_caddy(c, gw.addr, app.addr);
+    let _caddy = start_caddy(c, gw_caddy.addr, app.addr);
     runtime().block_on(async {
         // A client's own Forwarded header (passed through by both proxies) does not change its
         // address: the proxies maintain X-Forwarded-For, the header Portcullis reads.
@@ -382,7 +390,7 @@ fn traefik_header_contract_and_untrusted_peers() {
     let app = TestUpstream::start();
     let gw = portcullis(
         app.addr,
-        "[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]",
+        &format!("{FORWARDED}[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]"),
     );
     runtime().block_on(async {
         let c = client();
@@ -436,7 +444,7 @@ fn traefik_gets_an_absolute_sign_in_redirect_for_browsers() {
     // Traefik resolves a relative Location against the forward-auth address: the redirect must
     // name the site as the browser reached it (X-Forwarded-Proto/-Host of the trusted proxy).
     let app = TestUpstream::start();
-    let gw = portcullis_with(app.addr, r#"["form", "basic"]"#, "");
+    let gw = portcullis_with(app.addr, r#"["form", "basic"]"#, FORWARDED);
     runtime().block_on(async {
         let ask = |accept: &'static str, cookie: Option<&'static str>| {
             let mut rb = client()
@@ -479,4 +487,154 @@ fn traefik_gets_an_absolute_sign_in_redirect_for_browsers() {
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers().get_all("www-authenticate").iter().count(), 2);
     });
+}
+
+/// What the application received through the front proxy (the test upstream's echo).
+async fn seen_by_app(
+    front: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut rb = client().get(format!("http://{front}{path}"));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Issue 11, item 1: a client's own X-Original-* / X-Forwarded-* headers, copied into the auth
+/// request by the proxy, must not describe the request that is judged.
+fn check_client_cannot_name_the_judged_request(front: SocketAddr) {
+    runtime().block_on(async {
+        for (name, value) in [
+            ("x-original-uri", "/public/x"),
+            ("x-forwarded-uri", "/public/x"),
+        ] {
+            let (status, _) = seen_by_app(front, "/admin/secret", &[(name, value)]).await;
+            assert_eq!(status, 401, "{front}: {name}: {value} opened /admin/secret");
+        }
+        // A method rule cannot be dodged by naming another method.
+        for name in ["x-original-method", "x-forwarded-method"] {
+            let r = client()
+                .delete(format!("http://{front}/admin/secret"))
+                .basic_auth("alice", Some(PW))
+                .header(name, "GET")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{front}: {name}: GET passed a DELETE rule");
+        }
+        // An anonymous request on a public path: the identity headers reach the application
+        // empty (or not at all), never the client's copy or a proxy placeholder.
+        let (status, seen) = seen_by_app(
+            front,
+            "/public/x",
+            &[("remote-user", "admin"), ("remote_groups", "admins")],
+        )
+        .await;
+        assert_eq!(status, 200);
+        for h in [
+            "remote-user",
+            "remote-groups",
+            "remote-name",
+            "remote-email",
+            "remote_groups",
+        ] {
+            let v = seen["headers"]
+                .get(h)
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            assert!(
+                v.is_empty(),
+                "{front}: {h}: {v:?} reached the application: {seen}"
+            );
+        }
+        // Issue 21, item 1: neither the password nor Portcullis's cookies reach the application;
+        // the application's own cookies do.
+        let r = client()
+            .get(format!("http://{front}/app"))
+            .basic_auth("alice", Some(PW))
+            .header(
+                "cookie",
+                "theme=dark; portcullis_csrf=abc; portcullis_session=xyz; lang=en",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            seen["headers"].get("authorization").is_none_or(|v| v == ""),
+            "{front}: {seen}"
+        );
+        assert_eq!(
+            seen["headers"]["cookie"], "theme=dark; lang=en",
+            "{front}: {seen}"
+        );
+        assert_eq!(seen["headers"]["remote-user"], "alice");
+    });
+}
+
+#[test]
+fn clients_cannot_name_the_judged_request_behind_nginx_and_caddy() {
+    let app = TestUpstream::start();
+    let rules = "[[rule]]\npath = \"/admin/**\"\nmethods = [\"DELETE\"]\ndeny = [\"*\"]\n[[rule]]\npath = \"/admin/**\"\nallow = [\"*\"]\n";
+    let gw = portcullis(app.addr, rules);
+    let front = addr();
+    let _nginx = start_nginx(front, gw.addr, app.addr);
+    check_client_cannot_name_the_judged_request(front);
+    let gw = portcullis(app.addr, &format!("{FORWARDED}{rules}"));
+    let front = addr();
+    let _caddy = start_caddy(front, gw.addr, app.addr);
+    check_client_cannot_name_the_judged_request(front);
+}
+
+#[test]
+fn a_trusted_question_without_a_usable_original_request_is_400() {
+    let app = TestUpstream::start();
+    let gw = portcullis(app.addr, "");
+    runtime().block_on(async {
+        let ask = |headers: &'static [(&'static str, &'static str)]| {
+            let mut rb = client().get(gw.url("/.portcullis/auth"));
+            for (k, v) in headers {
+                rb = rb.header(*k, *v);
+            }
+            rb.header("accept", "application/json").send()
+        };
+        // nginx mode reads only X-Original-*: Caddy's set is not enough.
+        for headers in [
+            &[][..],
+            &[("x-forwarded-uri", "/public/x")][..],
+            &[("x-original-uri", "relative")][..],
+            &[("x-original-uri", "/public/../admin")][..],
+            &[("x-original-uri", "/x"), ("x-original-method", "G E T")][..],
+        ] {
+            let r = ask(headers).await.unwrap();
+            assert_eq!(r.status(), 400, "{headers:?}");
+            let p: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                p["type"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("bad_forwarded_header")
+                    || p["type"].as_str().unwrap().ends_with("bad_request"),
+                "{headers:?}: {p}"
+            );
+        }
+        let r = ask(&[("x-original-uri", "/public/x")]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["remote-user"], "");
+    });
+    let log = eventually(Duration::from_secs(5), "the 400s in the log", || {
+        std::fs::read_to_string(gw.path("access.log"))
+            .ok()
+            .filter(|l| l.matches(" 400 10 ").count() >= 3)
+    });
+    assert!(log.contains(" 400 0 "), "{log}");
 }

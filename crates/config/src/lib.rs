@@ -20,9 +20,10 @@ use policy::{PathPattern, Scheme};
 pub use diagnostics::{Diagnostic, Diagnostics, format_warnings};
 pub use model::*;
 pub use validate::{
-    DEFAULT_CACHE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FILTER_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL,
-    DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
+    DEFAULT_BACKLOG, DEFAULT_CACHE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FILTER_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL, DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
+    DEFAULT_VERIFY_QUEUE_TIMEOUT,
 };
 
 /// Reads, parses and validates the config file at `path`; relative paths in it are resolved
@@ -74,6 +75,9 @@ impl Config {
                 forwarded_header: ForwardedHeader::XForwardedFor,
                 workers: None,
                 trusted_proxies: policy::IpSet::default(),
+                idle_timeout: validate::DEFAULT_IDLE_TIMEOUT,
+                backlog: validate::DEFAULT_BACKLOG,
+                max_connections: None,
             },
             auth: Auth {
                 realm: DEFAULT_REALM.to_owned(),
@@ -86,6 +90,7 @@ impl Config {
                 forward_authorization: false,
                 groups: None,
                 case_insensitive_paths: false,
+                verify_queue_timeout: validate::DEFAULT_VERIFY_QUEUE_TIMEOUT,
             },
             errors: Errors::default(),
             log: Log {
@@ -102,6 +107,7 @@ impl Config {
             admin: Admin::default(),
             portal: Portal::default(),
             mail: None,
+            forward_auth: ForwardAuth::default(),
             warnings: Vec::new(),
         }
     }

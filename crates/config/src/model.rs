@@ -43,6 +43,8 @@ pub struct Config {
     pub portal: Portal,
     /// `[mail]`.
     pub mail: Option<Mail>,
+    /// `[forward_auth]`.
+    pub forward_auth: ForwardAuth,
     /// Problems that do not stop the gateway (e.g. a rule shadowed by another), with lines.
     pub warnings: Vec<crate::Diagnostic>,
 }
@@ -117,6 +119,34 @@ pub struct Server {
     pub workers: Option<usize>,
     /// `trusted_proxies`: peers whose `Forwarded` / `X-Forwarded-For` is believed.
     pub trusted_proxies: policy::IpSet,
+    /// `idle_timeout` (default 60 s): a keep-alive connection idle this long between requests
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// `backlog` (default 4096, capped by the kernel's `somaxconn`): connections waiting to be
+    /// accepted.
+    pub backlog: u32,
+    /// `max_connections` (default: sized from the open-file limit at start): open client
+    /// connections; beyond it new connections are closed at once.
+    pub max_connections: Option<usize>,
+}
+
+/// `[forward_auth]`: how the trusted proxy describes the request it asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardAuth {
+    /// `headers`: the one header set that is read.
+    pub headers: ForwardAuthHeaders,
+}
+
+/// `forward_auth.headers`: only this set is read, so a client cannot slip a header of the other
+/// set past a proxy that copies client headers into the auth request (Caddy, Traefik).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardAuthHeaders {
+    /// `"nginx"` (default): `X-Original-URI`, `X-Original-Method` (nginx's `auth_request` recipe).
+    #[default]
+    Nginx,
+    /// `"forwarded"`: `X-Forwarded-Uri`, `X-Forwarded-Method` (Caddy's `forward_auth`, Traefik's
+    /// `ForwardAuth`).
+    Forwarded,
 }
 
 /// `server.forwarded_header`: the one header a trusted proxy maintains. Only that one is read:
@@ -181,6 +211,9 @@ pub struct Auth {
     pub groups: Option<PathBuf>,
     /// `path_case = "insensitive"` (default "sensitive"): match rules and public paths ignoring case.
     pub case_insensitive_paths: bool,
+    /// `verify_queue_timeout` (default 2 s): a password check that would wait longer than this
+    /// for the hashing workers is answered `503 verifier_busy`.
+    pub verify_queue_timeout: Duration,
 }
 
 impl Auth {
@@ -277,6 +310,9 @@ pub struct Dynamic {
     pub deny_action: policy::DenyAction,
     /// `logging_only`: log would-be refusals, refuse nothing.
     pub logging_only: bool,
+    /// `ipv6_prefix` (default 64): IPv6 clients are counted per network of this length (limits
+    /// and lockout), so one /64 is one client.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for Dynamic {
@@ -286,6 +322,7 @@ impl Default for Dynamic {
             rate: None,
             deny_action: policy::DenyAction::Forbidden,
             logging_only: false,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -411,6 +448,9 @@ pub struct Portal {
     pub invite_ttl: Duration,
     /// `reset_ttl` (default 1h): how long a password-reset link works.
     pub reset_ttl: Duration,
+    /// `max_sessions_per_user` (default 10): a new sign-in beyond it ends the user's oldest
+    /// session.
+    pub max_sessions_per_user: u32,
 }
 
 impl Default for Portal {
@@ -422,6 +462,7 @@ impl Default for Portal {
             public_url: None,
             invite_ttl: Duration::from_secs(24 * 60 * 60),
             reset_ttl: Duration::from_secs(60 * 60),
+            max_sessions_per_user: 10,
         }
     }
 }

@@ -634,7 +634,10 @@ timeout = "500ms"
 on_error = "open"
 "#;
     let c = parse(text, dir.path(), "p.toml").unwrap_or_else(|d| panic!("{d}"));
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // The only warning: rule[0] decides GET and POST, and nothing decides other methods.
+    let warned: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(warned, ["rule[0]"], "{:?}", c.warnings);
+    assert!(c.warnings[0].message.contains("applies only to GET, POST"));
 
     assert_eq!(
         origins(&c.server.trusted_proxies),
@@ -1007,6 +1010,7 @@ fn methods_are_upper_cased_and_near_misses_warned() {
     assert_eq!(
         w,
         [
+            ("rule[0]", None),
             ("rule[0].methods[1]", Some("GET")),
             ("rule[0].methods[3]", None)
         ],
@@ -1055,6 +1059,7 @@ listen = "127.0.0.1:9464"
             rate: Some((100, Duration::from_millis(1500))),
             deny_action: DenyAction::TooManyRequests,
             logging_only: true,
+            ipv6_prefix: 64,
         }
     );
     assert_eq!(

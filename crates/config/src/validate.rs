@@ -46,6 +46,9 @@ const SERVER_KEYS: &[&str] = &[
     "workers",
     "drain_timeout",
     "forwarded_header",
+    "backlog",
+    "idle_timeout",
+    "max_connections",
 ];
 /// Keys of `[auth]`.
 const AUTH_KEYS: &[&str] = &[
@@ -58,6 +61,7 @@ const AUTH_KEYS: &[&str] = &[
     "cache_ttl",
     "forward_authorization",
     "path_case",
+    "verify_queue_timeout",
 ];
 /// Keys of `[errors]`.
 const ERRORS_KEYS: &[&str] = &["mode", "pages", "upstream_401"];
@@ -80,7 +84,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("admin", ADMIN_KEYS),
     ("portal", PORTAL_KEYS),
     ("mail", MAIL_KEYS),
+    ("forward_auth", FORWARD_AUTH_KEYS),
 ];
+/// Keys of `[forward_auth]`.
+const FORWARD_AUTH_KEYS: &[&str] = &["headers"];
 /// The name of the URL-rule array of tables.
 const RULE: &str = "rule";
 /// Sections of the contract that this build does not implement yet: refused, never ignored.
@@ -103,6 +110,12 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `server.upstream_timeout`.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `server.idle_timeout`: a keep-alive connection idle this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `server.backlog` (the kernel caps it at `net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Default `auth.verify_queue_timeout`.
+pub const DEFAULT_VERIFY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `server.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `server.connect_timeout`.
@@ -420,6 +433,7 @@ impl Checker<'_> {
             admin,
             portal,
             mail,
+            forward_auth,
         ] = &sections[..]
         else {
             return None;
@@ -472,6 +486,12 @@ impl Checker<'_> {
         }
         let portal = portal_config;
         let mail = mail_config;
+        let forward_auth = ForwardAuth {
+            headers: match self.choice(forward_auth, "headers", &["nginx", "forwarded"]) {
+                Some("forwarded") => ForwardAuthHeaders::Forwarded,
+                _ => ForwardAuthHeaders::Nginx,
+            },
+        };
         Some(Config {
             source,
             server: server?,
@@ -487,6 +507,7 @@ impl Checker<'_> {
             admin,
             portal,
             mail,
+            forward_auth,
             warnings: Vec::new(),
         })
     }
@@ -574,6 +595,35 @@ impl Checker<'_> {
                 Some("forwarded") => ForwardedHeader::Forwarded,
                 _ => ForwardedHeader::XForwardedFor,
             };
+        let idle_timeout = self.duration(s, "idle_timeout", DEFAULT_IDLE_TIMEOUT, false);
+        let backlog = s.get("backlog").and_then(|v| {
+            let n = self.integer(&s.path("backlog"), v)?;
+            match u32::try_from(n) {
+                Ok(n @ 1..=1_000_000) => Some(n),
+                _ => {
+                    self.report(
+                        s.path("backlog"),
+                        Some(v.span()),
+                        format!("must be from 1 to 1000000 (connections waiting to be accepted), not {n}"),
+                    );
+                    None
+                }
+            }
+        });
+        let max_connections = s.get("max_connections").and_then(|v| {
+            let n = self.integer(&s.path("max_connections"), v)?;
+            match usize::try_from(n) {
+                Ok(n @ 1..=10_000_000) => Some(n),
+                _ => {
+                    self.report(
+                        s.path("max_connections"),
+                        Some(v.span()),
+                        format!("must be from 1 to 10000000 (open client connections), not {n}"),
+                    );
+                    None
+                }
+            }
+        });
         let workers = s.get("workers").and_then(|v| {
             let n = self.integer(&s.path("workers"), v)?;
             match usize::try_from(n) {
@@ -602,6 +652,9 @@ impl Checker<'_> {
             forwarded_header,
             workers,
             trusted_proxies,
+            idle_timeout,
+            backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
+            max_connections,
         })
     }
 
@@ -800,6 +853,12 @@ impl Checker<'_> {
             },
         };
         let cache_ttl = self.duration(s, "cache_ttl", DEFAULT_CACHE_TTL, true);
+        let verify_queue_timeout = self.duration(
+            s,
+            "verify_queue_timeout",
+            DEFAULT_VERIFY_QUEUE_TIMEOUT,
+            false,
+        );
         let forward_authorization = match s.get("forward_authorization") {
             None => false,
             Some(v) => self
@@ -816,6 +875,7 @@ impl Checker<'_> {
             forward_authorization,
             groups,
             case_insensitive_paths: self.case_insensitive_paths,
+            verify_queue_timeout,
         })
     }
 

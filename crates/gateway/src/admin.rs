@@ -30,8 +30,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
 ) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, local) = match listener.accept().await {
+            Ok((stream, _)) => {
+                let local = stream.local_addr().ok();
+                (stream, local)
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "admin accept failed");
@@ -49,13 +52,47 @@ pub async fn serve(
                     let state = gateway.state();
                     let fail_closed =
                         gateway.config().state.on_backend_error == config::FailMode::Closed;
-                    Ok::<_, Infallible>(route(req, state, fail_closed, &metrics).await)
+                    let mut response = if host_allowed(&req, local) {
+                        route(req, state, fail_closed, &metrics).await
+                    } else {
+                        json(
+                            StatusCode::MISDIRECTED_REQUEST,
+                            serde_json::json!({"error": "the admin listener answers only requests addressed to a loopback name or to its own address (Host header); this protects it from DNS rebinding"}),
+                        )
+                    };
+                    crate::respond::secure_own_response(response.headers_mut());
+                    Ok::<_, Infallible>(response)
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+/// Whether the request names the admin listener itself: a loopback name or address, or the
+/// address it was accepted on. A page in an operator's browser that rebinds its own DNS name to
+/// 127.0.0.1 still sends its own name as `Host`, so it cannot reach `DELETE /bans`.
+fn host_allowed<B>(req: &Request<B>, local: Option<SocketAddr>) -> bool {
+    let host = match req.headers().get(http::header::HOST) {
+        Some(h) => h.to_str().ok().map(str::to_owned),
+        None => req.uri().authority().map(|a| a.as_str().to_owned()),
+    };
+    let Some(host) = host else { return false };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || local.is_some_and(|l| l.ip() == ip),
+        Err(_) => false,
     }
 }
 

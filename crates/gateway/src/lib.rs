@@ -196,38 +196,77 @@ const X_ORIGINAL_METHOD: http::HeaderName = http::HeaderName::from_static("x-ori
 const X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_METHOD: http::HeaderName = http::HeaderName::from_static("x-forwarded-method");
 const REMOTE_NAME: http::HeaderName = http::HeaderName::from_static("remote-name");
+const X_PORTCULLIS_COOKIE: http::HeaderName = http::HeaderName::from_static("x-portcullis-cookie");
+const X_PORTCULLIS_AUTHORIZATION: http::HeaderName =
+    http::HeaderName::from_static("x-portcullis-authorization");
 const X_PORTCULLIS_PROBLEM: http::HeaderName =
     http::HeaderName::from_static("x-portcullis-problem");
 
-/// The request a forward-auth question is about, from the trusted proxy's headers:
-/// `X-Original-Method` / `X-Original-URI` (nginx) or `X-Forwarded-Method` / `X-Forwarded-Uri`
-/// (Caddy, Traefik).
+/// The request a forward-auth question is about, from the trusted proxy's headers: exactly one
+/// set, the one `forward_auth.headers` names — `X-Original-Method` / `X-Original-URI` (nginx) or
+/// `X-Forwarded-Method` / `X-Forwarded-Uri` (Caddy, Traefik). Caddy and Traefik copy every
+/// client header into the auth request and overwrite only their own set, so reading the other
+/// set too would let a client describe the request it wants judged.
 struct OriginalRequest {
     method: String,
     uri: String,
 }
 
 impl OriginalRequest {
-    fn from_headers(h: &http::HeaderMap) -> Option<OriginalRequest> {
-        let get = |a: &http::HeaderName, b: &http::HeaderName| {
-            h.get(a)
-                .or_else(|| h.get(b))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+    fn from_headers(
+        h: &http::HeaderMap,
+        set: config::ForwardAuthHeaders,
+    ) -> Result<OriginalRequest, Refusal> {
+        let (uri_name, method_name) = match set {
+            config::ForwardAuthHeaders::Nginx => (X_ORIGINAL_URI, X_ORIGINAL_METHOD),
+            config::ForwardAuthHeaders::Forwarded => (X_FORWARDED_URI, X_FORWARDED_METHOD),
         };
-        let uri = get(&X_ORIGINAL_URI, &X_FORWARDED_URI)?;
+        let bad = |detail: String| Refusal::new(Reason::BadForwardedHeader).with_detail(detail);
+        let single = |name: &http::HeaderName| -> Result<Option<String>, Refusal> {
+            let mut values = h.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(v), None) => v
+                    .to_str()
+                    .map(|v| Some(v.trim().to_owned()))
+                    .map_err(|_| bad(format!("{name} is not visible ASCII"))),
+                (Some(_), Some(_)) => Err(bad(format!("{name} is sent more than once"))),
+            }
+        };
+        let Some(uri) = single(&uri_name)? else {
+            return Err(bad(format!(
+                "the trusted proxy sent no {uri_name} (forward_auth.headers = \"{}\"): the original request is unknown",
+                match set {
+                    config::ForwardAuthHeaders::Nginx => "nginx",
+                    config::ForwardAuthHeaders::Forwarded => "forwarded",
+                }
+            )));
+        };
         // An absolute URI (some proxies send one) is reduced to its path and query.
         let uri = match uri.parse::<http::Uri>() {
             Ok(u) if u.scheme().is_some() => u
                 .path_and_query()
                 .map_or("/".to_owned(), |p| p.as_str().to_owned()),
-            _ if uri.starts_with('/') => uri,
-            _ => return None,
+            Ok(_) if uri.starts_with('/') && !uri.starts_with("//") => uri,
+            _ => return Err(bad(format!("{uri_name} is not a request target: {uri:?}"))),
         };
-        let method = get(&X_ORIGINAL_METHOD, &X_FORWARDED_METHOD)
-            .unwrap_or_else(|| "GET".to_owned())
-            .to_ascii_uppercase();
-        Some(OriginalRequest { method, uri })
+        let method = match single(&method_name)? {
+            None => "GET".to_owned(),
+            Some(m) if http::Method::from_bytes(m.as_bytes()).is_ok() && !m.is_empty() => {
+                m.to_ascii_uppercase()
+            }
+            Some(m) => return Err(bad(format!("{method_name} is not a method: {m:?}"))),
+        };
+        let original = OriginalRequest { method, uri };
+        // The proxy forwards the path as the client sent it, and Portcullis cannot rewrite it:
+        // a dot segment would be judged as one path and served as another.
+        if policy::has_dot_segment(original.path()) {
+            return Err(Refusal::new(Reason::BadRequest).with_detail(format!(
+                "the original path {} has a '.' or '..' segment, which the application may read differently; it is refused",
+                original.path()
+            )));
+        }
+        Ok(original)
     }
 
     fn path(&self) -> &str {
@@ -506,12 +545,31 @@ impl Gateway {
     }
 
     /// Runs the pipeline for one request: forward-auth questions at `/.portcullis/auth`,
-    /// everything else through phases 2–8 to the upstream.
+    /// everything else through phases 2–8 to the upstream. Every response Portcullis writes
+    /// itself (not the application's) leaves with the security headers of
+    /// [`respond::secure_own_response`].
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<Body>, Abort> {
+        let mut from_upstream = false;
+        let mut response = self.route(req, conn, &mut from_upstream).await?;
+        if !from_upstream {
+            respond::secure_own_response(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        from_upstream: &mut bool,
+    ) -> Result<Response<Body>, Abort> {
+        if let Err(refusal) = check_framing(&req) {
+            return self.refuse_framing(&refusal, &req, conn);
+        }
         if let Some(rest) = req.uri().path().strip_prefix(self.paths.prefix.as_str())
             && rest.starts_with('/')
         {
@@ -643,6 +701,7 @@ impl Gateway {
                     (parts.status == http::StatusCode::UNAUTHORIZED).then_some(Reason::AppDenied),
                 );
                 let pending = record.map(|r| PendingLog::new(self.log.clone(), r));
+                *from_upstream = true;
                 Ok(Response::from_parts(
                     parts,
                     LoggedBody::new(body, pending).holding(guard).boxed(),
@@ -651,8 +710,15 @@ impl Gateway {
             Err(refusal) => {
                 tracing::warn!(reason = refusal.reason.slug(), detail = %refusal.detail, request_id, "upstream failed");
                 seen.identity = Some(identity.clone());
-                let response =
+                let mut response =
                     self.refusal_response(&refusal, &facts, &seen, &request_id, &[], None);
+                if refusal.reason == Reason::BadRequest {
+                    // The client's body was malformed: nothing after it on this connection can be
+                    // read reliably.
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 self.metrics
                     .request(response.status().as_u16(), Some(refusal.reason));
                 if let Some(r) = record.as_mut() {
@@ -676,9 +742,9 @@ impl Gateway {
         let request_id = request_id::for_request(req.headers());
         let peer = policy::canonical(conn.peer.ip());
         let trusted = self.policy.trusted_proxies.contains(peer);
-        let original = trusted
-            .then(|| OriginalRequest::from_headers(req.headers()))
-            .flatten();
+        let original = trusted.then(|| {
+            OriginalRequest::from_headers(req.headers(), self.config.forward_auth.headers)
+        });
         if !trusted
             && (req.headers().contains_key(X_ORIGINAL_URI)
                 || req.headers().contains_key(X_FORWARDED_URI))
@@ -691,14 +757,14 @@ impl Gateway {
             }
         }
         let view = match &original {
-            Some(o) => RequestView {
+            Some(Ok(o)) => RequestView {
                 tls: conn.tls,
                 method: &o.method,
                 path: o.path(),
                 path_and_query: &o.uri,
                 headers: req.headers(),
             },
-            None => RequestView {
+            _ => RequestView {
                 tls: conn.tls,
                 method: req.method().as_str(),
                 path: req.uri().path(),
@@ -706,6 +772,14 @@ impl Gateway {
                 headers: req.headers(),
             },
         };
+        // A trusted proxy's question without a usable original request is answered 400, never
+        // decided on `/.portcullis/auth` itself.
+        if let Some(Err(refusal)) = &original {
+            let record = self.new_record(&view, &conn, &request_id, started);
+            let seen = Seen::new(peer);
+            tracing::warn!(%peer, detail = %refusal.detail, request_id, "forward-auth question refused");
+            return self.refuse(refusal, &view, &seen, &request_id, record, &[]);
+        }
         let mut record = self.new_record(&view, &conn, &request_id, started);
         let mut seen = Seen::new(peer);
         match self
@@ -715,20 +789,53 @@ impl Gateway {
             Ok(Decided { identity, .. }) => {
                 let mut response = Response::new(body::full(bytes::Bytes::new()));
                 let headers = response.headers_mut();
-                if let Some(user) = identity
+                // Always all four, empty for an anonymous answer on a public path: a proxy that
+                // copies them (Caddy's copy_headers) then sets them empty instead of passing the
+                // client's own, or its placeholder text.
+                let empty = HeaderValue::from_static("");
+                let user = identity
                     .user
                     .as_deref()
                     .and_then(|u| HeaderValue::from_str(u).ok())
-                {
-                    headers.insert(proxy::REMOTE_USER, user.clone());
-                    headers.insert(REMOTE_NAME, user);
-                    if !identity.groups.is_empty()
-                        && let Ok(g) = HeaderValue::from_str(&identity.groups.join(","))
-                    {
-                        headers.insert(proxy::REMOTE_GROUPS, g);
-                    }
-                    headers.insert(proxy::REMOTE_EMAIL, HeaderValue::from_static(""));
+                    .unwrap_or_else(|| empty.clone());
+                let groups = (identity.user.is_some() && !identity.groups.is_empty())
+                    .then(|| HeaderValue::from_str(&identity.groups.join(",")).ok())
+                    .flatten()
+                    .unwrap_or_else(|| empty.clone());
+                headers.insert(proxy::REMOTE_USER, user.clone());
+                headers.insert(REMOTE_NAME, user);
+                headers.insert(proxy::REMOTE_GROUPS, groups);
+                headers.insert(proxy::REMOTE_EMAIL, empty.clone());
+                // What the proxy should pass on to the application instead of the client's own
+                // `Cookie` and `Authorization` (the recipes set them from these): the cookies
+                // without Portcullis's session and CSRF cookies, and the credentials only with
+                // auth.forward_authorization. Always sent, empty when there is nothing.
+                let mut cookies = http::HeaderMap::new();
+                for v in req.headers().get_all(http::header::COOKIE) {
+                    cookies.append(http::header::COOKIE, v.clone());
                 }
+                portal::strip_own_cookies(&mut cookies);
+                let cookie = match cookies.get_all(http::header::COOKIE).iter().count() {
+                    0 => empty.clone(),
+                    1 => cookies[http::header::COOKIE].clone(),
+                    _ => HeaderValue::from_str(
+                        &cookies
+                            .get_all(http::header::COOKIE)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                    .unwrap_or_else(|_| empty.clone()),
+                };
+                headers.insert(X_PORTCULLIS_COOKIE, cookie);
+                let authorization = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .filter(|_| self.config.auth.forward_authorization)
+                    .cloned()
+                    .unwrap_or(empty);
+                headers.insert(X_PORTCULLIS_AUTHORIZATION, authorization);
                 headers.insert(
                     http::header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
@@ -754,7 +861,8 @@ impl Gateway {
                 }
                 // nginx's auth_request discards the body of the answer and, with a body to
                 // skip, closes the connection to us: answer it with headers only.
-                if req.headers().contains_key(X_ORIGINAL_URI) {
+                if trusted && self.config.forward_auth.headers == config::ForwardAuthHeaders::Nginx
+                {
                     let (mut parts, body) = response.into_parts();
                     parts.headers.remove(http::header::CONTENT_TYPE);
                     drop(body);
@@ -776,6 +884,32 @@ impl Gateway {
                 Ok(response)
             }
         }
+    }
+
+    /// Phase 1's answer to a request whose framing is refused: logged like any refusal, and the
+    /// connection is closed after it (what follows on it cannot be trusted to start a request).
+    fn refuse_framing(
+        &self,
+        refusal: &Refusal,
+        req: &Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, Abort> {
+        let request_id = request_id::for_request(req.headers());
+        let view = RequestView {
+            tls: conn.tls,
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            headers: req.headers(),
+        };
+        let record = self.new_record(&view, &conn, &request_id, Instant::now());
+        let seen = Seen::new(policy::canonical(conn.peer.ip()));
+        tracing::info!(peer = %conn.peer, detail = %refusal.detail, request_id, "request framing refused");
+        let mut response = self.refuse(refusal, &view, &seen, &request_id, record, &[])?;
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        Ok(response)
     }
 
     fn new_record(
@@ -1346,6 +1480,42 @@ fn absolute_location(
     host.parse::<http::uri::Authority>().ok()?;
     let scheme = if secure { "https" } else { "http" };
     HeaderValue::from_str(&format!("{scheme}://{host}{location}")).ok()
+}
+
+/// Phase 1: request framing that HTTP/1.1 allows to be read two ways (RFC 9112 §6.1, §6.3). A
+/// front proxy and Portcullis reading the body differently is how requests are smuggled, so
+/// anything but one plain `Transfer-Encoding: chunked` or one `Content-Length` is refused:
+/// both headers together or `Transfer-Encoding` twice is 400; a coding other than chunked is
+/// 501.
+fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
+    if req.version() >= http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut te = req
+        .headers()
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter();
+    let Some(first) = te.next() else {
+        return Ok(());
+    };
+    let bad = |detail: &str| Err(Refusal::new(Reason::BadRequest).with_detail(detail.to_owned()));
+    if te.next().is_some() {
+        return bad("Transfer-Encoding is sent more than once");
+    }
+    if req.headers().contains_key(http::header::CONTENT_LENGTH) {
+        return bad("both Content-Length and Transfer-Encoding are sent (RFC 9112 §6.3)");
+    }
+    let value = first.to_str().unwrap_or("").trim();
+    if value.eq_ignore_ascii_case("chunked") {
+        return Ok(());
+    }
+    let last = value.rsplit(',').next().unwrap_or("").trim();
+    if last.eq_ignore_ascii_case("chunked") {
+        return Err(Refusal::new(Reason::NotImplemented).with_detail(format!(
+            "Transfer-Encoding: {value}: only chunked is accepted"
+        )));
+    }
+    bad("Transfer-Encoding does not end with chunked, so the body has no length")
 }
 
 /// The parts of the request a refusal response needs.

@@ -12,6 +12,15 @@ use policy::{Reason, Refusal};
 use serde::Serialize;
 
 const BUILTIN_PAGE: &str = include_str!("../templates/page.html");
+
+/// The inline scripts of the built-in templates (their hashes go in the pages' CSP).
+pub(crate) fn inline_scripts() -> impl Iterator<Item = &'static str> {
+    [BUILTIN_PAGE, BASE, PORTAL].into_iter().flat_map(|t| {
+        t.split("<script>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</script>").map(|(s, _)| s))
+    })
+}
 const BASE: &str = include_str!("../templates/base.html");
 const PORTAL: &str = include_str!("../templates/portal.html");
 
@@ -140,6 +149,14 @@ pub fn advice(reason: Reason, form_site: bool) -> Advice {
         StateUnavailable | FilterUnavailable => (
             "A service this gateway needs to check your request is unavailable right now.",
             &["Try again in a minute."],
+        ),
+        VerifierBusy => (
+            "Too many sign-ins are being checked right now, so yours could not be checked in time.",
+            &["Wait a few seconds, then try again."],
+        ),
+        NotImplemented => (
+            "The request body was sent with a transfer encoding this site does not accept.",
+            &["Send the body with Content-Length or plain chunked encoding."],
         ),
         InternalError => (
             "Something went wrong inside the gateway.",

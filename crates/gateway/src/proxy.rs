@@ -107,9 +107,7 @@ impl Upstream {
         let forwarded_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
-        for h in [REMOTE_USER, REMOTE_GROUPS, REMOTE_EMAIL] {
-            headers.remove(h);
-        }
+        strip_identity_headers(headers, ctx.from_trusted_proxy);
         if !ctx.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
@@ -188,6 +186,12 @@ impl Upstream {
                         self.authority, self.timeout
                     )));
                 }
+                Ok(Err(e)) if client_body_failed(&e) => {
+                    return Err(Refusal::new(Reason::BadRequest).with_detail(format!(
+                        "the request body could not be read: {}",
+                        error_chain(&e)
+                    )));
+                }
                 Ok(Err(e)) => {
                     let what = if e.is_connect() {
                         "cannot connect to"
@@ -226,12 +230,24 @@ impl Upstream {
         Ok(response)
     }
 
+    /// The upstream's URI for `uri`: the path the decision read ([`policy::forward_path`]), under
+    /// the upstream's base path, with the query as sent.
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, Refusal> {
-        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let pq = if self.base_path.is_empty() {
-            PathAndQuery::try_from(pq)
-        } else {
-            PathAndQuery::try_from(format!("{}{pq}", self.base_path))
+        let path = policy::forward_path(uri.path());
+        let pq = match (uri.query(), self.base_path.is_empty(), &path) {
+            (None, true, std::borrow::Cow::Borrowed(_)) => {
+                PathAndQuery::try_from(uri.path_and_query().map_or("/", PathAndQuery::as_str))
+            }
+            (query, _, _) => {
+                let mut pq = String::with_capacity(self.base_path.len() + uri.path().len() + 32);
+                pq.push_str(&self.base_path);
+                pq.push_str(&path);
+                if let Some(q) = query {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                PathAndQuery::try_from(pq)
+            }
         };
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
@@ -260,7 +276,40 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Removes hop-by-hop headers: the fixed list and any named in `Connection`.
+/// Removes the identity headers a client may have sent, by their normalised name (lower case,
+/// `_` read as `-`: WSGI, Rack and CGI fold both into one variable, so `Remote_User` is
+/// `Remote-User` to the application): `remote-user`, `-groups`, `-email`, `-name`, and the
+/// `x-forwarded-*` set. A trusted proxy's own `X-Forwarded-*` (hyphenated, as proxies write
+/// them) are kept for the caller to extend or replace.
+pub fn strip_identity_headers(headers: &mut HeaderMap, from_trusted_proxy: bool) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str().as_bytes();
+            let underscore = n.contains(&b'_');
+            let normalised = |prefix: &[u8]| {
+                n.len() >= prefix.len()
+                    && n[..prefix.len()]
+                        .iter()
+                        .zip(prefix)
+                        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+            };
+            if normalised(b"remote-") {
+                let rest = &n[7..];
+                return matches!(rest, b"user" | b"groups" | b"email" | b"name");
+            }
+            normalised(b"x-forwarded-") && (underscore || !from_trusted_proxy)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Removes hop-by-hop headers: the fixed list and any named in `Connection`, except the ones
+/// that frame or route the message (`Host`, `Content-Length`): a client's `Connection: Host`
+/// must not change where or how much is forwarded.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -268,6 +317,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|h| *h != header::HOST && *h != header::CONTENT_LENGTH)
         .collect();
     for h in named {
         headers.remove(h);
@@ -285,6 +335,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(h);
     }
+}
+
+/// Whether forwarding failed because the client's own body could not be read (a malformed
+/// chunk, a body cut short): the client's fault, 400, not the upstream's.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -313,6 +378,55 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn connection_tokens_never_remove_host_or_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "Host, content-length, x-hop".parse().unwrap(),
+        );
+        h.insert(header::HOST, "app.example".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "4".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::HOST], "app.example");
+        assert_eq!(h[header::CONTENT_LENGTH], "4");
+        assert!(!h.contains_key("x-hop"));
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_by_normalised_name() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "remote_user",
+            "remote-user",
+            "remote_groups",
+            "remote-name",
+            "remote_email",
+            "x-forwarded_for",
+            "x_forwarded_proto",
+            "x-forwarded-uri",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "x".parse().unwrap(),
+            );
+        }
+        h.insert("remote-addr", "kept".parse().unwrap());
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let mut trusted = h.clone();
+        strip_identity_headers(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["remote-addr"]
+        );
+        // From a trusted proxy its own hyphenated X-Forwarded-* stay; variants never do.
+        strip_identity_headers(&mut trusted, true);
+        let mut left: Vec<_> = trusted.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["remote-addr", "x-forwarded-for", "x-forwarded-uri"]);
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub use explain::{Facts, explain};
 pub use ip::{AddressVerdict, HostPattern, IpPolicy};
 pub use ipset::{IpEntry, IpSet, Origin, canonical};
 pub use path::{
-    NormalizedPath, PathPattern, PatternError, check_raw_path, normalize_path,
-    normalize_path_lowercase, percent_decode,
+    NormalizedPath, PathPattern, PatternError, check_raw_path, forward_path, has_dot_segment,
+    normalize_path, normalize_path_lowercase, percent_decode,
 };
 pub use reason::{DenyAction, Phase, Reason, Refusal};
 pub use rules::{AuthzVerdict, Principal, Rule, RuleSet};

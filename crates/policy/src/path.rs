@@ -74,6 +74,125 @@ pub fn check_raw_path(raw: &str) -> Result<(), crate::Refusal> {
     }
 }
 
+/// The path to forward for a request whose path the decision read with [`normalize_path`]: the
+/// same segments (separators `/` and `\`, `;params` dropped, dot segments resolved, nothing
+/// above the root), each percent-encoded again from its decoded bytes, and a trailing `/` kept.
+/// Borrowed when `raw` is already in that form (the common case costs no allocation).
+///
+/// The upstream then receives exactly the path that was judged: `/admin/..;/public/x` is judged
+/// and forwarded as `/public/x`, never judged as one path and served as another.
+pub fn forward_path(raw: &str) -> std::borrow::Cow<'_, str> {
+    if is_plain(raw) {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len() + 1);
+    let mut segments: Vec<Vec<u8>> = Vec::new();
+    let mut trailing = false;
+    for raw_seg in raw.split(['/', '\\']) {
+        let decoded = percent_decode_bytes(raw_seg);
+        let seg = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
+        trailing = matches!(seg, b"" | b"." | b"..");
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => segments.push(s.to_vec()),
+        }
+    }
+    for s in &segments {
+        out.push('/');
+        for &b in s {
+            if is_pchar(b) {
+                out.push(b as char);
+            } else {
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+            }
+        }
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    if out == raw {
+        std::borrow::Cow::Borrowed(raw)
+    } else {
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// Whether `raw` names its segments plainly: a leading `/`, only unencoded path characters, no
+/// empty, `.` or `..` segment, no `;` or `\`.
+fn is_plain(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    if b.first() != Some(&b'/') || !b.iter().all(|&c| is_pchar(c) || c == b'/') {
+        return false;
+    }
+    // No empty segment (but a trailing `/`), no dot segment.
+    let rest = &raw[1..];
+    let body = rest.strip_suffix('/').unwrap_or(rest);
+    rest.is_empty() || body.split('/').all(|s| !matches!(s, "" | "." | ".."))
+}
+
+/// RFC 3986 `pchar` without `%` and `;` (which the decision reads as a parameter separator).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+/// Whether a path has a segment that the decision resolves and a server behind may not: `.` or
+/// `..` (also encoded as `%2e`, or followed by `;params`). In forward-auth mode Portcullis cannot
+/// rewrite what the proxy forwards, so such a path is refused rather than judged one way and
+/// served another.
+pub fn has_dot_segment(raw: &str) -> bool {
+    raw.split(['/', '\\']).any(|seg| {
+        let decoded = percent_decode_bytes(seg);
+        let seg = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
+        matches!(seg, b"." | b"..")
+    })
+}
+
+/// Decodes `%XX` escapes to bytes (invalid escapes kept as written).
+fn percent_decode_bytes(raw: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !raw.contains('%') {
+        return std::borrow::Cow::Borrowed(raw.as_bytes());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Like [`normalize_path`], lower-casing the result (for `auth.path_case = "insensitive"`).
 pub fn normalize_path_lowercase(raw: &str) -> NormalizedPath {
     let mut p = normalize_path(raw);
@@ -306,6 +425,61 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
         }
     }
     pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_path_is_the_judged_path() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/app/x", "/app/x"),
+            ("/app/dir/", "/app/dir/"),
+            ("/admin/..;/public/x", "/public/x"),
+            ("/admin/x\\..\\..\\public/y", "/public/y"),
+            ("/admin/%2e%2e/public/x", "/public/x"),
+            ("/admin/%2E%2e/public/x", "/public/x"),
+            ("/../static/x", "/static/x"),
+            ("/a/./b//c", "/a/b/c"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/app;jsessionid=1/x", "/app/x"),
+            ("/files/%E2%9C%93%20a.txt", "/files/%E2%9C%93%20a.txt"),
+            ("/files/%e9.txt", "/files/%E9.txt"),
+            ("/a%3Fb", "/a%3Fb"),
+            ("/%61dmin", "/admin"),
+            ("/a%25b", "/a%25b"),
+        ] {
+            assert_eq!(forward_path(raw), want, "{raw}");
+            let judged = normalize_path(raw).to_string();
+            let forwarded = normalize_path(&forward_path(raw)).to_string();
+            assert_eq!(judged, forwarded, "{raw}: judged and forwarded differ");
+        }
+        assert!(matches!(
+            forward_path("/app/x/"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn dot_segments_are_found_however_written() {
+        for raw in [
+            "/a/../b",
+            "/a/..;/b",
+            "/a/%2e%2E/b",
+            "/a\\..\\b",
+            "/a/.",
+            "/./a",
+            "/a/.;x/b",
+        ] {
+            assert!(has_dot_segment(raw), "{raw}");
+        }
+        for raw in ["/a/b", "/a/..b", "/a/.well-known/x", "/a/%2e%2ex"] {
+            assert!(!has_dot_segment(raw), "{raw}");
+        }
+    }
 }
 
 #[cfg(test)]

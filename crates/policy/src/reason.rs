@@ -165,6 +165,10 @@ reasons! {
     StateUnavailable => "state_unavailable", 503, 0, Dynamic, "Temporarily unavailable";
     /// The external filter could not be asked and the policy is to fail closed.
     FilterUnavailable => "filter_unavailable", 503, 0, Filter, "Temporarily unavailable";
+    /// Every password-checking worker is busy for longer than `auth.verify_queue_timeout`.
+    VerifierBusy => "verifier_busy", 503, 0, Authenticate, "Sign-in is busy";
+    /// The request uses a framing the gateway does not implement (`Transfer-Encoding: gzip`).
+    NotImplemented => "not_implemented", 501, 0, Accept, "Not implemented";
     /// A bug or an unexpected failure inside the gateway.
     InternalError => "internal_error", 500, 0, Proxy, "Internal error";
 }

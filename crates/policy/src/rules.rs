@@ -87,7 +87,7 @@ impl Rule {
     fn applies(&self, path: &NormalizedPath, method: &str) -> bool {
         self.methods
             .as_ref()
-            .is_none_or(|m| m.iter().any(|x| x == method))
+            .is_none_or(|m| m.iter().any(|x| x.eq_ignore_ascii_case(method)))
             && self.path.matches(path)
     }
 }

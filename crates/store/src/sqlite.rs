@@ -158,6 +158,20 @@ impl UserDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // One process at a time creates and upgrades the schema (the CLI and a running gateway
+        // may open a new database at the same moment): both would add the same column.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let migrated = Self::migrate(&conn);
+        conn.execute_batch(if migrated.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })?;
+        migrated?;
+        Ok(UserDb { conn })
+    }
+
+    fn migrate(conn: &Connection) -> Result<(), DbError> {
         conn.execute_batch(SCHEMA)?;
         // Databases made before emails existed get the column.
         let has_email = conn
@@ -174,7 +188,7 @@ impl UserDb {
                 "ALTER TABLE users ADD COLUMN totp TEXT; ALTER TABLE users ADD COLUMN totp_step INTEGER;",
             )?;
         }
-        Ok(UserDb { conn })
+        Ok(())
     }
 
     /// Sets (a base32 secret) or removes (`None`) a user's TOTP second factor.

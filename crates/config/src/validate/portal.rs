@@ -15,6 +15,7 @@ pub(super) const PORTAL_KEYS: &[&str] = &[
     "public_url",
     "invite_ttl",
     "reset_ttl",
+    "max_sessions_per_user",
 ];
 /// Keys of `[mail]`.
 pub(super) const MAIL_KEYS: &[&str] = &[
@@ -118,6 +119,13 @@ impl Checker<'_> {
         };
         let invite_ttl = link_ttl(self, "invite_ttl", d.invite_ttl, "24h");
         let reset_ttl = link_ttl(self, "reset_ttl", d.reset_ttl, "1h");
+        let max_sessions_per_user = self.bounded_int(
+            &s.path("max_sessions_per_user"),
+            s.get("max_sessions_per_user"),
+            d.max_sessions_per_user,
+            1..=1000,
+            "sessions per user",
+        );
         Portal {
             prefix,
             idle_timeout,
@@ -125,6 +133,7 @@ impl Checker<'_> {
             public_url,
             invite_ttl,
             reset_ttl,
+            max_sessions_per_user,
         }
     }
 

@@ -166,7 +166,7 @@ impl Checker<'_> {
                 return Vec::new();
             }
         };
-        let mut out: Vec<Rule> = Vec::new();
+        let mut out: Vec<(Rule, Range<usize>)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let key = format!("rule[{i}]");
             let DeValue::Table(t) = item.get_ref() else {
@@ -183,7 +183,7 @@ impl Checker<'_> {
             let Some(rule) = self.rule(&key, t, item.span()) else {
                 continue;
             };
-            if let Some(earlier) = out.iter().find(|r| self.same_target(r, &rule)) {
+            if let Some((earlier, _)) = out.iter().find(|(r, _)| self.same_target(r, &rule)) {
                 self.warn(
                     key,
                     Some(item.span()),
@@ -194,9 +194,32 @@ impl Checker<'_> {
                     ),
                 );
             }
-            out.push(rule);
+            out.push((rule, item.span()));
         }
-        out
+        // A rule limited to some methods decides nothing for the others: unless another rule
+        // of the same path covers every method, they match no rule and are let through.
+        for (i, (rule, span)) in out.iter().enumerate() {
+            let Some(methods) = &rule.methods else {
+                continue;
+            };
+            let covered = out.iter().any(|(other, _)| {
+                other.methods.is_none()
+                    && (other.path.as_str() == rule.path.as_str() || other.path.as_str() == "/**")
+            });
+            if !covered {
+                let path = rule.path.as_str().to_owned();
+                self.warn(
+                    format!("rule[{i}]"),
+                    Some(span.clone()),
+                    format!(
+                        "applies only to {}: other methods on {path} match no rule and are let \
+                         through; add a rule for {path} without `methods` to decide them",
+                        methods.join(", ")
+                    ),
+                );
+            }
+        }
+        out.into_iter().map(|(r, _)| r).collect()
     }
 
     /// Whether two rules have the same path pattern (as written) and the same methods.

@@ -23,6 +23,7 @@ pub(super) const DYNAMIC_KEYS: &[&str] = &[
     "deny_by_rate",
     "deny_action",
     "logging_only",
+    "ipv6_prefix",
 ];
 /// Keys of `dynamic.deny_by_concurrent`.
 const CONCURRENT_KEYS: &[&str] = &["enabled", "max_concurrent"];
@@ -118,6 +119,13 @@ impl Checker<'_> {
         if let Some(v) = s.get("logging_only") {
             out.logging_only = self.boolean(&s.path("logging_only"), v).unwrap_or(false);
         }
+        out.ipv6_prefix = self.bounded_int(
+            &s.path("ipv6_prefix"),
+            s.get("ipv6_prefix"),
+            64,
+            32..=128,
+            "bits of an IPv6 address that name one client",
+        ) as u8;
         out
     }
 
