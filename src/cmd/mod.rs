@@ -49,6 +49,17 @@ pub fn run_gateway(
     ready: impl FnOnce(&[std::net::SocketAddr]),
 ) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Every connection is a file descriptor: use all the process may have.
+    let files = gateway::server::raise_open_file_limit();
+    let max_connections = config
+        .server
+        .max_connections
+        .unwrap_or_else(gateway::server::default_max_connections);
+    tracing::info!(
+        open_file_limit = files,
+        max_connections,
+        "connection limits"
+    );
     let bound = match gateway::bind(&config) {
         Ok(b) => b,
         Err(e) => {

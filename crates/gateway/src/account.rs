@@ -123,7 +123,7 @@ impl Gateway {
 
     /// `POST {prefix}/password`: checks the form, the link and the password, then stores it.
     pub(crate) async fn password_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
-        let form = match read_form(body).await {
+        let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
         };
@@ -243,7 +243,7 @@ impl Gateway {
     /// `POST {prefix}/forgot`: the same answer for every address; a link is mailed when the
     /// address belongs to an enabled account.
     pub(crate) async fn forgot_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
-        let form = match read_form(body).await {
+        let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
         };

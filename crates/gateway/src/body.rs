@@ -90,3 +90,38 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for LoggedBody<B> {
         self.inner.size_hint()
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight on its connection until the
+    /// body is finished or dropped (the connection's idle timer waits for it).
+    pub struct ActiveBody<B> {
+        #[pin]
+        inner: B,
+        active: crate::server::ActiveRequest,
+    }
+}
+
+/// Wraps `inner` so that `active` ends with it.
+pub(crate) fn holding_active<B>(inner: B, active: crate::server::ActiveRequest) -> ActiveBody<B> {
+    ActiveBody { inner, active }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for ActiveBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

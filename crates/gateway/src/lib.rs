@@ -95,6 +95,12 @@ pub struct Gateway {
     paths: portal::Paths,
     /// `[mail]`, for "forgot password" links.
     mailer: Option<Arc<mail::Mailer>>,
+    /// Clients (by [`Gateway::client_key`]) with a failed sign-in within `logon.find_time`: their
+    /// password checks wait behind everyone else's.
+    suspects: moka::sync::Cache<IpAddr, ()>,
+    /// (client key, user) pairs that signed in within `logon.ban_time`: exempt from that user
+    /// name's lockout.
+    known_users: moka::sync::Cache<(IpAddr, String), ()>,
 }
 
 /// Why a gateway could not be built from a valid config (files that vanished, etc.).
@@ -405,7 +411,23 @@ impl Gateway {
         };
         metrics.attach_access_log(&log);
         metrics.attach_audit_log(&audit);
+        let suspects = match previous {
+            Some(p) => p.suspects.clone(),
+            None => moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.logon.find_time.max(Duration::from_secs(60)))
+                .build(),
+        };
+        let known_users = match previous {
+            Some(p) => p.known_users.clone(),
+            None => moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.logon.ban_time.max(Duration::from_secs(60)))
+                .build(),
+        };
         Ok(Gateway {
+            suspects,
+            known_users,
             metrics,
             config,
             policy,
@@ -426,6 +448,12 @@ impl Gateway {
             paths,
             mailer,
         })
+    }
+
+    /// The key a client is counted under: its address, or for IPv6 its network of
+    /// `dynamic.ipv6_prefix` bits (one /64 is one client: it holds 2^64 addresses).
+    pub(crate) fn client_key(&self, ip: IpAddr) -> IpAddr {
+        client_key(ip, self.config.dynamic.ipv6_prefix)
     }
 
     /// Whether the `form` scheme (the sign-in portal) is enabled.
@@ -1016,7 +1044,10 @@ impl Gateway {
         // Phase 4: dynamic limits. The guard holds the in-flight slot until the response ends.
         let mut guard = None;
         if self.limits.max_concurrent.is_some() || self.limits.rate.is_some() {
-            let admission = self.state.admit(client_ip, &self.limits).await;
+            let admission = self
+                .state
+                .admit(self.client_key(client_ip), &self.limits)
+                .await;
             let answered = !matches!(admission, Admission::Unavailable);
             self.metrics.state_call(&self.state, answered);
             let refusal = match admission {
@@ -1084,6 +1115,20 @@ impl Gateway {
                 // Basic cannot carry a second factor: such users sign in with the form (refused
                 // before the password is looked at, so nothing is counted as a sign-in).
                 if self.verifier.has_second_factor(&user).await {
+                    // The password is still checked (and its outcome thrown away) so that this
+                    // refusal takes as long as any other: a faster answer would tell a guesser
+                    // which user names have a second factor.
+                    let lane = store::hash_queue::Lane::Suspect;
+                    let (_, answer) = self
+                        .verifier
+                        .verify_queued(
+                            &user,
+                            &password,
+                            lane,
+                            self.config.auth.verify_queue_timeout,
+                        )
+                        .await;
+                    self.metrics.verification(answer);
                     drop(password);
                     return Err(Refusal::new(Reason::LogonFailed).with_detail(format!(
                         "{user} has a second factor (TOTP) and must sign in with the sign-in form"
@@ -1166,7 +1211,7 @@ impl Gateway {
         // A form sign-in is always a fresh check: it starts a session, so it is audited.
         let always_fresh = method == "form";
         if !self.config.logon.enabled {
-            let (accepted, fresh) = self.verify(user, &password, client_ip, method).await;
+            let (accepted, fresh) = self.verify(user, &password, client_ip, method).await?;
             drop(password);
             let mut identity = self.policy.auth.after_verification(user, accepted)?;
             if !(method == "form" && self.verifier.has_second_factor(user).await) {
@@ -1176,7 +1221,7 @@ impl Gateway {
             return Ok(identity);
         }
         // Locked out: refused before the password is even looked at.
-        let ban = self.state.ban_for(client_ip, Some(user)).await;
+        let ban = self.ban_for(client_ip, user).await;
         self.metrics.state_call(&self.state, ban.is_ok());
         match ban {
             Ok(None) => {}
@@ -1196,7 +1241,7 @@ impl Gateway {
                 tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
             }
         }
-        let (accepted, fresh) = self.verify(user, &password, client_ip, method).await;
+        let (accepted, fresh) = self.verify(user, &password, client_ip, method).await?;
         let fresh = fresh || always_fresh;
         drop(password);
         // Guesses sent in parallel all pass the ban check above before any of them fails; if
@@ -1204,7 +1249,7 @@ impl Gateway {
         // must not get in.
         if accepted
             && fresh
-            && let Ok(Some(ban)) = self.state.ban_for(client_ip, Some(user)).await
+            && let Ok(Some(ban)) = self.ban_for(client_ip, user).await
         {
             self.metrics.auth(method, AuthOutcome::LockedOut);
             self.audit
@@ -1222,12 +1267,12 @@ impl Gateway {
             Ok(Vec::new())
         } else if accepted {
             self.state
-                .record_success(client_ip, user)
+                .record_success(self.client_key(client_ip), user)
                 .await
                 .map(|()| Vec::new())
         } else {
             self.state
-                .record_failure(client_ip, user, &self.regulation)
+                .record_failure(self.client_key(client_ip), user, &self.regulation)
                 .await
         };
         self.metrics.state_call(&self.state, recorded.is_ok());
@@ -1255,23 +1300,66 @@ impl Gateway {
     /// Checks a password, counting the sign-in outcome and how the answer was found.
     /// Returns whether the password was accepted and whether that took a fresh hash check (a
     /// sign-in, for the audit log) rather than the verification cache.
+    ///
+    /// Passwords over [`store::MAX_PASSWORD_BYTES`] are refused without a hash check (their cost
+    /// grows with their length). A check waits for a hashing worker at most
+    /// `auth.verify_queue_timeout`, behind every client without a recent failure when this
+    /// one has failed lately; past that it is `503 verifier_busy`.
     async fn verify(
         &self,
         user: &str,
         password: &str,
         client_ip: IpAddr,
         method: &'static str,
-    ) -> (bool, bool) {
-        let (verification, answer) = self.verifier.verify_traced(user, password).await;
+    ) -> Result<(bool, bool), Refusal> {
+        let client = self.client_key(client_ip);
+        let (verification, answer) = if password.len() > store::MAX_PASSWORD_BYTES {
+            (Verification::Refused, store::Answer::Cached)
+        } else {
+            let lane = if self.suspects.contains_key(&client) {
+                store::hash_queue::Lane::Suspect
+            } else {
+                store::hash_queue::Lane::Preferred
+            };
+            self.verifier
+                .verify_queued(user, password, lane, self.config.auth.verify_queue_timeout)
+                .await
+        };
+        let accepted = match verification {
+            Verification::Accepted => true,
+            Verification::Refused => false,
+            Verification::Busy(busy) => {
+                self.metrics.auth(method, AuthOutcome::Busy);
+                return Err(Refusal::new(Reason::VerifierBusy)
+                    .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
+                    .with_detail(format!(
+                        "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
+                        self.config.auth.verify_queue_timeout
+                    )));
+            }
+        };
         self.metrics.verification(answer);
-        let accepted = verification == Verification::Accepted;
         let fresh = matches!(answer, store::Answer::Hashed);
         if !accepted {
+            self.suspects.insert(client, ());
             self.audit
                 .sign_in(false, user, client_ip, method, Some("logon_failed"));
             self.metrics.auth(method, AuthOutcome::Refused);
         }
-        (accepted, fresh)
+        Ok((accepted, fresh))
+    }
+
+    /// The ban that stops `user` signing in from `client_ip`: on the client (its key), or on the
+    /// user name unless this client signed in as that user within `logon.ban_time` — a
+    /// guesser elsewhere must not lock the real user out.
+    pub(crate) async fn ban_for(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+    ) -> Result<Option<store::state::Ban>, store::state::Unavailable> {
+        let client = self.client_key(client_ip);
+        let known = self.known_users.contains_key(&(client, user.to_owned()));
+        self.state.ban_for(client, (!known).then_some(user)).await
     }
 
     /// Counts an accepted sign-in, once it is certain (after the lockout re-check); a fresh one
@@ -1284,6 +1372,8 @@ impl Gateway {
         method: &'static str,
     ) {
         self.metrics.auth(method, AuthOutcome::Accepted);
+        self.known_users
+            .insert((self.client_key(client_ip), user.to_owned()), ());
         if fresh {
             self.audit.sign_in(true, user, client_ip, method, None);
             self.verifier.record_sign_in(user);
@@ -1480,6 +1570,22 @@ fn absolute_location(
     host.parse::<http::uri::Authority>().ok()?;
     let scheme = if secure { "https" } else { "http" };
     HeaderValue::from_str(&format!("{scheme}://{host}{location}")).ok()
+}
+
+/// `ip`, or for IPv6 its network of `prefix` bits.
+pub fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = if prefix >= 128 {
+                u128::MAX
+            } else {
+                !(u128::MAX >> prefix)
+            };
+            IpAddr::V6((bits & mask).into())
+        }
+    }
 }
 
 /// Phase 1: request framing that HTTP/1.1 allows to be read two ways (RFC 9112 §6.1, §6.3). A

@@ -100,14 +100,17 @@ pub enum AuthOutcome {
     LockedOut,
     /// The ban check could not be made and `on_backend_error = "closed"`.
     StateUnavailable,
+    /// Not checked: every hashing worker stayed busy past `auth.verify_queue_timeout`.
+    Busy,
 }
 
 impl AuthOutcome {
-    const ALL: [AuthOutcome; 4] = [
+    const ALL: [AuthOutcome; 5] = [
         AuthOutcome::Accepted,
         AuthOutcome::Refused,
         AuthOutcome::LockedOut,
         AuthOutcome::StateUnavailable,
+        AuthOutcome::Busy,
     ];
 
     fn label(self) -> &'static str {
@@ -116,6 +119,7 @@ impl AuthOutcome {
             AuthOutcome::Refused => "refused",
             AuthOutcome::LockedOut => "locked_out",
             AuthOutcome::StateUnavailable => "state_unavailable",
+            AuthOutcome::Busy => "busy",
         }
     }
 }
@@ -126,7 +130,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     /// `portcullis_auth_total{scheme}`: `[basic, form]`, each indexed like [`AuthOutcome::ALL`].
-    auth_by_scheme: [[Counter; 4]; 2],
+    auth_by_scheme: [[Counter; 5]; 2],
     cache_hits: Counter,
     hash_checks: Counter,
     upstream: Histogram,
@@ -146,6 +150,14 @@ pub struct Metrics {
     logs: Mutex<LogTally>,
     audit_dropped: Counter,
     audit: Mutex<Weak<crate::audit::AuditLog>>,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Family<TimeoutLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    phase: &'static str,
 }
 
 /// The access log in use and what the ones it replaced (reloads) dropped.
@@ -212,12 +224,30 @@ impl Metrics {
             audit_dropped: Counter::default(),
             audit: Mutex::new(Weak::new()),
             logs: Mutex::new(LogTally::default()),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Family::default(),
         };
         let mut registry = Registry::with_prefix("portcullis");
         registry.register(
             "build",
             "Portcullis version (always 1)",
             Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now (server.max_connections caps them)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because server.max_connections were open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Client connections closed by Portcullis for silence: phase \"header\" (no request within server.header_timeout of the accept) or \"idle\" (none within server.idle_timeout of the last answer)",
+            m.connections_timed_out.clone(),
         );
         registry.register(
             "requests",
@@ -315,6 +345,23 @@ impl Metrics {
         m.last_reload_success.set(1);
         m.last_reload_time.set(unix_now());
         Metrics { registry, ..m }
+    }
+
+    /// A client connection was opened (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    /// A connection was closed at once: `server.max_connections` were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// A connection was closed for silence (`"header"` or `"idle"`).
+    pub fn connection_timed_out(&self, phase: &'static str) {
+        self.connections_timed_out
+            .get_or_create(&TimeoutLabels { phase })
+            .inc();
     }
 
     /// Counts one answered request (`status` 0: connection closed by policy). Call it once per

@@ -411,11 +411,19 @@ pub enum FormError {
     TooLarge,
     /// The connection failed mid-body.
     Broken,
+    /// The body did not arrive within `server.header_timeout`.
+    TimedOut,
 }
 
-/// Reads a form body of at most [`MAX_FORM_BYTES`].
-pub async fn read_form(body: Incoming) -> Result<Form, FormError> {
-    match Limited::new(body, MAX_FORM_BYTES).collect().await {
+/// Reads a form body of at most [`MAX_FORM_BYTES`], which must arrive within `timeout` (a body
+/// that declares 100 bytes and sends 4 does not hold the connection).
+pub async fn read_form(body: Incoming, timeout: std::time::Duration) -> Result<Form, FormError> {
+    let collected =
+        match tokio::time::timeout(timeout, Limited::new(body, MAX_FORM_BYTES).collect()).await {
+            Ok(c) => c,
+            Err(_) => return Err(FormError::TimedOut),
+        };
+    match collected {
         Ok(collected) => {
             let bytes: Bytes = collected.to_bytes();
             Ok(Form(
@@ -841,7 +849,7 @@ impl Gateway {
     /// `POST {prefix}/login`: checks origin, CSRF token and password (with the same lockout as
     /// Basic), then starts a new session and sends the browser back to `rd`.
     async fn login_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
-        let form = match read_form(body).await {
+        let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
         };
@@ -878,7 +886,19 @@ impl Gateway {
                 .await;
         }
         let password = form.get("password").unwrap_or("").to_owned();
-        if username.is_empty() || password.is_empty() || username.len() > policy::MAX_USER_LEN {
+        if let Err(bad) = policy::check_user_name(&username) {
+            tracing::info!(client = %visit.client_ip, problem = %bad, "sign-in form refused: unusable user name");
+            return self.login_again(
+                visit,
+                StatusCode::BAD_REQUEST,
+                "That user name cannot be right: it is too long or holds invisible control characters. Type it again.",
+                "",
+                &rd,
+                Some(&Refusal::new(Reason::BadRequest)),
+                false,
+            );
+        }
+        if username.is_empty() || password.is_empty() {
             return self.login_again(
                 visit,
                 StatusCode::BAD_REQUEST,
@@ -999,7 +1019,7 @@ impl Gateway {
                 false,
             );
         };
-        if let Ok(Some(ban)) = self.state.ban_for(visit.client_ip, Some(&user)).await {
+        if let Ok(Some(ban)) = self.ban_for(visit.client_ip, &user).await {
             let refusal = Refusal::new(Reason::LockedOut).with_retry_after(ban.remaining);
             return self.login_again(
                 visit,
@@ -1015,7 +1035,11 @@ impl Gateway {
             self.audit
                 .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": true}));
             // Only now is the sign-in complete: counted, audited, the failure count reset.
-            if let Err(e) = self.state.record_success(visit.client_ip, &user).await {
+            if let Err(e) = self
+                .state
+                .record_success(self.client_key(visit.client_ip), &user)
+                .await
+            {
                 tracing::error!(error = %e, "could not record the logon outcome");
             }
             self.signed_in(&user, visit.client_ip, true, "form");
@@ -1025,7 +1049,7 @@ impl Gateway {
             .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": false}));
         if let Ok(bans) = self
             .state
-            .record_failure(visit.client_ip, &user, &self.regulation)
+            .record_failure(self.client_key(visit.client_ip), &user, &self.regulation)
             .await
         {
             for ban in bans {
@@ -1055,6 +1079,10 @@ impl Gateway {
                 &key,
                 &Session::new(&user, stamp),
                 self.config.portal.idle_timeout,
+                &store::state::SessionCap {
+                    max_per_user: self.config.portal.max_sessions_per_user,
+                    max_age: self.config.portal.max_age,
+                },
             )
             .await;
         self.metrics.state_call(&self.state, stored.is_ok());
@@ -1118,7 +1146,7 @@ impl Gateway {
     /// `POST {prefix}/logout`: ends the session server-side, clears the cookies and the cache
     /// (`Clear-Site-Data`), and shows the sign-in page (returning to `rd`).
     async fn logout_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
-        let form = match read_form(body).await {
+        let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
         };
@@ -1179,6 +1207,10 @@ impl Gateway {
             FormError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "The form sent was far larger than any sign-in form; nothing was saved. Go back and try again.",
+            ),
+            FormError::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                "The form took too long to arrive; nothing was saved. Go back and try again.",
             ),
             FormError::Broken => (
                 StatusCode::BAD_REQUEST,

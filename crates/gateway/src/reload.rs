@@ -54,7 +54,8 @@ pub async fn reload(server: &mut Server, path: &Path) -> Result<(), Refused> {
         .filter(|a| !have.contains(a))
         .copied()
         .collect();
-    let bound = bind_addrs(&new_addrs).map_err(|e| Refused(e.to_string()))?;
+    let bound =
+        bind_addrs(&new_addrs, config.server.backlog).map_err(|e| Refused(e.to_string()))?;
     let gateway = current
         .rebuild(config, state)
         .map_err(|e| Refused(e.to_string()))?;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -55,21 +56,70 @@ impl Bound {
 
 /// Binds every listen address of `config`; fails without side effects on any problem.
 pub fn bind(config: &config::Config) -> Result<Bound, ServeError> {
-    bind_addrs(&config.server.listen)
+    bind_addrs(&config.server.listen, config.server.backlog)
 }
 
-/// Binds `addrs` (all or nothing).
-pub fn bind_addrs(addrs: &[SocketAddr]) -> Result<Bound, ServeError> {
+/// Binds `addrs` (all or nothing) with a listen queue of `backlog` connections, so that a burst
+/// of connects is not dropped (the kernel caps it at `net.core.somaxconn`, said at start).
+pub fn bind_addrs(addrs: &[SocketAddr], backlog: u32) -> Result<Bound, ServeError> {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(max) = somaxconn.filter(|&m| m < backlog) {
+        tracing::info!(
+            backlog,
+            somaxconn = max,
+            "server.backlog is capped by the kernel at net.core.somaxconn; raise it with sysctl for larger bursts"
+        );
+    }
     let mut listeners = Vec::new();
     for &addr in addrs {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        listeners.push((addr, listener));
+        let err = |source| ServeError::Bind { addr, source };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .map_err(err)?;
+        socket.set_reuse_address(true).map_err(err)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(err)?;
+        }
+        socket.bind(&addr.into()).map_err(err)?;
+        socket
+            .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+            .map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        listeners.push((addr, std::net::TcpListener::from(socket)));
     }
     Ok(Bound { listeners })
+}
+
+/// Raises the open-file limit to its hard limit (each connection is a file descriptor) and
+/// returns it; `None` when it cannot be read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let (soft, hard) = rlimit::Resource::NOFILE.get().ok()?;
+    if soft < hard {
+        match rlimit::Resource::NOFILE.set(hard, hard) {
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+                return Some(hard);
+            }
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    Some(soft)
+}
+
+/// `server.max_connections` when the config leaves it out: half the open-file limit (a proxied
+/// request also holds an upstream connection) after a reserve for logs, files and the admin
+/// listener.
+pub fn default_max_connections() -> usize {
+    let limit = rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft);
+    let usable = limit.saturating_sub(256) / 2;
+    usize::try_from(usable.max(64)).unwrap_or(usize::MAX)
 }
 
 /// Loads the certificate chain and key of `server.tls`, offering h2 and http/1.1 by ALPN.
@@ -105,7 +155,13 @@ pub fn connection_builder(config: &config::Config) -> auto::Builder<TokioExecuto
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_timeout)
+        // The connection watchdog (`watch_connection`) times heads from their first byte and
+        // idle connections by server.idle_timeout; hyper's own timer, which also runs while a
+        // keep-alive connection waits for its next request, is only the backstop.
+        .header_read_timeout(
+            config.server.header_timeout.max(config.server.idle_timeout)
+                + config.server.header_timeout,
+        )
         .keep_alive(true);
     // HTTP/2 has no header timeout: ping idle connections and drop the ones that stop answering,
     // and bound the streams one client may open at once.
@@ -124,6 +180,8 @@ pub fn connection_builder(config: &config::Config) -> auto::Builder<TokioExecuto
 pub struct Server {
     current: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
+    /// Client connections open now (all listeners; `server.max_connections`).
+    open: Arc<AtomicUsize>,
     loops: HashMap<
         SocketAddr,
         (
@@ -139,6 +197,7 @@ impl Server {
         let mut server = Server {
             current: Arc::new(ArcSwap::new(gateway)),
             graceful: Arc::new(GracefulShutdown::new()),
+            open: Arc::new(AtomicUsize::new(0)),
             loops: HashMap::new(),
         };
         server.add_listeners(bound);
@@ -196,6 +255,7 @@ impl Server {
             let ctx = AcceptContext {
                 current: self.current.clone(),
                 graceful: self.graceful.clone(),
+                open: self.open.clone(),
             };
             let task = tokio::spawn(accept_loop(listener, ctx, stop_rx));
             self.loops.insert(addr, (stop_tx, task));
@@ -249,6 +309,226 @@ pub async fn serve(
 struct AcceptContext {
     current: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
+    /// Client connections open on every listener of the process.
+    open: Arc<AtomicUsize>,
+}
+
+/// One open connection in the count of [`AcceptContext::open`] (and the metric).
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    gateway: Arc<Gateway>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gateway.metrics().connection(-1);
+    }
+}
+
+/// What the watchdog of one connection knows: when it was accepted, how many requests it has
+/// in flight (their responses included, until the last byte), and when the last one ended.
+pub(crate) struct ConnActivity {
+    accepted: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    /// Requests that have started on this connection.
+    started: AtomicUsize,
+    /// When the last request ended, in milliseconds after `accepted`.
+    last_end_ms: AtomicU64,
+    /// When the bytes of a request head began to arrive on an idle connection, in milliseconds
+    /// after `accepted` plus one (0: none arriving).
+    head_started_ms: AtomicU64,
+    /// The client speaks HTTP/2 (its frames, pings included, are not request heads).
+    h2: AtomicBool,
+}
+
+impl ConnActivity {
+    fn new() -> ConnActivity {
+        ConnActivity {
+            accepted: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes arrived (`first`: the first ones of the connection).
+    fn on_read(&self, first: &[u8], is_first: bool) {
+        if is_first && first.starts_with(b"PRI ") {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> ActiveRequest {
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(self.clone())
+    }
+
+    /// When the connection is to be closed for silence, and why; `None` while a request is in
+    /// flight.
+    fn deadline(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<(tokio::time::Instant, &'static str)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if self.started.load(Ordering::Relaxed) == 0 {
+            return Some((self.accepted + header_timeout, "header"));
+        }
+        // A head began to arrive: it has header_timeout from its first byte.
+        let head = self.head_started_ms.load(Ordering::Relaxed);
+        if head > 0 {
+            let at = self.accepted + Duration::from_millis(head - 1) + header_timeout;
+            return Some((at, "header"));
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some((self.accepted + last + idle_timeout, "idle"))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection's byte stream, telling its [`ConnActivity`] when bytes arrive.
+    pub(crate) struct WatchedIo<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<ConnActivity>,
+        first: bool,
+    }
+}
+
+impl<T> WatchedIo<T> {
+    fn new(inner: T, activity: Arc<ConnActivity>) -> WatchedIo<T> {
+        WatchedIo {
+            inner,
+            activity,
+            first: true,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for WatchedIo<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read(&buf.filled()[before..], *this.first);
+            *this.first = false;
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for WatchedIo<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A request in flight on its connection: dropped with the response body (or the request, when
+/// it ends without one).
+pub(crate) struct ActiveRequest(Arc<ConnActivity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let now = self.0.accepted.elapsed().as_millis();
+        self.0
+            .last_end_ms
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `conn` until it ends, closing it when it stays silent: no request within
+/// `server.header_timeout` of the accept (TLS handshake and first byte included: hyper's own
+/// header timer only starts with the first byte), or none within `server.idle_timeout` of the
+/// last answer. Requests in flight are never cut.
+async fn watch_connection<F>(
+    conn: F,
+    activity: Arc<ConnActivity>,
+    gateway: &Gateway,
+    peer: SocketAddr,
+) where
+    F: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let server = &gateway.config().server;
+    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
+    tokio::pin!(conn);
+    loop {
+        let wake = match activity.deadline(header_timeout, idle_timeout) {
+            Some((at, _)) => at,
+            // Busy: look again later (a request ending moves the deadline).
+            None => tokio::time::Instant::now() + header_timeout.min(idle_timeout),
+        };
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if let Some((at, phase)) = activity.deadline(header_timeout, idle_timeout)
+                    && at <= tokio::time::Instant::now()
+                {
+                    tracing::debug!(%peer, phase, "closing a silent connection");
+                    gateway.metrics().connection_timed_out(phase);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(
@@ -257,6 +537,7 @@ async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
+    let refused_log = store::Throttle::new(Duration::from_secs(60));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -270,9 +551,29 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         // Connection settings and TLS come from the configuration in force when it arrives.
         let gateway = ctx.current.load_full();
+        let max = gateway
+            .config()
+            .server
+            .max_connections
+            .unwrap_or_else(default_max_connections);
+        if ctx.open.fetch_add(1, Ordering::Relaxed) >= max {
+            ctx.open.fetch_sub(1, Ordering::Relaxed);
+            gateway.metrics().connection_refused();
+            if refused_log.due() {
+                tracing::warn!(max_connections = max, %peer, "server.max_connections connections are open: new connections are closed at once (said once a minute)");
+            }
+            // Closed without reading: nothing was promised to it.
+            drop(stream);
+            continue;
+        }
+        gateway.metrics().connection(1);
+        let counted = OpenConnection {
+            open: ctx.open.clone(),
+            gateway: gateway.clone(),
+        };
+        let _ = stream.set_nodelay(true);
         let tls = gateway.tls().cloned();
         let builder = gateway.connection_builder().clone();
         let info = ConnInfo {
@@ -281,26 +582,34 @@ async fn accept_loop(
             tls: tls.is_some(),
         };
         let current = ctx.current.clone();
-        let service = service_fn(move |req| {
-            let gateway = current.load_full();
-            async move { gateway.handle(req, info).await }
-        });
-        match tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = ctx.graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let watcher = ctx.graceful.watcher();
-                let handshake_timeout = gateway.config().server.header_timeout;
-                tokio::spawn(async move {
+        let activity = Arc::new(ConnActivity::new());
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let gateway = current.load_full();
+                let active = activity.begin();
+                async move {
+                    let response = gateway.handle(req, info).await?;
+                    Ok::<_, crate::Abort>(response.map(|b| crate::body::holding_active(b, active)))
+                }
+            })
+        };
+        let watcher = ctx.graceful.watcher();
+        tokio::spawn(async move {
+            let _counted = counted;
+            match tls {
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(WatchedIo::new(stream, activity.clone())),
+                            service,
+                        )
+                        .into_owned();
+                    watch_connection(watcher.watch(conn), activity, &gateway, peer).await;
+                }
+                Some(acceptor) => {
+                    // The handshake counts against header_timeout, from the accept.
+                    let handshake_timeout = gateway.config().server.header_timeout;
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                         .await
                     {
@@ -308,16 +617,20 @@ async fn accept_loop(
                         Ok(Err(e)) => {
                             return tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         }
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            gateway.metrics().connection_timed_out("header");
+                            return tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     };
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(WatchedIo::new(tls, activity.clone())),
+                            service,
+                        )
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                    watch_connection(watcher.watch(conn), activity, &gateway, peer).await;
+                }
             }
-        }
+        });
     }
 }

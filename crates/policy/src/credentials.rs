@@ -76,6 +76,17 @@ pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthoriza
     let (user, password) = text.split_once(':').ok_or(MalformedAuthorization(
         "Basic credentials have no ':' between user and password",
     ))?;
+    check_user_name(user)?;
+    Ok(Credentials::Basic {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    })
+}
+
+/// The checks every user name a client sends must pass, whatever carries it (Basic, the
+/// sign-in form): at most [`MAX_USER_LEN`] bytes and no control characters (a newline would
+/// forge a line in the logs).
+pub fn check_user_name(user: &str) -> Result<(), MalformedAuthorization> {
     if user.len() > MAX_USER_LEN {
         return Err(MalformedAuthorization(
             "the user name is longer than 256 bytes",
@@ -86,10 +97,7 @@ pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthoriza
             "the user name contains control characters",
         ));
     }
-    Ok(Credentials::Basic {
-        user: user.to_owned(),
-        password: password.to_owned(),
-    })
+    Ok(())
 }
 
 fn trim(b: &[u8]) -> &[u8] {

@@ -18,7 +18,9 @@ mod reason;
 mod rules;
 
 pub use client::{ClientAddr, ClientSource, client_addr};
-pub use credentials::{Credentials, MAX_USER_LEN, MalformedAuthorization, parse_authorization};
+pub use credentials::{
+    Credentials, MAX_USER_LEN, MalformedAuthorization, check_user_name, parse_authorization,
+};
 pub use decision::{Decision, Identity, Trace, TraceEntry};
 pub use explain::{Facts, explain};
 pub use ip::{AddressVerdict, HostPattern, IpPolicy};

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod groups;
+pub mod hash_queue;
 pub mod htpasswd;
 mod md5crypt;
 pub mod passwords;
@@ -35,7 +36,9 @@ pub use htpasswd::{
     hash_argon2id, hash_bcrypt,
 };
 pub use throttle::Throttle;
-pub use verifier::{Answer, FileStamp, LoadError, UserSource, Verification, Verifier};
+pub use verifier::{
+    Answer, FileStamp, LoadError, MAX_PASSWORD_BYTES, UserSource, Verification, Verifier,
+};
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

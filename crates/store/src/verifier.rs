@@ -30,7 +30,9 @@ use arc_swap::ArcSwap;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use moka::sync::Cache;
 use sha2::Sha256;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
+
+use crate::hash_queue::{Busy, HashQueue, Lane};
 
 use crate::htpasswd::{InlineUserError, LineProblem, UserFile};
 
@@ -83,6 +85,8 @@ pub enum Verification {
     Accepted,
     /// Unknown user or wrong password (deliberately indistinguishable).
     Refused,
+    /// Not checked: every hashing worker was busy for longer than the caller's deadline.
+    Busy(Busy),
 }
 
 impl From<bool> for Verification {
@@ -94,6 +98,9 @@ impl From<bool> for Verification {
         }
     }
 }
+
+/// The longest password that is hashed: a longer one is refused unchecked.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// How [`Verifier::verify_traced`] came by its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +205,7 @@ struct Inner {
     snapshot: ArcSwap<Snapshot>,
     cache: Option<Cache<CacheKey, Outcome>>,
     mac: Hmac<Sha256>,
-    permits: Arc<Semaphore>,
+    permits: HashQueue,
     inflight: Mutex<HashMap<InflightKey, Arc<OnceCell<bool>>>>,
     /// The user file is looked at once per poll interval at most (it is on the request path).
     poll: crate::Throttle,
@@ -301,6 +308,8 @@ impl Verifier {
             }
         };
 
+        let snapshot = Snapshot::new(users, 0);
+        let floor = snapshot.floor;
         let cache = (!cache_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(CACHE_CAPACITY)
@@ -314,10 +323,10 @@ impl Verifier {
             inner: Arc::new(Inner {
                 path,
                 sqlite,
-                snapshot: ArcSwap::from_pointee(Snapshot::new(users, 0)),
+                snapshot: ArcSwap::from_pointee(snapshot),
                 cache,
                 mac,
-                permits: Arc::new(Semaphore::new(max_parallel.max(1))),
+                permits: HashQueue::new(max_parallel, floor),
                 inflight: Mutex::new(HashMap::new()),
                 poll: crate::Throttle::new(poll_interval),
                 reload: Mutex::new(ReloadState {
@@ -336,10 +345,31 @@ impl Verifier {
         self.verify_traced(user, password).await.0
     }
 
+    /// [`Verifier::verify_queued`] in the preferred lane with a generous deadline.
+    pub async fn verify_traced(&self, user: &str, password: &str) -> (Verification, Answer) {
+        self.verify_queued(user, password, Lane::Preferred, Duration::from_secs(60))
+            .await
+    }
+
     /// [`Verifier::verify`], also telling whether this call ran a password hash check itself
     /// ([`Answer::Hashed`]) or was answered without one ([`Answer::Cached`]: from the cache, or
     /// by a concurrent check of the same credentials). For metrics.
-    pub async fn verify_traced(&self, user: &str, password: &str) -> (Verification, Answer) {
+    ///
+    /// A check that needs a hash waits for a worker in `lane` for at most `deadline`; past it
+    /// (or when the checks ahead would already take longer) the answer is
+    /// [`Verification::Busy`], and nothing is cached.
+    pub async fn verify_queued(
+        &self,
+        user: &str,
+        password: &str,
+        lane: Lane,
+        deadline: Duration,
+    ) -> (Verification, Answer) {
+        // Hashing cost grows with the length (with its square for SHA-512-crypt): a password
+        // no person uses is refused unchecked.
+        if password.len() > MAX_PASSWORD_BYTES {
+            return (Verification::Refused, Answer::Cached);
+        }
         self.poll_file().await;
 
         let snapshot = self.inner.snapshot.load_full();
@@ -353,16 +383,19 @@ impl Verifier {
         // Concurrent misses for the same credentials share one check. If the
         // request running it is abandoned, a waiting one takes over.
         let inflight = Inflight::join(&self.inner, (key, generation));
-        let accepted = *inflight
+        let checked = inflight
             .cell
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 // A check that just finished may have left its entry already;
                 // its outcome is in the cache by then.
                 if let Some(accepted) = self.inner.cached(&key, generation) {
-                    return accepted;
+                    return Ok(accepted);
                 }
+                let accepted = self
+                    .inner
+                    .check(snapshot, user, password, lane, deadline)
+                    .await?;
                 hashed.store(true, Ordering::Relaxed);
-                let accepted = self.inner.check(snapshot, user, password).await;
                 if let Some(cache) = &self.inner.cache {
                     cache.insert(
                         key,
@@ -372,10 +405,15 @@ impl Verifier {
                         },
                     );
                 }
-                accepted
+                Ok::<bool, Busy>(accepted)
             })
-            .await;
+            .await
+            .copied();
         drop(inflight);
+        let accepted = match checked {
+            Ok(accepted) => accepted,
+            Err(busy) => return (Verification::Busy(busy), Answer::Cached),
+        };
         let answer = if hashed.into_inner() {
             Answer::Hashed
         } else {
@@ -528,11 +566,17 @@ impl Inner {
             .map(|outcome| outcome.accepted)
     }
 
-    /// Runs one hash check on the blocking pool, holding a permit throughout.
-    async fn check(self: &Arc<Self>, snapshot: Arc<Snapshot>, user: &str, password: &str) -> bool {
-        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return false;
-        };
+    /// Runs one hash check on the blocking pool, holding a worker's permit throughout.
+    async fn check(
+        self: &Arc<Self>,
+        snapshot: Arc<Snapshot>,
+        user: &str,
+        password: &str,
+        lane: Lane,
+        deadline: Duration,
+    ) -> Result<bool, Busy> {
+        let permit = self.permits.acquire(lane, deadline).await?;
+        let queue = self.permits.clone();
         self.hash_checks.fetch_add(1, Ordering::Relaxed);
         let user = user.to_owned();
         let mut password = password.as_bytes().to_vec();
@@ -545,6 +589,7 @@ impl Inner {
             let started = Instant::now();
             let accepted = snapshot.users.verify(&user, &password);
             let elapsed = started.elapsed();
+            queue.record(elapsed);
             inner.running.fetch_sub(1, Ordering::SeqCst);
             password.fill(0);
             std::hint::black_box(&password);
@@ -556,11 +601,11 @@ impl Inner {
                 if !short.is_zero() {
                     tokio::time::sleep(short).await;
                 }
-                accepted
+                Ok(accepted)
             }
             Err(e) => {
                 tracing::error!("password check task failed: {e}");
-                false
+                Ok(false)
             }
         }
     }
@@ -855,8 +900,10 @@ mod tests {
         let verifier = Arc::new(inline(&[("alice", "right")], Duration::ZERO, 1));
         // Hold the only permit so the first check cannot finish before every
         // request has joined it.
-        let held = Arc::clone(&verifier.inner.permits)
-            .acquire_owned()
+        let held = verifier
+            .inner
+            .permits
+            .acquire(Lane::Preferred, Duration::from_secs(60))
             .await
             .expect("permit");
         let tasks: Vec<_> = (0..10)
@@ -886,8 +933,10 @@ mod tests {
     #[tokio::test]
     async fn abandoned_check_is_taken_over_by_a_waiter() {
         let verifier = Arc::new(inline(&[("alice", "right")], Duration::ZERO, 1));
-        let held = Arc::clone(&verifier.inner.permits)
-            .acquire_owned()
+        let held = verifier
+            .inner
+            .permits
+            .acquire(Lane::Preferred, Duration::from_secs(60))
             .await
             .expect("permit");
         let first = {

@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use super::session::Session;
 use super::{
     Admission, Ban, BanSubject, Clock, InFlightGuard, LimitRefusal, Limits, Rate, Regulation,
+    SessionCap,
 };
 
 /// Number of shards of the per-client table (a power of two).
@@ -64,6 +65,8 @@ struct Inner {
     ended: Mutex<Vec<BanSubject>>,
     /// Sign-in sessions by store key, with their idle deadline (clock nanos).
     sessions: Mutex<HashMap<String, (Session, u64)>>,
+    /// Each user's session keys, oldest first (for `portal.max_sessions_per_user`).
+    sessions_of: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     /// The key that signs CSRF tokens: random per process.
     secret: [u8; 32],
 }
@@ -125,6 +128,7 @@ impl MemoryState {
                 ban_entries: AtomicUsize::new(0),
                 ended: Mutex::new(Vec::new()),
                 sessions: Mutex::new(HashMap::new()),
+                sessions_of: Mutex::new(HashMap::new()),
                 secret: rand::random(),
             }),
         }
@@ -283,9 +287,24 @@ impl MemoryState {
     }
 
     /// Stores a new session under `key`, idle for at most `idle`.
-    pub fn session_create(&self, key: &str, session: &Session, idle: Duration) {
-        let deadline = self.inner.now().saturating_add(nanos(idle));
-        lock(&self.inner.sessions).insert(key.to_owned(), (session.clone(), deadline));
+    ///
+    /// The user keeps at most `cap.max_per_user` live sessions: the oldest beyond it end.
+    pub fn session_create(&self, key: &str, session: &Session, idle: Duration, cap: &SessionCap) {
+        let now = self.inner.now();
+        let deadline = now.saturating_add(nanos(idle));
+        let mut sessions = lock(&self.inner.sessions);
+        sessions.insert(key.to_owned(), (session.clone(), deadline));
+        let mut index = lock(&self.inner.sessions_of);
+        let keys = index.entry(session.user.clone()).or_default();
+        // Sessions that ended by themselves (idle, sign-out) leave the index first.
+        keys.retain(|k| sessions.get(k).is_some_and(|(_, d)| *d > now));
+        keys.push_back(key.to_owned());
+        let max = usize::try_from(cap.max_per_user.max(1)).unwrap_or(usize::MAX);
+        while keys.len() > max {
+            if let Some(oldest) = keys.pop_front() {
+                sessions.remove(&oldest);
+            }
+        }
     }
 
     /// The session under `key`, if it has not been idle too long; its idle deadline moves to

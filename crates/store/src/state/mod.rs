@@ -85,6 +85,16 @@ pub struct Rate {
     pub interval: Duration,
 }
 
+/// How many sessions one user may hold (`portal.max_sessions_per_user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCap {
+    /// Sessions per user; a new one beyond it ends the oldest.
+    pub max_per_user: u32,
+    /// How long a session may last at all (`portal.max_age`): the index of a user's sessions
+    /// lives no longer.
+    pub max_age: Duration,
+}
+
 /// `[logon]` regulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Regulation {
@@ -318,18 +328,21 @@ impl StateStore {
     }
 
     /// Stores a new sign-in session under `key` ([`session::key_of`] of its id).
+    ///
+    /// The user keeps at most `cap.max_per_user` sessions: the oldest beyond it end.
     pub async fn session_create(
         &self,
         key: &str,
         session: &session::Session,
         idle: Duration,
+        cap: &SessionCap,
     ) -> Result<(), Unavailable> {
         match self {
             StateStore::Memory(m) => {
-                m.session_create(key, session, idle);
+                m.session_create(key, session, idle, cap);
                 Ok(())
             }
-            StateStore::Redis(r) => r.session_create(key, session, idle).await,
+            StateStore::Redis(r) => r.session_create(key, session, idle, cap).await,
         }
     }
 

@@ -157,6 +157,7 @@ struct Scripts {
     renew: Script,
     failure: Script,
     read_bans: Script,
+    session_create: Script,
 }
 
 struct Lease {
@@ -235,6 +236,7 @@ impl RedisState {
                 renew: Script::new(include_str!("lua/renew.lua")),
                 failure: Script::new(include_str!("lua/failure.lua")),
                 read_bans: Script::new(include_str!("lua/read_bans.lua")),
+                session_create: Script::new(include_str!("lua/session_create.lua")),
             },
             round_trips: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -476,23 +478,34 @@ impl RedisState {
 
     /// Stores a new session under `key`, idle for at most `idle`. While Redis is down with
     /// `fail_open`, the session lives in this instance only.
+    ///
+    /// The user keeps at most `cap.max_per_user` sessions: the oldest beyond it end (one
+    /// round trip, an atomic script over the user's index of sessions).
     pub async fn session_create(
         &self,
         key: &str,
         session: &Session,
         idle: Duration,
+        cap: &super::SessionCap,
     ) -> Result<(), Unavailable> {
         let inner = &self.inner;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(inner.keys.session(key))
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut call = inner.scripts.session_create.prepare_invoke();
+        call.key(inner.keys.session(key))
+            .key(inner.keys.sessions_of(&session.user))
             .arg(session.encode())
-            .arg("PX")
-            .arg(millis(idle).max(1));
+            .arg(millis(idle).max(1))
+            .arg(u64::try_from(now_ms).unwrap_or(0))
+            .arg(cap.max_per_user.max(1))
+            .arg(inner.keys.session(""))
+            .arg(millis(cap.max_age).max(1));
         let mut conn = inner.connection();
-        match inner.call(cmd.query_async::<()>(&mut conn)).await {
-            Ok(()) => Ok(()),
+        match inner.call(call.invoke_async::<i64>(&mut conn)).await {
+            Ok(_) => Ok(()),
             Err(e) if inner.degraded(&e.message) => {
-                inner.fallback.session_create(key, session, idle);
+                inner.fallback.session_create(key, session, idle, cap);
                 Ok(())
             }
             Err(e) => Err(e.into()),
@@ -951,6 +964,11 @@ struct Keys {
 impl Keys {
     fn session(&self, key: &str) -> String {
         format!("{}session:{key}", self.prefix)
+    }
+
+    /// The index of a user's sessions (for `portal.max_sessions_per_user`).
+    fn sessions_of(&self, user: &str) -> String {
+        format!("{}sessions-of:{user}", self.prefix)
     }
 
     fn rate(&self, ip: IpAddr) -> String {
