@@ -177,6 +177,16 @@ fn ambiguous_framing_is_refused_and_the_connection_closed() {
     let before = up.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
     for (what, request, status) in [
         (
+            "Content-Length then Transfer-Encoding",
+            &b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            " 400 ",
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            &b"POST /public/x HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n"[..],
+            " 400 ",
+        ),
+        (
             "gzip before chunked",
             &b"POST /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"[..],
             " 501 ",
@@ -196,13 +206,27 @@ fn ambiguous_framing_is_refused_and_the_connection_closed() {
         assert!(status_line(&answer).contains(status), "{what}: {answer}");
         assert!(closed, "{what}: the connection stays open");
     }
+    // The same on a keep-alive connection, after a first request.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET /.portcullis/problems/bad_request HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .unwrap();
+    let n = s.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(status_line(&answer).contains(" 400 "), "{answer}");
     // Only the invalid chunk got as far as the upstream (its head was fine).
     let after = up.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
     assert!(after - before <= 1, "{}", after - before);
     let log = eventually(Duration::from_secs(5), "the access log", || {
         std::fs::read_to_string(gw.path("access.log"))
             .ok()
-            .filter(|l| l.lines().filter(|l| l.contains(" POST /public/x ")).count() >= 3)
+            .filter(|l| l.lines().filter(|l| l.contains(" POST /public/x ")).count() >= 6)
     });
     assert!(log.contains(" 501 0 "), "{log}");
 }

@@ -65,6 +65,11 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// Marks a request whose head carried both `Content-Length` and `Transfer-Encoding` (seen on
+/// the connection's bytes: hyper drops `Content-Length` before the handler sees the request).
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
 /// The request must be answered by closing the connection (`deny_action = "abort"`).
 #[derive(Debug, thiserror::Error)]
 #[error("connection aborted by policy ({0})")]
@@ -1597,6 +1602,10 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
     if req.version() >= http::Version::HTTP_2 {
         return Ok(());
     }
+    let bad = |detail: &str| Err(Refusal::new(Reason::BadRequest).with_detail(detail.to_owned()));
+    if req.extensions().get::<AmbiguousFraming>().is_some() {
+        return bad("both Content-Length and Transfer-Encoding are sent (RFC 9112 §6.3)");
+    }
     let mut te = req
         .headers()
         .get_all(http::header::TRANSFER_ENCODING)
@@ -1604,7 +1613,6 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), Refusal> {
     let Some(first) = te.next() else {
         return Ok(());
     };
-    let bad = |detail: &str| Err(Refusal::new(Reason::BadRequest).with_detail(detail.to_owned()));
     if te.next().is_some() {
         return bad("Transfer-Encoding is sent more than once");
     }

@@ -340,6 +340,9 @@ pub(crate) struct ConnActivity {
     head_started_ms: AtomicU64,
     /// The client speaks HTTP/2 (its frames, pings included, are not request heads).
     h2: AtomicBool,
+    /// The head just read carried both `Content-Length` and `Transfer-Encoding` (hyper reads
+    /// such a request as chunked and drops `Content-Length`, so the handler cannot see it).
+    ambiguous: AtomicBool,
 }
 
 impl ConnActivity {
@@ -351,6 +354,7 @@ impl ConnActivity {
             last_end_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            ambiguous: AtomicBool::new(false),
         }
     }
 
@@ -370,6 +374,11 @@ impl ConnActivity {
             self.head_started_ms
                 .store(self.now_ms() + 1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the head of the request starting now had ambiguous framing.
+    fn take_ambiguous(&self) -> bool {
+        self.ambiguous.swap(false, Ordering::Relaxed)
     }
 
     fn begin(self: &Arc<Self>) -> ActiveRequest {
@@ -410,6 +419,7 @@ pin_project_lite::pin_project! {
         inner: T,
         activity: Arc<ConnActivity>,
         first: bool,
+        heads: HeadScanner,
     }
 }
 
@@ -419,7 +429,66 @@ impl<T> WatchedIo<T> {
             inner,
             activity,
             first: true,
+            heads: HeadScanner::default(),
         }
+    }
+}
+
+/// Looks at the header names of each HTTP/1 request head as its bytes arrive on an idle
+/// connection (no copy, no allocation: the first 18 bytes of each line), for the one thing
+/// hyper hides from the handler: a head with both `Content-Length` and `Transfer-Encoding`.
+/// Heads that arrive while a request is in flight (pipelining) are not looked at; hyper still
+/// reads those as chunked and closes the connection after them.
+#[derive(Default)]
+pub(crate) struct HeadScanner {
+    active: bool,
+    seen_line: bool,
+    prefix: [u8; 18],
+    prefix_len: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl HeadScanner {
+    /// Feeds bytes read; `idle`: no request is in flight (so these bytes start a head).
+    /// Returns whether a head ended with both framing headers.
+    pub(crate) fn feed(&mut self, bytes: &[u8], idle: bool) -> bool {
+        if !self.active {
+            if !idle {
+                return false;
+            }
+            *self = HeadScanner {
+                active: true,
+                ..HeadScanner::default()
+            };
+        }
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    if self.prefix_len == 0 {
+                        // An empty line ends the head (empty lines before the request line
+                        // are allowed and skipped).
+                        if self.seen_line {
+                            self.active = false;
+                            return self.content_length && self.transfer_encoding;
+                        }
+                    } else {
+                        self.seen_line = true;
+                        let line = &self.prefix[..self.prefix_len];
+                        self.content_length |= line.starts_with(b"content-length:");
+                        self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
+                    }
+                    self.prefix_len = 0;
+                }
+                b'\r' => {}
+                _ if self.prefix_len < self.prefix.len() => {
+                    self.prefix[self.prefix_len] = b.to_ascii_lowercase();
+                    self.prefix_len += 1;
+                }
+                _ => {}
+            }
+        }
+        false
     }
 }
 
@@ -433,8 +502,13 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for WatchedIo<T> {
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.on_read(&buf.filled()[before..], *this.first);
+            let new = &buf.filled()[before..];
+            this.activity.on_read(new, *this.first);
             *this.first = false;
+            let idle = this.activity.in_flight.load(Ordering::Acquire) == 0;
+            if !this.activity.h2.load(Ordering::Relaxed) && this.heads.feed(new, idle) {
+                this.activity.ambiguous.store(true, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -585,8 +659,11 @@ async fn accept_loop(
         let activity = Arc::new(ConnActivity::new());
         let service = {
             let activity = activity.clone();
-            service_fn(move |req| {
+            service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 let gateway = current.load_full();
+                if activity.take_ambiguous() {
+                    req.extensions_mut().insert(crate::AmbiguousFraming);
+                }
                 let active = activity.begin();
                 async move {
                     let response = gateway.handle(req, info).await?;
@@ -632,5 +709,31 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::HeadScanner;
+
+    #[test]
+    fn both_framing_headers_are_seen_however_the_bytes_are_split() {
+        let head = b"\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for split in 1..head.len() {
+            let mut s = HeadScanner::default();
+            let found = s.feed(&head[..split], true) | s.feed(&head[split..], true);
+            assert!(found, "split at {split}");
+        }
+        let mut s = HeadScanner::default();
+        assert!(!s.feed(
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 4\r\n\r\n",
+            true
+        ));
+        // Bytes that arrive while a request is in flight start nothing.
+        let mut s = HeadScanner::default();
+        assert!(!s.feed(
+            b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false
+        ));
     }
 }
