@@ -56,6 +56,14 @@ fn check_config_lists_every_problem_with_line_and_suggestion_and_exits_64() {
         );
         assert!(err.contains(":8: auth.acl_status"), "{err}");
         assert!(err.contains(":11: errors.mode"), "{err}");
+        // Issue 21.6: the summary is a line of its own, after the last problem's line.
+        let last = err.lines().last().unwrap();
+        assert!(
+            last.contains("problem(s)") && !last.contains("errors.mode"),
+            "{err}"
+        );
+        // Issue 21.9: no terminal, no colour codes.
+        assert!(!err.contains('\u{1b}'), "{err}");
     }
 }
 

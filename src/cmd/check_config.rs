@@ -14,7 +14,9 @@ pub fn run(args: Args) -> ExitCode {
     match config::load(&args.config.file) {
         Ok(config) => {
             let file = args.config.file.display().to_string();
-            eprint!("{}", config::format_warnings(&file, &config.warnings));
+            if !config.warnings.is_empty() {
+                eprintln!("{}", config::format_warnings(&file, &config.warnings));
+            }
             println!(
                 "{file}: configuration is valid ({} warning(s))",
                 config.warnings.len()
@@ -22,7 +24,7 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
-            eprint!("{diagnostics}");
+            eprintln!("{diagnostics}");
             eprintln!(
                 "{}: {} problem(s)",
                 args.config.file.display(),

@@ -14,7 +14,7 @@ pub fn run(args: Args) -> ExitCode {
     let config = match config::load(&args.config.file) {
         Ok(c) => c,
         Err(diagnostics) => {
-            eprint!("{diagnostics}");
+            eprintln!("{diagnostics}");
             eprintln!(
                 "portcullis: {} problem(s) in {}; nothing was started",
                 diagnostics.items.len(),

@@ -103,9 +103,10 @@ pub struct Gateway {
     /// Clients (by [`Gateway::client_key`]) with a failed sign-in within `logon.find_time`: their
     /// password checks wait behind everyone else's.
     suspects: moka::sync::Cache<IpAddr, ()>,
-    /// (client key, user) pairs that signed in within `logon.ban_time`: exempt from that user
-    /// name's lockout.
-    known_users: moka::sync::Cache<(IpAddr, String), ()>,
+    /// (client key, user) pairs that signed in within the last day, and when: their password
+    /// checks go first, and within `logon.ban_time` they are exempt from that user name's
+    /// lockout.
+    known_users: moka::sync::Cache<(IpAddr, String), Instant>,
 }
 
 /// Why a gateway could not be built from a valid config (files that vanished, etc.).
@@ -170,6 +171,9 @@ pub async fn connect_state(config: &Config) -> Result<StateStore, BuildError> {
     });
     Ok(store)
 }
+
+/// How long a user's sign-in from a client is remembered (for the hash queue's first lane).
+const KNOWN_CLIENT_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Time allowed for one double-reverse DNS lookup.
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -427,7 +431,7 @@ impl Gateway {
             Some(p) => p.known_users.clone(),
             None => moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(config.logon.ban_time.max(Duration::from_secs(60)))
+                .time_to_live(KNOWN_CLIENT_MEMORY.max(config.logon.ban_time))
                 .build(),
         };
         Ok(Gateway {
@@ -1321,7 +1325,9 @@ impl Gateway {
         let (verification, answer) = if password.len() > store::MAX_PASSWORD_BYTES {
             (Verification::Refused, store::Answer::Cached)
         } else {
-            let lane = if self.suspects.contains_key(&client) {
+            let lane = if self.known_users.contains_key(&(client, user.to_owned())) {
+                store::hash_queue::Lane::Known
+            } else if self.suspects.contains_key(&client) {
                 store::hash_queue::Lane::Suspect
             } else {
                 store::hash_queue::Lane::Preferred
@@ -1363,7 +1369,10 @@ impl Gateway {
         user: &str,
     ) -> Result<Option<store::state::Ban>, store::state::Unavailable> {
         let client = self.client_key(client_ip);
-        let known = self.known_users.contains_key(&(client, user.to_owned()));
+        let known = self
+            .known_users
+            .get(&(client, user.to_owned()))
+            .is_some_and(|at| at.elapsed() < self.config.logon.ban_time);
         self.state.ban_for(client, (!known).then_some(user)).await
     }
 
@@ -1377,8 +1386,10 @@ impl Gateway {
         method: &'static str,
     ) {
         self.metrics.auth(method, AuthOutcome::Accepted);
-        self.known_users
-            .insert((self.client_key(client_ip), user.to_owned()), ());
+        self.known_users.insert(
+            (self.client_key(client_ip), user.to_owned()),
+            Instant::now(),
+        );
         if fresh {
             self.audit.sign_in(true, user, client_ip, method, None);
             self.verifier.record_sign_in(user);

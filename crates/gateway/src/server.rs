@@ -440,7 +440,7 @@ impl<T> WatchedIo<T> {
 /// Heads that arrive while a request is in flight (pipelining) are not looked at; hyper still
 /// reads those as chunked and closes the connection after them.
 #[derive(Default)]
-pub(crate) struct HeadScanner {
+pub struct HeadScanner {
     active: bool,
     seen_line: bool,
     prefix: [u8; 18],
@@ -452,7 +452,7 @@ pub(crate) struct HeadScanner {
 impl HeadScanner {
     /// Feeds bytes read; `idle`: no request is in flight (so these bytes start a head).
     /// Returns whether a head ended with both framing headers.
-    pub(crate) fn feed(&mut self, bytes: &[u8], idle: bool) -> bool {
+    pub fn feed(&mut self, bytes: &[u8], idle: bool) -> bool {
         if !self.active {
             if !idle {
                 return false;

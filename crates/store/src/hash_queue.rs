@@ -4,11 +4,12 @@
 //! for everyone: a flood of wrong passwords used to queue without bound, and a valid user's
 //! sign-in waited behind all of it. Here the queue is bounded by time, not length: a check that
 //! would wait longer than the caller's deadline (`auth.verify_queue_timeout`) is refused at once
-//! ([`Busy`], answered `503 verifier_busy`), and the waiting checks form two lanes. Clients with
-//! no recent failed sign-in ([`Lane::Preferred`]) are served before clients that have failed
-//! lately ([`Lane::Suspect`]): a guesser's second attempt waits behind every first attempt, so a
-//! flood from a set of addresses cannot make a valid user wait longer than the hash checks
-//! already running.
+//! ([`Busy`], answered `503 verifier_busy`), and the waiting checks form three lanes, served in
+//! order: a user signing in again from where they signed in before ([`Lane::Known`]), clients
+//! with no recent failed sign-in ([`Lane::Preferred`]), clients that have failed lately
+//! ([`Lane::Suspect`]). A guesser's second attempt waits behind every first attempt, and a
+//! flood of first attempts from ever new addresses still waits behind the users who signed in
+//! from their address before.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,8 @@ use tokio::sync::oneshot;
 /// Which lane a check waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
+    /// A user signing in from a client they signed in from lately.
+    Known,
     /// A client without a recent failed sign-in.
     Preferred,
     /// A client that failed to sign in lately: served after every preferred check.
@@ -35,6 +38,7 @@ pub struct Busy {
 
 struct Lanes {
     free: usize,
+    known: VecDeque<oneshot::Sender<Permit>>,
     preferred: VecDeque<oneshot::Sender<Permit>>,
     suspect: VecDeque<oneshot::Sender<Permit>>,
 }
@@ -64,8 +68,9 @@ fn release(shared: Arc<Shared>) {
     let mut lanes = shared.lanes.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let next = lanes
-            .preferred
+            .known
             .pop_front()
+            .or_else(|| lanes.preferred.pop_front())
             .or_else(|| lanes.suspect.pop_front());
         let Some(waiter) = next else {
             lanes.free += 1;
@@ -108,6 +113,7 @@ impl HashQueue {
                 workers,
                 lanes: Mutex::new(Lanes {
                     free: workers,
+                    known: VecDeque::new(),
                     preferred: VecDeque::new(),
                     suspect: VecDeque::new(),
                 }),
@@ -138,11 +144,13 @@ impl HashQueue {
                 .lanes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            lanes.known.retain(|w| !w.is_closed());
             lanes.preferred.retain(|w| !w.is_closed());
             lanes.suspect.retain(|w| !w.is_closed());
             let ahead = match lane {
-                Lane::Preferred => lanes.preferred.len(),
-                Lane::Suspect => lanes.preferred.len() + lanes.suspect.len(),
+                Lane::Known => lanes.known.len(),
+                Lane::Preferred => lanes.known.len() + lanes.preferred.len(),
+                Lane::Suspect => lanes.known.len() + lanes.preferred.len() + lanes.suspect.len(),
             };
             if ahead == 0 && lanes.free > 0 {
                 lanes.free -= 1;
@@ -161,6 +169,7 @@ impl HashQueue {
             }
             let (sender, receiver) = oneshot::channel();
             match lane {
+                Lane::Known => lanes.known.push_back(sender),
                 Lane::Preferred => lanes.preferred.push_back(sender),
                 Lane::Suspect => lanes.suspect.push_back(sender),
             }
@@ -191,6 +200,7 @@ mod tests {
             ("suspect-1", Lane::Suspect),
             ("suspect-2", Lane::Suspect),
             ("preferred", Lane::Preferred),
+            ("known", Lane::Known),
         ] {
             let (q, tx) = (q.clone(), tx.clone());
             tokio::spawn(async move {
@@ -201,12 +211,11 @@ mod tests {
             tokio::task::yield_now().await;
         }
         drop(running);
-        let got: Vec<&str> = vec![
-            order.recv().await.unwrap(),
-            order.recv().await.unwrap(),
-            order.recv().await.unwrap(),
-        ];
-        assert_eq!(got, ["preferred", "suspect-1", "suspect-2"]);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(order.recv().await.unwrap());
+        }
+        assert_eq!(got, ["known", "preferred", "suspect-1", "suspect-2"]);
     }
 
     #[tokio::test(start_paused = true)]
