@@ -234,6 +234,27 @@ fn check_form_front(front: SocketAddr) {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+        // Issue 21.2: curl --anyauth signs in with the challenge it is given (nginx's
+        // auth_request passes only the first one: it must be Basic, not the form's Cookie).
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--anyauth",
+                "-u",
+            ])
+            .arg(format!("alice:{PW}"))
+            .arg(format!("http://{front}/app"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{front}: curl --anyauth"
+        );
         assert!(
             r.headers().contains_key("www-authenticate"),
             "{:?}",

@@ -416,3 +416,59 @@ fn operators_can_replace_pages_by_status_and_substatus() {
         assert_eq!(r.text().await.unwrap(), "<p>Generic 401 1</p>");
     });
 }
+
+/// Issue 21.4: an upstream that answers HTTP/1.0 (and closes) does not turn an HTTP/1.1
+/// client's answer into HTTP/1.0 or close its connection.
+#[test]
+fn an_http_1_0_upstream_is_answered_in_the_clients_version_and_keeps_alive() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let old = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = old.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in old.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut s = reader.into_inner();
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfrom 1.0\n");
+        }
+    });
+    let (name, content) = users();
+    let gw = Gateway::start(PUBLIC_CONFIG, addr, &[(name, &content)]);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for round in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "round {round}: {status}"
+        );
+        let mut head = Vec::new();
+        loop {
+            let mut l = String::new();
+            reader.read_line(&mut l).unwrap();
+            if l == "\r\n" {
+                break;
+            }
+            head.push(l.to_ascii_lowercase());
+        }
+        assert!(
+            !head.iter().any(|h| h.starts_with("connection: close")),
+            "{head:?}"
+        );
+        assert!(
+            head.iter()
+                .any(|h| h.starts_with("transfer-encoding: chunked")),
+            "{head:?}"
+        );
+        // The chunked body: "9\r\nfrom 1.0\n\r\n0\r\n\r\n".
+        let mut body = [0u8; 19];
+        reader.read_exact(&mut body).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("from 1.0"));
+    }
+}

@@ -289,3 +289,27 @@ fn the_admin_listener_answers_only_its_own_names() {
     }
     drop(gw);
 }
+
+/// Issue 21.8: the trace on the detailed page of a live refusal speaks of what happened, not of
+/// what `explain` assumes.
+#[test]
+fn a_live_refusal_trace_says_what_happened() {
+    let (_up, gw) = gateway("[[rule]]\npath = \"/admin/**\"\ndeny = [\"user:alice\"]\n");
+    let body = runtime().block_on(async {
+        client()
+            .get(gw.url("/admin/x"))
+            .basic_auth("alice", Some(PW))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let body = util::browser::unescape(&body);
+    assert!(body.contains("signed in as alice"), "{body}");
+    for wording in ["assumed", "not called by explain", "not evaluated here"] {
+        assert!(!body.contains(wording), "{wording}: {body}");
+    }
+}

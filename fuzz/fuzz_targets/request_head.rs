@@ -13,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let mut whole = gateway::server::HeadScanner::default();
     let a = whole.feed(bytes, true);
     let mut parts = gateway::server::HeadScanner::default();
-    let b = parts.feed(&bytes[..split], true) || parts.feed(&bytes[split..], true);
+    // Once a head has ended, hyper starts its request before reading more: the bytes after it
+    // arrive while a request is in flight (not idle), as in the server.
+    let first = parts.feed(&bytes[..split], true);
+    let idle = split == 0 || parts.in_head();
+    let b = first || parts.feed(&bytes[split..], idle);
     assert_eq!(a, b);
 });

@@ -83,6 +83,7 @@ pub fn run(args: Args) -> ExitCode {
         method: &method,
         path: &args.path,
         identity,
+        live: false,
     };
     let (trace, decision) = policy::explain(&policy, &facts);
     println!(

@@ -915,6 +915,21 @@ impl Gateway {
                         for c in &self.challenges {
                             parts.headers.append(WWW_AUTHENTICATE, c.clone());
                         }
+                    } else if parts.status == http::StatusCode::UNAUTHORIZED {
+                        // auth_request passes on only the first WWW-Authenticate: a client
+                        // that is not sent to the sign-in page needs a challenge it can answer
+                        // (Basic) first, not the form's `Cookie` one (cadaver, curl --anyauth).
+                        let mut challenges: Vec<HeaderValue> = parts
+                            .headers
+                            .get_all(WWW_AUTHENTICATE)
+                            .iter()
+                            .cloned()
+                            .collect();
+                        challenges.sort_by_key(|c| c.as_bytes().starts_with(b"Cookie"));
+                        parts.headers.remove(WWW_AUTHENTICATE);
+                        for c in challenges {
+                            parts.headers.append(WWW_AUTHENTICATE, c);
+                        }
                     }
                     return Ok(Response::from_parts(parts, body::full(bytes::Bytes::new())));
                 }
@@ -1508,7 +1523,8 @@ impl Gateway {
         respond::refusal_response(refusal, &ctx, &self.pages)
     }
 
-    /// The phases before the refusing one, as `explain` sees them, then the refusal itself.
+    /// The phases before the refusing one (they passed: the trace says what happened, not what
+    /// `explain` would assume), then the refusal itself.
     fn trace(&self, refusal: &Refusal, facts: &RequestFacts<'_>, seen: &Seen) -> Vec<TraceEntry> {
         let explained = policy::explain(
             &self.policy,
@@ -1520,6 +1536,7 @@ impl Gateway {
                 method: facts.method,
                 path: facts.path,
                 identity: seen.identity.clone(),
+                live: true,
             },
         );
         let mut entries: Vec<TraceEntry> = explained

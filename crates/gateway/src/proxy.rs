@@ -93,6 +93,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, Refusal> {
         let client_upgrade =
             upgrade_protocol(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+        let client_version = req.version();
         let (mut parts, body) = req.into_parts();
 
         // Keep the Host the client asked for (an HTTP/2 request carries it in :authority).
@@ -227,6 +228,9 @@ impl Upstream {
             return Ok(response);
         }
         strip_hop_by_hop(response.headers_mut());
+        // The client is answered in its own protocol: an HTTP/1.0 upstream must not make an
+        // HTTP/1.1 client's answer HTTP/1.0 (and its connection close).
+        *response.version_mut() = client_version;
         Ok(response)
     }
 

@@ -450,6 +450,11 @@ pub struct HeadScanner {
 }
 
 impl HeadScanner {
+    /// Whether a head is being read (its end not seen yet).
+    pub fn in_head(&self) -> bool {
+        self.active
+    }
+
     /// Feeds bytes read; `idle`: no request is in flight (so these bytes start a head).
     /// Returns whether a head ended with both framing headers.
     pub fn feed(&mut self, bytes: &[u8], idle: bool) -> bool {
@@ -682,7 +687,9 @@ async fn accept_loop(
                             service,
                         )
                         .into_owned();
-                    watch_connection(watcher.watch(conn), activity, &gateway, peer).await;
+                    // Boxed: the task then holds a pointer, not room for the larger TLS
+                    // connection state in every plain connection (memory per connection).
+                    watch_connection(Box::pin(watcher.watch(conn)), activity, &gateway, peer).await;
                 }
                 Some(acceptor) => {
                     // The handshake counts against header_timeout, from the accept.
@@ -705,7 +712,9 @@ async fn accept_loop(
                             service,
                         )
                         .into_owned();
-                    watch_connection(watcher.watch(conn), activity, &gateway, peer).await;
+                    // Boxed: the task then holds a pointer, not room for the larger TLS
+                    // connection state in every plain connection (memory per connection).
+                    watch_connection(Box::pin(watcher.watch(conn)), activity, &gateway, peer).await;
                 }
             }
         });

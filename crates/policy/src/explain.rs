@@ -22,6 +22,9 @@ pub struct Facts<'a> {
     pub path: &'a str,
     /// The signed-in identity, if any (explain assumes the password was right).
     pub identity: Option<Identity>,
+    /// The request really happened (the trace of a detailed refusal page): the phases before
+    /// the refusing one passed, and the trace says so instead of what `explain` assumes.
+    pub live: bool,
 }
 
 /// Runs phases 2, 3, 5 and 6 over `facts` and records each verdict.
@@ -67,7 +70,11 @@ pub fn explain(policy: &Policy, facts: &Facts<'_>) -> (Trace, Decision) {
     }
     trace.record(
         Phase::Dynamic,
-        "not evaluated here: limits depend on live traffic",
+        if facts.live {
+            "passed: within the limits (or none are set)"
+        } else {
+            "not evaluated here: limits depend on live traffic"
+        },
     );
 
     let path = policy.normalize(facts.path);
@@ -83,7 +90,12 @@ pub fn explain(policy: &Policy, facts: &Facts<'_>) -> (Trace, Decision) {
             trace.record(
                 Phase::Authenticate,
                 format!(
-                    "assumed signed in as {} (groups: {})",
+                    "{} {} (groups: {})",
+                    if facts.live {
+                        "signed in as"
+                    } else {
+                        "assumed signed in as"
+                    },
                     id.user.as_deref().unwrap_or("-"),
                     if id.groups.is_empty() {
                         "none".into()
@@ -105,7 +117,14 @@ pub fn explain(policy: &Policy, facts: &Facts<'_>) -> (Trace, Decision) {
         Ok(v) => trace.record(Phase::Authorize, v.to_string()),
         Err(r) => return refuse(trace, Phase::Authorize, r),
     }
-    trace.record(Phase::Filter, "not called by explain");
+    trace.record(
+        Phase::Filter,
+        if facts.live {
+            "passed: the filter allowed the request (or none is set)"
+        } else {
+            "not called by explain"
+        },
+    );
     trace.record(
         Phase::Proxy,
         format!("forwarded to the upstream as {} {}", facts.method, path),
