@@ -651,8 +651,10 @@ impl Gateway {
             }
             Err(e) => return SessionCheck::Unavailable(e.to_string()),
         };
+        // `created` is whole seconds (the sign-in's second, rounded down), so "more than
+        // max_age whole seconds since" is never before max_age and at most a second after.
         let ended = if session::unix_now().saturating_sub(session.created)
-            >= self.config.portal.max_age.as_secs()
+            > self.config.portal.max_age.as_secs()
         {
             Some("the session reached portal.max_age")
         } else {
