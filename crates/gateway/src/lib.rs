@@ -10,6 +10,7 @@ pub mod access_log;
 mod account;
 pub mod admin;
 pub mod audit;
+pub mod base_path;
 pub mod body;
 pub mod dns;
 pub mod filter;
@@ -1204,6 +1205,13 @@ impl Gateway {
             seen.identity = Some(identity);
             return Err(refusal);
         }
+        // A WebDAV MOVE or COPY writes to a second path, its Destination: the same rules judge
+        // it (as Apache's mod_dav does), or a user could move a file into a place they may not
+        // write.
+        if let Err(refusal) = self.check_destination(view, &identity) {
+            seen.identity = Some(identity);
+            return Err(refusal);
+        }
 
         // Phase 7: the external filter.
         if let Some(filter) = &self.filter {
@@ -1221,6 +1229,50 @@ impl Gateway {
             }
         }
         Ok(identity)
+    }
+
+    /// Phase 6 for the `Destination` of a WebDAV `MOVE`/`COPY`: a path every server reads the
+    /// same way (no encoded separator, no dot segment), public if the request is anonymous, and
+    /// allowed by the rules for this method and identity.
+    fn check_destination(
+        &self,
+        view: &RequestView<'_>,
+        identity: &Identity,
+    ) -> Result<(), Refusal> {
+        if !(view.method.eq_ignore_ascii_case("MOVE") || view.method.eq_ignore_ascii_case("COPY")) {
+            return Ok(());
+        }
+        let Some(raw) = view.headers.get(base_path::DESTINATION) else {
+            return Ok(());
+        };
+        let path = base_path::destination_path(raw)?;
+        policy::check_raw_path(path)?;
+        if policy::has_dot_segment(path) {
+            return Err(Refusal::new(Reason::BadRequest)
+                .with_detail("the Destination has a . or .. segment; it is refused"));
+        }
+        let normalized = self.policy.normalize(path);
+        if identity.user.is_none()
+            && !self
+                .policy
+                .auth
+                .public
+                .iter()
+                .any(|p| p.matches(&normalized))
+        {
+            return Err(self.policy.rules.denial(format!(
+                "anonymous may not {} to {path}, which is not public",
+                view.method
+            )));
+        }
+        self.policy
+            .rules
+            .authorize(&normalized, view.method, identity)
+            .map(|_| ())
+            .map_err(|mut r| {
+                r.detail = format!("the Destination {path}: {}", r.detail);
+                r
+            })
     }
 
     /// Phase 5 for a user name and password (Basic, or the sign-in form: `method`): lockout,

@@ -17,6 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use policy::{Identity, Reason, Refusal};
 
+use crate::base_path;
+
 /// `Remote-User`.
 pub const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
 /// `Remote-Groups`.
@@ -90,7 +92,7 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         ctx: &ForwardContext<'_>,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<UpstreamBody>, Refusal> {
         let client_upgrade =
             upgrade_protocol(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let client_version = req.version();
@@ -106,6 +108,14 @@ impl Upstream {
             parts.headers.insert(header::HOST, v);
         }
         let forwarded_host = parts.headers.get(header::HOST).cloned();
+        let client_host = if self.base_path.is_empty() {
+            None
+        } else {
+            forwarded_host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        };
         strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
         strip_identity_headers(headers, ctx.from_trusted_proxy);
@@ -175,6 +185,25 @@ impl Upstream {
             headers.insert(header::UPGRADE, proto.clone());
         }
 
+        // A WebDAV MOVE/COPY's Destination gets the path that was judged (see `identify`),
+        // under the upstream's base path.
+        if (parts.method.as_str().eq_ignore_ascii_case("MOVE")
+            || parts.method.as_str().eq_ignore_ascii_case("COPY"))
+            && let Some(raw) = parts.headers.get(base_path::DESTINATION)
+        {
+            let path = base_path::destination_path(raw)?;
+            let judged = policy::forward_path(path);
+            if !self.base_path.is_empty() || matches!(judged, std::borrow::Cow::Owned(_)) {
+                let raw = raw.to_str().unwrap_or_default();
+                match base_path::map_in(&self.base_path, raw, &judged) {
+                    Some(v) => parts.headers.insert(base_path::DESTINATION, v),
+                    None => {
+                        return Err(Refusal::new(Reason::BadRequest)
+                            .with_detail("the Destination header cannot be forwarded"));
+                    }
+                };
+            }
+        }
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
@@ -225,13 +254,36 @@ impl Upstream {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return Ok(response);
+            return Ok(response.map(UpstreamBody::Plain));
         }
         strip_hop_by_hop(response.headers_mut());
         // The client is answered in its own protocol: an HTTP/1.0 upstream must not make an
         // HTTP/1.1 client's answer HTTP/1.0 (and its connection close).
         *response.version_mut() = client_version;
-        Ok(response)
+        if self.base_path.is_empty() {
+            return Ok(response.map(UpstreamBody::Plain));
+        }
+        // Mapped back out of the base path: redirects, Content-Location, multistatus hrefs.
+        // Absolute URLs are mapped when they name the upstream or the Host the client asked for.
+        let mut hosts = vec![self.authority.as_str().to_owned()];
+        hosts.extend(client_host);
+        let headers = response.headers_mut();
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(v) = headers
+                .get(&name)
+                .and_then(|v| base_path::map_back_header(&self.base_path, &hosts, v))
+            {
+                headers.insert(name, v);
+            }
+        }
+        if base_path::rewrites_body(response.status(), response.headers()) {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+            let base = &self.base_path;
+            return Ok(
+                response.map(|b| UpstreamBody::Hrefs(base_path::HrefBody::new(b, base, hosts)))
+            );
+        }
+        Ok(response.map(UpstreamBody::Plain))
     }
 
     /// The upstream's URI for `uri`: the path the decision read ([`policy::forward_path`]), under
@@ -262,6 +314,44 @@ impl Upstream {
         Uri::from_parts(parts).map_err(|_| {
             Refusal::new(Reason::BadRequest).with_detail("the request target cannot be forwarded")
         })
+    }
+}
+
+/// An upstream's answer body: as it came, or with a multistatus's `href`s mapped back out of
+/// the upstream's base path.
+pub enum UpstreamBody {
+    /// Passed through.
+    Plain(Incoming),
+    /// Rewritten as it streams ([`base_path::HrefBody`]).
+    Hrefs(base_path::HrefBody<Incoming>),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Plain(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpstreamBody::Hrefs(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Plain(b) => b.is_end_stream(),
+            UpstreamBody::Hrefs(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Plain(b) => b.size_hint(),
+            UpstreamBody::Hrefs(b) => b.size_hint(),
+        }
     }
 }
 

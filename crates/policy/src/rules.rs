@@ -215,7 +215,8 @@ impl RuleSet {
         )))
     }
 
-    fn denial(&self, detail: String) -> Refusal {
+    /// The refusal of a rule denial (`acl_denied`, 401.3, or 403 with `auth.acl_status = 403`).
+    pub fn denial(&self, detail: String) -> Refusal {
         let r = Refusal::new(Reason::AclDenied).with_detail(detail);
         if self.acl_status == 403 {
             r.with_action(DenyAction::Forbidden)

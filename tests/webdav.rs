@@ -1,0 +1,276 @@
+//! A real WebDAV share (Apache httpd with mod_dav) behind Portcullis with a base-path upstream
+//! (`upstream = "http://127.0.0.1:PORT/dav"`), used by a real WebDAV client (rclone): redirects,
+//! multistatus listings and MOVE's Destination are mapped between the client's `/` and the
+//! share's `/dav`, and a Destination is judged by the same rules as the request path.
+
+mod util;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use util::*;
+
+const PW: &str = "dav-pw-42";
+
+/// Apache httpd serving `<dir>/www/dav` as a WebDAV share at `/dav`, stopped by PID on drop.
+struct Apache {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Apache {
+    fn start() -> Apache {
+        let httpd = ["/usr/sbin/apache2", "/usr/sbin/httpd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("the tests need Apache httpd with mod_dav (Debian package apache2): run scripts/test");
+        let modules = Path::new("/usr/lib/apache2/modules");
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("www/dav");
+        std::fs::create_dir_all(share.join("sub")).unwrap();
+        std::fs::create_dir_all(share.join("private")).unwrap();
+        std::fs::write(share.join("sub/hello.txt"), "hello from the share\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        // httpd started as root serves as an unprivileged user: it must be able to write.
+        for p in [
+            dir.path().to_path_buf(),
+            dir.path().join("www"),
+            share.clone(),
+        ] {
+            let _ = Command::new("chmod")
+                .arg("-R")
+                .arg("a+rwx")
+                .arg(&p)
+                .status();
+        }
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let d = dir.path().display();
+        let m = modules.display();
+        let conf = format!(
+            r#"
+LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule mime_module {m}/mod_mime.so
+LoadModule dir_module {m}/mod_dir.so
+LoadModule dav_module {m}/mod_dav.so
+LoadModule dav_fs_module {m}/mod_dav_fs.so
+ServerName 127.0.0.1
+Listen {addr}
+User nobody
+Group nogroup
+PidFile {d}/run/httpd.pid
+DefaultRuntimeDir {d}/run
+ErrorLog {d}/error.log
+LogLevel warn
+TypesConfig /etc/mime.types
+DavLockDB {d}/run/davlock
+DocumentRoot {d}/www
+<Directory {d}/www>
+    Require all granted
+</Directory>
+<Directory {d}/www/dav>
+    Dav On
+</Directory>
+"#
+        );
+        let conf_path = dir.path().join("httpd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(httpd)
+            .args(["-DFOREGROUND", "-f"])
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(addr, Duration::from_secs(20));
+        Apache { child, addr, dir }
+    }
+
+    fn share(&self) -> PathBuf {
+        self.dir.path().join("www/dav")
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        // SIGTERM: the parent stops its children.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Portcullis in front of the share's `/dav`, alice may use everything but `/private`.
+fn gateway(apache: &Apache) -> Gateway {
+    let dir = dir_with_user("alice", PW);
+    std::fs::write(dir.path().join("groups.txt"), "admins: root\n").unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = ["@LISTEN@"]
+upstream = "http://{}/dav"
+
+[auth]
+realm = "Files"
+users = "users.htpasswd"
+groups = "groups.txt"
+
+[[rule]]
+path = "/private/**"
+allow = ["group:admins"]
+
+[log]
+access = "access.log"
+"#,
+        apache.addr
+    );
+    Gateway::start_in(dir, &config, apache.addr)
+}
+
+/// Runs rclone against the gateway as alice; returns (success, stdout, stderr).
+fn rclone(gw: &Gateway, args: &[&str]) -> (bool, String, String) {
+    let tool =
+        which("rclone").expect("the tests need rclone (Debian package rclone): run scripts/test");
+    let obscured = Command::new(&tool).args(["obscure", PW]).output().unwrap();
+    let obscured = String::from_utf8(obscured.stdout).unwrap();
+    let out = Command::new(&tool)
+        .args(args)
+        .env("RCLONE_CONFIG", gw.path("rclone.conf"))
+        .env("RCLONE_CONFIG_GW_TYPE", "webdav")
+        .env("RCLONE_CONFIG_GW_URL", gw.url("/"))
+        .env("RCLONE_CONFIG_GW_VENDOR", "other")
+        .env("RCLONE_CONFIG_GW_USER", "alice")
+        .env("RCLONE_CONFIG_GW_PASS", obscured.trim())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_webdav_share_under_a_base_path_works_through_portcullis() {
+    let apache = Apache::start();
+    let gw = gateway(&apache);
+    std::fs::write(gw.path("rclone.conf"), "").unwrap();
+    let local = gw.path("café.txt");
+    std::fs::write(&local, "uploaded through portcullis\n").unwrap();
+
+    // Upload, list, move (MOVE with a Destination), read back: a whole rclone session.
+    let (ok, _, err) = rclone(&gw, &["copyto", local.to_str().unwrap(), "gw:sub/café.txt"]);
+    assert!(ok, "rclone copyto failed: {err}");
+    let (ok, listing, err) = rclone(&gw, &["lsf", "gw:sub"]);
+    assert!(ok, "rclone lsf failed: {err}");
+    let mut names: Vec<&str> = listing.lines().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["café.txt", "hello.txt"], "listing: {listing}");
+    let (ok, _, err) = rclone(&gw, &["moveto", "gw:sub/café.txt", "gw:sub/moved é.txt"]);
+    assert!(ok, "rclone moveto failed: {err}");
+    let (ok, text, err) = rclone(&gw, &["cat", "gw:sub/moved é.txt"]);
+    assert!(ok, "rclone cat failed: {err}");
+    assert_eq!(text, "uploaded through portcullis\n");
+    // The MOVE stayed inside the share: the Destination was mapped under /dav.
+    let share = apache.share();
+    assert!(share.join("sub/moved é.txt").is_file());
+    assert!(!share.join("sub/café.txt").exists());
+    assert!(
+        !apache.dir.path().join("www/sub").exists(),
+        "a MOVE escaped the share"
+    );
+    // Top-level listing shows the share's folders, not "dav".
+    let (ok, top, err) = rclone(&gw, &["lsf", "gw:"]);
+    assert!(ok, "rclone lsf failed: {err}");
+    let mut top: Vec<&str> = top.lines().collect();
+    top.sort_unstable();
+    assert_eq!(top, ["private/", "sub/"]);
+
+    runtime().block_on(async {
+        let c = client();
+        // Apache's trailing-slash redirect names /dav/sub/: mapped back to /sub/.
+        let r = c
+            .get(gw.url("/sub"))
+            .basic_auth("alice", Some(PW))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 301);
+        assert_eq!(
+            r.headers()["location"].to_str().unwrap(),
+            gw.url("/sub/"),
+            "Location not mapped back"
+        );
+        // A PROPFIND's hrefs are the client's paths.
+        let r = c
+            .request(
+                reqwest::Method::from_bytes(b"PROPFIND").unwrap(),
+                gw.url("/sub/"),
+            )
+            .basic_auth("alice", Some(PW))
+            .header("depth", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 207);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("<D:href>/sub/</D:href>"), "{body}");
+        assert!(body.contains("<D:href>/sub/hello.txt</D:href>"), "{body}");
+        assert!(!body.contains(">/dav"), "{body}");
+
+        // A MOVE into a path the rules refuse alice is refused, and the file stays.
+        let r = c
+            .request(
+                reqwest::Method::from_bytes(b"MOVE").unwrap(),
+                gw.url("/sub/hello.txt"),
+            )
+            .basic_auth("alice", Some(PW))
+            .header("destination", gw.url("/private/hello.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(share.join("sub/hello.txt").is_file());
+        assert!(!share.join("private/hello.txt").exists());
+        // The same through a dot segment or an encoded slash: refused as a bad request.
+        for sneaky in ["/sub/../private/x.txt", "/sub%2F..%2Fprivate/x.txt"] {
+            let r = c
+                .request(
+                    reqwest::Method::from_bytes(b"COPY").unwrap(),
+                    gw.url("/sub/hello.txt"),
+                )
+                .basic_auth("alice", Some(PW))
+                .header("destination", gw.url(sneaky))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{sneaky}");
+        }
+        assert!(!share.join("private/x.txt").exists());
+    });
+    eventually(
+        Duration::from_secs(5),
+        "a 401.3 log line for the MOVE",
+        || {
+            std::fs::read_to_string(gw.path("access.log"))
+                .ok()?
+                .lines()
+                .any(|l| l.contains(" MOVE /sub/hello.txt ") && l.contains(" 401 3 "))
+                .then_some(())
+        },
+    );
+}
