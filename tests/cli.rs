@@ -192,3 +192,188 @@ fn demo_runs_with_no_files_and_prints_what_to_do() {
     );
     let _ = Duration::ZERO;
 }
+
+/// The fenced blocks of the README's quick start, in order: (language, lines).
+fn quick_start_blocks() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("## Five-minute quick start")
+        .expect("the quick start");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in section.lines() {
+        let t = line.trim_start();
+        if let Some(lang) = t.strip_prefix("```") {
+            match current.take() {
+                Some(b) => blocks.push(b),
+                None => current = Some((lang.to_owned(), Vec::new())),
+            }
+        } else if let Some((_, lines)) = current.as_mut() {
+            lines.push(t.to_owned());
+        }
+    }
+    blocks
+}
+
+/// Issue 21.5: the quick start, run as written (ports moved to free ones, the password typed
+/// where it says RIGHT): its stand-in application answers, its commands work, and the access
+/// log it shows is the one they write.
+#[test]
+fn the_readme_quick_start_works_as_written() {
+    let blocks = quick_start_blocks();
+    let dir = tempfile::tempdir().unwrap();
+    let (gw_port, app_port) = (free_port(), free_port());
+    let ports = |s: &str| {
+        s.replace("127.0.0.1:8080", &format!("127.0.0.1:{gw_port}"))
+            .replace("127.0.0.1:3000", &format!("127.0.0.1:{app_port}"))
+            .replace("http.server 3000", &format!("http.server {app_port}"))
+    };
+    let toml = blocks
+        .iter()
+        .find(|(l, _)| l == "toml")
+        .expect("a toml block");
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        ports(&toml.1.join("\n")),
+    )
+    .unwrap();
+    htpasswd(
+        &dir.path().join("users.htpasswd"),
+        &["-B"],
+        "alice",
+        "qs-pw-1",
+    );
+    let commands: Vec<String> = blocks
+        .iter()
+        .filter(|(l, _)| l == "sh")
+        .flat_map(|(_, lines)| lines.iter())
+        .map(|l| l.split("  #").next().unwrap().trim().to_owned())
+        .collect();
+    assert!(
+        commands.iter().any(|c| c.starts_with("export PATH=")),
+        "the quick start must say how portcullis gets on PATH"
+    );
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir.path())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    std::path::Path::new(BIN).parent().unwrap().display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let check = commands
+        .iter()
+        .find(|c| c.contains("check-config"))
+        .unwrap();
+    let out = sh(check);
+    assert!(
+        out.status.success(),
+        "{check}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The stand-in application and the gateway, each as the README starts them.
+    let spawn = |cmd: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {cmd}"))
+            .current_dir(dir.path())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    std::path::Path::new(BIN).parent().unwrap().display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let app = commands
+        .iter()
+        .find(|c| c.starts_with("python3 -m http.server"))
+        .expect("a stand-in app");
+    let _app = Killed(spawn(&ports(app)));
+    let serve = commands
+        .iter()
+        .find(|c| c.contains("portcullis serve"))
+        .unwrap();
+    let _gw = Killed(spawn(serve));
+    wait_for_port(
+        format!("127.0.0.1:{app_port}").parse().unwrap(),
+        Duration::from_secs(20),
+    );
+    wait_for_port(
+        format!("127.0.0.1:{gw_port}").parse().unwrap(),
+        Duration::from_secs(20),
+    );
+
+    let curls: Vec<String> = commands
+        .iter()
+        .filter(|c| c.starts_with("curl "))
+        .map(|c| ports(c).replace("alice:RIGHT", "alice:qs-pw-1"))
+        .collect();
+    assert_eq!(curls.len(), 3);
+    let statuses: Vec<String> = curls
+        .iter()
+        .map(|c| {
+            let out = sh(c);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["401", "401", "200"], "{curls:?}");
+
+    // The example log lines: the same fields as the real ones, but for date, time, the user
+    // agent's version and time-taken.
+    let example = blocks
+        .iter()
+        .find(|(l, _)| l == "text")
+        .expect("the example log");
+    let shape = |line: &str| {
+        let mut f: Vec<String> = line.split(' ').map(str::to_owned).collect();
+        if f.len() == 15 {
+            for i in [0, 1, 14] {
+                f[i] = "*".into();
+            }
+            f[6] = "PORT".into();
+            f[9] = f[9].split('/').next().unwrap().to_owned();
+        }
+        f.join(" ")
+    };
+    let want: Vec<String> = example.1.iter().map(|l| shape(l)).collect();
+    let real = eventually(Duration::from_secs(5), "three log lines", || {
+        let log = std::fs::read_to_string(dir.path().join("access.log")).ok()?;
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| shape(l))
+            .collect();
+        (lines.len() >= 3).then_some(lines)
+    });
+    assert_eq!(real[real.len() - 3..], want[..]);
+}
