@@ -405,7 +405,7 @@ fn url_rules_with_groups_and_bypass_attempts() {
 
 #[test]
 fn the_filter_decides_after_the_rules() {
-    let cfg = config("[filter]\nurl = \"http://@UPSTREAM@/filter\"\ntimeout = \"1s\"");
+    let cfg = config("[filter]\nurl = \"http://@UPSTREAM@/filter\"\ntimeout = \"5s\"");
     let (_up, gw) = start(&cfg);
     runtime().block_on(async {
         let c = client();

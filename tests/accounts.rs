@@ -269,8 +269,13 @@ fn a_totp_second_factor_is_asked_after_the_password() {
             store::totp::code_at(&raw, store::totp::step_of(now))
         )
     };
-    // The server reloads its config (schemes) on the file change.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The server reloads its config (schemes): asked at once rather than waiting for the poll.
+    gw.signal("HUP");
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the configuration reloaded",
+        || gw.stderr().contains("configuration reloaded").then_some(()),
+    );
     runtime().block_on(async {
         // Basic cannot carry the code: refused even with the right password.
         let r = client()

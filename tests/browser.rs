@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use util::*;
 
 /// How long any one step may take (a page to load, an element to appear).
-const STEP: Duration = Duration::from_secs(10);
+const STEP: Duration = Duration::from_secs(30);
 
 // === impl ChromeDriver ===
 

@@ -96,6 +96,19 @@ fn a_valid_user_gets_in_during_a_flood_of_wrong_passwords() {
     let url = gw.url("/");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = runtime();
+    // One sign-in on a quiet gateway: what a password check costs on this machine (a debug
+    // build on a busy CI machine is slow), the yardstick for the sign-in during the flood.
+    let solo = rt.block_on(async {
+        let started = Instant::now();
+        let r = client_from(IpAddr::from([127, 0, 2, 2]))
+            .get(&url)
+            .basic_auth("alice", Some("right-pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        started.elapsed()
+    });
     let busy = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     // 48 guessers on 48 addresses, each sending distinct wrong passwords back to back.
     let guessers: Vec<_> = (0..48u8)
@@ -151,10 +164,11 @@ fn a_valid_user_gets_in_during_a_flood_of_wrong_passwords() {
         busy.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "the flood never overflowed the queue"
     );
-    eprintln!("the valid user signed in during the flood in {took:?}");
+    eprintln!("the valid user signed in during the flood in {took:?} (alone: {solo:?})");
+    // At most the checks already running ahead of her and her own: never the guessers' queue.
     assert!(
-        took < Duration::from_secs(1),
-        "the valid user waited {took:?}"
+        took < Duration::from_secs(1).max(solo * 4),
+        "the valid user waited {took:?} (a check alone takes {solo:?})"
     );
     let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
     assert!(log.contains(" 503 0 "), "verifier_busy is logged");

@@ -239,7 +239,8 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
         })
     };
     assert_eq!(health(&rt), 200);
-    let url = gw.url("/sleep?ms=2000");
+    // Long enough that the drain is still on when /healthz is asked, on a slow machine too.
+    let url = gw.url("/sleep?ms=6000");
     let slow = rt.spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
     eventually(
         Duration::from_secs(5),
@@ -248,7 +249,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     );
     gw.signal("TERM");
     // While draining, /healthz tells load balancers to move on.
-    eventually(Duration::from_secs(2), "healthz 503 while draining", || {
+    eventually(Duration::from_secs(5), "healthz 503 while draining", || {
         (health(&rt) == 503).then_some(())
     });
     let code = gw.terminate();
@@ -260,7 +261,7 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     );
     let log = std::fs::read_to_string(gw.path("access.log")).unwrap();
     assert!(
-        log.contains("/sleep ms=2000"),
+        log.contains("/sleep ms=6000"),
         "the access log was flushed: {log}"
     );
 }

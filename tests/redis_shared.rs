@@ -28,7 +28,7 @@ public = ["/public/**"]
 
 [state]
 backend = "{}"
-timeout = "100ms"
+timeout = "2s"
 {extra}
 "#,
         redis.url()

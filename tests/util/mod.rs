@@ -467,7 +467,7 @@ pub const BASIC_CONFIG: &str = r#"
 [server]
 listen = ["@LISTEN@"]
 upstream = "http://@UPSTREAM@"
-upstream_timeout = "500ms"
+upstream_timeout = "10s"
 
 [auth]
 realm = "Test realm"
