@@ -371,7 +371,7 @@ fn the_readme_quick_start_works_as_written() {
         let lines: Vec<String> = log
             .lines()
             .filter(|l| !l.starts_with('#'))
-            .map(|l| shape(l))
+            .map(&shape)
             .collect();
         (lines.len() >= 3).then_some(lines)
     });

@@ -117,6 +117,32 @@ fn identity_headers_are_stripped_by_normalised_name() {
 }
 
 #[test]
+fn a_trusted_proxy_passes_on_only_the_forwarding_headers_portcullis_maintains() {
+    // nginx in front passes on what its client wrote: X-Forwarded-User and friends too.
+    let config = "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@/app\"\ntrusted_proxies = [\"127.0.0.1\"]\n[auth]\nusers = \"users.htpasswd\"\npublic = [\"/public/**\"]\n";
+    let (_up, gw) = start_with_user(config, "alice", PW);
+    let seen = echo(
+        gw.addr,
+        "/public/x",
+        "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-User: admin\r\nX-Forwarded-Email: admin@example.com\r\nX-Forwarded-Groups: admins\r\nX-Forwarded-Prefix: /evil\r\n",
+    );
+    let headers = seen["headers"].as_object().unwrap();
+    for leaked in [
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-prefix",
+    ] {
+        assert!(
+            headers.get(leaked).is_none(),
+            "{leaked} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+}
+
+#[test]
 fn connection_tokens_never_remove_host() {
     let (_up, gw) = gateway("");
     let seen = echo(

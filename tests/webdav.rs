@@ -246,20 +246,40 @@ fn a_webdav_share_under_a_base_path_works_through_portcullis() {
         assert_eq!(r.status(), 401);
         assert!(share.join("sub/hello.txt").is_file());
         assert!(!share.join("private/hello.txt").exists());
-        // The same through a dot segment or an encoded slash: refused as a bad request.
-        for sneaky in ["/sub/../private/x.txt", "/sub%2F..%2Fprivate/x.txt"] {
+        // The same through a dot segment or an encoded slash, or written so that parsers read
+        // different paths from it (a "://" after a query): refused as a bad request.
+        let host = gw.addr.to_string();
+        for sneaky in [
+            gw.url("/sub/../private/x.txt"),
+            gw.url("/sub%2F..%2Fprivate/x.txt"),
+            format!("http:/private/x.txt?://{host}/sub/b.txt"),
+            format!("/private/x.txt#://{host}/sub/b.txt"),
+        ] {
             let r = c
                 .request(
                     reqwest::Method::from_bytes(b"COPY").unwrap(),
                     gw.url("/sub/hello.txt"),
                 )
                 .basic_auth("alice", Some(PW))
-                .header("destination", gw.url(sneaky))
+                .header("destination", &sneaky)
                 .send()
                 .await
                 .unwrap();
             assert_eq!(r.status(), 400, "{sneaky}");
         }
+        // Two Destinations: one judged, the other (or both, joined) used: refused.
+        let r = c
+            .request(
+                reqwest::Method::from_bytes(b"COPY").unwrap(),
+                gw.url("/sub/hello.txt"),
+            )
+            .basic_auth("alice", Some(PW))
+            .header("destination", gw.url("/sub/b.txt"))
+            .header("destination", gw.url("/private/x.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
         assert!(!share.join("private/x.txt").exists());
     });
     eventually(

@@ -16,26 +16,60 @@ use http_body::{Body, Frame, SizeHint};
 /// WebDAV's `Destination` (RFC 4918 §10.3): where a `MOVE` or `COPY` writes.
 pub const DESTINATION: http::HeaderName = http::HeaderName::from_static("destination");
 
-/// The path of a `Destination` (an absolute URI or an absolute path), without query or
-/// fragment; 400 for anything else.
-pub fn destination_path(value: &HeaderValue) -> Result<&str, policy::Refusal> {
+/// A `Destination` read strictly: an absolute path (`/x`, not `//x`), or an `http`/`https` URI
+/// with a host and an absolute path; never a query, a fragment or user information (which
+/// parsers split differently: the path Portcullis judges must be the one every server reads).
+pub struct Destination<'a> {
+    /// `scheme://authority`, or empty for an absolute path.
+    pub origin: &'a str,
+    /// The path, as sent.
+    pub path: &'a str,
+}
+
+/// Reads a request's `Destination`: `None` without one, 400 for more than one or for anything
+/// [`Destination`] does not accept.
+pub fn destination(headers: &http::HeaderMap) -> Result<Option<Destination<'_>>, policy::Refusal> {
     let bad = |why: &str| {
         policy::Refusal::new(policy::Reason::BadRequest)
             .with_detail(format!("the Destination header {why}"))
     };
-    let s = value.to_str().map_err(|_| bad("is not ASCII"))?;
-    let path = if s.starts_with('/') && !s.starts_with("//") {
-        s
-    } else if let Some(i) = s.find("://") {
-        let after = &s[i + 3..];
-        match after.find('/') {
-            Some(j) => &after[j..],
-            None => "/",
-        }
-    } else {
-        return Err(bad("is neither an absolute URI nor an absolute path"));
+    let mut all = headers.get_all(DESTINATION).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
     };
-    Ok(path.split(['?', '#']).next().unwrap_or("/"))
+    if all.next().is_some() {
+        return Err(bad("is sent more than once"));
+    }
+    let s = value.to_str().map_err(|_| bad("is not ASCII"))?;
+    if s.contains(['?', '#']) {
+        return Err(bad("has a query or fragment"));
+    }
+    if s.starts_with('/') && !s.starts_with("//") {
+        return Ok(Some(Destination {
+            origin: "",
+            path: s,
+        }));
+    }
+    let rest = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| {
+            s.get(..scheme.len())
+                .filter(|p| p.eq_ignore_ascii_case(scheme))
+                .map(|_| scheme.len())
+        })
+        .ok_or_else(|| bad("is neither an absolute path nor an http(s) URI"))?;
+    let slash = s[rest..]
+        .find('/')
+        .map(|i| rest + i)
+        .ok_or_else(|| bad("has no path"))?;
+    let authority = &s[rest..slash];
+    if authority.is_empty() || authority.contains(['@', '\\']) {
+        return Err(bad("has no host, or user information"));
+    }
+    Ok(Some(Destination {
+        origin: &s[..slash],
+        path: &s[slash..],
+    }))
 }
 
 /// The part of `path` under `base` (`/dav/a` → `/a`, `/dav` → `/`), or `None` when `path` is
@@ -86,21 +120,10 @@ pub fn map_back_header(base: &str, hosts: &[String], value: &HeaderValue) -> Opt
     HeaderValue::from_str(&map_back(base, hosts, s)?).ok()
 }
 
-/// The `Destination` of a WebDAV `MOVE`/`COPY` mapped into the application: its path (already
-/// checked and normalised by the caller: `path`) put under the base path, the scheme and
-/// authority the client wrote kept.
-pub fn map_in(base: &str, destination: &str, path: &str) -> Option<HeaderValue> {
-    let prefix = match destination.find("://") {
-        Some(i) => {
-            let after = i + 3;
-            let path_start = destination[after..]
-                .find('/')
-                .map_or(destination.len(), |j| after + j);
-            &destination[..path_start]
-        }
-        None => "",
-    };
-    HeaderValue::from_str(&format!("{prefix}{base}{path}")).ok()
+/// The `Destination` forwarded for a WebDAV `MOVE`/`COPY`: its origin as the client wrote it,
+/// then the base path and `path` (the normalised path that was judged).
+pub fn map_in(base: &str, origin: &str, path: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{origin}{base}{path}")).ok()
 }
 
 /// Whether an answer's body is a WebDAV multistatus whose `href`s need mapping back: status 207,
@@ -324,19 +347,52 @@ mod tests {
         assert_eq!(map_back("/dav", &hosts, "//evil.example/dav/x"), None);
         assert_eq!(map_back("/dav", &hosts, "sub/x"), None);
         assert_eq!(
-            map_in(
-                "/dav",
-                "http://files.example/new%20name.txt",
-                "/new%20name.txt"
-            ),
+            map_in("/dav", "http://files.example", "/new%20name.txt"),
             Some(HeaderValue::from_static(
                 "http://files.example/dav/new%20name.txt"
             ))
         );
         assert_eq!(
-            map_in("/dav", "/a/b", "/a/b"),
+            map_in("/dav", "", "/a/b"),
             Some(HeaderValue::from_static("/dav/a/b"))
         );
+    }
+
+    #[test]
+    fn a_destination_is_read_strictly() {
+        let read = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(DESTINATION, HeaderValue::from_str(v).unwrap());
+            }
+            destination(&h).map(|d| d.map(|d| (d.origin.to_owned(), d.path.to_owned())))
+        };
+        assert_eq!(read(&[]).unwrap(), None);
+        assert_eq!(
+            read(&["http://h.example/a/b"]).unwrap(),
+            Some(("http://h.example".into(), "/a/b".into()))
+        );
+        assert_eq!(
+            read(&["HTTPS://h.example:8443/"]).unwrap(),
+            Some(("HTTPS://h.example:8443".into(), "/".into()))
+        );
+        assert_eq!(read(&["/a"]).unwrap(), Some((String::new(), "/a".into())));
+        // Forms that parsers split differently, or that name no path.
+        for bad in [
+            "http:/admin/secret.txt?://files.example/public/b.txt",
+            "a/../../admin/x#://h/public/b",
+            "http://h.example/public/b?x",
+            "http://h.example/public/b#x",
+            "//h.example/a",
+            "http:///a",
+            "http://user@h.example/a",
+            "http://h.example",
+            "ftp://h.example/a",
+            "public/b",
+        ] {
+            assert!(read(&[bad]).is_err(), "{bad}");
+        }
+        assert!(read(&["/public/b", "/admin/x"]).is_err());
     }
 
     async fn rewrite(chunks: &[&str]) -> String {

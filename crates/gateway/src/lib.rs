@@ -1140,24 +1140,9 @@ impl Gateway {
                 // Basic cannot carry a second factor: such users sign in with the form (refused
                 // before the password is looked at, so nothing is counted as a sign-in).
                 if self.verifier.has_second_factor(&user).await {
-                    // The password is still checked (and its outcome thrown away) so that this
-                    // refusal takes as long as any other: a faster answer would tell a guesser
-                    // which user names have a second factor.
-                    let lane = store::hash_queue::Lane::Suspect;
-                    let (_, answer) = self
-                        .verifier
-                        .verify_queued(
-                            &user,
-                            &password,
-                            lane,
-                            self.config.auth.verify_queue_timeout,
-                        )
-                        .await;
-                    self.metrics.verification(answer);
-                    drop(password);
-                    return Err(Refusal::new(Reason::LogonFailed).with_detail(format!(
-                        "{user} has a second factor (TOTP) and must sign in with the sign-in form"
-                    )));
+                    return Err(self
+                        .refuse_second_factor_basic(client_ip, &user, password)
+                        .await);
                 }
                 self.authenticate_password(client_ip, &user, password, "basic")
                     .await?
@@ -1242,10 +1227,10 @@ impl Gateway {
         if !(view.method.eq_ignore_ascii_case("MOVE") || view.method.eq_ignore_ascii_case("COPY")) {
             return Ok(());
         }
-        let Some(raw) = view.headers.get(base_path::DESTINATION) else {
+        let Some(destination) = base_path::destination(view.headers)? else {
             return Ok(());
         };
-        let path = base_path::destination_path(raw)?;
+        let path = destination.path;
         policy::check_raw_path(path)?;
         if policy::has_dot_segment(path) {
             return Err(Refusal::new(Reason::BadRequest)
@@ -1297,26 +1282,7 @@ impl Gateway {
             return Ok(identity);
         }
         // Locked out: refused before the password is even looked at.
-        let ban = self.ban_for(client_ip, user).await;
-        self.metrics.state_call(&self.state, ban.is_ok());
-        match ban {
-            Ok(None) => {}
-            Ok(Some(ban)) => {
-                self.metrics.auth(method, AuthOutcome::LockedOut);
-                self.audit
-                    .sign_in(false, user, client_ip, method, Some("locked_out"));
-                return Err(Refusal::new(Reason::LockedOut)
-                    .with_retry_after(ban.remaining)
-                    .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
-            }
-            Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
-                self.metrics.auth(method, AuthOutcome::StateUnavailable);
-                return Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")")
-            }
-        }
+        self.check_not_locked_out(client_ip, user, method).await?;
         let (accepted, fresh) = self.verify(user, &password, client_ip, method).await?;
         let fresh = fresh || always_fresh;
         drop(password);
@@ -1351,6 +1317,48 @@ impl Gateway {
                 .record_failure(self.client_key(client_ip), user, &self.regulation)
                 .await
         };
+        self.note_bans(recorded);
+        let mut identity = self.policy.auth.after_verification(user, accepted)?;
+        if !factor_pending {
+            self.signed_in(user, client_ip, fresh, method);
+        }
+        identity.groups = self.groups_of(user);
+        Ok(identity)
+    }
+
+    /// Refuses a sign-in to a locked-out address or user (or when the ban check cannot be made
+    /// and `state.on_backend_error = "closed"`), counting and auditing it.
+    async fn check_not_locked_out(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        method: &'static str,
+    ) -> Result<(), Refusal> {
+        let ban = self.ban_for(client_ip, user).await;
+        self.metrics.state_call(&self.state, ban.is_ok());
+        match ban {
+            Ok(None) => Ok(()),
+            Ok(Some(ban)) => {
+                self.metrics.auth(method, AuthOutcome::LockedOut);
+                self.audit
+                    .sign_in(false, user, client_ip, method, Some("locked_out"));
+                Err(Refusal::new(Reason::LockedOut)
+                    .with_retry_after(ban.remaining)
+                    .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)))
+            }
+            Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
+                self.metrics.auth(method, AuthOutcome::StateUnavailable);
+                Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")");
+                Ok(())
+            }
+        }
+    }
+
+    /// Logs and audits the bans a recorded failure started (or the failure to record it).
+    fn note_bans(&self, recorded: Result<Vec<store::state::Ban>, store::state::Unavailable>) {
         self.metrics.state_call(&self.state, recorded.is_ok());
         match recorded {
             Ok(bans) => {
@@ -1365,12 +1373,62 @@ impl Gateway {
             }
             Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
         }
-        let mut identity = self.policy.auth.after_verification(user, accepted)?;
-        if !factor_pending {
-            self.signed_in(user, client_ip, fresh, method);
+    }
+
+    /// Basic for a user with a second factor: Basic cannot carry the code, so it is refused
+    /// (401.1) — as any wrong password is, so that neither the answer nor its timing tells a
+    /// guesser which users have a second factor: the lockout is checked first, the password is
+    /// hashed (never answered from the cache, whose speed would mark the right password) and
+    /// the attempt counts as a failure.
+    async fn refuse_second_factor_basic(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        password: String,
+    ) -> Refusal {
+        let logon = self.config.logon.enabled;
+        if logon && let Err(refusal) = self.check_not_locked_out(client_ip, user, "basic").await {
+            return refusal;
         }
-        identity.groups = self.groups_of(user);
-        Ok(identity)
+        let verification = self
+            .verifier
+            .verify_uncached(
+                user,
+                &password,
+                store::hash_queue::Lane::Suspect,
+                self.config.auth.verify_queue_timeout,
+            )
+            .await;
+        drop(password);
+        self.metrics.verification(store::Answer::Hashed);
+        if let Verification::Busy(busy) = verification {
+            self.metrics.auth("basic", AuthOutcome::Busy);
+            return Refusal::new(Reason::VerifierBusy)
+                .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
+                .with_detail(format!(
+                    "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
+                    self.config.auth.verify_queue_timeout
+                ));
+        }
+        self.suspects.insert(self.client_key(client_ip), ());
+        self.metrics.auth("basic", AuthOutcome::Refused);
+        self.audit.sign_in(
+            false,
+            user,
+            client_ip,
+            "basic",
+            Some("second_factor_required"),
+        );
+        if logon {
+            let recorded = self
+                .state
+                .record_failure(self.client_key(client_ip), user, &self.regulation)
+                .await;
+            self.note_bans(recorded);
+        }
+        Refusal::new(Reason::LogonFailed).with_detail(format!(
+            "{user} has a second factor (TOTP) and must sign in with the sign-in form"
+        ))
     }
 
     /// Checks a password, counting the sign-in outcome and how the answer was found.

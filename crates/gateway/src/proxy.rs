@@ -185,23 +185,23 @@ impl Upstream {
             headers.insert(header::UPGRADE, proto.clone());
         }
 
-        // A WebDAV MOVE/COPY's Destination gets the path that was judged (see `identify`),
-        // under the upstream's base path.
-        if (parts.method.as_str().eq_ignore_ascii_case("MOVE")
-            || parts.method.as_str().eq_ignore_ascii_case("COPY"))
-            && let Some(raw) = parts.headers.get(base_path::DESTINATION)
+        // A WebDAV MOVE/COPY's Destination is rebuilt from what was judged (see `identify`):
+        // the client's origin, then the base path and the normalised path.
+        if parts.method.as_str().eq_ignore_ascii_case("MOVE")
+            || parts.method.as_str().eq_ignore_ascii_case("COPY")
         {
-            let path = base_path::destination_path(raw)?;
-            let judged = policy::forward_path(path);
-            if !self.base_path.is_empty() || matches!(judged, std::borrow::Cow::Owned(_)) {
-                let raw = raw.to_str().unwrap_or_default();
-                match base_path::map_in(&self.base_path, raw, &judged) {
-                    Some(v) => parts.headers.insert(base_path::DESTINATION, v),
-                    None => {
-                        return Err(Refusal::new(Reason::BadRequest)
-                            .with_detail("the Destination header cannot be forwarded"));
-                    }
-                };
+            let rebuilt = match base_path::destination(&parts.headers)? {
+                Some(d) => Some(
+                    base_path::map_in(&self.base_path, d.origin, &policy::forward_path(d.path))
+                        .ok_or_else(|| {
+                            Refusal::new(Reason::BadRequest)
+                                .with_detail("the Destination header cannot be forwarded")
+                        })?,
+                ),
+                None => None,
+            };
+            if let Some(v) = rebuilt {
+                parts.headers.insert(base_path::DESTINATION, v);
             }
         }
         parts.uri = self.upstream_uri(&parts.uri)?;
@@ -373,8 +373,8 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes the identity headers a client may have sent, by their normalised name (lower case,
 /// `_` read as `-`: WSGI, Rack and CGI fold both into one variable, so `Remote_User` is
 /// `Remote-User` to the application): `remote-user`, `-groups`, `-email`, `-name`, and the
-/// `x-forwarded-*` set. A trusted proxy's own `X-Forwarded-*` (hyphenated, as proxies write
-/// them) are kept for the caller to extend or replace.
+/// `x-forwarded-*` set. A trusted proxy's own `X-Forwarded-For`, `-Proto` and `-Host`
+/// (hyphenated, as proxies write them) are kept for the caller to extend or replace.
 pub fn strip_identity_headers(headers: &mut HeaderMap, from_trusted_proxy: bool) {
     let doomed: Vec<HeaderName> = headers
         .keys()
@@ -392,7 +392,13 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, from_trusted_proxy: bool)
                 let rest = &n[7..];
                 return matches!(rest, b"user" | b"groups" | b"email" | b"name");
             }
-            normalised(b"x-forwarded-") && (underscore || !from_trusted_proxy)
+            // Of the x-forwarded-* set only a trusted proxy's -For, -Proto and -Host stay (each
+            // is extended or replaced below); -User, -Email, -Groups, -Prefix… never reach the
+            // application, whoever sent them: a front proxy passes on what its client wrote.
+            normalised(b"x-forwarded-")
+                && (underscore
+                    || !from_trusted_proxy
+                    || !matches!(&n[12..], b"for" | b"proto" | b"host"))
         })
         .cloned()
         .collect();
@@ -516,11 +522,12 @@ mod tests {
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             ["remote-addr"]
         );
-        // From a trusted proxy its own hyphenated X-Forwarded-* stay; variants never do.
+        // From a trusted proxy its hyphenated X-Forwarded-For/-Proto/-Host stay (to be extended
+        // or replaced); the rest of the set and underscore variants never do.
         strip_identity_headers(&mut trusted, true);
         let mut left: Vec<_> = trusted.keys().map(|k| k.as_str()).collect();
         left.sort();
-        assert_eq!(left, ["remote-addr", "x-forwarded-for", "x-forwarded-uri"]);
+        assert_eq!(left, ["remote-addr", "x-forwarded-for"]);
     }
 
     #[test]

@@ -422,6 +422,31 @@ impl Verifier {
         (accepted.into(), answer)
     }
 
+    /// A hash check that neither reads nor fills the outcome cache: for a check whose outcome
+    /// is thrown away (a second-factor user trying Basic), where an answer from the cache would
+    /// be faster for the right password and so tell it apart.
+    pub async fn verify_uncached(
+        &self,
+        user: &str,
+        password: &str,
+        lane: Lane,
+        deadline: Duration,
+    ) -> Verification {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Verification::Refused;
+        }
+        self.poll_file().await;
+        let snapshot = self.inner.snapshot.load_full();
+        match self
+            .inner
+            .check(snapshot, user, password, lane, deadline)
+            .await
+        {
+            Ok(accepted) => accepted.into(),
+            Err(busy) => Verification::Busy(busy),
+        }
+    }
+
     /// The stamp of `user`'s current password ([`crate::StoredHash::stamp`]), `None` when the
     /// user is not in the store now (deleted, or disabled in SQLite). A session remembers the
     /// stamp of its sign-in: a different one means the password changed, and the session ends.
