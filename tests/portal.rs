@@ -665,3 +665,45 @@ fn a_session_id_planted_before_sign_in_is_never_promoted() {
         );
     });
 }
+
+/// Issue 21.7: a refusal's advice names only what the site offers (this site: the sign-in page
+/// and Basic, users in an htpasswd file, so no password reset) and what the reader can do (a
+/// program is never told to reload a page or close its windows).
+#[test]
+fn refusal_advice_fits_the_site_and_the_client() {
+    let (_up, gw) = start(CONFIG);
+    runtime().block_on(async {
+        let c = client();
+        let browser_only = ["reload", "close all windows", "close the tab", "link below"];
+        // curl: no Accept, wrong password, then none.
+        for (auth, want) in [
+            (Some(("alice", "wrong")), "your program sends"),
+            (None, "HTTP Basic"),
+        ] {
+            let mut req = c.get(gw.url("/app"));
+            if let Some((u, p)) = auth {
+                req = req.basic_auth(u, Some(p));
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401);
+            let body = r.text().await.unwrap();
+            assert!(body.contains(want), "{body}");
+            for w in browser_only.iter().chain(&["Forgot your password"]) {
+                assert!(!body.contains(w), "{w:?} told to a program: {body}");
+            }
+        }
+        // A browser refused a password gets the sign-in link, and no "Forgot your password?"
+        // the sign-in page does not have.
+        let r = c
+            .get(gw.url("/app"))
+            .header("accept", "text/html")
+            .basic_auth("alice", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let body = util::browser::unescape(&r.text().await.unwrap());
+        assert!(body.contains("link below"), "{body}");
+        assert!(!body.contains("Forgot your password"), "{body}");
+    });
+}

@@ -532,6 +532,7 @@ impl Gateway {
             realm: &self.policy.auth.realm,
             trace: &[],
             account: None,
+            basic: self.policy.auth.schemes.contains(&policy::Scheme::Basic),
             problems: &self.paths.problems,
         };
         let mut response = respond::refusal_response(&refusal, &ctx, &self.pages);
@@ -1628,6 +1629,7 @@ impl Gateway {
             realm: &self.policy.auth.realm,
             trace: &trace,
             account,
+            basic: self.policy.auth.schemes.contains(&policy::Scheme::Basic),
             problems: &self.paths.problems,
         };
         respond::refusal_response(refusal, &ctx, &self.pages)

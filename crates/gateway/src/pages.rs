@@ -32,30 +32,73 @@ pub struct Advice {
     pub todo: &'static [&'static str],
 }
 
-/// The table of explanations, one per reason; `form_site`: the site signs people in with its
-/// sign-in page (the page then carries a sign-in link) rather than the browser's password box.
-pub fn advice(reason: Reason, form_site: bool) -> Advice {
+/// What the site offers someone refused: the advice must name only ways in that exist.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offer {
+    /// HTTP Basic is enabled (programs can send a user name and password).
+    pub basic: bool,
+    /// The site signs people in with its sign-in page (a browser's page carries the link).
+    pub form: bool,
+    /// The sign-in page has "Forgot your password?" (a user database with mail).
+    pub reset: bool,
+}
+
+/// Who reads the refusal: a person in a browser (an HTML page, with links and buttons) or a
+/// program (curl, rclone, a script: plain text or problem+json, no links to click, no page to
+/// reload, no browser to close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// A browser, which was sent the HTML page.
+    Browser,
+    /// Anything that was sent text or JSON.
+    Program,
+}
+
+/// The table of explanations, one per reason, worded for what the site offers and for who
+/// reads it.
+pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
     use Reason::*;
+    let browser = reader == Reader::Browser;
     let (what, todo): (&str, &[&str]) = match reason {
-        NoCredentials if form_site => (
+        NoCredentials if browser && offer.form => (
             "This page is protected and you are not signed in.",
             &["Sign in with the link below; you come back to this page afterwards."],
         ),
-        LogonFailed if form_site => (
-            "A user name and password were sent, but they were not accepted.",
-            &[
-                "Check the user name and password (and Caps Lock), then sign in again with the link below.",
-                "If you forgot your password, use \"Forgot your password?\" on the sign-in page, or ask the administrator to reset it.",
-            ],
-        ),
-        NoCredentials => (
+        NoCredentials if browser => (
             "This page is protected and your request did not include a user name and password.",
             &[
                 "Sign in: reload the page and enter your user name and password when your browser asks.",
                 "If no sign-in box appears, your browser may have been told to stop asking; close the tab and open the address again.",
             ],
         ),
-        LogonFailed => (
+        NoCredentials if offer.basic => (
+            "This address needs a user name and password, and the request carried none.",
+            &[
+                "Send them with HTTP Basic authentication: for example curl -u NAME, or the user and password settings of your program.",
+            ],
+        ),
+        NoCredentials => (
+            "This address needs a signed-in session, and the request carried none.",
+            &[
+                "This site signs people in with a web page only: open the address in a browser.",
+                "A program cannot sign in here by itself; ask the administrator for another way in.",
+            ],
+        ),
+        LogonFailed if browser && offer.form && offer.reset => (
+            "A user name and password were sent, but they were not accepted.",
+            &[
+                "Check the user name and password (and Caps Lock), then sign in again with the link below.",
+                "If you forgot your password, use \"Forgot your password?\" on the sign-in page.",
+            ],
+        ),
+        LogonFailed if browser && offer.form => (
+            "A user name and password were sent, but they were not accepted.",
+            &[
+                "Check the user name and password (and Caps Lock), then sign in again with the link below.",
+                "If you forgot your password, ask the administrator to reset it.",
+            ],
+        ),
+        LogonFailed if browser => (
             "A user name and password were sent, but they were not accepted.",
             &[
                 "Check the user name and password (and Caps Lock), then reload the page to try again.",
@@ -63,9 +106,31 @@ pub fn advice(reason: Reason, form_site: bool) -> Advice {
                 "Browsers remember a refused password until they are closed: close all windows of the browser, or use a private window.",
             ],
         ),
-        SessionExpired => (
+        LogonFailed if offer.reset => (
+            "A user name and password were sent, but they were not accepted.",
+            &[
+                "Check the user name and password your program sends (a saved password may be out of date).",
+                "If you forgot the password, reset it with \"Forgot your password?\" on the sign-in page, in a browser.",
+            ],
+        ),
+        LogonFailed => (
+            "A user name and password were sent, but they were not accepted.",
+            &[
+                "Check the user name and password your program sends (a saved password may be out of date).",
+                "If you forgot the password, ask the administrator to reset it.",
+            ],
+        ),
+        SessionExpired if browser => (
             "Your sign-in session ended, because it was idle too long or reached its maximum age.",
             &["Sign in again; the old session cookie has already been removed."],
+        ),
+        SessionExpired if offer.basic => (
+            "The session cookie sent has ended: it was idle too long or reached its maximum age.",
+            &["Send the user name and password with HTTP Basic instead of a session cookie."],
+        ),
+        SessionExpired => (
+            "The session cookie sent has ended: it was idle too long or reached its maximum age.",
+            &["Sign in again in a browser to get a new session."],
         ),
         LockedOut => (
             "Too many sign-in attempts failed, so sign-in is blocked for a while, even with the right password.",
@@ -74,11 +139,18 @@ pub fn advice(reason: Reason, form_site: bool) -> Advice {
                 "If you did not make these attempts, tell the administrator.",
             ],
         ),
-        AclDenied => (
+        AclDenied if browser => (
             "You are signed in, but your account is not allowed to open this page.",
             &[
                 "If you should have access, ask the administrator to grant it, quoting the request id below.",
                 "If you have another account with access, sign in with that one instead.",
+            ],
+        ),
+        AclDenied => (
+            "The account the request was sent with is not allowed to use this address (or this method on it).",
+            &[
+                "If it should have access, ask the administrator to grant it, quoting the request id below.",
+                "Or send the credentials of an account that has access.",
             ],
         ),
         FilterDenied => (
@@ -88,6 +160,18 @@ pub fn advice(reason: Reason, form_site: bool) -> Advice {
         AppDenied => (
             "The application behind this gateway refused the request.",
             &["Sign in to the application, or ask its administrator for access."],
+        ),
+        ConcurrentLimit if !browser => (
+            "Too many requests from your network address were in progress at the same time.",
+            &["Send fewer requests at once (lower your program's parallel transfers), then retry."],
+        ),
+        RateLimit if !browser => (
+            "Too many requests came from your network address in a short time.",
+            &["Slow down, and retry after the delay the Retry-After header gives."],
+        ),
+        HeadersTooLarge if !browser => (
+            "The request carried too much header data.",
+            &["Send fewer or smaller headers (cookies, tokens), then try again."],
         ),
         ConcurrentLimit => (
             "Too many requests from your network address were in progress at the same time.",
@@ -344,9 +428,63 @@ mod tests {
     #[test]
     fn every_reason_has_advice() {
         for r in Reason::ALL {
-            for form in [false, true] {
-                let a = advice(*r, form);
-                assert!(!a.what.is_empty() && !a.todo.is_empty(), "{r}");
+            for (basic, form, reset) in [
+                (true, false, false),
+                (true, true, true),
+                (false, true, false),
+            ] {
+                for reader in [Reader::Browser, Reader::Program] {
+                    let a = advice(*r, Offer { basic, form, reset }, reader);
+                    assert!(!a.what.is_empty() && !a.todo.is_empty(), "{r}");
+                }
+            }
+        }
+    }
+
+    /// Issue 21.7: no advice names a way in the site does not offer, and programs are never
+    /// told to use a browser's controls.
+    #[test]
+    fn advice_names_only_what_the_site_offers_and_the_reader_can_do() {
+        let browser_words = [
+            "reload",
+            "close all windows",
+            "close the tab",
+            "link below",
+            "Caps Lock",
+        ];
+        for r in Reason::ALL {
+            for (basic, form, reset) in [
+                (true, false, false),
+                (true, true, false),
+                (true, true, true),
+                (false, true, false),
+                (false, true, true),
+            ] {
+                let offer = Offer { basic, form, reset };
+                for reader in [Reader::Browser, Reader::Program] {
+                    let a = advice(*r, offer, reader);
+                    let text = format!("{} {}", a.what, a.todo.join(" "));
+                    if !reset {
+                        assert!(
+                            !text.contains("Forgot your password"),
+                            "{r} {offer:?}: {text}"
+                        );
+                    }
+                    if !(form && reader == Reader::Browser) {
+                        assert!(
+                            !text.contains("link below"),
+                            "{r} {offer:?} {reader:?}: {text}"
+                        );
+                    }
+                    if reader == Reader::Program {
+                        for w in browser_words {
+                            assert!(!text.contains(w), "{r} {offer:?}: {w:?} in {text}");
+                        }
+                    }
+                    if !basic {
+                        assert!(!text.contains("HTTP Basic"), "{r} {offer:?}: {text}");
+                    }
+                }
             }
         }
     }

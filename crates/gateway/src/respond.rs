@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode};
 use policy::{Refusal, TraceEntry};
 
 use crate::body::{Body, full};
-use crate::pages::{PageContext, Pages, SwitchForm, advice};
+use crate::pages::{Offer, PageContext, Pages, Reader, SwitchForm, advice};
 use crate::request_id::X_REQUEST_ID;
 
 /// The `Content-Security-Policy` of Portcullis's HTML pages: nothing from elsewhere, no
@@ -152,6 +152,8 @@ pub struct RefusalContext<'a> {
     pub trace: &'a [TraceEntry],
     /// What a form-login site can offer the person (sign-in link, switch account).
     pub account: Option<&'a Account>,
+    /// Whether HTTP Basic is enabled (what a program refused can be told to send).
+    pub basic: bool,
     /// Where the explanation pages are served (`{portal.prefix}/problems/`).
     pub problems: &'a str,
 }
@@ -186,10 +188,21 @@ pub fn refusal_response(
     let status =
         StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let reason = refusal.reason;
-    let advice = advice(reason, ctx.account.is_some());
+    let format = negotiate(ctx.accept);
+    let offer = Offer {
+        basic: ctx.basic,
+        form: ctx.account.is_some(),
+        reset: ctx.account.is_some_and(|a| a.forgot_url.is_some()),
+    };
+    let reader = if format == Format::Html {
+        Reader::Browser
+    } else {
+        Reader::Program
+    };
+    let advice = advice(reason, offer, reader);
     let problem_type = format!("{}{}", ctx.problems, reason.slug());
     let retry_after = refusal.retry_after.map(retry_after_secs);
-    let (content_type, body) = match negotiate(ctx.accept) {
+    let (content_type, body) = match format {
         Format::Html => {
             let page = PageContext {
                 status: status.as_u16(),
