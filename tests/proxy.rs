@@ -474,3 +474,45 @@ fn an_http_1_0_upstream_is_answered_in_the_clients_version_and_keeps_alive() {
         assert!(String::from_utf8_lossy(&body).contains("from 1.0"));
     }
 }
+
+/// Many clients must not run the process out of file descriptors through upstream connections:
+/// `server.upstream_max_connections` bounds the requests in flight to the upstream (each holds
+/// a pooled connection until its body is done); the others wait, within `upstream_timeout`.
+#[test]
+fn upstream_connections_are_bounded_and_a_waiting_request_times_out() {
+    let config = PUBLIC_CONFIG.replace(
+        "upstream_timeout = \"10s\"",
+        "upstream_timeout = \"1s\"\nupstream_max_connections = 1",
+    );
+    let (_up, gw) = public_gateway(&config);
+    // A download whose client stops reading: its body, and so its upstream slot, stay busy.
+    let mut stalled = std::net::TcpStream::connect(gw.addr).unwrap();
+    use std::io::{Read, Write};
+    stalled
+        .write_all(b"GET /download?mb=256 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    stalled.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    runtime().block_on(async {
+        let r = client()
+            .get(gw.url("/x"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 504);
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["type"], "/.portcullis/problems/upstream_timeout");
+    });
+    // The stalled client goes: its slot is free again.
+    drop(stalled);
+    eventually(Duration::from_secs(10), "a free upstream slot", || {
+        runtime().block_on(async {
+            let r = client().get(gw.url("/x")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+    });
+    let err = gw.stderr();
+    assert!(err.contains("server.upstream_max_connections"), "{err}");
+}

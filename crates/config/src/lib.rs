@@ -78,6 +78,7 @@ impl Config {
                 idle_timeout: validate::DEFAULT_IDLE_TIMEOUT,
                 backlog: validate::DEFAULT_BACKLOG,
                 max_connections: None,
+                upstream_max_connections: None,
             },
             auth: Auth {
                 realm: DEFAULT_REALM.to_owned(),

@@ -128,6 +128,10 @@ pub struct Server {
     /// `max_connections` (default: sized from the open-file limit at start): open client
     /// connections; beyond it new connections are closed at once.
     pub max_connections: Option<usize>,
+    /// `upstream_max_connections` (default: the open-file limit left after `max_connections`
+    /// and a reserve): requests in flight to the upstream, each holding one connection; more
+    /// wait for a free one within `upstream_timeout`.
+    pub upstream_max_connections: Option<usize>,
 }
 
 /// `[forward_auth]`: how the trusted proxy describes the request it asks about.

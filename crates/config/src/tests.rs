@@ -1463,3 +1463,19 @@ starttls = false
     assert_eq!(c.warnings[0].key, "portal");
     assert!(c.warnings[0].message.contains("has no effect"));
 }
+
+#[test]
+fn connection_bounds_are_checked_with_their_line() {
+    let dir = site();
+    let text = "[server]\nupstream = \"http://127.0.0.1:3000\"\nmax_connections = 0\nupstream_max_connections = 0\n[auth]\nusers = \"users.htpasswd\"\n";
+    let d = errors_of(text, dir.path());
+    let got = summary(&d);
+    assert!(got.contains(&("server.max_connections", Some(3), None)), "{got:?}");
+    assert!(
+        got.contains(&("server.upstream_max_connections", Some(4), None)),
+        "{got:?}"
+    );
+    let ok = "[server]\nupstream = \"http://127.0.0.1:3000\"\nupstream_max_connections = 512\n[auth]\nusers = \"users.htpasswd\"\n";
+    let c = parse(ok, dir.path(), "portcullis.toml").unwrap();
+    assert_eq!(c.server.upstream_max_connections, Some(512));
+}

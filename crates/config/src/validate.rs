@@ -49,6 +49,7 @@ const SERVER_KEYS: &[&str] = &[
     "backlog",
     "idle_timeout",
     "max_connections",
+    "upstream_max_connections",
 ];
 /// Keys of `[auth]`.
 const AUTH_KEYS: &[&str] = &[
@@ -624,6 +625,20 @@ impl Checker<'_> {
                 }
             }
         });
+        let upstream_max_connections = s.get("upstream_max_connections").and_then(|v| {
+            let n = self.integer(&s.path("upstream_max_connections"), v)?;
+            match usize::try_from(n) {
+                Ok(n @ 1..=10_000_000) => Some(n),
+                _ => {
+                    self.report(
+                        s.path("upstream_max_connections"),
+                        Some(v.span()),
+                        format!("must be from 1 to 10000000 (requests in flight to the upstream), not {n}"),
+                    );
+                    None
+                }
+            }
+        });
         let workers = s.get("workers").and_then(|v| {
             let n = self.integer(&s.path("workers"), v)?;
             match usize::try_from(n) {
@@ -655,6 +670,7 @@ impl Checker<'_> {
             idle_timeout,
             backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
             max_connections,
+            upstream_max_connections,
         })
     }
 

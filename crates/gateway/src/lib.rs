@@ -401,10 +401,19 @@ impl Gateway {
             .then(|| HostResolver::new(DNS_TIMEOUT));
         let filter = config.filter.clone().map(FilterClient::new);
         let upstream = config.server.upstream.as_ref().map(|u| {
+            let max = config.server.upstream_max_connections.unwrap_or_else(|| {
+                server::default_upstream_max_connections(
+                    config
+                        .server
+                        .max_connections
+                        .unwrap_or_else(server::default_max_connections),
+                )
+            });
             Upstream::new(
                 u,
                 config.server.connect_timeout,
                 config.server.upstream_timeout,
+                max,
             )
         });
         let limits = Limits {

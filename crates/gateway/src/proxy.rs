@@ -6,6 +6,7 @@
 //! other HTTP/1.1) upgrades are joined into a byte pipe once the upstream answers 101.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use policy::{Identity, Reason, Refusal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::base_path;
 
@@ -38,6 +40,11 @@ pub struct Upstream {
     authority: Authority,
     base_path: String,
     timeout: Duration,
+    /// One permit per request in flight to the upstream (`server.upstream_max_connections`):
+    /// each holds a connection, and a client connection each, so unbounded they would run the
+    /// process out of file descriptors under many clients.
+    slots: Arc<Semaphore>,
+    max_slots: usize,
 }
 
 /// What the proxy needs to know about the request beyond its head.
@@ -68,6 +75,7 @@ impl Upstream {
         upstream: &config::Upstream,
         connect_timeout: Duration,
         timeout: Duration,
+        max_connections: usize,
     ) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -77,13 +85,15 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(max_connections)
             .build(connector);
         Upstream {
             client,
             authority: upstream.authority.clone(),
             base_path: upstream.base_path.trim_end_matches('/').to_owned(),
             timeout,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_slots: max_connections,
         }
     }
 
@@ -208,36 +218,53 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
 
-        let mut response =
-            match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
-                Err(_) => {
-                    return Err(Refusal::new(Reason::UpstreamTimeout).with_detail(format!(
-                        "no response from {} within {:?}",
-                        self.authority, self.timeout
-                    )));
+        // A free upstream connection first (at once, the common case); a wait for one counts
+        // against upstream_timeout.
+        let (permit, left) = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => (permit, self.timeout),
+            Err(_) => {
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout(self.timeout, self.slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => (permit, self.timeout.saturating_sub(started.elapsed())),
+                    _ => {
+                        return Err(Refusal::new(Reason::UpstreamTimeout).with_detail(format!(
+                            "all {} upstream connections (server.upstream_max_connections) stayed busy for {:?}",
+                            self.max_slots, self.timeout
+                        )));
+                    }
                 }
-                Ok(Err(e)) if client_body_failed(&e) => {
-                    return Err(Refusal::new(Reason::BadRequest).with_detail(format!(
-                        "the request body could not be read: {}",
+            }
+        };
+        let mut response = match tokio::time::timeout(left, self.client.request(upstream_req)).await
+        {
+            Err(_) => {
+                return Err(Refusal::new(Reason::UpstreamTimeout).with_detail(format!(
+                    "no response from {} within {:?}",
+                    self.authority, self.timeout
+                )));
+            }
+            Ok(Err(e)) if client_body_failed(&e) => {
+                return Err(Refusal::new(Reason::BadRequest).with_detail(format!(
+                    "the request body could not be read: {}",
+                    error_chain(&e)
+                )));
+            }
+            Ok(Err(e)) => {
+                let what = if e.is_connect() {
+                    "cannot connect to"
+                } else {
+                    "connection failed with"
+                };
+                return Err(
+                    Refusal::new(Reason::UpstreamUnavailable).with_detail(format!(
+                        "{what} {}: {}",
+                        self.authority,
                         error_chain(&e)
-                    )));
-                }
-                Ok(Err(e)) => {
-                    let what = if e.is_connect() {
-                        "cannot connect to"
-                    } else {
-                        "connection failed with"
-                    };
-                    return Err(
-                        Refusal::new(Reason::UpstreamUnavailable).with_detail(format!(
-                            "{what} {}: {}",
-                            self.authority,
-                            error_chain(&e)
-                        )),
-                    );
-                }
-                Ok(Ok(r)) => r,
-            };
+                    )),
+                );
+            }
+            Ok(Ok(r)) => r,
+        };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some((_, client_upgrade)) = client_upgrade
@@ -254,14 +281,17 @@ impl Upstream {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return Ok(response.map(UpstreamBody::Plain));
+            // An upgraded connection leaves the pool: its permit is returned now (it is
+            // bounded by server.max_connections, as its client connection is).
+            drop(permit);
+            return Ok(response.map(|b| UpstreamBody::new(Inner::Plain(b), None)));
         }
         strip_hop_by_hop(response.headers_mut());
         // The client is answered in its own protocol: an HTTP/1.0 upstream must not make an
         // HTTP/1.1 client's answer HTTP/1.0 (and its connection close).
         *response.version_mut() = client_version;
         if self.base_path.is_empty() {
-            return Ok(response.map(UpstreamBody::Plain));
+            return Ok(response.map(|b| UpstreamBody::new(Inner::Plain(b), Some(permit))));
         }
         // Mapped back out of the base path: redirects, Content-Location, multistatus hrefs.
         // Absolute URLs are mapped when they name the upstream or the Host the client asked for.
@@ -279,11 +309,14 @@ impl Upstream {
         if base_path::rewrites_body(response.status(), response.headers()) {
             response.headers_mut().remove(header::CONTENT_LENGTH);
             let base = &self.base_path;
-            return Ok(
-                response.map(|b| UpstreamBody::Hrefs(base_path::HrefBody::new(b, base, hosts)))
-            );
+            return Ok(response.map(|b| {
+                UpstreamBody::new(
+                    Inner::Hrefs(base_path::HrefBody::new(b, base, hosts)),
+                    Some(permit),
+                )
+            }));
         }
-        Ok(response.map(UpstreamBody::Plain))
+        Ok(response.map(|b| UpstreamBody::new(Inner::Plain(b), Some(permit))))
     }
 
     /// The upstream's URI for `uri`: the path the decision read ([`policy::forward_path`]), under
@@ -318,12 +351,24 @@ impl Upstream {
 }
 
 /// An upstream's answer body: as it came, or with a multistatus's `href`s mapped back out of
-/// the upstream's base path.
-pub enum UpstreamBody {
+/// the upstream's base path. It holds the request's upstream slot until it is done (read to
+/// the end, or dropped when the client goes), when its connection is back in the pool.
+pub struct UpstreamBody {
+    inner: Inner,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+enum Inner {
     /// Passed through.
     Plain(Incoming),
     /// Rewritten as it streams ([`base_path::HrefBody`]).
     Hrefs(base_path::HrefBody<Incoming>),
+}
+
+impl UpstreamBody {
+    fn new(inner: Inner, slot: Option<OwnedSemaphorePermit>) -> UpstreamBody {
+        UpstreamBody { inner, _slot: slot }
+    }
 }
 
 impl http_body::Body for UpstreamBody {
@@ -334,23 +379,23 @@ impl http_body::Body for UpstreamBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Plain(b) => std::pin::Pin::new(b).poll_frame(cx),
-            UpstreamBody::Hrefs(b) => std::pin::Pin::new(b).poll_frame(cx),
+        match &mut self.get_mut().inner {
+            Inner::Plain(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Inner::Hrefs(b) => std::pin::Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Plain(b) => b.is_end_stream(),
-            UpstreamBody::Hrefs(b) => b.is_end_stream(),
+        match &self.inner {
+            Inner::Plain(b) => b.is_end_stream(),
+            Inner::Hrefs(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            UpstreamBody::Plain(b) => b.size_hint(),
-            UpstreamBody::Hrefs(b) => b.size_hint(),
+        match &self.inner {
+            Inner::Plain(b) => b.size_hint(),
+            Inner::Hrefs(b) => b.size_hint(),
         }
     }
 }

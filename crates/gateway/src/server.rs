@@ -122,6 +122,20 @@ pub fn default_max_connections() -> usize {
     usize::try_from(usable.max(64)).unwrap_or(usize::MAX)
 }
 
+/// `server.upstream_max_connections` when the config leaves it out: the open-file limit left
+/// after `max_connections` client connections and the same reserve, so that clients and
+/// upstream connections together never run out of file descriptors.
+pub fn default_upstream_max_connections(max_connections: usize) -> usize {
+    let limit = rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    limit
+        .saturating_sub(256)
+        .saturating_sub(max_connections)
+        .max(64)
+}
+
 /// Loads the certificate chain and key of `server.tls`, offering h2 and http/1.1 by ALPN.
 pub fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, ServeError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
