@@ -57,8 +57,20 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 /// Sends one request on `s` and reads its whole (small) response.
 fn one_request(s: &mut TcpStream, path: &str) -> String {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-        .unwrap();
+    exchange(
+        s,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends the rest of a request whose first bytes were sent already; reads its response.
+fn one_request_rest(s: &mut TcpStream, rest: &str) -> String {
+    exchange(s, rest.as_bytes())
+}
+
+/// Sends `bytes` on `s` and reads one whole (small) response.
+fn exchange(s: &mut TcpStream, bytes: &[u8]) -> String {
+    s.write_all(bytes).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
@@ -224,4 +236,44 @@ fn a_form_body_that_never_finishes_times_out() {
     s.read_exact(&mut b)
         .expect("no answer within header_timeout + 8 s");
     assert_eq!(&b, b"HTTP/1.1 408");
+}
+
+/// Issue 22: an idle keep-alive connection is parked (hyper's buffers freed, the socket kept)
+/// and serves its next request as before; the metric counts it while it waits.
+#[test]
+fn an_idle_connection_is_parked_and_serves_its_next_request() {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_up, gw) = gateway(
+        "idle_timeout = \"30s\"",
+        &format!("[admin]\nlisten = \"{admin}\"\n"),
+    );
+    wait_for_port(admin, Duration::from_secs(10));
+    let parked = || {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .find(|l| l.starts_with("portcullis_connections_parked "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    assert!(one_request(&mut s, "/public/x").starts_with("HTTP/1.1 200"));
+    eventually(
+        Duration::from_secs(10),
+        "the idle connection parked",
+        || (parked() == 1.0).then_some(()),
+    );
+    // Parked, not closed: the next request on the same socket is answered.
+    assert!(one_request(&mut s, "/public/y").starts_with("HTTP/1.1 200"));
+    assert_eq!(parked(), 0.0);
+    // A request sent in two pieces across the parking: the first bytes wake it.
+    eventually(Duration::from_secs(10), "parked again", || {
+        (parked() == 1.0).then_some(())
+    });
+    s.write_all(b"GET /public/z HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(one_request_rest(&mut s, "Host: a\r\n\r\n").starts_with("HTTP/1.1 200"));
 }

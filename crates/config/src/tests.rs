@@ -1470,7 +1470,10 @@ fn connection_bounds_are_checked_with_their_line() {
     let text = "[server]\nupstream = \"http://127.0.0.1:3000\"\nmax_connections = 0\nupstream_max_connections = 0\n[auth]\nusers = \"users.htpasswd\"\n";
     let d = errors_of(text, dir.path());
     let got = summary(&d);
-    assert!(got.contains(&("server.max_connections", Some(3), None)), "{got:?}");
+    assert!(
+        got.contains(&("server.max_connections", Some(3), None)),
+        "{got:?}"
+    );
     assert!(
         got.contains(&("server.upstream_max_connections", Some(4), None)),
         "{got:?}"

@@ -151,6 +151,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     audit: Mutex<Weak<crate::audit::AuditLog>>,
     connections_open: Gauge,
+    connections_parked: Gauge,
     connections_refused: Counter,
     connections_timed_out: Family<TimeoutLabels, Counter>,
 }
@@ -225,6 +226,7 @@ impl Metrics {
             audit: Mutex::new(Weak::new()),
             logs: Mutex::new(LogTally::default()),
             connections_open: Gauge::default(),
+            connections_parked: Gauge::default(),
             connections_refused: Counter::default(),
             connections_timed_out: Family::default(),
         };
@@ -238,6 +240,11 @@ impl Metrics {
             "connections_open",
             "Client connections open now (server.max_connections caps them)",
             m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_parked",
+            "Idle HTTP/1 client connections parked now: handed back by hyper after 2 s without a request, waiting for the next one with no buffer held",
+            m.connections_parked.clone(),
         );
         registry.register(
             "connections_refused",
@@ -350,6 +357,11 @@ impl Metrics {
     /// A client connection was opened (`+1`) or closed (`-1`).
     pub fn connection(&self, delta: i64) {
         self.connections_open.inc_by(delta);
+    }
+
+    /// An idle connection was parked (`+1`) or woke up or closed (`-1`).
+    pub fn connection_parked(&self, delta: i64) {
+        self.connections_parked.inc_by(delta);
     }
 
     /// A connection was closed at once: `server.max_connections` were open.

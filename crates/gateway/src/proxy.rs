@@ -104,7 +104,7 @@ impl Upstream {
         ctx: &ForwardContext<'_>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         let client_upgrade =
-            upgrade_protocol(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+            upgrade_protocol(req.headers()).map(|proto| (proto, ClientUpgrade::of(&mut req)));
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
 
@@ -271,9 +271,14 @@ impl Upstream {
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                let upstream_upgrade = async {
+                    upstream_upgrade
+                        .await
+                        .map(TokioIo::new)
+                        .map_err(|e| e.to_string())
+                };
+                match tokio::try_join!(client_upgrade.connection(), upstream_upgrade) {
+                    Ok((mut c, mut u)) => {
                         if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
                             tracing::debug!(error = %e, "upgraded connection ended");
                         }
@@ -396,6 +401,41 @@ impl http_body::Body for UpstreamBody {
         match &self.inner {
             Inner::Plain(b) => b.size_hint(),
             Inner::Hrefs(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Where the client's connection comes from once its upgrade is answered `101`: hyper (TLS and
+/// HTTP/2 connections) or the parked-connection server, which hands the socket over by hand
+/// ([`crate::server::ManualUpgrade`]).
+enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Manual(Option<tokio::sync::oneshot::Receiver<Box<dyn crate::server::UpgradedStream>>>),
+}
+
+impl ClientUpgrade {
+    fn of(req: &mut Request<Incoming>) -> ClientUpgrade {
+        match req
+            .extensions_mut()
+            .remove::<crate::server::ManualUpgrade>()
+        {
+            Some(manual) => ClientUpgrade::Manual(manual.take()),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    async fn connection(self) -> Result<Box<dyn crate::server::UpgradedStream>, String> {
+        match self {
+            ClientUpgrade::Hyper(on) => on
+                .await
+                .map(|u| Box::new(TokioIo::new(u)) as Box<dyn crate::server::UpgradedStream>)
+                .map_err(|e| e.to_string()),
+            ClientUpgrade::Manual(Some(rx)) => rx
+                .await
+                .map_err(|_| "the client connection was not handed over".to_owned()),
+            ClientUpgrade::Manual(None) => {
+                Err("the client connection was taken already".to_owned())
+            }
         }
     }
 }

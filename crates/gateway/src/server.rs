@@ -122,18 +122,16 @@ pub fn default_max_connections() -> usize {
     usize::try_from(usable.max(64)).unwrap_or(usize::MAX)
 }
 
-/// `server.upstream_max_connections` when the config leaves it out: the open-file limit left
-/// after `max_connections` client connections and the same reserve, so that clients and
-/// upstream connections together never run out of file descriptors.
+/// `server.upstream_max_connections` when the config leaves it out: half the open-file limit
+/// left after `max_connections` client connections and the same reserve (each slot may also
+/// keep one idle pooled connection), so that clients and upstream connections together never
+/// run out of file descriptors.
 pub fn default_upstream_max_connections(max_connections: usize) -> usize {
     let limit = rlimit::Resource::NOFILE
         .get()
         .map_or(1024, |(soft, _)| soft);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    limit
-        .saturating_sub(256)
-        .saturating_sub(max_connections)
-        .max(64)
+    (limit.saturating_sub(256).saturating_sub(max_connections) / 2).max(64)
 }
 
 /// Loads the certificate chain and key of `server.tls`, offering h2 and http/1.1 by ALPN.
@@ -194,6 +192,9 @@ pub fn connection_builder(config: &config::Config) -> auto::Builder<TokioExecuto
 pub struct Server {
     current: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
+    /// Set when the process drains (parked connections close, sessions end after their
+    /// request).
+    drain: tokio::sync::watch::Sender<bool>,
     /// Client connections open now (all listeners; `server.max_connections`).
     open: Arc<AtomicUsize>,
     loops: HashMap<
@@ -211,6 +212,7 @@ impl Server {
         let mut server = Server {
             current: Arc::new(ArcSwap::new(gateway)),
             graceful: Arc::new(GracefulShutdown::new()),
+            drain: tokio::sync::watch::channel(false).0,
             open: Arc::new(AtomicUsize::new(0)),
             loops: HashMap::new(),
         };
@@ -269,6 +271,7 @@ impl Server {
             let ctx = AcceptContext {
                 current: self.current.clone(),
                 graceful: self.graceful.clone(),
+                drain: self.drain.subscribe(),
                 open: self.open.clone(),
             };
             let task = tokio::spawn(accept_loop(listener, ctx, stop_rx));
@@ -280,6 +283,7 @@ impl Server {
     pub async fn shutdown(self, drain: Duration) {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.drain.send(true);
         for (_, (stop, task)) in self.loops {
             let _ = stop.send(true);
             let _ = task.await;
@@ -323,6 +327,7 @@ pub async fn serve(
 struct AcceptContext {
     current: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
+    drain: tokio::sync::watch::Receiver<bool>,
     /// Client connections open on every listener of the process.
     open: Arc<AtomicUsize>,
 }
@@ -338,6 +343,38 @@ impl Drop for OpenConnection {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.gateway.metrics().connection(-1);
     }
+}
+
+/// A client connection's byte stream after an upgrade (a WebSocket), whatever is underneath.
+pub trait UpgradedStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> UpgradedStream for T {}
+
+/// The connection of an upgrade request on a plain HTTP/1 connection (served by
+/// [`serve_h1_parked`], which hyper cannot upgrade itself): sent once the `101` is written.
+/// A request extension.
+#[derive(Clone)]
+pub struct ManualUpgrade(Arc<std::sync::Mutex<Option<UpgradeReceiver>>>);
+
+type UpgradeReceiver = tokio::sync::oneshot::Receiver<Box<dyn UpgradedStream>>;
+
+impl ManualUpgrade {
+    /// The connection once upgraded (once only).
+    pub fn take(&self) -> Option<UpgradeReceiver> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Whether a request asks to upgrade its connection (`Connection: upgrade`).
+fn wants_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// What the watchdog of one connection knows: when it was accepted, how many requests it has
@@ -357,6 +394,11 @@ pub(crate) struct ConnActivity {
     /// The head just read carried both `Content-Length` and `Transfer-Encoding` (hyper reads
     /// such a request as chunked and drops `Content-Length`, so the handler cannot see it).
     ambiguous: AtomicBool,
+    /// Where the connection goes when an upgrade request on a parked-capable connection is
+    /// answered `101`.
+    upgrade: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Box<dyn UpgradedStream>>>>,
+    /// Told when a request ends (the session loop then plans its parking).
+    ended: tokio::sync::Notify,
 }
 
 impl ConnActivity {
@@ -369,7 +411,46 @@ impl ConnActivity {
             head_started_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             ambiguous: AtomicBool::new(false),
+            upgrade: std::sync::Mutex::new(None),
+            ended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// A request on this connection asks to upgrade: the receiving end of its connection.
+    fn expect_upgrade(&self) -> ManualUpgrade {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self
+            .upgrade
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        ManualUpgrade(Arc::new(std::sync::Mutex::new(Some(rx))))
+    }
+
+    fn take_upgrade(&self) -> Option<tokio::sync::oneshot::Sender<Box<dyn UpgradedStream>>> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn upgrade_pending(&self) -> bool {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// How long the connection has had no request in flight (`None`: one is in flight, or
+    /// none has ended yet, or a head is arriving).
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0
+            || self.started.load(Ordering::Relaxed) == 0
+            || self.head_started_ms.load(Ordering::Relaxed) != 0
+        {
+            return None;
+        }
+        let last = self.last_end_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(last)))
     }
 
     fn now_ms(&self) -> u64 {
@@ -434,6 +515,9 @@ pin_project_lite::pin_project! {
         activity: Arc<ConnActivity>,
         first: bool,
         heads: HeadScanner,
+        // Bytes read (and watched) already, handed back by hyper when the connection was parked
+        // or upgraded: read again before the socket.
+        pending: bytes::Bytes,
     }
 }
 
@@ -444,6 +528,7 @@ impl<T> WatchedIo<T> {
             activity,
             first: true,
             heads: HeadScanner::default(),
+            pending: bytes::Bytes::new(),
         }
     }
 }
@@ -518,6 +603,11 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for WatchedIo<T> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.project();
+        if !this.pending.is_empty() {
+            let n = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -580,6 +670,7 @@ impl Drop for ActiveRequest {
             .last_end_ms
             .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_one();
     }
 }
 
@@ -621,6 +712,254 @@ async fn watch_connection<F>(
                 }
             }
         }
+    }
+}
+
+/// An idle HTTP/1 connection is handed back by hyper after this long without a request, and
+/// waits for the next one holding no buffers (hyper keeps 16 KiB per connection while it serves
+/// it). Clients that send again sooner keep their hyper connection.
+const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// Serves a plain connection: HTTP/2 with prior knowledge through hyper-util's auto builder as
+/// before, HTTP/1 in sessions. A session is one hyper connection; when it has been idle for
+/// [`PARK_AFTER`] it is shut down gracefully *without* closing the socket, hyper gives the socket
+/// and any bytes it had read back, and the connection is "parked": a wait for readability with
+/// no buffer, then a new session. The watchdog rules of [`watch_connection`] hold throughout
+/// (header_timeout from the accept and from a head's first byte, idle_timeout between
+/// requests). Upgrades (WebSocket) are done by hand, since a connection that can be taken back
+/// cannot be upgraded by hyper: the socket goes to the request's [`ManualUpgrade`].
+#[allow(clippy::too_many_arguments)]
+async fn serve_h1_parked<S, B>(
+    stream: tokio::net::TcpStream,
+    auto_builder: auto::Builder<TokioExecutor>,
+    service: S,
+    activity: Arc<ConnActivity>,
+    gateway: &Gateway,
+    peer: SocketAddr,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Unpin + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = &gateway.config().server;
+    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
+    let mut io = WatchedIo::new(stream, activity.clone());
+    // The first bytes, within header_timeout of the accept.
+    if !park(
+        &io,
+        &activity,
+        header_timeout,
+        idle_timeout,
+        &mut drain,
+        gateway,
+        peer,
+    )
+    .await
+    {
+        return;
+    }
+    // HTTP/2 with prior knowledge (its preface begins "PRI "), or bytes too few to tell: the
+    // auto builder, which tells them apart, serves the connection as before (unparked). Boxed,
+    // as each session is: a parked connection's task holds only what parking needs.
+    let mut first = [0u8; 4];
+    let n = io.inner.peek(&mut first).await.unwrap_or(0);
+    if n == 0 || b"PRI "[..n.min(4)] == first[..n.min(4)] {
+        let conn = auto_builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        Box::pin(watch_connection(
+            Box::pin(watcher.watch(conn)),
+            activity,
+            gateway,
+            peer,
+        ))
+        .await;
+        return;
+    }
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout.max(idle_timeout) + header_timeout)
+        .keep_alive(true);
+    let mut service = service;
+    loop {
+        let session = Box::pin(h1_session(
+            &h1, io, service, &activity, gateway, peer, &mut drain,
+        ));
+        match session.await {
+            Session::Closed => return,
+            Session::Upgraded(rest, upgrade) => {
+                // The 101 is written: the socket is the upgraded stream's now.
+                let _ = upgrade.send(Box::new(rest));
+                drop(watcher);
+                return;
+            }
+            Session::Parked(rest, s) => {
+                tracing::trace!(%peer, "connection parked");
+                io = rest;
+                service = s;
+            }
+        }
+        gateway.metrics().connection_parked(1);
+        let woke = park(
+            &io,
+            &activity,
+            header_timeout,
+            idle_timeout,
+            &mut drain,
+            gateway,
+            peer,
+        )
+        .await;
+        gateway.metrics().connection_parked(-1);
+        if !woke {
+            return;
+        }
+    }
+}
+
+/// How one HTTP/1 session of [`serve_h1_parked`] ended.
+enum Session<S> {
+    /// The connection is to be closed (the client closed or asked to, an error, a timeout, the
+    /// process draining).
+    Closed,
+    /// Idle: the socket (with the bytes hyper had read) and the service, to park.
+    Parked(WatchedIo<tokio::net::TcpStream>, S),
+    /// A request was answered `101`: the socket goes to its upgrade.
+    Upgraded(
+        WatchedIo<tokio::net::TcpStream>,
+        tokio::sync::oneshot::Sender<Box<dyn UpgradedStream>>,
+    ),
+}
+
+/// One hyper HTTP/1 connection over `io`, until it ends or has been idle for [`PARK_AFTER`].
+async fn h1_session<S, B>(
+    h1: &hyper::server::conn::http1::Builder,
+    io: WatchedIo<tokio::net::TcpStream>,
+    service: S,
+    activity: &ConnActivity,
+    gateway: &Gateway,
+    peer: SocketAddr,
+    drain: &mut tokio::sync::watch::Receiver<bool>,
+) -> Session<S>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = &gateway.config().server;
+    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
+    let mut conn = h1.serve_connection(TokioIo::new(io), service);
+    let mut parking = false;
+    let mut draining = *drain.borrow();
+    if draining {
+        std::pin::Pin::new(&mut conn).graceful_shutdown();
+    }
+    let ended = loop {
+        let timeout = activity.deadline(header_timeout, idle_timeout);
+        let park_at = match activity.idle_for() {
+            Some(idle) if !parking && !draining && !activity.upgrade_pending() => {
+                Some(tokio::time::Instant::now() + PARK_AFTER.saturating_sub(idle))
+            }
+            _ => None,
+        };
+        let wake = [timeout.map(|(at, _)| at), park_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + PARK_AFTER);
+        tokio::select! {
+            ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break ended,
+            () = tokio::time::sleep_until(wake) => {
+                let now = tokio::time::Instant::now();
+                if let Some((at, phase)) = activity.deadline(header_timeout, idle_timeout)
+                    && at <= now
+                {
+                    tracing::debug!(%peer, phase, "closing a silent connection");
+                    gateway.metrics().connection_timed_out(phase);
+                    return Session::Closed;
+                }
+                if !parking
+                    && !draining
+                    && !activity.upgrade_pending()
+                    && activity.idle_for().is_some_and(|idle| idle >= PARK_AFTER)
+                {
+                    parking = true;
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+            () = activity.ended.notified() => {}
+            changed = drain.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        return Session::Closed;
+    }
+    let parts = conn.into_parts();
+    let mut rest = parts.io.into_inner();
+    // Copied out: hyper's read buffer (8 KiB, however little is left in it) is freed.
+    rest.pending = if parts.read_buf.is_empty() {
+        bytes::Bytes::new()
+    } else {
+        bytes::Bytes::copy_from_slice(&parts.read_buf)
+    };
+    if let Some(upgrade) = activity.take_upgrade() {
+        return Session::Upgraded(rest, upgrade);
+    }
+    if !parking || draining {
+        // The client closed, or asked to (Connection: close), or the process drains.
+        return Session::Closed;
+    }
+    Session::Parked(rest, parts.service)
+}
+
+/// Waits, holding no buffer, until `io` has bytes to read; `false` when the connection is to be
+/// closed instead: silent past its deadline, the process draining, or a socket error.
+async fn park(
+    io: &WatchedIo<tokio::net::TcpStream>,
+    activity: &ConnActivity,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    drain: &mut tokio::sync::watch::Receiver<bool>,
+    gateway: &Gateway,
+    peer: SocketAddr,
+) -> bool {
+    if !io.pending.is_empty() {
+        return true;
+    }
+    if *drain.borrow() {
+        return false;
+    }
+    let (at, phase) = activity
+        .deadline(header_timeout, idle_timeout)
+        .unwrap_or((tokio::time::Instant::now() + idle_timeout, "idle"));
+    // A peek, not `readable()`: readiness can be reported before any byte is there.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = io.inner.peek(&mut first) => matches!(peeked, Ok(n) if n > 0),
+        () = tokio::time::sleep_until(at) => {
+            tracing::debug!(%peer, phase, "closing a silent connection");
+            gateway.metrics().connection_timed_out(phase);
+            false
+        }
+        _ = drain.changed() => false,
     }
 }
 
@@ -676,6 +1015,8 @@ async fn accept_loop(
         };
         let current = ctx.current.clone();
         let activity = Arc::new(ConnActivity::new());
+        // Plain connections are served by `serve_h1_parked`, which upgrades by hand.
+        let manual_upgrades = tls.is_none();
         let service = {
             let activity = activity.clone();
             service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -683,27 +1024,38 @@ async fn accept_loop(
                 if activity.take_ambiguous() {
                     req.extensions_mut().insert(crate::AmbiguousFraming);
                 }
-                let active = activity.begin();
-                async move {
-                    let response = gateway.handle(req, info).await?;
-                    Ok::<_, crate::Abort>(response.map(|b| crate::body::holding_active(b, active)))
+                if manual_upgrades
+                    && req.version() == http::Version::HTTP_11
+                    && wants_upgrade(req.headers())
+                {
+                    req.extensions_mut().insert(activity.expect_upgrade());
                 }
+                let active = activity.begin();
+                let activity = activity.clone();
+                // Boxed: `serve_h1_parked` needs an `Unpin` future to take the connection back.
+                Box::pin(async move {
+                    let response = gateway.handle(req, info).await?;
+                    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        // Not upgraded (refused, or the application said no): the connection
+                        // stays an HTTP connection.
+                        drop(activity.take_upgrade());
+                    }
+                    Ok::<_, crate::Abort>(response.map(|b| crate::body::holding_active(b, active)))
+                })
             })
         };
         let watcher = ctx.graceful.watcher();
+        let drain = ctx.drain.clone();
         tokio::spawn(async move {
             let _counted = counted;
             match tls {
                 None => {
-                    let conn = builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(WatchedIo::new(stream, activity.clone())),
-                            service,
-                        )
-                        .into_owned();
                     // Boxed: the task then holds a pointer, not room for the larger TLS
                     // connection state in every plain connection (memory per connection).
-                    watch_connection(Box::pin(watcher.watch(conn)), activity, &gateway, peer).await;
+                    Box::pin(serve_h1_parked(
+                        stream, builder, service, activity, &gateway, peer, drain, watcher,
+                    ))
+                    .await;
                 }
                 Some(acceptor) => {
                     // The handshake counts against header_timeout, from the accept.
