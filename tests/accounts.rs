@@ -467,3 +467,74 @@ fn links_are_mailed_over_starttls_to_a_server_with_a_private_ca() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert_eq!(smtp.messages().len(), 1);
 }
+
+/// Issue 12's drift: wrong second-factor codes count like wrong passwords, and the lockout they
+/// start is audited (`locked_out`) as a password lockout is; the next attempt is refused before
+/// the code is looked at.
+#[test]
+fn wrong_codes_lock_out_and_the_lockout_is_audited() {
+    let smtp = SmtpSink::start();
+    let (_up, gw) = start(&smtp);
+    let mut add = Command::new(BIN)
+        .args(["users", "add", "fay", "-c"])
+        .arg(gw.path("portcullis.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(b"fay-secret-pass-1\n")
+            .unwrap();
+    }
+    assert!(add.wait().unwrap().success());
+    users(&gw, &["totp", "enable", "fay"]);
+    runtime().block_on(async {
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let mut page = b.sign_in("fay", "fay-secret-pass-1", "/app").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        // Five wrong codes (the lockout's default max_failures); a six-digit code is never
+        // "1234567".
+        for n in 1..=5 {
+            let (pending, csrf) = (page.field("pending").unwrap(), page.field("csrf").unwrap());
+            page = b
+                .post(
+                    "/.portcullis/login",
+                    &[
+                        ("csrf", &csrf),
+                        ("rd", "/app"),
+                        ("pending", &pending),
+                        ("code", "1234567"),
+                    ],
+                )
+                .await;
+            assert_eq!(page.status, 401, "code {n}: {}", page.body);
+        }
+        let (pending, csrf) = (page.field("pending").unwrap(), page.field("csrf").unwrap());
+        let locked = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", "/app"),
+                    ("pending", &pending),
+                    ("code", "1234567"),
+                ],
+            )
+            .await;
+        assert_eq!(locked.status, 403, "{}", locked.body);
+    });
+    let audit = eventually(
+        std::time::Duration::from_secs(5),
+        "the lockout audited",
+        || {
+            std::fs::read_to_string(gw.path("audit.log"))
+                .ok()
+                .filter(|a| a.contains(r#""event":"locked_out""#))
+        },
+    );
+    assert!(audit.contains("fay"), "{audit}");
+}

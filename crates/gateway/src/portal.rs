@@ -1021,42 +1021,51 @@ impl Gateway {
                 false,
             );
         };
-        if let Ok(Some(ban)) = self.ban_for(visit.client_ip, &user).await {
-            let refusal = Refusal::new(Reason::LockedOut).with_retry_after(ban.remaining);
-            return self.login_again(
-                visit,
-                StatusCode::FORBIDDEN,
-                "Too many sign-in attempts failed, so signing in is blocked for a while, even with the right password.",
-                &user,
-                rd,
-                Some(&refusal),
-                false,
-            );
+        // The same lockout check as the password step (on_backend_error honoured, counted and
+        // audited): a code is a guess like a password.
+        if self.config.logon.enabled
+            && let Err(refusal) = self
+                .check_not_locked_out(visit.client_ip, &user, "form")
+                .await
+        {
+            let (status, message) = if refusal.reason == Reason::LockedOut {
+                (
+                    StatusCode::FORBIDDEN,
+                    "Too many sign-in attempts failed, so signing in is blocked for a while, even with the right password.",
+                )
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Signing in is not possible right now: a service it needs is unavailable. Try again in a minute.",
+                )
+            };
+            return self.login_again(visit, status, message, &user, rd, Some(&refusal), false);
         }
         if self.verifier.check_second_factor(&user, code).await {
             self.audit
                 .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": true}));
             // Only now is the sign-in complete: counted, audited, the failure count reset.
-            if let Err(e) = self
-                .state
-                .record_success(self.client_key(visit.client_ip), &user)
-                .await
-            {
-                tracing::error!(error = %e, "could not record the logon outcome");
+            if self.config.logon.enabled {
+                let recorded = self
+                    .state
+                    .record_success(self.client_key(visit.client_ip), &user)
+                    .await;
+                self.metrics.state_call(&self.state, recorded.is_ok());
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, "could not record the logon outcome");
+                }
             }
             self.signed_in(&user, visit.client_ip, true, "form");
             return self.start_session(visit, user, rd).await;
         }
         self.audit
             .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": false}));
-        if let Ok(bans) = self
-            .state
-            .record_failure(self.client_key(visit.client_ip), &user, &self.regulation)
-            .await
-        {
-            for ban in bans {
-                tracing::warn!(subject = %ban.subject, reason = ban.reason, "locked out");
-            }
+        if self.config.logon.enabled {
+            let recorded = self
+                .state
+                .record_failure(self.client_key(visit.client_ip), &user, &self.regulation)
+                .await;
+            self.note_bans(recorded);
         }
         self.code_step(
             visit,
