@@ -1,0 +1,160 @@
+//! Building a [`Gateway`] from a configuration: the policy, the user store, the state backend,
+//! the upstream, the pages, the logs. A reload builds a new one and swaps it in.
+
+use super::*;
+
+impl Gateway {
+    /// Builds the gateway: loads users, groups and pages, opens the access log. `metrics` is
+    /// the process's (created once, so that counters survive reloads).
+    pub fn new(
+        config: Config,
+        state: StateStore,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, BuildError> {
+        Gateway::build(config, state, None, metrics)
+    }
+
+    /// Builds the gateway for a reloaded `config`, keeping what must survive a reload: the state
+    /// store (limiter counters, bans), the access log when its target is unchanged, and the
+    /// user store with its verification cache when `auth.users` and `auth.cache_ttl` are.
+    pub fn rebuild(&self, config: Config, state: StateStore) -> Result<Gateway, BuildError> {
+        Gateway::build(config, state, Some(self), self.metrics.clone())
+    }
+
+    pub(crate) fn build(
+        config: Config,
+        state: StateStore,
+        previous: Option<&Gateway>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, BuildError> {
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(server::load_tls)
+            .transpose()
+            .map_err(BuildError::Tls)?;
+        let connection_builder = server::connection_builder(&config);
+        let source = match &config.auth.users {
+            config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
+            config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
+            config::UserSource::Sqlite(p) => store::verifier::UserSource::Sqlite(p.clone()),
+        };
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let same_users = |p: &Gateway| {
+            p.config.auth.users == config.auth.users
+                && p.config.auth.cache_ttl == config.auth.cache_ttl
+        };
+        let verifier = match previous.filter(|p| same_users(p)) {
+            Some(p) => p.verifier.clone(),
+            None => Arc::new(
+                Verifier::new(source, config.auth.cache_ttl, parallel)
+                    .map_err(|e| BuildError::Users(e.to_string()))?,
+            ),
+        };
+        let groups = match &config.auth.groups {
+            Some(path) => Groups::load(path.clone())
+                .map_err(|e| BuildError::Groups(format!("{}: {e}", path.display())))?,
+            None => Groups::none(),
+        };
+        let pages = Pages::load(config.errors.pages.as_deref()).map_err(BuildError::Pages)?;
+        let log = match previous.filter(|p| {
+            p.config.log.access == config.log.access && p.config.log.format == config.log.format
+        }) {
+            Some(p) => p.log.clone(),
+            None => Arc::new(
+                AccessLog::open(&config.log.access, config.log.format)
+                    .map_err(BuildError::AccessLog)?,
+            ),
+        };
+        let audit = match (
+            previous.filter(|p| p.config.log.audit == config.log.audit),
+            &config.log.audit,
+        ) {
+            (Some(p), _) => p.audit.clone(),
+            (None, Some(path)) => Arc::new(AuditLog::open(path).map_err(BuildError::AccessLog)?),
+            (None, None) => Arc::new(AuditLog::off()),
+        };
+        let policy = config.policy();
+        let paths = portal::Paths::new(&config.portal.prefix);
+        let mailer = account::mailer_for(&config).map_err(BuildError::Mail)?;
+        let challenges = policy
+            .auth
+            .challenges(&paths.login)
+            .iter()
+            .filter_map(|c| HeaderValue::from_str(c).ok())
+            .collect();
+        let hosts = policy
+            .ip
+            .needs_host_name()
+            .then(|| HostResolver::new(DNS_TIMEOUT));
+        let filter = config.filter.clone().map(FilterClient::new);
+        let upstream = config.server.upstream.as_ref().map(|u| {
+            let max = config.server.upstream_max_connections.unwrap_or_else(|| {
+                server::default_upstream_max_connections(
+                    config
+                        .server
+                        .max_connections
+                        .unwrap_or_else(server::default_max_connections),
+                )
+            });
+            Upstream::new(
+                u,
+                config.server.connect_timeout,
+                config.server.upstream_timeout,
+                max,
+            )
+        });
+        let limits = Limits {
+            max_concurrent: config.dynamic.max_concurrent,
+            rate: config.dynamic.rate.map(|(max_requests, interval)| Rate {
+                max_requests,
+                interval,
+            }),
+        };
+        let regulation = Regulation {
+            max_failures: config.logon.max_failures,
+            find_time: config.logon.find_time,
+            ban_time: config.logon.ban_time,
+        };
+        metrics.attach_access_log(&log);
+        metrics.attach_audit_log(&audit);
+        let suspects = match previous {
+            Some(p) => p.suspects.clone(),
+            None => moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.logon.find_time.max(Duration::from_secs(60)))
+                .build(),
+        };
+        let known_users = match previous {
+            Some(p) => p.known_users.clone(),
+            None => moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(KNOWN_CLIENT_MEMORY.max(config.logon.ban_time))
+                .build(),
+        };
+        Ok(Gateway {
+            suspects,
+            known_users,
+            metrics,
+            config,
+            policy,
+            challenges,
+            verifier,
+            groups,
+            hosts,
+            filter,
+            upstream,
+            pages,
+            log,
+            limits,
+            regulation,
+            state,
+            tls,
+            audit,
+            connection_builder,
+            paths,
+            mailer,
+        })
+    }
+}

@@ -1,0 +1,271 @@
+//! Sign-in by password (Basic, the form) and its guards: the lockout check (honouring
+//! `state.on_backend_error`), the hash queue, failure counting, metrics and the audit log. The
+//! second-factor step (portal.rs) uses the same checks.
+
+use super::*;
+
+impl Gateway {
+    /// Phase 5 for a user name and password (Basic, or the sign-in form: `method`): lockout,
+    /// password check, failure counting.
+    pub(crate) async fn authenticate_password(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        password: String,
+        method: &'static str,
+    ) -> Result<Identity, Refusal> {
+        // A form sign-in is always a fresh check: it starts a session, so it is audited.
+        let always_fresh = method == "form";
+        if !self.config.logon.enabled {
+            let (accepted, fresh) = self.verify(user, &password, client_ip, method).await?;
+            drop(password);
+            let mut identity = self.policy.auth.after_verification(user, accepted)?;
+            if !(method == "form" && self.verifier.has_second_factor(user).await) {
+                self.signed_in(user, client_ip, fresh || always_fresh, method);
+            }
+            identity.groups = self.groups_of(user);
+            return Ok(identity);
+        }
+        // Locked out: refused before the password is even looked at.
+        self.check_not_locked_out(client_ip, user, method).await?;
+        let (accepted, fresh) = self.verify(user, &password, client_ip, method).await?;
+        let fresh = fresh || always_fresh;
+        drop(password);
+        // Guesses sent in parallel all pass the ban check above before any of them fails; if
+        // they started a ban while this password was being checked, a right guess among them
+        // must not get in.
+        if accepted
+            && fresh
+            && let Ok(Some(ban)) = self.ban_for(client_ip, user).await
+        {
+            self.metrics.auth(method, AuthOutcome::LockedOut);
+            self.audit
+                .sign_in(false, user, client_ip, method, Some("locked_out"));
+            return Err(Refusal::new(Reason::LockedOut)
+                .with_retry_after(ban.remaining)
+                .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
+        }
+        // A right password of a user with a second factor is not a sign-in yet: it is counted
+        // and audited when the code is (portal::second_factor).
+        let factor_pending =
+            accepted && method == "form" && self.verifier.has_second_factor(user).await;
+        // A cached acceptance repeats one already recorded: no state round trip for it.
+        let recorded = if (accepted && !fresh) || factor_pending {
+            Ok(Vec::new())
+        } else if accepted {
+            self.state
+                .record_success(self.client_key(client_ip), user)
+                .await
+                .map(|()| Vec::new())
+        } else {
+            self.state
+                .record_failure(self.client_key(client_ip), user, &self.regulation)
+                .await
+        };
+        self.note_bans(recorded);
+        let mut identity = self.policy.auth.after_verification(user, accepted)?;
+        if !factor_pending {
+            self.signed_in(user, client_ip, fresh, method);
+        }
+        identity.groups = self.groups_of(user);
+        Ok(identity)
+    }
+
+    /// Refuses a sign-in to a locked-out address or user (or when the ban check cannot be made
+    /// and `state.on_backend_error = "closed"`), counting and auditing it.
+    pub(crate) async fn check_not_locked_out(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        method: &'static str,
+    ) -> Result<(), Refusal> {
+        let ban = self.ban_for(client_ip, user).await;
+        self.metrics.state_call(&self.state, ban.is_ok());
+        match ban {
+            Ok(None) => Ok(()),
+            Ok(Some(ban)) => {
+                self.metrics.auth(method, AuthOutcome::LockedOut);
+                self.audit
+                    .sign_in(false, user, client_ip, method, Some("locked_out"));
+                Err(Refusal::new(Reason::LockedOut)
+                    .with_retry_after(ban.remaining)
+                    .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)))
+            }
+            Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
+                self.metrics.auth(method, AuthOutcome::StateUnavailable);
+                Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ban check skipped (on_backend_error = \"open\")");
+                Ok(())
+            }
+        }
+    }
+
+    /// Logs and audits the bans a recorded failure started (or the failure to record it).
+    pub(crate) fn note_bans(
+        &self,
+        recorded: Result<Vec<store::state::Ban>, store::state::Unavailable>,
+    ) {
+        self.metrics.state_call(&self.state, recorded.is_ok());
+        match recorded {
+            Ok(bans) => {
+                for ban in bans {
+                    let until = humantime::format_rfc3339_seconds(ban.until).to_string();
+                    tracing::warn!(subject = %ban.subject, reason = ban.reason, until, "locked out");
+                    self.audit.record(
+                        "locked_out",
+                        serde_json::json!({"subject": ban.subject.to_string(), "reason": ban.reason, "until": until}),
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not record the logon outcome"),
+        }
+    }
+
+    /// Basic for a user with a second factor: Basic cannot carry the code, so it is refused
+    /// (401.1) — as any wrong password is, so that neither the answer nor its timing tells a
+    /// guesser which users have a second factor: the lockout is checked first, the password is
+    /// hashed (never answered from the cache, whose speed would mark the right password) and
+    /// the attempt counts as a failure.
+    pub(crate) async fn refuse_second_factor_basic(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        password: String,
+    ) -> Refusal {
+        let logon = self.config.logon.enabled;
+        if logon && let Err(refusal) = self.check_not_locked_out(client_ip, user, "basic").await {
+            return refusal;
+        }
+        let verification = self
+            .verifier
+            .verify_uncached(
+                user,
+                &password,
+                store::hash_queue::Lane::Suspect,
+                self.config.auth.verify_queue_timeout,
+            )
+            .await;
+        drop(password);
+        self.metrics.verification(store::Answer::Hashed);
+        if let Verification::Busy(busy) = verification {
+            self.metrics.auth("basic", AuthOutcome::Busy);
+            return Refusal::new(Reason::VerifierBusy)
+                .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
+                .with_detail(format!(
+                    "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
+                    self.config.auth.verify_queue_timeout
+                ));
+        }
+        self.suspects.insert(self.client_key(client_ip), ());
+        self.metrics.auth("basic", AuthOutcome::Refused);
+        self.audit.sign_in(
+            false,
+            user,
+            client_ip,
+            "basic",
+            Some("second_factor_required"),
+        );
+        if logon {
+            let recorded = self
+                .state
+                .record_failure(self.client_key(client_ip), user, &self.regulation)
+                .await;
+            self.note_bans(recorded);
+        }
+        Refusal::new(Reason::LogonFailed).with_detail(format!(
+            "{user} has a second factor (TOTP) and must sign in with the sign-in form"
+        ))
+    }
+
+    /// Checks a password, counting the sign-in outcome and how the answer was found.
+    /// Returns whether the password was accepted and whether that took a fresh hash check (a
+    /// sign-in, for the audit log) rather than the verification cache.
+    ///
+    /// Passwords over [`store::MAX_PASSWORD_BYTES`] are refused without a hash check (their cost
+    /// grows with their length). A check waits for a hashing worker at most
+    /// `auth.verify_queue_timeout`, behind every client without a recent failure when this
+    /// one has failed lately; past that it is `503 verifier_busy`.
+    pub(crate) async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        client_ip: IpAddr,
+        method: &'static str,
+    ) -> Result<(bool, bool), Refusal> {
+        let client = self.client_key(client_ip);
+        let (verification, answer) = if password.len() > store::MAX_PASSWORD_BYTES {
+            (Verification::Refused, store::Answer::Cached)
+        } else {
+            let lane = if self.known_users.contains_key(&(client, user.to_owned())) {
+                store::hash_queue::Lane::Known
+            } else if self.suspects.contains_key(&client) {
+                store::hash_queue::Lane::Suspect
+            } else {
+                store::hash_queue::Lane::Preferred
+            };
+            self.verifier
+                .verify_queued(user, password, lane, self.config.auth.verify_queue_timeout)
+                .await
+        };
+        let accepted = match verification {
+            Verification::Accepted => true,
+            Verification::Refused => false,
+            Verification::Busy(busy) => {
+                self.metrics.auth(method, AuthOutcome::Busy);
+                return Err(Refusal::new(Reason::VerifierBusy)
+                    .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
+                    .with_detail(format!(
+                        "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
+                        self.config.auth.verify_queue_timeout
+                    )));
+            }
+        };
+        self.metrics.verification(answer);
+        let fresh = matches!(answer, store::Answer::Hashed);
+        if !accepted {
+            self.suspects.insert(client, ());
+            self.audit
+                .sign_in(false, user, client_ip, method, Some("logon_failed"));
+            self.metrics.auth(method, AuthOutcome::Refused);
+        }
+        Ok((accepted, fresh))
+    }
+
+    /// The ban that stops `user` signing in from `client_ip`: on the client (its key), or on the
+    /// user name unless this client signed in as that user within `logon.ban_time` — a
+    /// guesser elsewhere must not lock the real user out.
+    pub(crate) async fn ban_for(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+    ) -> Result<Option<store::state::Ban>, store::state::Unavailable> {
+        let client = self.client_key(client_ip);
+        let known = self
+            .known_users
+            .get(&(client, user.to_owned()))
+            .is_some_and(|at| at.elapsed() < self.config.logon.ban_time);
+        self.state.ban_for(client, (!known).then_some(user)).await
+    }
+
+    /// Counts an accepted sign-in, once it is certain (after the lockout re-check); a fresh one
+    /// (a real password check, not the cache) is also audited and recorded in the user store.
+    pub(crate) fn signed_in(
+        &self,
+        user: &str,
+        client_ip: IpAddr,
+        fresh: bool,
+        method: &'static str,
+    ) {
+        self.metrics.auth(method, AuthOutcome::Accepted);
+        self.known_users.insert(
+            (self.client_key(client_ip), user.to_owned()),
+            Instant::now(),
+        );
+        if fresh {
+            self.audit.sign_in(true, user, client_ip, method, None);
+            self.verifier.record_sign_in(user);
+        }
+    }
+}
