@@ -538,3 +538,52 @@ fn wrong_codes_lock_out_and_the_lockout_is_audited() {
     );
     assert!(audit.contains("fay"), "{audit}");
 }
+
+/// A spent link is an answer (410), not a refusal: the log names no reason for it (it was
+/// logged as `bad_request`); a user database that cannot be read is `state_unavailable`, 503.
+#[test]
+fn account_pages_log_what_happened() {
+    let smtp = SmtpSink::start();
+    let upstream = TestUpstream::start();
+    let config = util::portal::ACCOUNTS_CONFIG
+        .replace("@SMTP@", &smtp.port.to_string())
+        .replace(
+            "access = \"access.log\"",
+            "access = \"access.json\"\nformat = \"json\"",
+        );
+    let gw = Gateway::start(&config, upstream.addr, &[]);
+    let (link, _) = users(&gw, &["invite", "dora"]);
+    let reason_of = |status: u16| {
+        eventually(std::time::Duration::from_secs(5), "the log line", || {
+            std::fs::read_to_string(gw.path("access.json"))
+                .ok()?
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["sc_status"] == status)
+                .last()
+                .map(|v| v["reason"].clone())
+        })
+    };
+    runtime().block_on(async {
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let r = choose(
+            &mut b,
+            &link,
+            "quiet harbor lantern 55",
+            "quiet harbor lantern 55",
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(b.get(&link).await.status, 410);
+    });
+    assert_eq!(reason_of(410), serde_json::Value::Null);
+    // The user database unreadable (a directory where the file was): 503 state_unavailable.
+    std::fs::remove_file(gw.path("users.db")).unwrap();
+    std::fs::create_dir(gw.path("users.db")).unwrap();
+    runtime().block_on(async {
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let r = b.get(&link).await;
+        assert_eq!(r.status, 503, "{}", r.body);
+    });
+    assert_eq!(reason_of(503), "state_unavailable");
+}

@@ -57,7 +57,14 @@ impl Gateway {
         ctx.notice = notice;
         Outcome {
             response: html(status, self.pages.render_portal(&ctx)),
-            reason: (status.as_u16() >= 400).then_some(Reason::BadRequest),
+            // What the log and the metrics call it: a user database that cannot be read or
+            // written is 503 state_unavailable; a spent link (410) or a page this site does not
+            // offer (404) is an answer, not a refusal; anything else sent wrong is bad_request.
+            reason: match status.as_u16() {
+                503 => Some(Reason::StateUnavailable),
+                404 | 410 | 200..=399 => None,
+                _ => Some(Reason::BadRequest),
+            },
             user: None,
         }
     }
