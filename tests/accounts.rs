@@ -558,9 +558,9 @@ fn account_pages_log_what_happened() {
             std::fs::read_to_string(gw.path("access.json"))
                 .ok()?
                 .lines()
+                .rev()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["sc_status"] == status)
-                .last()
+                .find(|v| v["sc_status"] == status)
                 .map(|v| v["reason"].clone())
         })
     };
