@@ -277,3 +277,23 @@ fn an_idle_connection_is_parked_and_serves_its_next_request() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(one_request_rest(&mut s, "Host: a\r\n\r\n").starts_with("HTTP/1.1 200"));
 }
+
+/// A head that arrived in part behind a pipelined request is kept across the park: the
+/// connection is not parked while it is incomplete, and its rest completes it (a lost part
+/// would make the rest a malformed request).
+#[test]
+fn a_partial_pipelined_head_survives_the_idle_wait() {
+    let (_up, gw) = gateway("header_timeout = \"10s\"\nidle_timeout = \"30s\"", "");
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let first = exchange(
+        &mut s,
+        b"GET /public/a HTTP/1.1\r\nHost: a\r\n\r\nGET /public/b HTTP/1.1\r\n",
+    );
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Longer than the 2 s after which an idle connection is parked.
+    std::thread::sleep(Duration::from_millis(3500));
+    let second = one_request_rest(&mut s, "Host: a\r\n\r\n");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // The upstream saw /public/b, complete.
+    assert!(second.contains("/public/b"), "{second}");
+}

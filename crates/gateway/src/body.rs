@@ -97,12 +97,15 @@ pin_project_lite::pin_project! {
     pub struct ActiveBody<B> {
         #[pin]
         inner: B,
-        active: crate::server::ActiveRequest,
+        active: crate::connection::ActiveRequest,
     }
 }
 
 /// Wraps `inner` so that `active` ends with it.
-pub(crate) fn holding_active<B>(inner: B, active: crate::server::ActiveRequest) -> ActiveBody<B> {
+pub(crate) fn holding_active<B>(
+    inner: B,
+    active: crate::connection::ActiveRequest,
+) -> ActiveBody<B> {
     ActiveBody { inner, active }
 }
 

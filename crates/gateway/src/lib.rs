@@ -14,6 +14,7 @@ pub mod audit;
 pub mod base_path;
 pub mod body;
 mod build;
+mod connection;
 pub mod dns;
 pub mod filter;
 mod forward_auth;
