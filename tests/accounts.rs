@@ -11,6 +11,26 @@ use util::browser::Browser;
 use util::portal::{start_accounts as start, users_cli as users};
 use util::*;
 
+/// `portcullis users add USER` with the password typed on standard input.
+fn add_user(gw: &Gateway, user: &str, password: &str) {
+    let mut add = Command::new(BIN)
+        .args(["users", "add", user, "-c"])
+        .arg(gw.path("portcullis.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+    }
+    assert!(add.wait().unwrap().success());
+}
+
 /// Sets a password through the link's page; returns the answer to the POST.
 async fn choose(b: &mut Browser, link: &str, password: &str, confirm: &str) -> util::browser::Page {
     let page = b.get(link).await;
@@ -230,22 +250,7 @@ fn a_totp_second_factor_is_asked_after_the_password() {
         config.replace(r#"schemes = ["form"]"#, r#"schemes = ["form", "basic"]"#),
     )
     .unwrap();
-    let mut add = Command::new(BIN)
-        .args(["users", "add", "erin", "-c"])
-        .arg(gw.path("portcullis.toml"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        add.stdin
-            .take()
-            .unwrap()
-            .write_all(b"erin-secret-pass\n")
-            .unwrap();
-    }
-    assert!(add.wait().unwrap().success());
+    add_user(&gw, "erin", "erin-secret-pass");
     let (uri, _) = users(&gw, &["totp", "enable", "erin"]);
     assert!(
         uri.starts_with("otpauth://totp/Restricted%20area:erin?secret="),
@@ -475,22 +480,7 @@ fn links_are_mailed_over_starttls_to_a_server_with_a_private_ca() {
 fn wrong_codes_lock_out_and_the_lockout_is_audited() {
     let smtp = SmtpSink::start();
     let (_up, gw) = start(&smtp);
-    let mut add = Command::new(BIN)
-        .args(["users", "add", "fay", "-c"])
-        .arg(gw.path("portcullis.toml"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        add.stdin
-            .take()
-            .unwrap()
-            .write_all(b"fay-secret-pass-1\n")
-            .unwrap();
-    }
-    assert!(add.wait().unwrap().success());
+    add_user(&gw, "fay", "fay-secret-pass-1");
     users(&gw, &["totp", "enable", "fay"]);
     runtime().block_on(async {
         let mut b = Browser::new(&format!("http://{}", gw.addr));

@@ -256,23 +256,20 @@ fn the_readme_quick_start_works_as_written() {
         commands.iter().any(|c| c.starts_with("export PATH=")),
         "the quick start must say how portcullis gets on PATH"
     );
-    let sh = |cmd: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(dir.path())
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    std::path::Path::new(BIN).parent().unwrap().display(),
-                    std::env::var("PATH").unwrap()
-                ),
-            )
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+    // A shell in the quick start's folder, with the built binary on PATH (its step 1).
+    let shell = |cmd: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(cmd).current_dir(dir.path()).env(
+            "PATH",
+            format!(
+                "{}:{}",
+                std::path::Path::new(BIN).parent().unwrap().display(),
+                std::env::var("PATH").unwrap()
+            ),
+        );
+        c
     };
+    let sh = |cmd: &str| shell(cmd).stdin(Stdio::null()).output().unwrap();
     let check = commands
         .iter()
         .find(|c| c.contains("check-config"))
@@ -286,18 +283,7 @@ fn the_readme_quick_start_works_as_written() {
 
     // The stand-in application and the gateway, each as the README starts them.
     let spawn = |cmd: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec {cmd}"))
-            .current_dir(dir.path())
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    std::path::Path::new(BIN).parent().unwrap().display(),
-                    std::env::var("PATH").unwrap()
-                ),
-            )
+        shell(&format!("exec {cmd}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
