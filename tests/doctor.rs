@@ -127,6 +127,15 @@ fn network_tls_missing_pages_and_failing_servers() {
     let site = tempfile::tempdir().unwrap();
     std::fs::create_dir(site.path().join("reports")).unwrap();
     std::fs::write(site.path().join("reports/index.html"), "<p>reports</p>").unwrap();
+    std::fs::create_dir(site.path().join("private")).unwrap();
+    std::fs::write(site.path().join("private/index.html"), "<p>private</p>").unwrap();
+    // A sign-in page: /login redirects to /login/ (http.server adds the slash), a form.
+    std::fs::create_dir(site.path().join("login")).unwrap();
+    std::fs::write(
+        site.path().join("login/index.html"),
+        "<form method=post><input name=user><input type=\"password\" name=pw></form>",
+    )
+    .unwrap();
     let port = free_port();
     let _py = Python(
         Command::new("python3")
@@ -156,6 +165,17 @@ fn network_tls_missing_pages_and_failing_servers() {
             .contains("/reports/ answers 200"),
         "{r}"
     );
+    // A typo: the parent's links give the near path that exists; the parent itself is not
+    // suggested.
+    let (v, r) = verdict(&[&format!("http://127.0.0.1:{port}/privte")]);
+    assert_eq!(v, "not_found");
+    let advice = r["advice"][0].as_str().unwrap();
+    assert!(advice.contains("/private/ answers 200"), "{r}");
+    assert!(!advice.contains(" / answers"), "{r}");
+    // Sent on to a page with a password field: a sign-in is required, not "ok".
+    let (v, r) = verdict(&[&format!("http://127.0.0.1:{port}/login")]);
+    assert_eq!(v, "login_required", "{r}");
+    assert!(r["advice"][0].as_str().unwrap().contains("/login/"), "{r}");
 
     // Nothing listening; a name that does not resolve.
     let closed = free_port();

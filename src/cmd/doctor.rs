@@ -53,6 +53,60 @@ struct Answer {
     /// `reason` of a problem+json body (a Portcullis answer).
     reason: Option<String>,
     final_url: reqwest::Url,
+    /// An HTML page with a password field: a sign-in form.
+    sign_in_form: bool,
+    /// The links of an HTML page (`href` values, as written).
+    links: Vec<String>,
+}
+
+/// The most of an HTML page read for its form and links.
+const MAX_PAGE_BYTES: usize = 256 * 1024;
+
+/// Whether an HTML page has a password field, and its links.
+fn read_page(html: &str) -> (bool, Vec<String>) {
+    let lower = html.to_ascii_lowercase();
+    let form = ["type=\"password\"", "type='password'", "type=password"]
+        .iter()
+        .any(|p| lower.contains(p));
+    let mut links = Vec::new();
+    // (ASCII lower-casing keeps every byte offset, so `lower`'s positions index `html`.)
+    let mut pos = 0;
+    while let Some(i) = lower[pos..].find("href=") {
+        let rest = &html[pos + i + 5..];
+        let (quote, body) = match rest.chars().next() {
+            Some(q @ ('"' | '\'')) => (Some(q), &rest[1..]),
+            _ => (None, rest),
+        };
+        let end = match quote {
+            Some(q) => body.find(q),
+            None => body.find(|c: char| c.is_whitespace() || c == '>'),
+        }
+        .unwrap_or(body.len());
+        links.push(body[..end].to_owned());
+        pos = html.len() - body.len() + end;
+        if links.len() >= 1000 {
+            break;
+        }
+    }
+    (form, links)
+}
+
+/// Levenshtein distance (case-insensitive), for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        a.to_lowercase().chars().collect(),
+        b.to_lowercase().chars().collect(),
+    );
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 enum Failure {
@@ -202,6 +256,24 @@ async fn diagnose(
     let status = plain.status;
     // 4. What the answer means.
     match status {
+        200..=299 if !plain.hops.is_empty() && plain.sign_in_form => {
+            findings.push(format!(
+                "the request was sent on to {}, a page with a password field: a sign-in form",
+                plain.final_url
+            ));
+            report(
+                "login_required",
+                status,
+                findings,
+                vec![
+                    format!(
+                        "Sign in on the site's sign-in page ({}), then open the address again.",
+                        plain.final_url
+                    ),
+                    "A browser is sent there by itself; a script needs the site's API credentials instead.".into(),
+                ],
+            )
+        }
         200..=299 => report(
             "ok",
             status,
@@ -210,21 +282,16 @@ async fn diagnose(
         ),
         401 => login(&client, &url, &plain, credentials, findings).await,
         404 | 410 => {
-            let variants = near_variants(&url);
-            let mut found = Vec::new();
-            for v in variants {
-                if let Ok(a) = fetch(&client, &v, None, None).await
-                    && !matches!(a.status, 404 | 410)
-                {
-                    found.push(format!("{} answers {}", v.path(), a.status));
-                }
-            }
+            let (near, parent) = near_paths(&client, &url).await;
             let mut advice = vec!["Check the address for typing mistakes (letter case, a missing or extra '/').".to_owned()];
-            if found.is_empty() {
+            if let Some(p) = parent {
+                findings.push(p);
+            }
+            if near.is_empty() {
                 findings.push("no near variant of the path exists either".into());
             } else {
-                advice.insert(0, format!("Did you mean: {}?", found.join("; ")));
-                findings.extend(found);
+                advice.insert(0, format!("Did you mean: {}?", near.join("; ")));
+                findings.extend(near);
             }
             report("not_found", status, findings, advice)
         }
@@ -514,6 +581,8 @@ async fn fetch(
                     looped: true,
                     reason: None,
                     final_url: next,
+                    sign_in_form: false,
+                    links: Vec::new(),
                 });
             }
             current = next;
@@ -523,15 +592,29 @@ async fn fetch(
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.contains("json"));
-        let reason = if is_problem {
-            response
+        let is_html = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("html"));
+        let (mut reason, mut sign_in_form, mut links) = (None, false, Vec::new());
+        if is_problem {
+            reason = response
                 .json::<serde_json::Value>()
                 .await
                 .ok()
-                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
-        } else {
-            None
-        };
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned));
+        } else if is_html && (200..300).contains(&status) {
+            // At most MAX_PAGE_BYTES of the page: its password field and its links.
+            let mut body = Vec::new();
+            let mut response = response;
+            while body.len() < MAX_PAGE_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            (sign_in_form, links) = read_page(&String::from_utf8_lossy(&body));
+        }
         return Ok(Answer {
             status,
             headers,
@@ -539,6 +622,8 @@ async fn fetch(
             looped: false,
             reason,
             final_url: current,
+            sign_in_form,
+            links,
         });
     }
 }
@@ -601,6 +686,54 @@ fn param(challenge: &str, name: &str) -> Option<String> {
 }
 
 /// Addresses one typing mistake away: the other trailing slash, lower case, the parent folder.
+/// Paths near a missing one that answer: the trailing-slash and lower-case variants, and the
+/// links of the parent page whose path is a typo away (edit distance 2 at most). Returns them
+/// ("PATH answers STATUS") and, apart, what the parent answers (a finding, not a suggestion).
+async fn near_paths(client: &reqwest::Client, url: &reqwest::Url) -> (Vec<String>, Option<String>) {
+    let path = url.path().trim_end_matches('/');
+    let parent_path = match path.rsplit_once('/') {
+        Some((p, _)) => format!("{p}/"),
+        None => "/".to_owned(),
+    };
+    let mut candidates: Vec<reqwest::Url> = near_variants(url)
+        .into_iter()
+        .filter(|v| v.path() != parent_path)
+        .collect();
+    let mut parent_url = url.clone();
+    parent_url.set_path(&parent_path);
+    parent_url.set_query(None);
+    let mut parent_finding = None;
+    if let Ok(parent) = fetch(client, &parent_url, None, None).await {
+        parent_finding = Some(format!(
+            "the parent {parent_path} answers {}",
+            parent.status
+        ));
+        let mut links: Vec<(usize, reqwest::Url)> = parent
+            .links
+            .iter()
+            .filter_map(|l| parent.final_url.join(l).ok())
+            .filter(|u| u.origin() == url.origin())
+            .map(|u| (distance(u.path().trim_end_matches('/'), path), u))
+            .filter(|(d, u)| *d > 0 && *d <= 2 && u.path() != parent_path)
+            .collect();
+        links.sort_by_key(|(d, _)| *d);
+        candidates.extend(links.into_iter().take(5).map(|(_, u)| u));
+    }
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for v in candidates {
+        if !seen.insert(v.path().to_owned()) {
+            continue;
+        }
+        if let Ok(a) = fetch(client, &v, None, None).await
+            && !matches!(a.status, 404 | 410)
+        {
+            found.push(format!("{} answers {}", v.path(), a.status));
+        }
+    }
+    (found, parent_finding)
+}
+
 fn near_variants(url: &reqwest::Url) -> Vec<reqwest::Url> {
     let path = url.path();
     let mut paths = Vec::new();
@@ -656,5 +789,18 @@ mod tests {
             .map(|u| u.path().to_owned())
             .collect();
         assert_eq!(v, ["/Docs/Guide/", "/docs/guide", "/docs/guide/", "/Docs/"]);
+    }
+
+    #[test]
+    fn pages_forms_links_and_typos() {
+        let (form, links) = read_page(
+            r#"<a HREF="/private/">p</a> <a href='x y'>q</a> <a href=/z>z</a><INPUT TYPE="password"> <a href="#,
+        );
+        assert!(form);
+        assert_eq!(links, ["/private/", "x y", "/z", ""]);
+        assert!(!read_page("<input type=text>").0);
+        assert_eq!(distance("/privte", "/private"), 1);
+        assert_eq!(distance("/Reports", "/reports"), 0);
+        assert_eq!(distance("/a", "/abc"), 2);
     }
 }
