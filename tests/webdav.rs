@@ -33,6 +33,8 @@ impl Apache {
         let share = dir.path().join("www/dav");
         std::fs::create_dir_all(share.join("sub")).unwrap();
         std::fs::create_dir_all(share.join("private")).unwrap();
+        std::fs::create_dir_all(share.join("sub/locked")).unwrap();
+        std::fs::write(share.join("sub/locked/keep.txt"), "keep\n").unwrap();
         std::fs::write(share.join("sub/hello.txt"), "hello from the share\n").unwrap();
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         // httpd started as root serves as an unprivileged user: it must be able to write.
@@ -133,6 +135,11 @@ groups = "groups.txt"
 path = "/private/**"
 allow = ["group:admins"]
 
+[[rule]]
+path = "/sub/locked/**"
+deny = ["user:alice"]
+allow = ["*"]
+
 [log]
 access = "access.log"
 "#,
@@ -179,7 +186,11 @@ fn a_webdav_share_under_a_base_path_works_through_portcullis() {
     assert!(ok, "rclone lsf failed: {err}");
     let mut names: Vec<&str> = listing.lines().collect();
     names.sort_unstable();
-    assert_eq!(names, ["café.txt", "hello.txt"], "listing: {listing}");
+    assert_eq!(
+        names,
+        ["café.txt", "hello.txt", "locked/"],
+        "listing: {listing}"
+    );
     let (ok, _, err) = rclone(&gw, &["moveto", "gw:sub/café.txt", "gw:sub/moved é.txt"]);
     assert!(ok, "rclone moveto failed: {err}");
     let (ok, text, err) = rclone(&gw, &["cat", "gw:sub/moved é.txt"]);
@@ -280,6 +291,24 @@ fn a_webdav_share_under_a_base_path_works_through_portcullis() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
+
+        // Deleting (or moving) the folder would reach /sub/locked, which alice may not touch:
+        // refused as a whole, and nothing is deleted.
+        for method in [&b"DELETE"[..], b"MOVE"] {
+            let r = c
+                .request(
+                    reqwest::Method::from_bytes(method).unwrap(),
+                    gw.url("/sub/"),
+                )
+                .basic_auth("alice", Some(PW))
+                .header("destination", gw.url("/elsewhere/"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{}", String::from_utf8_lossy(method));
+        }
+        assert!(share.join("sub/locked/keep.txt").is_file());
+        assert!(share.join("sub/hello.txt").is_file());
         assert!(!share.join("private/x.txt").exists());
     });
     eventually(

@@ -519,7 +519,7 @@ impl Gateway {
         // A WebDAV MOVE or COPY writes to a second path, its Destination: the same rules judge
         // it (as Apache's mod_dav does), or a user could move a file into a place they may not
         // write.
-        if let Err(refusal) = self.check_destination(view, &identity) {
+        if let Err(refusal) = self.check_destination(view, &path, &identity) {
             seen.identity = Some(identity);
             return Err(refusal);
         }
@@ -548,9 +548,16 @@ impl Gateway {
     pub(crate) fn check_destination(
         &self,
         view: &RequestView<'_>,
+        path: &policy::NormalizedPath,
         identity: &Identity,
     ) -> Result<(), Refusal> {
-        if !(view.method.eq_ignore_ascii_case("MOVE") || view.method.eq_ignore_ascii_case("COPY")) {
+        let method = view.method;
+        // A DELETE or MOVE of a collection reaches everything in it: a rule below the path that
+        // refuses this user stands (as IIS and mod_dav check each member).
+        if method.eq_ignore_ascii_case("DELETE") || method.eq_ignore_ascii_case("MOVE") {
+            self.policy.rules.authorize_below(path, method, identity)?;
+        }
+        if !(method.eq_ignore_ascii_case("MOVE") || method.eq_ignore_ascii_case("COPY")) {
             return Ok(());
         }
         let Some(destination) = base_path::destination(view.headers)? else {
@@ -576,10 +583,16 @@ impl Gateway {
                 view.method
             )));
         }
+        // The destination, and (it may be a collection being overwritten) what is below it.
         self.policy
             .rules
             .authorize(&normalized, view.method, identity)
             .map(|_| ())
+            .and_then(|()| {
+                self.policy
+                    .rules
+                    .authorize_below(&normalized, view.method, identity)
+            })
             .map_err(|mut r| {
                 r.detail = format!("the Destination {path}: {}", r.detail);
                 r

@@ -316,6 +316,21 @@ impl PathPattern {
         (literal as u32, fixed as u32, !deep)
     }
 
+    /// The path of the pattern's leading literal segments (`/a/b` of `/a/b/*/c/**`), as the
+    /// segments a normalised path would have.
+    pub fn literal_prefix(&self) -> NormalizedPath {
+        NormalizedPath {
+            segments: self
+                .segments
+                .iter()
+                .map_while(|s| match s {
+                    Segment::Glob(g) if !g.contains('*') => Some(g.clone()),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
     /// The first segment when it is a literal (no wildcard), for indexing rules.
     pub fn first_literal(&self) -> Option<&str> {
         match self.segments.first() {

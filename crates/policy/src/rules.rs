@@ -215,6 +215,35 @@ impl RuleSet {
         )))
     }
 
+    /// For a request whose effect reaches everything below `path` (WebDAV `DELETE`, `MOVE` or
+    /// the overwritten `Destination` of a `COPY`/`MOVE` on a collection): refused when a rule
+    /// *below* `path` (its leading literal segments lie strictly under it) would refuse
+    /// `identity` for `method` at that rule's own path. Patterns with a wildcard right under
+    /// `path` (`/a/*/b` below `/a`) are not seen.
+    pub fn authorize_below(
+        &self,
+        path: &NormalizedPath,
+        method: &str,
+        identity: &Identity,
+    ) -> Result<(), Refusal> {
+        let under = path.segments();
+        for r in &self.rules {
+            let prefix = r.path.literal_prefix();
+            let segments = prefix.segments();
+            if segments.len() <= under.len() || segments[..under.len()] != *under {
+                continue;
+            }
+            if let Err(mut refusal) = self.authorize(&prefix, method, identity) {
+                refusal.detail = format!(
+                    "{method} on {path} would reach {prefix}, where: {}",
+                    refusal.detail
+                );
+                return Err(refusal);
+            }
+        }
+        Ok(())
+    }
+
     /// The refusal of a rule denial (`acl_denied`, 401.3, or 403 with `auth.acl_status = 403`).
     pub fn denial(&self, detail: String) -> Refusal {
         let r = Refusal::new(Reason::AclDenied).with_detail(detail);
@@ -266,6 +295,38 @@ mod tests {
             user: user.map(str::to_owned),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_rule_below_a_collection_stands_for_its_deletion() {
+        let rules = RuleSet::new(
+            vec![
+                rule(
+                    0,
+                    "/public/locked/**",
+                    Some(&["DELETE", "MOVE"]),
+                    &["group:admins"],
+                    &[],
+                ),
+                rule(1, "/public/*/x", None, &[], &["*"]),
+            ],
+            401,
+        );
+        let alice = who(Some("alice"), &[]);
+        let admin = who(Some("root"), &["admins"]);
+        let public = normalize_path("/public/");
+        assert!(rules.authorize_below(&public, "DELETE", &alice).is_err());
+        assert!(rules.authorize_below(&public, "DELETE", &admin).is_ok());
+        // Not a method the rule limits; and the locked folder itself is not below itself.
+        assert!(rules.authorize_below(&public, "PUT", &alice).is_ok());
+        let locked = normalize_path("/public/locked");
+        assert!(rules.authorize_below(&locked, "DELETE", &alice).is_ok());
+        // The root is above everything.
+        assert!(
+            rules
+                .authorize_below(&normalize_path("/"), "MOVE", &alice)
+                .is_err()
+        );
     }
 
     #[test]
