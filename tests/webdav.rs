@@ -35,6 +35,8 @@ impl Apache {
         std::fs::create_dir_all(share.join("private")).unwrap();
         std::fs::create_dir_all(share.join("sub/locked")).unwrap();
         std::fs::write(share.join("sub/locked/keep.txt"), "keep\n").unwrap();
+        std::fs::create_dir_all(share.join("other/kept")).unwrap();
+        std::fs::write(share.join("other/kept/a.txt"), "a\n").unwrap();
         std::fs::write(share.join("sub/hello.txt"), "hello from the share\n").unwrap();
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         // httpd started as root serves as an unprivileged user: it must be able to write.
@@ -140,6 +142,12 @@ path = "/sub/locked/**"
 deny = ["user:alice"]
 allow = ["*"]
 
+[[rule]]
+path = "/other/kept/**"
+methods = ["DELETE"]
+deny = ["user:alice"]
+allow = ["*"]
+
 [log]
 access = "access.log"
 "#,
@@ -209,7 +217,7 @@ fn a_webdav_share_under_a_base_path_works_through_portcullis() {
     assert!(ok, "rclone lsf failed: {err}");
     let mut top: Vec<&str> = top.lines().collect();
     top.sort_unstable();
-    assert_eq!(top, ["private/", "sub/"]);
+    assert_eq!(top, ["other/", "private/", "sub/"]);
 
     runtime().block_on(async {
         let c = client();
@@ -309,6 +317,25 @@ fn a_webdav_share_under_a_base_path_works_through_portcullis() {
         }
         assert!(share.join("sub/locked/keep.txt").is_file());
         assert!(share.join("sub/hello.txt").is_file());
+        // A COPY onto /other/ would replace it, deleting /other/kept, which alice may not
+        // delete: refused; with `Overwrite: F` nothing is replaced, and the rules let it through
+        // (Apache then refuses to overwrite: 412).
+        let copy = |overwrite: Option<&'static str>| {
+            let mut req = c
+                .request(
+                    reqwest::Method::from_bytes(b"COPY").unwrap(),
+                    gw.url("/sub/hello.txt"),
+                )
+                .basic_auth("alice", Some(PW))
+                .header("destination", gw.url("/other/"));
+            if let Some(o) = overwrite {
+                req = req.header("overwrite", o);
+            }
+            req.send()
+        };
+        assert_eq!(copy(None).await.unwrap().status(), 401);
+        assert_eq!(copy(Some("F")).await.unwrap().status(), 412);
+        assert!(share.join("other/kept/a.txt").is_file());
         assert!(!share.join("private/x.txt").exists());
     });
     eventually(

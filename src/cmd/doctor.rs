@@ -713,8 +713,23 @@ async fn near_paths(client: &reqwest::Client, url: &reqwest::Url) -> (Vec<String
             .iter()
             .filter_map(|l| parent.final_url.join(l).ok())
             .filter(|u| u.origin() == url.origin())
+            .map(|mut u| {
+                // Only the path is suggested (and fetched).
+                u.set_query(None);
+                u.set_fragment(None);
+                u
+            })
+            .filter(|u| {
+                // Cheap first: lengths two or more apart cannot be a typo away.
+                u.path()
+                    .trim_end_matches('/')
+                    .chars()
+                    .count()
+                    .abs_diff(path.chars().count())
+                    <= 2
+            })
             .map(|u| (distance(u.path().trim_end_matches('/'), path), u))
-            .filter(|(d, u)| *d > 0 && *d <= 2 && u.path() != parent_path)
+            .filter(|(d, u)| *d <= 2 && u.path() != url.path() && u.path() != parent_path)
             .collect();
         links.sort_by_key(|(d, _)| *d);
         candidates.extend(links.into_iter().take(5).map(|(_, u)| u));

@@ -519,7 +519,10 @@ impl Gateway {
         // A WebDAV MOVE or COPY writes to a second path, its Destination: the same rules judge
         // it (as Apache's mod_dav does), or a user could move a file into a place they may not
         // write.
-        if let Err(refusal) = self.check_destination(view, &path, &identity) {
+        if let Err(mut refusal) = self.check_destination(view, &path, &identity) {
+            if seen.session_user && refusal.reason == Reason::AclDenied {
+                refusal = refusal.with_action(policy::DenyAction::Forbidden);
+            }
             seen.identity = Some(identity);
             return Err(refusal);
         }
@@ -583,7 +586,12 @@ impl Gateway {
                 view.method
             )));
         }
-        // The destination, and (it may be a collection being overwritten) what is below it.
+        // The destination, and (it may be a collection being overwritten: unless
+        // `Overwrite: F`, the destination is deleted first) what is below it.
+        let overwrite = view
+            .headers
+            .get("overwrite")
+            .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"F"));
         self.policy
             .rules
             .authorize(&normalized, view.method, identity)
@@ -592,6 +600,15 @@ impl Gateway {
                 self.policy
                     .rules
                     .authorize_below(&normalized, view.method, identity)
+            })
+            .and_then(|()| {
+                if overwrite {
+                    self.policy
+                        .rules
+                        .authorize_below(&normalized, "DELETE", identity)
+                } else {
+                    Ok(())
+                }
             })
             .map_err(|mut r| {
                 r.detail = format!("the Destination {path}: {}", r.detail);

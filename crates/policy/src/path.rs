@@ -316,16 +316,16 @@ impl PathPattern {
         (literal as u32, fixed as u32, !deep)
     }
 
-    /// The path of the pattern's leading literal segments (`/a/b` of `/a/b/*/c/**`), as the
-    /// segments a normalised path would have.
-    pub fn literal_prefix(&self) -> NormalizedPath {
+    /// A path this pattern matches: each `*` read as `_`, each `**` as one `_` segment
+    /// (`/a/*.key/**` → `/a/_.key/_`), for asking the rules about what lies below a folder.
+    pub fn example(&self) -> NormalizedPath {
         NormalizedPath {
             segments: self
                 .segments
                 .iter()
-                .map_while(|s| match s {
-                    Segment::Glob(g) if !g.contains('*') => Some(g.clone()),
-                    _ => None,
+                .map(|s| match s {
+                    Segment::Glob(g) => g.replace('*', "_"),
+                    Segment::AnyDepth => "_".to_owned(),
                 })
                 .collect(),
         }

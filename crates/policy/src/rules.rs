@@ -128,6 +128,8 @@ pub struct RuleSet {
     by_first: HashMap<String, Vec<usize>>,
     /// Rules whose pattern starts with a wildcard (or is `/`).
     wild: Vec<usize>,
+    /// A path each rule matches ([`PathPattern::example`]), for [`RuleSet::authorize_below`].
+    examples: Vec<NormalizedPath>,
 }
 
 impl RuleSet {
@@ -142,12 +144,14 @@ impl RuleSet {
                 None => wild.push(i),
             }
         }
+        let examples = rules.iter().map(|r| r.path.example()).collect();
         RuleSet {
             rules,
             acl_status,
             specificity,
             by_first,
             wild,
+            examples,
         }
     }
 
@@ -217,9 +221,9 @@ impl RuleSet {
 
     /// For a request whose effect reaches everything below `path` (WebDAV `DELETE`, `MOVE` or
     /// the overwritten `Destination` of a `COPY`/`MOVE` on a collection): refused when a rule
-    /// *below* `path` (its leading literal segments lie strictly under it) would refuse
-    /// `identity` for `method` at that rule's own path. Patterns with a wildcard right under
-    /// `path` (`/a/*/b` below `/a`) are not seen.
+    /// that matches something *below* `path` would refuse `identity` for `method` there. Each
+    /// rule is asked about one path it matches (its pattern with `*` read as `_`, see
+    /// [`PathPattern::example`]), judged with all the rules as a request to it would be.
     pub fn authorize_below(
         &self,
         path: &NormalizedPath,
@@ -227,15 +231,14 @@ impl RuleSet {
         identity: &Identity,
     ) -> Result<(), Refusal> {
         let under = path.segments();
-        for r in &self.rules {
-            let prefix = r.path.literal_prefix();
-            let segments = prefix.segments();
+        for example in &self.examples {
+            let segments = example.segments();
             if segments.len() <= under.len() || segments[..under.len()] != *under {
                 continue;
             }
-            if let Err(mut refusal) = self.authorize(&prefix, method, identity) {
+            if let Err(mut refusal) = self.authorize(example, method, identity) {
                 refusal.detail = format!(
-                    "{method} on {path} would reach {prefix}, where: {}",
+                    "{method} on {path} would reach {example}, where: {}",
                     refusal.detail
                 );
                 return Err(refusal);
@@ -308,7 +311,7 @@ mod tests {
                     &["group:admins"],
                     &[],
                 ),
-                rule(1, "/public/*/x", None, &[], &["*"]),
+                rule(1, "/public/*/x", None, &["*"], &["user:bob"]),
             ],
             401,
         );
@@ -317,14 +320,36 @@ mod tests {
         let public = normalize_path("/public/");
         assert!(rules.authorize_below(&public, "DELETE", &alice).is_err());
         assert!(rules.authorize_below(&public, "DELETE", &admin).is_ok());
-        // Not a method the rule limits; and the locked folder itself is not below itself.
+        // A wildcard right under the folder is seen too.
+        let bob = who(Some("bob"), &[]);
+        assert!(rules.authorize_below(&public, "PUT", &bob).is_err());
+        // Not a method the rule limits.
         assert!(rules.authorize_below(&public, "PUT", &alice).is_ok());
+        // Deleting the locked folder itself deletes what is in it.
         let locked = normalize_path("/public/locked");
-        assert!(rules.authorize_below(&locked, "DELETE", &alice).is_ok());
+        assert!(rules.authorize_below(&locked, "DELETE", &alice).is_err());
+        // A file has nothing below it.
+        let file = normalize_path("/public/a.txt");
+        assert!(rules.authorize_below(&file, "DELETE", &alice).is_ok());
         // The root is above everything.
         assert!(
             rules
                 .authorize_below(&normalize_path("/"), "MOVE", &alice)
+                .is_err()
+        );
+        // Rules that never match their own folder: a glob below it, a more specific allow.
+        let rules = RuleSet::new(
+            vec![
+                rule(0, "/public/locked/*.key", None, &[], &["user:alice"]),
+                rule(1, "/docs/locked/**", None, &["*"], &["user:alice"]),
+                rule(2, "/docs/locked", None, &["user:alice"], &[]),
+            ],
+            401,
+        );
+        assert!(rules.authorize_below(&public, "DELETE", &alice).is_err());
+        assert!(
+            rules
+                .authorize_below(&normalize_path("/docs"), "DELETE", &alice)
                 .is_err()
         );
     }

@@ -285,11 +285,11 @@ impl Gateway {
             );
         };
         // The same lockout check as the password step (on_backend_error honoured, counted and
-        // audited): a code is a guess like a password.
-        if self.config.logon.enabled
-            && let Err(refusal) = self
-                .check_not_locked_out(visit.client_ip, &user, "form")
-                .await
+        // audited): a code is a guess like a password. Codes are checked and counted whatever
+        // `[logon] enabled` says (a six-digit code must not be open to unlimited guessing).
+        if let Err(refusal) = self
+            .check_not_locked_out(visit.client_ip, &user, "form")
+            .await
         {
             let (status, message) = if refusal.reason == Reason::LockedOut {
                 (
@@ -305,31 +305,45 @@ impl Gateway {
             return self.login_again(visit, status, message, &user, rd, Some(&refusal), false);
         }
         if self.verifier.check_second_factor(&user, code).await {
+            // Guesses sent in parallel all pass the check above before any of them fails: if they
+            // started a ban meanwhile, a right code among them does not get in.
+            if let Ok(Some(ban)) = self.ban_for(visit.client_ip, &user).await {
+                self.metrics
+                    .auth("form", crate::metrics::AuthOutcome::LockedOut);
+                self.audit
+                    .sign_in(false, &user, visit.client_ip, "form", Some("locked_out"));
+                let refusal = Refusal::new(Reason::LockedOut).with_retry_after(ban.remaining);
+                return self.login_again(
+                    visit,
+                    StatusCode::FORBIDDEN,
+                    "Too many sign-in attempts failed, so signing in is blocked for a while, even with the right password.",
+                    &user,
+                    rd,
+                    Some(&refusal),
+                    false,
+                );
+            }
             self.audit
                 .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": true}));
             // Only now is the sign-in complete: counted, audited, the failure count reset.
-            if self.config.logon.enabled {
-                let recorded = self
-                    .state
-                    .record_success(self.client_key(visit.client_ip), &user)
-                    .await;
-                self.metrics.state_call(&self.state, recorded.is_ok());
-                if let Err(e) = recorded {
-                    tracing::error!(error = %e, "could not record the logon outcome");
-                }
+            let recorded = self
+                .state
+                .record_success(self.client_key(visit.client_ip), &user)
+                .await;
+            self.metrics.state_call(&self.state, recorded.is_ok());
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, "could not record the logon outcome");
             }
             self.signed_in(&user, visit.client_ip, true, "form");
             return self.start_session(visit, user, rd).await;
         }
         self.audit
             .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": false}));
-        if self.config.logon.enabled {
-            let recorded = self
-                .state
-                .record_failure(self.client_key(visit.client_ip), &user, &self.regulation)
-                .await;
-            self.note_bans(recorded);
-        }
+        let recorded = self
+            .state
+            .record_failure(self.client_key(visit.client_ip), &user, &self.regulation)
+            .await;
+        self.note_bans(recorded);
         self.code_step(
             visit,
             &user,
