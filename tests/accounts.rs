@@ -31,6 +31,21 @@ fn add_user(gw: &Gateway, user: &str, password: &str) {
     assert!(add.wait().unwrap().success());
 }
 
+/// Sends a code that is never right ("1234567" has seven digits) from the code step `page`.
+async fn wrong_code(b: &mut Browser, page: &util::browser::Page) -> util::browser::Page {
+    let (pending, csrf) = (page.field("pending").unwrap(), page.field("csrf").unwrap());
+    b.post(
+        "/.portcullis/login",
+        &[
+            ("csrf", &csrf),
+            ("rd", "/app"),
+            ("pending", &pending),
+            ("code", "1234567"),
+        ],
+    )
+    .await
+}
+
 /// Sets a password through the link's page; returns the answer to the POST.
 async fn choose(b: &mut Browser, link: &str, password: &str, confirm: &str) -> util::browser::Page {
     let page = b.get(link).await;
@@ -489,32 +504,10 @@ fn wrong_codes_lock_out_and_the_lockout_is_audited() {
         // Five wrong codes (the lockout's default max_failures); a six-digit code is never
         // "1234567".
         for n in 1..=5 {
-            let (pending, csrf) = (page.field("pending").unwrap(), page.field("csrf").unwrap());
-            page = b
-                .post(
-                    "/.portcullis/login",
-                    &[
-                        ("csrf", &csrf),
-                        ("rd", "/app"),
-                        ("pending", &pending),
-                        ("code", "1234567"),
-                    ],
-                )
-                .await;
+            page = wrong_code(&mut b, &page).await;
             assert_eq!(page.status, 401, "code {n}: {}", page.body);
         }
-        let (pending, csrf) = (page.field("pending").unwrap(), page.field("csrf").unwrap());
-        let locked = b
-            .post(
-                "/.portcullis/login",
-                &[
-                    ("csrf", &csrf),
-                    ("rd", "/app"),
-                    ("pending", &pending),
-                    ("code", "1234567"),
-                ],
-            )
-            .await;
+        let locked = wrong_code(&mut b, &page).await;
         assert_eq!(locked.status, 403, "{}", locked.body);
     });
     let audit = eventually(

@@ -36,16 +36,6 @@ impl ManualUpgrade {
     }
 }
 
-/// Whether a request asks to upgrade its connection (`Connection: upgrade`).
-pub(crate) fn wants_upgrade(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
 /// What the watchdog of one connection knows: when it was accepted, how many requests it has
 /// in flight (their responses included, until the last byte), and when the last one ended.
 pub(crate) struct ConnActivity {
@@ -445,17 +435,7 @@ pub(crate) async fn serve_h1_parked<S, B>(
     let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
     let mut io = WatchedIo::new(stream, activity.clone());
     // The first bytes, within header_timeout of the accept.
-    if !park(
-        &io,
-        &activity,
-        header_timeout,
-        idle_timeout,
-        &mut drain,
-        gateway,
-        peer,
-    )
-    .await
-    {
+    if !park(&io, &activity, &mut drain, gateway, peer).await {
         return;
     }
     // HTTP/2 with prior knowledge (its preface begins "PRI "), or bytes too few to tell: the
@@ -491,7 +471,6 @@ pub(crate) async fn serve_h1_parked<S, B>(
             Session::Upgraded(rest, upgrade) => {
                 // The 101 is written: the socket is the upgraded stream's now.
                 let _ = upgrade.send(Box::new(rest));
-                drop(watcher);
                 return;
             }
             Session::Parked(rest, s) => {
@@ -501,16 +480,7 @@ pub(crate) async fn serve_h1_parked<S, B>(
             }
         }
         gateway.metrics().connection_parked(1);
-        let woke = park(
-            &io,
-            &activity,
-            header_timeout,
-            idle_timeout,
-            &mut drain,
-            gateway,
-            peer,
-        )
-        .await;
+        let woke = park(&io, &activity, &mut drain, gateway, peer).await;
         gateway.metrics().connection_parked(-1);
         if !woke {
             return;
@@ -634,12 +604,12 @@ where
 async fn park(
     io: &WatchedIo<tokio::net::TcpStream>,
     activity: &ConnActivity,
-    header_timeout: Duration,
-    idle_timeout: Duration,
     drain: &mut tokio::sync::watch::Receiver<bool>,
     gateway: &Gateway,
     peer: SocketAddr,
 ) -> bool {
+    let server = &gateway.config().server;
+    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
     if !io.pending.is_empty() {
         // Part of a head, read before the park: it began arriving by the last answer.
         activity.head_arriving(Some(activity.last_end_ms.load(Ordering::Relaxed)));

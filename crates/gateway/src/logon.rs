@@ -34,16 +34,9 @@ impl Gateway {
         // Guesses sent in parallel all pass the ban check above before any of them fails; if
         // they started a ban while this password was being checked, a right guess among them
         // must not get in.
-        if accepted
-            && fresh
-            && let Ok(Some(ban)) = self.ban_for(client_ip, user).await
-        {
-            self.metrics.auth(method, AuthOutcome::LockedOut);
-            self.audit
-                .sign_in(false, user, client_ip, method, Some("locked_out"));
-            return Err(Refusal::new(Reason::LockedOut)
-                .with_retry_after(ban.remaining)
-                .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)));
+        if accepted && fresh {
+            self.check_still_not_locked_out(client_ip, user, method)
+                .await?;
         }
         // A right password of a user with a second factor is not a sign-in yet: it is counted
         // and audited when the code is (portal::second_factor).
@@ -73,6 +66,48 @@ impl Gateway {
 
     /// Refuses a sign-in to a locked-out address or user (or when the ban check cannot be made
     /// and `state.on_backend_error = "closed"`), counting and auditing it.
+    /// After a right password or code: guesses sent in parallel all pass the first ban check
+    /// before any of them fails, so if they started a ban meanwhile a right one among them does
+    /// not get in. (A failed lookup lets it in: the first check already applied the fail mode.)
+    pub(crate) async fn check_still_not_locked_out(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        method: &'static str,
+    ) -> Result<(), Refusal> {
+        match self.ban_for(client_ip, user).await {
+            Ok(Some(ban)) => Err(self.locked_out(&ban, user, client_ip, method)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A locked-out sign-in: counted, audited, and its refusal (403.505 with `Retry-After`).
+    fn locked_out(
+        &self,
+        ban: &store::state::Ban,
+        user: &str,
+        client_ip: IpAddr,
+        method: &'static str,
+    ) -> Refusal {
+        self.metrics.auth(method, AuthOutcome::LockedOut);
+        self.audit
+            .sign_in(false, user, client_ip, method, Some("locked_out"));
+        Refusal::new(Reason::LockedOut)
+            .with_retry_after(ban.remaining)
+            .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason))
+    }
+
+    /// A password check no hashing worker could take in time: counted, 503 with `Retry-After`.
+    fn verifier_busy(&self, busy: &store::hash_queue::Busy, method: &'static str) -> Refusal {
+        self.metrics.auth(method, AuthOutcome::Busy);
+        Refusal::new(Reason::VerifierBusy)
+            .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
+            .with_detail(format!(
+                "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
+                self.config.auth.verify_queue_timeout
+            ))
+    }
+
     pub(crate) async fn check_not_locked_out(
         &self,
         client_ip: IpAddr,
@@ -83,14 +118,7 @@ impl Gateway {
         self.metrics.state_call(&self.state, ban.is_ok());
         match ban {
             Ok(None) => Ok(()),
-            Ok(Some(ban)) => {
-                self.metrics.auth(method, AuthOutcome::LockedOut);
-                self.audit
-                    .sign_in(false, user, client_ip, method, Some("locked_out"));
-                Err(Refusal::new(Reason::LockedOut)
-                    .with_retry_after(ban.remaining)
-                    .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason)))
-            }
+            Ok(Some(ban)) => Err(self.locked_out(&ban, user, client_ip, method)),
             Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
                 self.metrics.auth(method, AuthOutcome::StateUnavailable);
                 Err(Refusal::new(Reason::StateUnavailable).with_detail(e.to_string()))
@@ -150,13 +178,7 @@ impl Gateway {
         drop(password);
         self.metrics.verification(store::Answer::Hashed);
         if let Verification::Busy(busy) = verification {
-            self.metrics.auth("basic", AuthOutcome::Busy);
-            return Refusal::new(Reason::VerifierBusy)
-                .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
-                .with_detail(format!(
-                    "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
-                    self.config.auth.verify_queue_timeout
-                ));
+            return self.verifier_busy(&busy, "basic");
         }
         self.suspects.insert(self.client_key(client_ip), ());
         self.metrics.auth("basic", AuthOutcome::Refused);
@@ -212,15 +234,7 @@ impl Gateway {
         let accepted = match verification {
             Verification::Accepted => true,
             Verification::Refused => false,
-            Verification::Busy(busy) => {
-                self.metrics.auth(method, AuthOutcome::Busy);
-                return Err(Refusal::new(Reason::VerifierBusy)
-                    .with_retry_after(busy.retry_after.max(Duration::from_secs(1)))
-                    .with_detail(format!(
-                        "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
-                        self.config.auth.verify_queue_timeout
-                    )));
-            }
+            Verification::Busy(busy) => return Err(self.verifier_busy(&busy, method)),
         };
         self.metrics.verification(answer);
         let fresh = matches!(answer, store::Answer::Hashed);

@@ -441,7 +441,7 @@ impl ClientUpgrade {
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: x`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = headers
         .get_all(header::CONNECTION)
         .iter()

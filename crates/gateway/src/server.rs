@@ -21,9 +21,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::connection::{
-    ConnActivity, WatchedIo, serve_h1_parked, wants_upgrade, watch_connection,
-};
+use crate::connection::{ConnActivity, WatchedIo, serve_h1_parked, watch_connection};
 pub use crate::connection::{HeadScanner, ManualUpgrade, UpgradedStream};
 use crate::{ConnInfo, Gateway};
 
@@ -412,7 +410,7 @@ async fn accept_loop(
                 }
                 if activity.manual_upgrades()
                     && req.version() == http::Version::HTTP_11
-                    && wants_upgrade(req.headers())
+                    && crate::proxy::upgrade_protocol(req.headers()).is_some()
                 {
                     req.extensions_mut().insert(activity.expect_upgrade());
                 }

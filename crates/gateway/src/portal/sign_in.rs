@@ -305,14 +305,10 @@ impl Gateway {
             return self.login_again(visit, status, message, &user, rd, Some(&refusal), false);
         }
         if self.verifier.check_second_factor(&user, code).await {
-            // Guesses sent in parallel all pass the check above before any of them fails: if they
-            // started a ban meanwhile, a right code among them does not get in.
-            if let Ok(Some(ban)) = self.ban_for(visit.client_ip, &user).await {
-                self.metrics
-                    .auth("form", crate::metrics::AuthOutcome::LockedOut);
-                self.audit
-                    .sign_in(false, &user, visit.client_ip, "form", Some("locked_out"));
-                let refusal = Refusal::new(Reason::LockedOut).with_retry_after(ban.remaining);
+            if let Err(refusal) = self
+                .check_still_not_locked_out(visit.client_ip, &user, "form")
+                .await
+            {
                 return self.login_again(
                     visit,
                     StatusCode::FORBIDDEN,
