@@ -97,6 +97,19 @@ impl Gateway {
             .with_detail(format!("{} is locked out: {}", ban.subject, ban.reason))
     }
 
+    /// The hash queue's lane for a check by this client: first those who signed in as this user
+    /// from here lately, then clients without recent failures, then the rest.
+    fn lane_for(&self, client_ip: IpAddr, user: &str) -> store::hash_queue::Lane {
+        let client = self.client_key(client_ip);
+        if self.known_users.contains_key(&(client, user.to_owned())) {
+            store::hash_queue::Lane::Known
+        } else if self.suspects.contains_key(&client) {
+            store::hash_queue::Lane::Suspect
+        } else {
+            store::hash_queue::Lane::Preferred
+        }
+    }
+
     /// A password check no hashing worker could take in time: counted, 503 with `Retry-After`.
     fn verifier_busy(&self, busy: &store::hash_queue::Busy, method: &'static str) -> Refusal {
         self.metrics.auth(method, AuthOutcome::Busy);
@@ -166,17 +179,17 @@ impl Gateway {
         if logon && let Err(refusal) = self.check_not_locked_out(client_ip, user, "basic").await {
             return refusal;
         }
-        let verification = self
+        let (verification, answer) = self
             .verifier
-            .verify_uncached(
+            .check_refused_anyway(
                 user,
                 &password,
-                store::hash_queue::Lane::Suspect,
+                self.lane_for(client_ip, user),
                 self.config.auth.verify_queue_timeout,
             )
             .await;
         drop(password);
-        self.metrics.verification(store::Answer::Hashed);
+        self.metrics.verification(answer);
         if let Verification::Busy(busy) = verification {
             return self.verifier_busy(&busy, "basic");
         }
@@ -220,13 +233,7 @@ impl Gateway {
         let (verification, answer) = if password.len() > store::MAX_PASSWORD_BYTES {
             (Verification::Refused, store::Answer::Cached)
         } else {
-            let lane = if self.known_users.contains_key(&(client, user.to_owned())) {
-                store::hash_queue::Lane::Known
-            } else if self.suspects.contains_key(&client) {
-                store::hash_queue::Lane::Suspect
-            } else {
-                store::hash_queue::Lane::Preferred
-            };
+            let lane = self.lane_for(client_ip, user);
             self.verifier
                 .verify_queued(user, password, lane, self.config.auth.verify_queue_timeout)
                 .await

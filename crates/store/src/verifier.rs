@@ -204,6 +204,8 @@ struct Inner {
     sqlite: Option<SqliteWatch>,
     snapshot: ArcSwap<Snapshot>,
     cache: Option<Cache<CacheKey, Outcome>>,
+    /// Credentials checked by [`Verifier::check_refused_anyway`] lately (apart from `cache`).
+    refused_anyway: Option<Cache<CacheKey, ()>>,
     mac: Hmac<Sha256>,
     permits: HashQueue,
     inflight: Mutex<HashMap<InflightKey, Arc<OnceCell<bool>>>>,
@@ -316,6 +318,12 @@ impl Verifier {
                 .time_to_live(cache_ttl)
                 .build()
         });
+        let refused_anyway = (!cache_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(cache_ttl)
+                .build()
+        });
         let key: [u8; 32] = rand::random();
         let mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
 
@@ -325,6 +333,7 @@ impl Verifier {
                 sqlite,
                 snapshot: ArcSwap::from_pointee(snapshot),
                 cache,
+                refused_anyway,
                 mac,
                 permits: HashQueue::new(max_parallel, floor),
                 inflight: Mutex::new(HashMap::new()),
@@ -422,28 +431,42 @@ impl Verifier {
         (accepted.into(), answer)
     }
 
-    /// A hash check that neither reads nor fills the outcome cache: for a check whose outcome
-    /// is thrown away (a second-factor user trying Basic), where an answer from the cache would
-    /// be faster for the right password and so tell it apart.
-    pub async fn verify_uncached(
+    /// A password check whose outcome is thrown away (a second-factor user trying Basic, which
+    /// is refused whatever the password): it costs what a check of the same credentials costs
+    /// anyone. New credentials are hashed; the same ones again within `cache_ttl` are answered
+    /// at once, as the outcome cache answers a repeated guess. It has its own record of what it
+    /// checked: the outcome cache would answer the *right* password at once (after the user's
+    /// own sign-in) and a new wrong one slowly, telling them apart.
+    pub async fn check_refused_anyway(
         &self,
         user: &str,
         password: &str,
         lane: Lane,
         deadline: Duration,
-    ) -> Verification {
+    ) -> (Verification, Answer) {
         if password.len() > MAX_PASSWORD_BYTES {
-            return Verification::Refused;
+            return (Verification::Refused, Answer::Cached);
         }
         self.poll_file().await;
+        let key = self.inner.cache_key(user, password);
+        if let Some(seen) = &self.inner.refused_anyway
+            && seen.contains_key(&key)
+        {
+            return (Verification::Refused, Answer::Cached);
+        }
         let snapshot = self.inner.snapshot.load_full();
         match self
             .inner
             .check(snapshot, user, password, lane, deadline)
             .await
         {
-            Ok(accepted) => accepted.into(),
-            Err(busy) => Verification::Busy(busy),
+            Ok(_) => {
+                if let Some(seen) = &self.inner.refused_anyway {
+                    seen.insert(key, ());
+                }
+                (Verification::Refused, Answer::Hashed)
+            }
+            Err(busy) => (Verification::Busy(busy), Answer::Cached),
         }
     }
 
