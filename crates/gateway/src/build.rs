@@ -77,7 +77,7 @@ impl Gateway {
         };
         let policy = config.policy();
         let paths = portal::Paths::new(&config.portal.prefix);
-        let mailer = account::mailer_for(&config).map_err(BuildError::Mail)?;
+        let mailer = portal::account::mailer_for(&config).map_err(BuildError::Mail)?;
         let challenges = policy
             .auth
             .challenges(&paths.login)

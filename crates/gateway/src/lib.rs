@@ -1,15 +1,14 @@
 //! The HTTP side of Portcullis: listeners, the request pipeline, the reverse proxy, refusal
 //! responses and the access log.
 //!
-//! [`Gateway::handle`] runs the phases of the pipeline in order for one request. Each phase
-//! either lets the request continue or produces a [`policy::Refusal`]; every refusal goes through
-//! [`respond::refusal_response`], the single place where a refusal becomes a response.
+//! [`Gateway::handle`] runs the phases of the pipeline (`pipeline/`, one file per phase) in
+//! order for one request. Each phase either lets the request continue or produces a
+//! [`policy::Refusal`]; every answer leaves through phase 9 (`respond/`), the single place where
+//! a response is finished.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
-mod account;
 pub mod admin;
-mod answer;
 pub mod audit;
 pub mod base_path;
 pub mod body;
@@ -17,15 +16,12 @@ mod build;
 mod connection;
 pub mod dns;
 pub mod filter;
-mod forward_auth;
 pub mod line_log;
-mod logon;
 pub mod mail;
 pub mod metrics;
 pub mod pages;
 mod pipeline;
 pub mod portal;
-mod problems;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;
@@ -40,7 +36,6 @@ use config::{Config, ErrorMode, FailMode, ForwardedHeader, StateBackend, Upstrea
 use http::header::{ACCEPT, AUTHORIZATION, FORWARDED, REFERER, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use policy::{AuthStep, Facts, Identity, Policy, Reason, Refusal, TraceEntry, client_addr};
 use store::Groups;
 use store::state::memory::MemoryState;
@@ -58,12 +53,10 @@ use crate::filter::{FilterClient, FilterRequest};
 use crate::metrics::{AuthOutcome, Metrics};
 use crate::pages::Pages;
 use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
-use crate::respond::RefusalContext;
 
 pub use server::{Bound, ServeError, Server, bind, bind_addrs, serve};
 
-use answer::{RequestFacts, absolute_location};
-use pipeline::{Decided, RequestView, Seen};
+use body::RequestBody;
 
 /// What the handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -262,18 +255,14 @@ impl Gateway {
     /// Runs the pipeline for one request: forward-auth questions at `/.portcullis/auth`,
     /// everything else through phases 2–8 to the upstream. Every response Portcullis writes
     /// itself (not the application's) leaves with the security headers of
-    /// [`respond::secure_own_response`].
-    pub async fn handle(
+    /// [`respond::secure_own_response`]. The body is the connection's (`Incoming`) or, for a
+    /// request made in process, bytes.
+    pub async fn handle<B: Into<RequestBody>>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: ConnInfo,
     ) -> Result<Response<Body>, Abort> {
-        let mut from_upstream = false;
-        let mut response = self.route(req, conn, &mut from_upstream).await?;
-        if !from_upstream {
-            respond::secure_own_response(response.headers_mut());
-        }
-        Ok(response)
+        self.route(req.map(Into::into), conn).await
     }
 }
 

@@ -20,6 +20,7 @@ use policy::{Identity, Reason, Refusal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::base_path;
+use crate::body::RequestBody;
 
 /// `Remote-User`.
 pub const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
@@ -36,7 +37,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// The upstream and the pooled client that reaches it.
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     authority: Authority,
     base_path: String,
     timeout: Duration,
@@ -100,7 +101,7 @@ impl Upstream {
     /// Forwards `req` and returns the upstream's response, or the refusal for a failed upstream.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         ctx: &ForwardContext<'_>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         let client_upgrade =
@@ -414,7 +415,7 @@ enum ClientUpgrade {
 }
 
 impl ClientUpgrade {
-    fn of(req: &mut Request<Incoming>) -> ClientUpgrade {
+    fn of(req: &mut Request<RequestBody>) -> ClientUpgrade {
         match req
             .extensions_mut()
             .remove::<crate::server::ManualUpgrade>()

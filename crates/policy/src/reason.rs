@@ -230,6 +230,12 @@ impl Refusal {
         }
     }
 
+    /// Whether the answer is to close the connection without a response
+    /// (`deny_action = "abort"`).
+    pub fn aborts(&self) -> bool {
+        self.action == Some(DenyAction::Abort)
+    }
+
     /// Whether the response must carry a `WWW-Authenticate` challenge (every 401 does).
     pub fn needs_challenge(&self) -> bool {
         self.status() == 401

@@ -17,18 +17,21 @@ use std::time::Instant;
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE};
+use http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 use policy::{Identity, Reason, Refusal};
 use sha2::Sha256;
 use store::state::session::{self, Session};
 
-use crate::body::{self, Body};
+use crate::body::Body;
+use crate::body::RequestBody;
 use crate::pages::PortalContext;
-use crate::{Abort, ConnInfo, Gateway, RequestView, Seen, request_id};
+use crate::pipeline::{Exchange, Received};
+use crate::respond::{Answer, html, see_other};
+use crate::{Abort, ConnInfo, Gateway};
 
+pub(crate) mod account;
 mod cookies;
 mod sign_in;
 mod sign_out;
@@ -175,7 +178,7 @@ pub enum FormError {
 
 /// Reads a form body of at most [`MAX_FORM_BYTES`], which must arrive within `timeout` (a body
 /// that declares 100 bytes and sends 4 does not hold the connection).
-pub async fn read_form(body: Incoming, timeout: std::time::Duration) -> Result<Form, FormError> {
+pub async fn read_form(body: RequestBody, timeout: std::time::Duration) -> Result<Form, FormError> {
     let collected =
         match tokio::time::timeout(timeout, Limited::new(body, MAX_FORM_BYTES).collect()).await {
             Ok(c) => c,
@@ -239,41 +242,8 @@ impl Outcome {
     }
 }
 
-/// A 303 to `location`.
-pub fn see_other(location: &str) -> Response<Body> {
-    let mut r = Response::new(body::full(Bytes::new()));
-    *r.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(v) = HeaderValue::from_str(location) {
-        r.headers_mut().insert(LOCATION, v);
-    }
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// An HTML response.
-pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
-    let mut r = Response::new(body::full(page));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r.headers_mut().insert(
-        http::header::HeaderName::from_static("x-frame-options"),
-        HeaderValue::from_static("DENY"),
-    );
-    r.headers_mut().insert(
-        http::header::HeaderName::from_static("referrer-policy"),
-        HeaderValue::from_static("same-origin"),
-    );
-    r
-}
-
 /// The request's host as the browser addressed it (`X-Forwarded-Host` from a trusted proxy).
-pub fn request_host(headers: &HeaderMap, uri: &http::Uri, trusted: bool) -> Option<String> {
+pub fn request_host(headers: &HeaderMap, authority: Option<&str>, trusted: bool) -> Option<String> {
     if trusted
         && let Some(h) = headers
             .get("x-forwarded-host")
@@ -285,7 +255,7 @@ pub fn request_host(headers: &HeaderMap, uri: &http::Uri, trusted: bool) -> Opti
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+        .or_else(|| authority.map(str::to_owned))
 }
 
 /// Facts about one portal request.
@@ -303,42 +273,36 @@ impl Gateway {
     /// request, then the page.
     pub(crate) async fn portal(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         page: Page,
+        started: Instant,
     ) -> Result<Response<Body>, Abort> {
-        let started = Instant::now();
-        let request_id = request_id::for_request(req.headers());
         let (parts, body) = req.into_parts();
-        let view = RequestView {
-            tls: conn.tls,
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
+        let mut received = Received::of(&parts, conn.tls);
+        if page == Page::Password {
             // A password link's token must not reach the access log.
-            path_and_query: if page == Page::Password {
-                parts.uri.path()
-            } else {
-                parts.uri.path_and_query().map_or("/", |p| p.as_str())
-            },
-            headers: &parts.headers,
-        };
-        let mut record = self.new_record(&view, &conn, &request_id, started);
-        let mut seen = Seen::new(policy::canonical(conn.peer.ip()));
-        let admitted = match self.admit(&view, &mut seen, &request_id, &mut record).await {
-            Ok(a) => a,
-            Err(refusal) => return self.refuse(&refusal, &view, &seen, &request_id, record, &[]),
-        };
+            received.path_and_query = parts.uri.path();
+        }
+        let mut ex = self.exchange(received, &conn, started);
+        if let Err(refusal) = self.admit(&mut ex).await {
+            return self.respond(ex, Answer::Refuse(refusal));
+        }
         let visit = Visit {
             headers: &parts.headers,
             cookies: Cookies {
-                secure: seen.secure,
+                secure: ex.client.secure,
             },
-            host: request_host(&parts.headers, &parts.uri, admitted.forwarded_by_proxy),
-            client_ip: seen.client_ip,
-            request_id: &request_id,
+            host: request_host(
+                &parts.headers,
+                parts.uri.authority().map(http::uri::Authority::as_str),
+                ex.client.forwarded_by_proxy,
+            ),
+            client_ip: ex.client.ip,
+            request_id: &ex.request_id,
             query: parts.uri.query(),
         };
-        let outcome = match (page, &parts.method) {
+        let mut outcome = match (page, &parts.method) {
             (Page::Login, &Method::GET | &Method::HEAD) => self.login_page(&visit).await,
             (Page::Login, &Method::POST) => self.login_post(&visit, body).await,
             (Page::Logout, &Method::GET | &Method::HEAD) => self.logout_page(&visit, None).await,
@@ -348,8 +312,10 @@ impl Gateway {
             (Page::Forgot, &Method::GET | &Method::HEAD) => self.forgot_page(&visit, None),
             (Page::Forgot, &Method::POST) => self.forgot_post(&visit, body).await,
             _ => {
-                let mut r = Response::new(body::full("405 Method Not Allowed\n"));
-                *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                let mut r = crate::respond::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "405 Method Not Allowed\n".to_owned(),
+                );
                 r.headers_mut().insert(
                     http::header::ALLOW,
                     HeaderValue::from_static("GET, HEAD, POST"),
@@ -357,32 +323,16 @@ impl Gateway {
                 Outcome::plain(r)
             }
         };
-        let Outcome {
-            mut response,
-            reason,
-            user,
-        } = outcome;
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(request_id::X_REQUEST_ID, v);
-        }
         // Every answer at a password link (form, error, expired): its token must not leave in a
         // Referer.
         if page == Page::Password {
-            response.headers_mut().insert(
+            outcome.response.headers_mut().insert(
                 http::header::REFERRER_POLICY,
                 HeaderValue::from_static("no-referrer"),
             );
         }
-        if let Some(r) = record.as_mut() {
-            r.username = user.or(r.username.take());
-            if let Some(reason) = reason {
-                r.substatus = reason.substatus();
-                r.reason = Some(reason);
-            }
-        }
-        self.metrics.request(response.status().as_u16(), reason);
         // The in-flight slot is held, and the line logged, until the body has gone.
-        Ok(self.logged_holding(response, record, admitted.guard))
+        self.respond(ex, Answer::Page(outcome))
     }
 
     /// The session the request's cookie names, if it is live and its user still exists.
@@ -533,14 +483,13 @@ impl Gateway {
     pub(crate) fn account_for(
         &self,
         refusal: &Refusal,
-        view: &RequestView<'_>,
-        seen: &Seen,
+        ex: &Exchange<'_>,
         set_cookies: &mut Vec<HeaderValue>,
     ) -> Option<crate::respond::Account> {
         if !self.form_enabled() {
             return None;
         }
-        let rd = safe_return(view.path_and_query, &self.paths);
+        let rd = safe_return(ex.request.path_and_query, &self.paths);
         let mut account = crate::respond::Account {
             rd: rd.clone(),
             ..Default::default()
@@ -550,18 +499,18 @@ impl Gateway {
                 account.sign_in_url = Some(self.paths.login_url(&rd, None));
                 account.forgot_url = self.can_reset().then(|| self.paths.forgot.clone());
             }
-            Reason::AclDenied if seen.session_user => {
+            Reason::AclDenied if ex.user.from_session => {
                 let cookies = Cookies {
-                    secure: seen.secure,
+                    secure: ex.client.secure,
                 };
-                let (csrf, set) = self.csrf().for_request(&cookies, view.headers);
+                let (csrf, set) = self.csrf().for_request(&cookies, ex.request.headers);
                 set_cookies.extend(set);
                 account.switch = Some((self.paths.logout.clone(), csrf));
             }
             _ => {}
         }
-        if seen.session_user {
-            account.user = seen.identity.as_ref().and_then(|i| i.user.clone());
+        if ex.user.from_session {
+            account.user = ex.user.identity.as_ref().and_then(|i| i.user.clone());
         }
         Some(account)
     }
@@ -569,11 +518,7 @@ impl Gateway {
     /// Where a browser refused for lack of a (live) session is sent: the sign-in page, back to
     /// this request afterwards. `None` when a redirect is not the answer (API clients, other
     /// methods, sites without form sign-in).
-    pub(crate) fn login_redirect(
-        &self,
-        refusal: &Refusal,
-        view: &RequestView<'_>,
-    ) -> Option<String> {
+    pub(crate) fn login_redirect(&self, refusal: &Refusal, view: &Received<'_>) -> Option<String> {
         // Only requests that name text/html: a favicon or an image fetched with `*/*` is not
         // a page to send to the sign-in form.
         let accept = view.headers.get(http::header::ACCEPT);

@@ -113,7 +113,7 @@ impl Gateway {
 
     /// `POST {prefix}/login`: checks origin, CSRF token and password (with the same lockout as
     /// Basic), then starts a new session and sends the browser back to `rd`.
-    pub(crate) async fn login_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+    pub(crate) async fn login_post(&self, visit: &Visit<'_>, body: RequestBody) -> Outcome {
         let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),

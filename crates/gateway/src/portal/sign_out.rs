@@ -30,7 +30,7 @@ impl Gateway {
 
     /// `POST {prefix}/logout`: ends the session server-side, clears the cookies and the cache
     /// (`Clear-Site-Data`), and shows the sign-in page (returning to `rd`).
-    pub(crate) async fn logout_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+    pub(crate) async fn logout_post(&self, visit: &Visit<'_>, body: RequestBody) -> Outcome {
         let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),

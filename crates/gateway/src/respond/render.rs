@@ -1,4 +1,4 @@
-//! The one place where a [`Refusal`] becomes an HTTP response.
+//! How a [`Refusal`] looks on the wire, and the builders of Portcullis's own responses.
 //!
 //! Status from the refusal (reason and action), a challenge on every 401, `Cache-Control:
 //! no-store`, the request id, `Retry-After` when known, and a body in the format the client asked
@@ -60,6 +60,51 @@ pub fn secure_own_response(headers: &mut http::HeaderMap) {
             .entry(http::header::CONTENT_SECURITY_POLICY)
             .or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
     }
+}
+
+/// A 303 to `location`.
+pub(crate) fn see_other(location: &str) -> Response<Body> {
+    let mut r = Response::new(full(bytes::Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// An HTML page (the portal's).
+pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut r = Response::new(full(page));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
+    r.headers_mut().insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    r
+}
+
+/// A plain-text answer that is not a refusal of the pipeline (a 404 of a gateway without
+/// upstream, a 405 at a portal page).
+pub(crate) fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut r = Response::new(full(message));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// The body formats a refusal can take.

@@ -15,20 +15,17 @@ impl Gateway {
         query: Option<&str>,
     ) -> Response<Body> {
         let Some(reason) = Reason::from_slug(slug) else {
-            let mut r = Response::new(body::full(format!(
-                "404 Not Found: \"{slug}\" is not a Portcullis reason. Known reasons: {}\n",
-                Reason::ALL
-                    .iter()
-                    .map(|r| r.slug())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-            *r.status_mut() = http::StatusCode::NOT_FOUND;
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
+            return text(
+                http::StatusCode::NOT_FOUND,
+                format!(
+                    "404 Not Found: \"{slug}\" is not a Portcullis reason. Known reasons: {}\n",
+                    Reason::ALL
+                        .iter()
+                        .map(|r| r.slug())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             );
-            return r;
         };
         let refusal = Refusal::new(reason).with_detail("explanation page");
         let quoted = portal::query_param(query, "request_id")
@@ -48,7 +45,7 @@ impl Gateway {
             basic: self.policy.auth.schemes.contains(&policy::Scheme::Basic),
             problems: &self.paths.problems,
         };
-        let mut response = respond::refusal_response(&refusal, &ctx, &self.pages);
+        let mut response = refusal_response(&refusal, &ctx, &self.pages);
         *response.status_mut() = http::StatusCode::OK;
         response.headers_mut().remove(http::header::RETRY_AFTER);
         response.headers_mut().insert(

@@ -11,13 +11,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use http::StatusCode;
-use hyper::body::Incoming;
 use policy::Reason;
 use store::sqlite::{TokenKind, UserDb};
 
 use crate::Gateway;
-use crate::portal::{Outcome, Visit, html, query_param, read_form, same_origin, see_other};
+use crate::portal::{Outcome, Visit, query_param, read_form, same_origin};
+use crate::respond::{html, see_other};
 
 /// Shortest time between two reset mails for one account.
 const RESET_MAIL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -129,7 +130,7 @@ impl Gateway {
     }
 
     /// `POST {prefix}/password`: checks the form, the link and the password, then stores it.
-    pub(crate) async fn password_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+    pub(crate) async fn password_post(&self, visit: &Visit<'_>, body: RequestBody) -> Outcome {
         let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
@@ -249,7 +250,7 @@ impl Gateway {
 
     /// `POST {prefix}/forgot`: the same answer for every address; a link is mailed when the
     /// address belongs to an enabled account.
-    pub(crate) async fn forgot_post(&self, visit: &Visit<'_>, body: Incoming) -> Outcome {
+    pub(crate) async fn forgot_post(&self, visit: &Visit<'_>, body: RequestBody) -> Outcome {
         let form = match read_form(body, self.config.server.header_timeout).await {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),

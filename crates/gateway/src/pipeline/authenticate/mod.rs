@@ -1,0 +1,40 @@
+//! Phase 5: who the user is. The policy reads the request's credentials ([`AuthStep`]: a
+//! public path, a Basic user and password, or a refusal); each way of signing in is one file
+//! here, and every password goes through the one [`logon`] service (lockout, hash queue,
+//! counting, metrics, audit) whichever scheme carried it.
+
+use super::*;
+
+mod basic;
+pub(crate) mod logon;
+mod session;
+
+impl Gateway {
+    /// Sets `ex.user` (and the log record's user name), or refuses.
+    pub(crate) async fn authenticate(
+        &self,
+        ex: &mut Exchange<'_>,
+        path: &policy::NormalizedPath,
+    ) -> Result<(), Refusal> {
+        let authorization = ex.request.headers.get(AUTHORIZATION);
+        let identity = match self
+            .policy
+            .auth
+            .authenticate(path, authorization.map(HeaderValue::as_bytes))
+        {
+            AuthStep::Public(_) => Identity::anonymous(),
+            AuthStep::VerifyBasic { user, password } => self.basic(ex, user, password).await?,
+            // Without an Authorization header, a form-login site looks for its session cookie.
+            AuthStep::Refuse(refusal)
+                if refusal.reason == Reason::NoCredentials
+                    && authorization.is_none()
+                    && self.form_enabled() =>
+            {
+                self.session(ex, refusal).await?
+            }
+            AuthStep::Refuse(refusal) => return Err(refusal),
+        };
+        ex.user.identity = Some(identity);
+        Ok(())
+    }
+}
