@@ -5,15 +5,11 @@
 //! list (with the key path and the line computed from the value's byte span) and carries on
 //! with a default, so a single run names every mistake in the file.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use policy::{PathPattern, Scheme};
-use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use policy::Scheme;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -21,55 +17,31 @@ use crate::diagnostics::{Diagnostic, Diagnostics, suggest};
 use crate::model::*;
 
 mod access;
+mod auth;
+mod output;
 mod portal;
 mod rules;
 mod runtime;
+mod server;
+mod values;
 
 pub use access::DEFAULT_FILTER_TIMEOUT;
 use access::{FILTER_KEYS, IP_KEYS};
+use auth::AUTH_KEYS;
+pub use auth::{DEFAULT_CACHE_TTL, DEFAULT_REALM, DEFAULT_VERIFY_QUEUE_TIMEOUT};
+use output::{ERRORS_KEYS, LOG_KEYS};
 use portal::{MAIL_KEYS, PORTAL_KEYS};
 use rules::{GroupNames, UserNames};
 use runtime::{ADMIN_KEYS, DYNAMIC_KEYS, LOGON_KEYS, STATE_KEYS};
 pub use runtime::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL};
+use server::SERVER_KEYS;
+pub use server::{
+    DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_UPSTREAM_TIMEOUT,
+};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
-/// Keys of `[server]`.
-const SERVER_KEYS: &[&str] = &[
-    "listen",
-    "upstream",
-    "tls",
-    "trusted_proxies",
-    "header_timeout",
-    "upstream_timeout",
-    "connect_timeout",
-    "workers",
-    "drain_timeout",
-    "forwarded_header",
-    "backlog",
-    "idle_timeout",
-    "max_connections",
-    "upstream_max_connections",
-];
-/// Keys of `[auth]`.
-const AUTH_KEYS: &[&str] = &[
-    "realm",
-    "schemes",
-    "users",
-    "groups",
-    "public",
-    "acl_status",
-    "cache_ttl",
-    "forward_authorization",
-    "path_case",
-    "verify_queue_timeout",
-];
-/// Keys of `[errors]`.
-const ERRORS_KEYS: &[&str] = &["mode", "pages", "upstream_401"];
-/// Keys of `[log]`.
-const LOG_KEYS: &[&str] = &["access", "format", "audit"];
-/// Keys of `server.tls`.
-const TLS_KEYS: &[&str] = &["cert", "key"];
 /// The sections this build understands, with their keys.
 /// (`[[rule]]`, an array of tables, is walked separately.)
 const SECTIONS: &[(&str, &[&str])] = &[
@@ -93,38 +65,6 @@ const FORWARD_AUTH_KEYS: &[&str] = &["headers"];
 const RULE: &str = "rule";
 /// Sections of the contract that this build does not implement yet: refused, never ignored.
 const UNSUPPORTED_SECTIONS: &[&str] = &[];
-
-/// Names accepted in `auth.schemes`.
-const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
-/// Values of `errors.mode`.
-const ERROR_MODES: &[&str] = &["custom", "detailed", "detailed_local_only"];
-/// Values of `errors.upstream_401`.
-const UPSTREAM_401: &[&str] = &["pass_through", "replace"];
-/// Values of `log.format`.
-const LOG_FORMATS: &[&str] = &["w3c", "json"];
-/// Values of `auth.path_case`.
-const PATH_CASES: &[&str] = &["sensitive", "insensitive"];
-
-/// Default `server.listen`.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
-/// Default `server.header_timeout`.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `server.upstream_timeout`.
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `server.idle_timeout`: a keep-alive connection idle this long is closed.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `server.backlog` (the kernel caps it at `net.core.somaxconn`).
-pub const DEFAULT_BACKLOG: u32 = 4096;
-/// Default `auth.verify_queue_timeout`.
-pub const DEFAULT_VERIFY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default `server.drain_timeout`.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default `server.connect_timeout`.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default `auth.realm`.
-pub const DEFAULT_REALM: &str = "Restricted area";
-/// Default `auth.cache_ttl`.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// Parses and validates `text`; relative paths are joined to `base_dir`.
 pub(crate) fn check(
@@ -544,747 +484,6 @@ impl Checker<'_> {
             }
         }
     }
-
-    // ---------------------------------------------------------------- sections
-
-    /// `[server]`.
-    fn server(&mut self, s: &Section<'_, '_>) -> Option<Server> {
-        let listen = match s.get("listen") {
-            None => {
-                let default = "server.listen (the default)".to_owned();
-                self.public_listen.push((default, DEFAULT_LISTEN));
-                vec![DEFAULT_LISTEN]
-            }
-            Some(v) => self.listen(&s.path("listen"), v),
-        };
-        // No upstream: a forward-auth-only deployment (only /.portcullis/* is answered).
-        let mut upstream_valid = true;
-        let upstream = match s.get("upstream") {
-            None => {
-                self.warn(
-                    s.path("upstream"),
-                    s.span.clone(),
-                    "no upstream: Portcullis will only answer forward-auth questions at /.portcullis/auth \
-                     (every other path gets 404); set upstream = \"http://127.0.0.1:3000\" to proxy an application",
-                );
-                None
-            }
-            Some(v) => {
-                self.string(&s.path("upstream"), v)
-                    .and_then(|text| match Upstream::parse(text) {
-                        Ok(u) => Some(u),
-                        Err(e) => {
-                            self.report(s.path("upstream"), Some(v.span()), e);
-                            upstream_valid = false;
-                            None
-                        }
-                    })
-            }
-        };
-        let tls = s.get("tls").and_then(|v| self.tls(&s.path("tls"), v));
-        let trusted_proxies = match s.get("trusted_proxies") {
-            None => policy::IpSet::default(),
-            Some(v) => self.ip_list(&s.path("trusted_proxies"), v),
-        };
-        let header_timeout = self.duration(s, "header_timeout", DEFAULT_HEADER_TIMEOUT, false);
-        let upstream_timeout =
-            self.duration(s, "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT, false);
-        let connect_timeout = self.duration(s, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, false);
-        let drain_timeout = self.duration(s, "drain_timeout", DEFAULT_DRAIN_TIMEOUT, true);
-        let forwarded_header =
-            match self.choice(s, "forwarded_header", &["x-forwarded-for", "forwarded"]) {
-                Some("forwarded") => ForwardedHeader::Forwarded,
-                _ => ForwardedHeader::XForwardedFor,
-            };
-        let idle_timeout = self.duration(s, "idle_timeout", DEFAULT_IDLE_TIMEOUT, false);
-        let backlog = s.get("backlog").and_then(|v| {
-            let n = self.integer(&s.path("backlog"), v)?;
-            match u32::try_from(n) {
-                Ok(n @ 1..=1_000_000) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("backlog"),
-                        Some(v.span()),
-                        format!("must be from 1 to 1000000 (connections waiting to be accepted), not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        let max_connections = s.get("max_connections").and_then(|v| {
-            let n = self.integer(&s.path("max_connections"), v)?;
-            match usize::try_from(n) {
-                Ok(n @ 1..=10_000_000) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("max_connections"),
-                        Some(v.span()),
-                        format!("must be from 1 to 10000000 (open client connections), not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        let upstream_max_connections = s.get("upstream_max_connections").and_then(|v| {
-            let n = self.integer(&s.path("upstream_max_connections"), v)?;
-            match usize::try_from(n) {
-                Ok(n @ 1..=10_000_000) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("upstream_max_connections"),
-                        Some(v.span()),
-                        format!("must be from 1 to 10000000 (requests in flight to the upstream), not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        let workers = s.get("workers").and_then(|v| {
-            let n = self.integer(&s.path("workers"), v)?;
-            match usize::try_from(n) {
-                Ok(n @ 1..=1024) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("workers"),
-                        Some(v.span()),
-                        format!("must be between 1 and 1024, not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        if !upstream_valid {
-            return None;
-        }
-        Some(Server {
-            listen,
-            upstream,
-            tls,
-            header_timeout,
-            upstream_timeout,
-            connect_timeout,
-            drain_timeout,
-            forwarded_header,
-            workers,
-            trusted_proxies,
-            idle_timeout,
-            backlog: backlog.unwrap_or(DEFAULT_BACKLOG),
-            max_connections,
-            upstream_max_connections,
-        })
-    }
-
-    /// `server.listen`: one address or an array of them.
-    fn listen(&mut self, key: &str, v: &Value<'_>) -> Vec<SocketAddr> {
-        let entries: Vec<(String, &str, Range<usize>)> = match v.get_ref() {
-            DeValue::String(s) => vec![(key.to_owned(), s.as_ref(), v.span())],
-            DeValue::Array(_) => self.strings(key, v),
-            other => {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!(
-                        "expected an address or an array of addresses, found {}",
-                        type_name(other)
-                    ),
-                );
-                return Vec::new();
-            }
-        };
-        if entries.is_empty() && matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()) {
-            self.report(
-                key,
-                Some(v.span()),
-                "must list at least one address, e.g. [\"127.0.0.1:8080\"]",
-            );
-        }
-        let mut out = Vec::new();
-        for (path, text, span) in entries {
-            match parse_listen(text) {
-                Ok(addr) if out.contains(&addr) => {
-                    self.report(path, Some(span), format!("{addr} is listed twice"))
-                }
-                Ok(addr) => {
-                    self.public_listen.push((path, addr));
-                    out.push(addr);
-                }
-                Err(e) => self.report(path, Some(span), e),
-            }
-        }
-        out
-    }
-
-    /// `server.tls = { cert, key }`: both PEM files must exist and parse.
-    fn tls(&mut self, key: &str, v: &Value<'_>) -> Option<Tls> {
-        let DeValue::Table(t) = v.get_ref() else {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "expected a table like {{ cert = \"cert.pem\", key = \"key.pem\" }}, found {}",
-                    type_name(v.get_ref())
-                ),
-            );
-            return None;
-        };
-        self.unknown_in(t, &format!("{key}."), TLS_KEYS);
-        let file = |this: &mut Self, name: &str| -> Option<(PathBuf, Range<usize>)> {
-            let path = format!("{key}.{name}");
-            match t.get(name) {
-                None => {
-                    this.report(
-                        path,
-                        Some(v.span()),
-                        format!("is required (the {name} PEM file)"),
-                    );
-                    None
-                }
-                Some(fv) => this.string(&path, fv).map(|s| (this.resolve(s), fv.span())),
-            }
-        };
-        let cert = file(self, "cert");
-        let private = file(self, "key");
-        let cert_ok = cert
-            .as_ref()
-            .is_some_and(|(p, span)| self.check_cert(&format!("{key}.cert"), p, span));
-        let key_ok = private
-            .as_ref()
-            .is_some_and(|(p, span)| self.check_key(&format!("{key}.key"), p, span));
-        match (cert, private) {
-            (Some((cert, _)), Some((key, _))) if cert_ok && key_ok => Some(Tls { cert, key }),
-            _ => None,
-        }
-    }
-
-    /// The certificate file holds at least one PEM certificate.
-    fn check_cert(&mut self, key: &str, path: &Path, span: &Range<usize>) -> bool {
-        let shown = path.display();
-        let iter = match CertificateDer::pem_file_iter(path) {
-            Ok(iter) => iter,
-            Err(e) => {
-                self.report(
-                    key,
-                    Some(span.clone()),
-                    pem_problem("certificate", path, &e),
-                );
-                return false;
-            }
-        };
-        let mut found = 0usize;
-        for item in iter {
-            match item {
-                Ok(_) => found += 1,
-                Err(e) => {
-                    self.report(
-                        key,
-                        Some(span.clone()),
-                        pem_problem("certificate", path, &e),
-                    );
-                    return false;
-                }
-            }
-        }
-        if found == 0 {
-            self.report(
-                key,
-                Some(span.clone()),
-                format!("no certificate (-----BEGIN CERTIFICATE-----) found in {shown}"),
-            );
-        }
-        found > 0
-    }
-
-    /// The key file holds a PEM private key.
-    fn check_key(&mut self, key: &str, path: &Path, span: &Range<usize>) -> bool {
-        match PrivateKeyDer::from_pem_file(path) {
-            Ok(_) => true,
-            Err(e) => {
-                self.report(
-                    key,
-                    Some(span.clone()),
-                    pem_problem("private key", path, &e),
-                );
-                false
-            }
-        }
-    }
-
-    /// `[auth]`.
-    fn auth(&mut self, s: &Section<'_, '_>) -> Option<Auth> {
-        let realm = match s.get("realm") {
-            None => DEFAULT_REALM.to_owned(),
-            Some(v) => match self.string(&s.path("realm"), v) {
-                Some(r) if r.chars().any(char::is_control) => {
-                    self.report(
-                        s.path("realm"),
-                        Some(v.span()),
-                        "must not contain control characters",
-                    );
-                    String::new()
-                }
-                Some(r) => r.to_owned(),
-                None => String::new(),
-            },
-        };
-        let schemes = match s.get("schemes") {
-            None => vec![Scheme::Basic],
-            Some(v) => self.schemes(&s.path("schemes"), v),
-        };
-        let users = match s.get("users") {
-            None => {
-                self.missing(s, "users", "\"users.htpasswd\"");
-                None
-            }
-            Some(v) => self.users(&s.path("users"), v),
-        };
-        let groups = s
-            .get("groups")
-            .and_then(|v| self.groups_file(&s.path("groups"), v));
-        // With a user database, groups live in it (`portcullis users groups`): rules may name
-        // any group.
-        if matches!(users, Some(UserSource::Sqlite(_)))
-            && matches!(self.groups, rules::GroupNames::NotConfigured)
-        {
-            self.groups = rules::GroupNames::Unusable;
-        }
-        self.case_insensitive_paths =
-            self.choice(s, "path_case", PATH_CASES) == Some("insensitive");
-        let public = match s.get("public") {
-            None => Vec::new(),
-            Some(v) => self.public(&s.path("public"), v),
-        };
-        let acl_status = match s.get("acl_status") {
-            None => 401,
-            Some(v) => match self.integer(&s.path("acl_status"), v) {
-                Some(n @ (401 | 403)) => n as u16,
-                Some(n) => {
-                    self.report(
-                        s.path("acl_status"),
-                        Some(v.span()),
-                        format!("must be 401 or 403, not {n}"),
-                    );
-                    401
-                }
-                None => 401,
-            },
-        };
-        let cache_ttl = self.duration(s, "cache_ttl", DEFAULT_CACHE_TTL, true);
-        let verify_queue_timeout = self.duration(
-            s,
-            "verify_queue_timeout",
-            DEFAULT_VERIFY_QUEUE_TIMEOUT,
-            false,
-        );
-        let forward_authorization = match s.get("forward_authorization") {
-            None => false,
-            Some(v) => self
-                .boolean(&s.path("forward_authorization"), v)
-                .unwrap_or(false),
-        };
-        Some(Auth {
-            realm,
-            schemes,
-            users: users?,
-            public,
-            acl_status,
-            cache_ttl,
-            forward_authorization,
-            groups,
-            case_insensitive_paths: self.case_insensitive_paths,
-            verify_queue_timeout,
-        })
-    }
-
-    /// `auth.schemes`: non-empty; `basic` and `form` are implemented.
-    fn schemes(&mut self, key: &str, v: &Value<'_>) -> Vec<Scheme> {
-        if !self.expect_array(key, v, "an array such as [\"basic\"]") {
-            return Vec::new();
-        }
-        if matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()) {
-            self.report(
-                key,
-                Some(v.span()),
-                "must list at least one scheme, e.g. [\"basic\"]",
-            );
-        }
-        let mut out = Vec::new();
-        for (path, text, span) in self.strings(key, v) {
-            match text {
-                "basic" if out.contains(&Scheme::Basic) => {
-                    self.report(path, Some(span), "\"basic\" is listed twice");
-                }
-                "basic" => out.push(Scheme::Basic),
-                "form" if out.contains(&Scheme::Form) => {
-                    self.report(path, Some(span), "\"form\" is listed twice");
-                }
-                "form" => out.push(Scheme::Form),
-                "digest" | "bearer" => {
-                    self.unsupported(path, Some(span), &format!("the \"{text}\" scheme"));
-                }
-                other => self.bad_enum(path, span, other, SCHEME_NAMES),
-            }
-        }
-        out
-    }
-
-    /// `auth.users`: an htpasswd file that exists, or `sqlite:PATH` (a user database whose
-    /// folder exists; `portcullis users add` creates the file).
-    fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
-        let text = self.string(key, v)?;
-        if let Some(db) = text.strip_prefix("sqlite:") {
-            let path = self.resolve(db);
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if db.is_empty() || path.is_dir() {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    "write \"sqlite:PATH\", e.g. \"sqlite:portcullis.db\"",
-                );
-                return None;
-            }
-            if !parent.is_dir() {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!(
-                        "the folder of the user database does not exist: {}",
-                        parent.display()
-                    ),
-                );
-                return None;
-            }
-            return Some(UserSource::Sqlite(path));
-        }
-        if text.is_empty() {
-            self.report(
-                key,
-                Some(v.span()),
-                "must name an htpasswd file, e.g. \"users.htpasswd\"",
-            );
-            return None;
-        }
-        let path = self.resolve(text);
-        if path.is_file() {
-            self.users = UserNames::read(&path);
-            Some(UserSource::Htpasswd(path))
-        } else if path.exists() {
-            self.report(
-                key,
-                Some(v.span()),
-                format!("{} is not a file", path.display()),
-            );
-            None
-        } else {
-            self.report(
-                key,
-                Some(v.span()),
-                format!(
-                    "users file not found: {} (create it with `htpasswd -c -B FILE USER`)",
-                    path.display()
-                ),
-            );
-            None
-        }
-    }
-
-    /// `auth.public`: each entry compiled as a path pattern.
-    fn public(&mut self, key: &str, v: &Value<'_>) -> Vec<PathPattern> {
-        if !self.expect_array(key, v, "an array of path patterns") {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for (path, text, span) in self.strings(key, v) {
-            match PathPattern::parse(text) {
-                Ok(p) => out.push(p),
-                Err(e) => self.report(path, Some(span), e.to_string()),
-            }
-        }
-        out
-    }
-
-    /// `[errors]`.
-    fn errors(&mut self, s: &Section<'_, '_>) -> Errors {
-        let mode = match self.choice(s, "mode", ERROR_MODES) {
-            Some("custom") => ErrorMode::Custom,
-            Some("detailed") => ErrorMode::Detailed,
-            _ => ErrorMode::DetailedLocalOnly,
-        };
-        let pages = s.get("pages").and_then(|v| {
-            let text = self.string(&s.path("pages"), v)?;
-            let path = self.resolve(text);
-            if path.is_dir() {
-                Some(path)
-            } else if path.exists() {
-                self.report(
-                    s.path("pages"),
-                    Some(v.span()),
-                    format!("{} is not a folder", path.display()),
-                );
-                None
-            } else {
-                self.report(
-                    s.path("pages"),
-                    Some(v.span()),
-                    format!("folder not found: {}", path.display()),
-                );
-                None
-            }
-        });
-        let upstream_401 = match self.choice(s, "upstream_401", UPSTREAM_401) {
-            Some("replace") => Upstream401::Replace,
-            _ => Upstream401::PassThrough,
-        };
-        Errors {
-            mode,
-            pages,
-            upstream_401,
-        }
-    }
-
-    /// `[log]`.
-    fn log(&mut self, s: &Section<'_, '_>) -> Log {
-        let access = match s.get("access") {
-            None => AccessLogTarget::Stdout,
-            Some(v) => match self.string(&s.path("access"), v) {
-                Some("-") | None => AccessLogTarget::Stdout,
-                Some("off") => AccessLogTarget::Off,
-                Some("") => {
-                    self.report(
-                        s.path("access"),
-                        Some(v.span()),
-                        "must be \"-\" (stdout), \"off\" or a file path",
-                    );
-                    AccessLogTarget::Stdout
-                }
-                Some(text) => {
-                    let path = self.resolve(text);
-                    let parent = path
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    if path.is_dir() {
-                        self.report(
-                            s.path("access"),
-                            Some(v.span()),
-                            format!("{} is a folder, not a file", path.display()),
-                        );
-                    } else if !parent.is_dir() {
-                        self.report(
-                            s.path("access"),
-                            Some(v.span()),
-                            format!(
-                                "the folder of the access log does not exist: {}",
-                                parent.display()
-                            ),
-                        );
-                    }
-                    AccessLogTarget::File(path)
-                }
-            },
-        };
-        let format = match self.choice(s, "format", LOG_FORMATS) {
-            Some("json") => LogFormat::Json,
-            _ => LogFormat::W3c,
-        };
-        let audit = s.get("audit").and_then(|v| {
-            let text = self.string(&s.path("audit"), v)?;
-            let path = self.resolve(text);
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if text.is_empty() || path.is_dir() {
-                self.report(
-                    s.path("audit"),
-                    Some(v.span()),
-                    "must be the path of a file (JSON lines)",
-                );
-                None
-            } else if !parent.is_dir() {
-                self.report(
-                    s.path("audit"),
-                    Some(v.span()),
-                    format!(
-                        "the folder of the audit log does not exist: {}",
-                        parent.display()
-                    ),
-                );
-                None
-            } else {
-                Some(path)
-            }
-        });
-        Log {
-            access,
-            format,
-            audit,
-        }
-    }
-
-    // ---------------------------------------------------------------- values
-
-    /// Reports "expected WHAT, found TYPE" unless `v` is an array; returns whether it is.
-    fn expect_array(&mut self, key: &str, v: &Value<'_>, what: &str) -> bool {
-        if matches!(v.get_ref(), DeValue::Array(_)) {
-            return true;
-        }
-        self.report(
-            key,
-            Some(v.span()),
-            format!("expected {what}, found {}", type_name(v.get_ref())),
-        );
-        false
-    }
-
-    /// A string value, or a type error.
-    fn string<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Option<&'v str> {
-        match v.get_ref() {
-            DeValue::String(s) => Some(s.as_ref()),
-            other => {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!("expected a string, found {}", type_name(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// An integer value, or a type error.
-    fn integer(&mut self, key: &str, v: &Value<'_>) -> Option<i64> {
-        match v.get_ref() {
-            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    self.report(key, Some(v.span()), "integer is out of range");
-                    None
-                }
-            },
-            other => {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!("expected an integer, found {}", type_name(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// A boolean value, or a type error.
-    fn boolean(&mut self, key: &str, v: &Value<'_>) -> Option<bool> {
-        match v.get_ref() {
-            DeValue::Boolean(b) => Some(*b),
-            other => {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!("expected true or false, found {}", type_name(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// An array of strings: each entry with its indexed key path and span; non-strings reported.
-    fn strings<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Vec<(String, &'v str, Range<usize>)> {
-        let DeValue::Array(items) = v.get_ref() else {
-            self.report(
-                key,
-                Some(v.span()),
-                format!("expected an array, found {}", type_name(v.get_ref())),
-            );
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("{key}[{i}]");
-            if let Some(s) = self.string(&path, item) {
-                out.push((path, s, item.span()));
-            }
-        }
-        out
-    }
-
-    /// A duration in humantime form (`"10s"`, `"5m"`), defaulted when absent.
-    fn duration(
-        &mut self,
-        s: &Section<'_, '_>,
-        key: &str,
-        default: Duration,
-        zero_ok: bool,
-    ) -> Duration {
-        let Some(v) = s.get(key) else { return default };
-        let path = s.path(key);
-        let Some(text) = (match v.get_ref() {
-            DeValue::String(t) => Some(t.as_ref()),
-            other => {
-                self.report(
-                    &path,
-                    Some(v.span()),
-                    format!(
-                        "expected a duration string such as \"10s\" or \"5m\", found {}",
-                        type_name(other)
-                    ),
-                );
-                None
-            }
-        }) else {
-            return default;
-        };
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() && !zero_ok => {
-                self.report(path, Some(v.span()), "must be longer than zero");
-                default
-            }
-            Ok(d) => d,
-            Err(e) => {
-                self.report(
-                    path,
-                    Some(v.span()),
-                    format!("\"{text}\" is not a duration ({e}); write it like \"10s\", \"5m\" or \"1h 30m\""),
-                );
-                default
-            }
-        }
-    }
-
-    /// One of `accepted`, defaulted (to `None`) when absent.
-    fn choice(
-        &mut self,
-        s: &Section<'_, '_>,
-        key: &str,
-        accepted: &[&'static str],
-    ) -> Option<&'static str> {
-        let v = s.get(key)?;
-        let text = self.string(&s.path(key), v)?;
-        match accepted.iter().find(|a| **a == text) {
-            Some(a) => Some(*a),
-            None => {
-                self.bad_enum(s.path(key), v.span(), text, accepted);
-                None
-            }
-        }
-    }
-
-    /// Reports a value outside an enumeration, listing what is accepted.
-    fn bad_enum(&mut self, key: String, span: Range<usize>, text: &str, accepted: &[&str]) {
-        let list = accepted
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.report_suggest(
-            key,
-            Some(span),
-            format!("unknown value \"{text}\"; accepted values: {list}"),
-            suggest(text, accepted),
-        );
-    }
 }
 
 /// Reads an `ip:port` listen address (`localhost:PORT` meaning 127.0.0.1).
@@ -1303,66 +502,60 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     ))
 }
 
-/// Explains why a PEM file could not be used, naming the file.
-fn pem_problem(what: &str, path: &Path, e: &pem::Error) -> String {
-    let shown = path.display();
-    match e {
-        pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            format!("{what} file not found: {shown}")
-        }
-        pem::Error::Io(io) => format!("cannot read {what} file {shown}: {io}"),
-        pem::Error::NoItemsFound => format!("no PEM {what} found in {shown}"),
-        other => format!("{what} file {shown} is not valid PEM: {other}"),
-    }
+/// How [`parse_http_url`] names a URL in its messages.
+struct UrlWording {
+    /// What the URL points at: "the {name} must be an http:// URL", "the {name} URL must not …".
+    name: &'static str,
+    /// What https URLs of its kind are called ("https upstreams").
+    https: &'static str,
+    /// A valid URL, for "write it like …".
+    example: &'static str,
 }
 
-impl Upstream {
-    /// Reads an `http://host[:port][/base]` upstream URL (port 80 when absent).
-    pub fn parse(text: &str) -> Result<Upstream, String> {
-        let uri: http::Uri = text.parse().map_err(|e| {
-            format!("\"{text}\" is not a URL ({e}); write it like \"http://127.0.0.1:3000\"")
-        })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err("https upstreams are not supported by this version of Portcullis yet; use http://".into());
-            }
-            Some(other) => {
-                return Err(format!(
-                    "the upstream must be an http:// URL, not {other}://"
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "\"{text}\" has no scheme; write it like \"http://{text}\""
-                ));
-            }
+/// Reads an `http://host[:port][/path]` URL (`server.upstream`, `filter.url`): an http scheme,
+/// a host, no user name or password. Returns the URL and its authority.
+fn parse_http_url(
+    text: &str,
+    wording: &UrlWording,
+) -> Result<(http::Uri, http::uri::Authority), String> {
+    let uri: http::Uri = text.parse().map_err(|e| {
+        format!(
+            "\"{text}\" is not a URL ({e}); write it like \"{}\"",
+            wording.example
+        )
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{} are not supported by this version of Portcullis yet; use http://",
+                wording.https
+            ));
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("\"{text}\" has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err("the upstream URL must not contain a user name or password".into());
+        Some(other) => {
+            return Err(format!(
+                "the {} must be an http:// URL, not {other}://",
+                wording.name
+            ));
         }
-        let host = authority.host();
-        if host.is_empty() {
-            return Err(format!("\"{text}\" has no host"));
+        None => {
+            return Err(format!(
+                "\"{text}\" has no scheme; write it like \"http://{text}\""
+            ));
         }
-        if uri.query().is_some() {
-            return Err("the upstream URL must not have a query string".into());
-        }
-        let port = authority.port_u16().unwrap_or(80);
-        let host: Cow<'_, str> = match host.parse::<std::net::Ipv6Addr>() {
-            Ok(_) => format!("[{host}]").into(),
-            Err(_) => host.into(),
-        };
-        let authority = format!("{host}:{port}")
-            .parse()
-            .map_err(|e| format!("\"{text}\" has an invalid host or port ({e})"))?;
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream {
-            authority,
-            base_path,
-        })
     }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("\"{text}\" has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "the {} URL must not contain a user name or password",
+            wording.name
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("\"{text}\" has no host"));
+    }
+    Ok((uri, authority))
 }

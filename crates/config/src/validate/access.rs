@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use policy::{DenyAction, HostPattern, IpEntry, IpPolicy, IpSet, Origin};
 use toml::de::DeValue;
 
-use super::{Checker, Section, Value};
+use super::{Checker, Section, UrlWording, Value, parse_http_url};
 use crate::model::{FailMode, Filter};
 
 /// Keys of `[ip]`.
@@ -28,6 +28,12 @@ pub(super) const IP_KEYS: &[&str] = &[
 pub(super) const FILTER_KEYS: &[&str] = &["url", "timeout", "on_error"];
 /// Values of `filter.on_error`.
 const ON_ERROR: &[&str] = &["closed", "open"];
+/// How messages name `filter.url`.
+const FILTER_URL: UrlWording = UrlWording {
+    name: "filter",
+    https: "https filter URLs",
+    example: "http://127.0.0.1:9000/check",
+};
 /// Default `filter.timeout`.
 pub const DEFAULT_FILTER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -318,37 +324,7 @@ fn check_host_suffix(text: &str) -> Result<(), String> {
 
 /// Reads the `http://host[:port][/path]` URL of the filter service.
 fn parse_filter_url(text: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = text.parse().map_err(|e| {
-        format!("\"{text}\" is not a URL ({e}); write it like \"http://127.0.0.1:9000/check\"")
-    })?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https filter URLs are not supported by this version of Portcullis yet; \
-                 use http://"
-                    .into(),
-            );
-        }
-        Some(other) => {
-            return Err(format!("the filter must be an http:// URL, not {other}://"));
-        }
-        None => {
-            return Err(format!(
-                "\"{text}\" has no scheme; write it like \"http://{text}\""
-            ));
-        }
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("\"{text}\" has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err("the filter URL must not contain a user name or password".into());
-    }
-    if authority.host().is_empty() {
-        return Err(format!("\"{text}\" has no host"));
-    }
-    Ok(uri)
+    parse_http_url(text, &FILTER_URL).map(|(uri, _)| uri)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::runtime::{DAY, Within};
+use super::values::{DAY, Within};
 use super::{Checker, Section};
 use crate::model::{Mail, Portal};
 

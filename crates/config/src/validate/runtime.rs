@@ -7,12 +7,12 @@
 //! never repeated in a message.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use policy::DenyAction;
 use toml::de::{DeTable, DeValue};
 
+use super::values::{DAY, Within};
 use super::{Checker, Section, Value, parse_listen, type_name};
 use crate::diagnostics::suggest;
 use crate::model::{Admin, Dynamic, FailMode, Logon, State, StateBackend, mask_password};
@@ -49,23 +49,6 @@ pub const DEFAULT_MAX_CONCURRENT: u32 = 5;
 pub const DEFAULT_MAX_REQUESTS: u32 = 20;
 /// Default `dynamic.deny_by_rate.interval` (IIS).
 pub const DEFAULT_RATE_INTERVAL: Duration = Duration::from_millis(200);
-
-/// The finest step counters and bans are kept in (Redis expiries are in milliseconds).
-const MIN_DURATION: Duration = Duration::from_millis(1);
-/// One day.
-pub(super) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// What a duration key allows, for its checks and messages.
-pub(super) struct Within {
-    /// Longest value allowed.
-    pub(super) max: Duration,
-    /// `max` as written in messages ("24h").
-    pub(super) max_text: &'static str,
-    /// The default as written in messages ("200ms").
-    pub(super) example: &'static str,
-    /// Why zero is refused, starting with the key ("an interval of 0 counts no requests").
-    pub(super) zero: &'static str,
-}
 
 impl Checker<'_> {
     /// `[dynamic]`: per-client concurrency and rate limits (both off when absent).
@@ -362,87 +345,6 @@ impl Checker<'_> {
             );
         }
         Admin { listen: Some(addr) }
-    }
-
-    // ---------------------------------------------------------------- values
-
-    /// An integer within `range`, defaulted when absent; `unit` says what it counts.
-    pub(super) fn bounded_int(
-        &mut self,
-        key: &str,
-        v: Option<&Value<'_>>,
-        default: u32,
-        range: RangeInclusive<u32>,
-        unit: &str,
-    ) -> u32 {
-        let Some(v) = v else { return default };
-        let Some(n) = self.integer(key, v) else {
-            return default;
-        };
-        match u32::try_from(n) {
-            Ok(n) if range.contains(&n) => n,
-            _ => {
-                let off = if n == 0 && key.starts_with("dynamic.") {
-                    "; to turn the limit off, set enabled = false"
-                } else {
-                    ""
-                };
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!(
-                        "must be from {} to {} ({unit}), not {n}{off}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-                default
-            }
-        }
-    }
-
-    /// A duration from 1ms to `within.max`, defaulted when absent.
-    pub(super) fn bounded_duration(
-        &mut self,
-        key: &str,
-        v: Option<&Value<'_>>,
-        default: Duration,
-        within: &Within,
-    ) -> Duration {
-        let Some(v) = v else { return default };
-        let allowed = format!(
-            "from 1ms to {}, like \"{}\"",
-            within.max_text, within.example
-        );
-        let text = match v.get_ref() {
-            DeValue::String(t) => t.as_ref(),
-            other => {
-                self.report(
-                    key,
-                    Some(v.span()),
-                    format!(
-                        "expected a duration string {allowed}, found {}",
-                        type_name(other)
-                    ),
-                );
-                return default;
-            }
-        };
-        let message = match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => format!("{}; write a duration {allowed}", within.zero),
-            Ok(d) if d < MIN_DURATION => format!(
-                "\"{text}\" is shorter than 1ms, the finest step Portcullis counts in; \
-                 write a duration {allowed}"
-            ),
-            Ok(d) if d > within.max => format!(
-                "\"{text}\" is longer than the {} allowed; write a duration {allowed}",
-                within.max_text
-            ),
-            Ok(d) => return d,
-            Err(e) => format!("\"{text}\" is not a duration ({e}); write one {allowed}"),
-        };
-        self.report(key, Some(v.span()), message);
-        default
     }
 }
 

@@ -1,0 +1,234 @@
+//! `[auth]`: the realm, sign-in schemes, users (htpasswd or SQLite), public paths and ACL status.
+
+use std::path::Path;
+use std::time::Duration;
+
+use policy::{PathPattern, Scheme};
+use toml::de::DeValue;
+
+use super::rules::{self, UserNames};
+use super::{Checker, Section, Value};
+use crate::model::{Auth, UserSource};
+
+/// Keys of `[auth]`.
+pub(super) const AUTH_KEYS: &[&str] = &[
+    "realm",
+    "schemes",
+    "users",
+    "groups",
+    "public",
+    "acl_status",
+    "cache_ttl",
+    "forward_authorization",
+    "path_case",
+    "verify_queue_timeout",
+];
+/// Names accepted in `auth.schemes`.
+const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
+/// Values of `auth.path_case`.
+const PATH_CASES: &[&str] = &["sensitive", "insensitive"];
+
+/// Default `auth.verify_queue_timeout`.
+pub const DEFAULT_VERIFY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `auth.realm`.
+pub const DEFAULT_REALM: &str = "Restricted area";
+/// Default `auth.cache_ttl`.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+
+impl Checker<'_> {
+    /// `[auth]`.
+    pub(super) fn auth(&mut self, s: &Section<'_, '_>) -> Option<Auth> {
+        let realm = match s.get("realm") {
+            None => DEFAULT_REALM.to_owned(),
+            Some(v) => match self.string(&s.path("realm"), v) {
+                Some(r) if r.chars().any(char::is_control) => {
+                    self.report(
+                        s.path("realm"),
+                        Some(v.span()),
+                        "must not contain control characters",
+                    );
+                    String::new()
+                }
+                Some(r) => r.to_owned(),
+                None => String::new(),
+            },
+        };
+        let schemes = match s.get("schemes") {
+            None => vec![Scheme::Basic],
+            Some(v) => self.schemes(&s.path("schemes"), v),
+        };
+        let users = match s.get("users") {
+            None => {
+                self.missing(s, "users", "\"users.htpasswd\"");
+                None
+            }
+            Some(v) => self.users(&s.path("users"), v),
+        };
+        let groups = s
+            .get("groups")
+            .and_then(|v| self.groups_file(&s.path("groups"), v));
+        // With a user database, groups live in it (`portcullis users groups`): rules may name
+        // any group.
+        if matches!(users, Some(UserSource::Sqlite(_)))
+            && matches!(self.groups, rules::GroupNames::NotConfigured)
+        {
+            self.groups = rules::GroupNames::Unusable;
+        }
+        self.case_insensitive_paths =
+            self.choice(s, "path_case", PATH_CASES) == Some("insensitive");
+        let public = match s.get("public") {
+            None => Vec::new(),
+            Some(v) => self.public(&s.path("public"), v),
+        };
+        let acl_status = match s.get("acl_status") {
+            None => 401,
+            Some(v) => match self.integer(&s.path("acl_status"), v) {
+                Some(n @ (401 | 403)) => n as u16,
+                Some(n) => {
+                    self.report(
+                        s.path("acl_status"),
+                        Some(v.span()),
+                        format!("must be 401 or 403, not {n}"),
+                    );
+                    401
+                }
+                None => 401,
+            },
+        };
+        let cache_ttl = self.duration(s, "cache_ttl", DEFAULT_CACHE_TTL, true);
+        let verify_queue_timeout = self.duration(
+            s,
+            "verify_queue_timeout",
+            DEFAULT_VERIFY_QUEUE_TIMEOUT,
+            false,
+        );
+        let forward_authorization = match s.get("forward_authorization") {
+            None => false,
+            Some(v) => self
+                .boolean(&s.path("forward_authorization"), v)
+                .unwrap_or(false),
+        };
+        Some(Auth {
+            realm,
+            schemes,
+            users: users?,
+            public,
+            acl_status,
+            cache_ttl,
+            forward_authorization,
+            groups,
+            case_insensitive_paths: self.case_insensitive_paths,
+            verify_queue_timeout,
+        })
+    }
+
+    /// `auth.schemes`: non-empty; `basic` and `form` are implemented.
+    fn schemes(&mut self, key: &str, v: &Value<'_>) -> Vec<Scheme> {
+        if !self.expect_array(key, v, "an array such as [\"basic\"]") {
+            return Vec::new();
+        }
+        if matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()) {
+            self.report(
+                key,
+                Some(v.span()),
+                "must list at least one scheme, e.g. [\"basic\"]",
+            );
+        }
+        let mut out = Vec::new();
+        for (path, text, span) in self.strings(key, v) {
+            match text {
+                "basic" if out.contains(&Scheme::Basic) => {
+                    self.report(path, Some(span), "\"basic\" is listed twice");
+                }
+                "basic" => out.push(Scheme::Basic),
+                "form" if out.contains(&Scheme::Form) => {
+                    self.report(path, Some(span), "\"form\" is listed twice");
+                }
+                "form" => out.push(Scheme::Form),
+                "digest" | "bearer" => {
+                    self.unsupported(path, Some(span), &format!("the \"{text}\" scheme"));
+                }
+                other => self.bad_enum(path, span, other, SCHEME_NAMES),
+            }
+        }
+        out
+    }
+
+    /// `auth.users`: an htpasswd file that exists, or `sqlite:PATH` (a user database whose
+    /// folder exists; `portcullis users add` creates the file).
+    fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
+        let text = self.string(key, v)?;
+        if let Some(db) = text.strip_prefix("sqlite:") {
+            let path = self.resolve(db);
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if db.is_empty() || path.is_dir() {
+                self.report(
+                    key,
+                    Some(v.span()),
+                    "write \"sqlite:PATH\", e.g. \"sqlite:portcullis.db\"",
+                );
+                return None;
+            }
+            if !parent.is_dir() {
+                self.report(
+                    key,
+                    Some(v.span()),
+                    format!(
+                        "the folder of the user database does not exist: {}",
+                        parent.display()
+                    ),
+                );
+                return None;
+            }
+            return Some(UserSource::Sqlite(path));
+        }
+        if text.is_empty() {
+            self.report(
+                key,
+                Some(v.span()),
+                "must name an htpasswd file, e.g. \"users.htpasswd\"",
+            );
+            return None;
+        }
+        let path = self.resolve(text);
+        if path.is_file() {
+            self.users = UserNames::read(&path);
+            Some(UserSource::Htpasswd(path))
+        } else if path.exists() {
+            self.report(
+                key,
+                Some(v.span()),
+                format!("{} is not a file", path.display()),
+            );
+            None
+        } else {
+            self.report(
+                key,
+                Some(v.span()),
+                format!(
+                    "users file not found: {} (create it with `htpasswd -c -B FILE USER`)",
+                    path.display()
+                ),
+            );
+            None
+        }
+    }
+
+    /// `auth.public`: each entry compiled as a path pattern.
+    fn public(&mut self, key: &str, v: &Value<'_>) -> Vec<PathPattern> {
+        if !self.expect_array(key, v, "an array of path patterns") {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (path, text, span) in self.strings(key, v) {
+            match PathPattern::parse(text) {
+                Ok(p) => out.push(p),
+                Err(e) => self.report(path, Some(span), e.to_string()),
+            }
+        }
+        out
+    }
+}
