@@ -214,13 +214,6 @@ impl Gateway {
         &self.connection_builder
     }
 
-    /// The user's groups: from the user database with `sqlite:` users, else from `auth.groups`.
-    fn groups_of(&self, user: &str) -> Vec<String> {
-        self.verifier
-            .groups_of(user)
-            .unwrap_or_else(|| self.groups.groups_of(user))
-    }
-
     /// Reopens the log files (SIGUSR1).
     pub fn reopen_logs(&self) {
         self.log.reopen();

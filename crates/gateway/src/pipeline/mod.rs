@@ -18,7 +18,7 @@
 
 use super::*;
 
-mod authenticate;
+pub(crate) mod authenticate;
 mod authorize;
 mod client;
 mod filter;

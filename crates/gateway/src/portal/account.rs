@@ -16,7 +16,7 @@ use http::StatusCode;
 use policy::Reason;
 use store::sqlite::{TokenKind, UserDb};
 
-use crate::Gateway;
+use crate::portal::Portal;
 use crate::portal::{Outcome, Visit, query_param, read_form, same_origin};
 use crate::respond::{html, see_other};
 
@@ -43,7 +43,7 @@ async fn with_db<T: Send + 'static>(
     .map_err(|e| e.to_string())?
 }
 
-impl Gateway {
+impl Portal<'_> {
     /// A message page (expired link, store failure…).
     fn account_message(
         &self,
@@ -278,7 +278,7 @@ impl Gateway {
             self.config.portal.public_url.clone(),
         ) {
             let ttl = self.config.portal.reset_ttl;
-            let realm = self.policy.auth.realm.clone();
+            let realm = self.auth.realm.clone();
             let password_path = self.paths.password.clone();
             let audit = self.audit.clone();
             let client = visit.client_ip.to_string();

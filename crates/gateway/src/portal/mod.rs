@@ -27,20 +27,24 @@ use store::state::session::{self, Session};
 use crate::body::Body;
 use crate::body::RequestBody;
 use crate::pages::PortalContext;
+use crate::pipeline::authenticate::Logon;
 use crate::pipeline::{Exchange, Received};
 use crate::respond::{Answer, html, see_other};
 use crate::{Abort, ConnInfo, Gateway};
 
 pub(crate) mod account;
 mod cookies;
+mod csrf;
+mod form;
+mod return_to;
 mod sign_in;
 mod sign_out;
 
 use cookies::*;
-pub use cookies::{Cookies, Csrf, cookie, same_origin, strip_own_cookies};
-
-/// Largest form body accepted (a sign-in form is a few hundred bytes).
-pub const MAX_FORM_BYTES: usize = 16 * 1024;
+pub use cookies::{Cookies, cookie, same_origin, strip_own_cookies};
+pub use csrf::Csrf;
+pub use form::{Form, FormError, MAX_FORM_BYTES, query_param, read_form};
+pub use return_to::{Paths, encode, safe_return};
 
 /// The portal's pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,148 +70,6 @@ impl Page {
             _ => return None,
         })
     }
-}
-
-/// The portal's URLs under the configured prefix.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    /// `{prefix}` itself.
-    pub prefix: String,
-    /// `{prefix}/login`.
-    pub login: String,
-    /// `{prefix}/logout`.
-    pub logout: String,
-    /// `{prefix}/password`.
-    pub password: String,
-    /// `{prefix}/forgot`.
-    pub forgot: String,
-    /// `{prefix}/auth`.
-    pub auth: String,
-    /// `{prefix}/problems/`.
-    pub problems: String,
-}
-
-impl Paths {
-    /// The URLs under `prefix` (`/.portcullis`).
-    pub fn new(prefix: &str) -> Paths {
-        Paths {
-            prefix: prefix.to_owned(),
-            login: format!("{prefix}/login"),
-            logout: format!("{prefix}/logout"),
-            password: format!("{prefix}/password"),
-            forgot: format!("{prefix}/forgot"),
-            auth: format!("{prefix}/auth"),
-            problems: format!("{prefix}/problems/"),
-        }
-    }
-
-    /// The sign-in page returning to `rd`, optionally saying why the person is there.
-    pub fn login_url(&self, rd: &str, note: Option<&str>) -> String {
-        let mut url = format!("{}?rd={}", self.login, encode(rd));
-        if let Some(note) = note {
-            url.push('&');
-            url.push_str(note);
-        }
-        url
-    }
-}
-
-/// Percent-encodes a query value.
-pub fn encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
-/// The return target to use for `rd`: a path on this site, or `/`.
-///
-/// Refused (→ `/`): absolute and scheme-relative URLs, backslashes (browsers read `/\evil` as
-/// `//evil`), any of those hidden behind percent-encoding, control characters, and the portal's
-/// own pages (returning to the sign-in page after signing in would be a loop).
-pub fn safe_return(rd: &str, paths: &Paths) -> String {
-    let fallback = || "/".to_owned();
-    if !rd.starts_with('/') || rd.len() > 2048 {
-        return fallback();
-    }
-    // Decode repeatedly: "%252F" becomes "%2F" becomes "/" in some chain of proxies.
-    let mut decoded = rd.to_owned();
-    for _ in 0..3 {
-        let next = policy::percent_decode(&decoded).into_owned();
-        if next == decoded {
-            break;
-        }
-        decoded = next;
-    }
-    let bad = |s: &str| {
-        s.starts_with("//")
-            || s.contains('\\')
-            || s.chars().any(|c| c.is_control())
-            || !s.starts_with('/')
-    };
-    if bad(rd) || bad(&decoded) {
-        return fallback();
-    }
-    let path = decoded.split(['?', '#']).next().unwrap_or("/");
-    let normalized = format!("/{}", policy::normalize_path(path).segments().join("/"));
-    if normalized == paths.prefix || normalized.starts_with(&format!("{}/", paths.prefix)) {
-        return fallback();
-    }
-    rd.to_owned()
-}
-
-/// The fields of an `application/x-www-form-urlencoded` body.
-pub struct Form(Vec<(String, String)>);
-
-impl Form {
-    /// The first value of `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Why a form body could not be read.
-pub enum FormError {
-    /// Larger than [`MAX_FORM_BYTES`].
-    TooLarge,
-    /// The connection failed mid-body.
-    Broken,
-    /// The body did not arrive within `server.header_timeout`.
-    TimedOut,
-}
-
-/// Reads a form body of at most [`MAX_FORM_BYTES`], which must arrive within `timeout` (a body
-/// that declares 100 bytes and sends 4 does not hold the connection).
-pub async fn read_form(body: RequestBody, timeout: std::time::Duration) -> Result<Form, FormError> {
-    let collected =
-        match tokio::time::timeout(timeout, Limited::new(body, MAX_FORM_BYTES).collect()).await {
-            Ok(c) => c,
-            Err(_) => return Err(FormError::TimedOut),
-        };
-    match collected {
-        Ok(collected) => {
-            let bytes: Bytes = collected.to_bytes();
-            Ok(Form(
-                form_urlencoded::parse(&bytes)
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect(),
-            ))
-        }
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(FormError::TooLarge)
-        }
-        Err(_) => Err(FormError::Broken),
-    }
-}
-
-/// The query parameter `name` of `query`.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// What checking the session cookie of a request found.
@@ -268,6 +130,23 @@ pub(crate) struct Visit<'a> {
     pub(crate) query: Option<&'a str>,
 }
 
+/// The portal: what its pages use of the gateway, and nothing else (no upstream, no filter, no
+/// rules): the state store (sessions, CSRF secret), the user store, the pages, its paths, the
+/// mailer, the logon service.
+pub(crate) struct Portal<'g> {
+    pub(crate) config: &'g config::Config,
+    pub(crate) auth: &'g policy::AuthPolicy,
+    pub(crate) challenges: &'g [HeaderValue],
+    pub(crate) state: &'g store::state::StateStore,
+    pub(crate) verifier: &'g store::verifier::Verifier,
+    pub(crate) pages: &'g crate::pages::Pages,
+    pub(crate) paths: &'g Paths,
+    pub(crate) mailer: &'g Option<std::sync::Arc<crate::mail::Mailer>>,
+    pub(crate) metrics: &'g crate::metrics::Metrics,
+    pub(crate) audit: &'g std::sync::Arc<crate::audit::AuditLog>,
+    pub(crate) logon: Logon<'g>,
+}
+
 impl Gateway {
     /// Serves a portal page: phases 2–4 (client address, IP rules, limits) first, as for any
     /// request, then the page.
@@ -288,6 +167,7 @@ impl Gateway {
         if let Err(refusal) = self.admit(&mut ex).await {
             return self.respond(ex, Answer::Refuse(refusal));
         }
+        let portal = self.portal_view();
         let visit = Visit {
             headers: &parts.headers,
             cookies: Cookies {
@@ -303,14 +183,14 @@ impl Gateway {
             query: parts.uri.query(),
         };
         let mut outcome = match (page, &parts.method) {
-            (Page::Login, &Method::GET | &Method::HEAD) => self.login_page(&visit).await,
-            (Page::Login, &Method::POST) => self.login_post(&visit, body).await,
-            (Page::Logout, &Method::GET | &Method::HEAD) => self.logout_page(&visit, None).await,
-            (Page::Logout, &Method::POST) => self.logout_post(&visit, body).await,
-            (Page::Password, &Method::GET | &Method::HEAD) => self.password_page(&visit).await,
-            (Page::Password, &Method::POST) => self.password_post(&visit, body).await,
-            (Page::Forgot, &Method::GET | &Method::HEAD) => self.forgot_page(&visit, None),
-            (Page::Forgot, &Method::POST) => self.forgot_post(&visit, body).await,
+            (Page::Login, &Method::GET | &Method::HEAD) => portal.login_page(&visit).await,
+            (Page::Login, &Method::POST) => portal.login_post(&visit, body).await,
+            (Page::Logout, &Method::GET | &Method::HEAD) => portal.logout_page(&visit, None).await,
+            (Page::Logout, &Method::POST) => portal.logout_post(&visit, body).await,
+            (Page::Password, &Method::GET | &Method::HEAD) => portal.password_page(&visit).await,
+            (Page::Password, &Method::POST) => portal.password_post(&visit, body).await,
+            (Page::Forgot, &Method::GET | &Method::HEAD) => portal.forgot_page(&visit, None),
+            (Page::Forgot, &Method::POST) => portal.forgot_post(&visit, body).await,
             _ => {
                 let mut r = crate::respond::text(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -335,6 +215,38 @@ impl Gateway {
         self.respond(ex, Answer::Page(outcome))
     }
 
+    /// The portal over this gateway's stores.
+    pub(crate) fn portal_view(&self) -> Portal<'_> {
+        Portal {
+            config: &self.config,
+            auth: &self.policy.auth,
+            challenges: &self.challenges,
+            state: &self.state,
+            verifier: &self.verifier,
+            pages: &self.pages,
+            paths: &self.paths,
+            mailer: &self.mailer,
+            metrics: &self.metrics,
+            audit: &self.audit,
+            logon: self.logon(),
+        }
+    }
+}
+
+impl<'g> Portal<'g> {
+    /// Whether the `form` scheme is enabled.
+    pub(crate) fn form_enabled(&self) -> bool {
+        self.auth.schemes.contains(&policy::Scheme::Form)
+    }
+
+    /// The user database, when users live in SQLite.
+    pub(crate) fn user_db(&self) -> Option<&std::path::Path> {
+        match &self.config.auth.users {
+            config::UserSource::Sqlite(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The session the request's cookie names, if it is live and its user still exists.
     pub(crate) async fn check_session(&self, headers: &HeaderMap, secure: bool) -> SessionCheck {
         let cookies = Cookies { secure };
@@ -349,7 +261,7 @@ impl Gateway {
             .state
             .session_touch(&key, self.config.portal.idle_timeout)
             .await;
-        self.metrics.state_call(&self.state, found.is_ok());
+        self.metrics.state_call(self.state, found.is_ok());
         let session = match found {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -377,7 +289,7 @@ impl Gateway {
             return SessionCheck::Ended(why);
         }
         let mut identity = Identity::user(&session.user);
-        identity.groups = self.groups_of(&session.user);
+        identity.groups = self.logon.groups_of(&session.user);
         SessionCheck::Valid(identity)
     }
 
@@ -390,7 +302,7 @@ impl Gateway {
         PortalContext {
             view,
             title,
-            realm: &self.policy.auth.realm,
+            realm: &self.auth.realm,
             action: &self.paths.login,
             logout_action: &self.paths.logout,
             // No sign-in page on a Basic-only site: pages then offer no link to one.
@@ -408,70 +320,24 @@ impl Gateway {
 
     /// The challenges of a 401 *page* on a form-login site: only the form's. A Basic challenge
     /// makes browsers open their own password prompt instead of showing the page.
-    pub(crate) fn page_challenges(&self) -> &[HeaderValue] {
+    pub(crate) fn page_challenges(&self) -> &'g [HeaderValue] {
+        let all: &'g [HeaderValue] = self.challenges;
         match self.form_challenge_index() {
-            Some(i) => &self.challenges[i..=i],
-            None => &self.challenges,
+            Some(i) => &all[i..=i],
+            None => all,
         }
     }
 
     fn form_challenge_index(&self) -> Option<usize> {
-        self.policy
-            .auth
+        self.auth
             .schemes
             .iter()
             .position(|s| *s == policy::Scheme::Form)
     }
 
-    /// A portal form page: its CSRF token (and the pre-session cookie when the browser has
-    /// none), 400 when it shows an error about the last submission, else 200.
-    pub(crate) fn form_response(
-        &self,
-        visit: &Visit<'_>,
-        ctx: PortalContext<'_>,
-    ) -> Response<Body> {
-        let (csrf, set_csrf) = self.csrf().for_request(&visit.cookies, visit.headers);
-        let ctx = PortalContext { csrf: &csrf, ..ctx };
-        let status = if ctx.error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
-        let mut r = html(status, self.pages.render_portal(&ctx));
-        if let Some(c) = set_csrf {
-            r.headers_mut().append(SET_COOKIE, c);
-        }
-        r
-    }
-
     /// Whether the site can mail password-reset links ("forgot password").
     pub(crate) fn can_reset(&self) -> bool {
         self.mailer.is_some() && self.user_db().is_some() && self.config.portal.public_url.is_some()
-    }
-
-    /// An unreadable or oversized form: a page saying so (413 or 400).
-    pub(crate) fn form_problem(&self, visit: &Visit<'_>, e: FormError) -> Outcome {
-        let (status, message) = match e {
-            FormError::TooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The form sent was far larger than any sign-in form; nothing was saved. Go back and try again.",
-            ),
-            FormError::TimedOut => (
-                StatusCode::REQUEST_TIMEOUT,
-                "The form took too long to arrive; nothing was saved. Go back and try again.",
-            ),
-            FormError::Broken => (
-                StatusCode::BAD_REQUEST,
-                "The form did not arrive completely; nothing was saved. Go back and try again.",
-            ),
-        };
-        let mut ctx = self.portal_context(visit, "message", "The form could not be read");
-        ctx.error = Some(message);
-        Outcome {
-            response: html(status, self.pages.render_portal(&ctx)),
-            reason: Some(Reason::BadRequest),
-            user: None,
-        }
     }
 
     /// The CSRF token maker (keyed by the state store's shared secret).
@@ -489,7 +355,7 @@ impl Gateway {
         if !self.form_enabled() {
             return None;
         }
-        let rd = safe_return(ex.request.path_and_query, &self.paths);
+        let rd = safe_return(ex.request.path_and_query, self.paths);
         let mut account = crate::respond::Account {
             rd: rd.clone(),
             ..Default::default()
@@ -533,7 +399,7 @@ impl Gateway {
         {
             return None;
         }
-        let rd = safe_return(view.path_and_query, &self.paths);
+        let rd = safe_return(view.path_and_query, self.paths);
         let note = (refusal.reason == Reason::SessionExpired).then_some("ended=1");
         Some(self.paths.login_url(&rd, note))
     }

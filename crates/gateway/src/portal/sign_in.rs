@@ -3,13 +3,13 @@
 
 use super::*;
 
-impl Gateway {
+impl Portal<'_> {
     /// `GET {prefix}/login`: the form; "signed in as X" when the session is live; a stale
     /// session cookie is cleared here too.
     pub(crate) async fn login_page(&self, visit: &Visit<'_>) -> Outcome {
         let rd = safe_return(
             &query_param(visit.query, "rd").unwrap_or_else(|| "/".to_owned()),
-            &self.paths,
+            self.paths,
         );
         let mut clear = Vec::new();
         let mut notice = match () {
@@ -118,7 +118,7 @@ impl Gateway {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
         };
-        let rd = safe_return(form.get("rd").unwrap_or("/"), &self.paths);
+        let rd = safe_return(form.get("rd").unwrap_or("/"), self.paths);
         let username = form.get("username").unwrap_or("").trim().to_owned();
         if !same_origin(visit.headers, visit.host.as_deref(), visit.cookies.secure) {
             return self.login_again(
@@ -175,6 +175,7 @@ impl Gateway {
             );
         }
         let identity = match self
+            .logon
             .authenticate_password(visit.client_ip, &username, password, "form")
             .await
         {
@@ -288,6 +289,7 @@ impl Gateway {
         // audited): a code is a guess like a password. Codes are checked and counted whatever
         // `[logon] enabled` says (a six-digit code must not be open to unlimited guessing).
         if let Err(refusal) = self
+            .logon
             .check_not_locked_out(visit.client_ip, &user, "form")
             .await
         {
@@ -306,6 +308,7 @@ impl Gateway {
         }
         if self.verifier.check_second_factor(&user, code).await {
             if let Err(refusal) = self
+                .logon
                 .check_still_not_locked_out(visit.client_ip, &user, "form")
                 .await
             {
@@ -319,27 +322,14 @@ impl Gateway {
                     false,
                 );
             }
-            self.audit
-                .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": true}));
-            // Only now is the sign-in complete: counted, audited, the failure count reset.
-            let recorded = self
-                .state
-                .record_success(self.client_key(visit.client_ip), &user)
+            self.logon
+                .second_factor_accepted(visit.client_ip, &user)
                 .await;
-            self.metrics.state_call(&self.state, recorded.is_ok());
-            if let Err(e) = recorded {
-                tracing::error!(error = %e, "could not record the logon outcome");
-            }
-            self.signed_in(&user, visit.client_ip, true, "form");
             return self.start_session(visit, user, rd).await;
         }
-        self.audit
-            .record("second_factor", serde_json::json!({"user": user, "client": visit.client_ip.to_string(), "accepted": false}));
-        let recorded = self
-            .state
-            .record_failure(self.client_key(visit.client_ip), &user, &self.regulation)
+        self.logon
+            .second_factor_refused(visit.client_ip, &user)
             .await;
-        self.note_bans(recorded);
         self.code_step(
             visit,
             &user,
@@ -369,7 +359,7 @@ impl Gateway {
                 },
             )
             .await;
-        self.metrics.state_call(&self.state, stored.is_ok());
+        self.metrics.state_call(self.state, stored.is_ok());
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot store a new session");
             return self.login_again(

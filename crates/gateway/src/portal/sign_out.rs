@@ -3,12 +3,12 @@
 
 use super::*;
 
-impl Gateway {
+impl Portal<'_> {
     /// `GET {prefix}/logout` (or a POST whose token failed): a page with a sign-out button.
     pub(crate) async fn logout_page(&self, visit: &Visit<'_>, error: Option<&str>) -> Outcome {
         let rd = safe_return(
             &query_param(visit.query, "rd").unwrap_or_else(|| "/".to_owned()),
-            &self.paths,
+            self.paths,
         );
         let user = match self
             .check_session(visit.headers, visit.cookies.secure)
@@ -47,7 +47,7 @@ impl Gateway {
                 )
                 .await;
         }
-        let rd = safe_return(form.get("rd").unwrap_or("/"), &self.paths);
+        let rd = safe_return(form.get("rd").unwrap_or("/"), self.paths);
         let mut user = None;
         if let Some(id) = visit.cookies.session_id(visit.headers)
             && session::well_formed(id)

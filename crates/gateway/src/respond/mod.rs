@@ -166,7 +166,7 @@ impl Gateway {
             };
             set_cookies.extend(cookies.clear_session(ex.request.headers));
         }
-        let mut response = match self.login_redirect(refusal, &ex.request) {
+        let mut response = match self.portal_view().login_redirect(refusal, &ex.request) {
             // A browser on a form-login site goes to the sign-in page (and back afterwards).
             Some(location) => {
                 let mut r = see_other(&location);
@@ -174,7 +174,9 @@ impl Gateway {
                 r
             }
             None => {
-                let account = self.account_for(refusal, ex, &mut set_cookies);
+                let account = self
+                    .portal_view()
+                    .account_for(refusal, ex, &mut set_cookies);
                 self.refusal_page(ex, refusal, &[], account.as_ref())
             }
         };
@@ -273,7 +275,7 @@ impl Gateway {
         // A 401 page for a browser on a form-login site carries only the form's challenge: a
         // Basic one would open the browser's password prompt over the page.
         let challenges = if account.is_some() && negotiate(accept) == Format::Html {
-            self.page_challenges()
+            self.portal_view().page_challenges()
         } else {
             &self.challenges
         };

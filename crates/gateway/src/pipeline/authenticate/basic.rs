@@ -15,12 +15,14 @@ impl Gateway {
         let client_ip = ex.client.ip;
         // Basic cannot carry a second factor: such users sign in with the form (refused before
         // the password is looked at, so nothing is counted as a sign-in).
+        let logon = self.logon();
         if self.verifier.has_second_factor(&user).await {
-            return Err(self
+            return Err(logon
                 .refuse_second_factor_basic(client_ip, &user, password)
                 .await);
         }
-        self.authenticate_password(client_ip, &user, password, "basic")
+        logon
+            .authenticate_password(client_ip, &user, password, "basic")
             .await
     }
 }

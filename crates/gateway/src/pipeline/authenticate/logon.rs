@@ -4,7 +4,53 @@
 
 use super::*;
 
+/// The logon service: what checking a password needs, and nothing else. Basic, the sign-in
+/// form and the second-factor step all go through it, so the lockout check (honouring
+/// `state.on_backend_error`), metrics, audit and failure counting cannot drift apart.
+pub(crate) struct Logon<'g> {
+    config: &'g Config,
+    auth: &'g policy::AuthPolicy,
+    verifier: &'g Verifier,
+    groups: &'g Groups,
+    state: &'g StateStore,
+    regulation: &'g Regulation,
+    metrics: &'g Metrics,
+    audit: &'g AuditLog,
+    suspects: &'g moka::sync::Cache<IpAddr, ()>,
+    known_users: &'g moka::sync::Cache<(IpAddr, String), Instant>,
+}
+
 impl Gateway {
+    /// The logon service over this gateway's stores.
+    pub(crate) fn logon(&self) -> Logon<'_> {
+        Logon {
+            config: &self.config,
+            auth: &self.policy.auth,
+            verifier: &self.verifier,
+            groups: &self.groups,
+            state: &self.state,
+            regulation: &self.regulation,
+            metrics: &self.metrics,
+            audit: &self.audit,
+            suspects: &self.suspects,
+            known_users: &self.known_users,
+        }
+    }
+}
+
+impl Logon<'_> {
+    /// The key a client is counted under (see [`crate::client_key`]).
+    pub(crate) fn client_key(&self, ip: IpAddr) -> IpAddr {
+        client_key(ip, self.config.dynamic.ipv6_prefix)
+    }
+
+    /// The user's groups: from the user database with `sqlite:` users, else from `auth.groups`.
+    pub(crate) fn groups_of(&self, user: &str) -> Vec<String> {
+        self.verifier
+            .groups_of(user)
+            .unwrap_or_else(|| self.groups.groups_of(user))
+    }
+
     /// Phase 5 for a user name and password (Basic, or the sign-in form: `method`): lockout,
     /// password check, failure counting.
     pub(crate) async fn authenticate_password(
@@ -19,7 +65,7 @@ impl Gateway {
         if !self.config.logon.enabled {
             let (accepted, fresh) = self.verify(user, &password, client_ip, method).await?;
             drop(password);
-            let mut identity = self.policy.auth.after_verification(user, accepted)?;
+            let mut identity = self.auth.after_verification(user, accepted)?;
             if !(method == "form" && self.verifier.has_second_factor(user).await) {
                 self.signed_in(user, client_ip, fresh || always_fresh, method);
             }
@@ -52,11 +98,11 @@ impl Gateway {
                 .map(|()| Vec::new())
         } else {
             self.state
-                .record_failure(self.client_key(client_ip), user, &self.regulation)
+                .record_failure(self.client_key(client_ip), user, self.regulation)
                 .await
         };
         self.note_bans(recorded);
-        let mut identity = self.policy.auth.after_verification(user, accepted)?;
+        let mut identity = self.auth.after_verification(user, accepted)?;
         if !factor_pending {
             self.signed_in(user, client_ip, fresh, method);
         }
@@ -128,7 +174,7 @@ impl Gateway {
         method: &'static str,
     ) -> Result<(), Refusal> {
         let ban = self.ban_for(client_ip, user).await;
-        self.metrics.state_call(&self.state, ban.is_ok());
+        self.metrics.state_call(self.state, ban.is_ok());
         match ban {
             Ok(None) => Ok(()),
             Ok(Some(ban)) => Err(self.locked_out(&ban, user, client_ip, method)),
@@ -148,7 +194,7 @@ impl Gateway {
         &self,
         recorded: Result<Vec<store::state::Ban>, store::state::Unavailable>,
     ) {
-        self.metrics.state_call(&self.state, recorded.is_ok());
+        self.metrics.state_call(self.state, recorded.is_ok());
         match recorded {
             Ok(bans) => {
                 for ban in bans {
@@ -205,7 +251,7 @@ impl Gateway {
         if logon {
             let recorded = self
                 .state
-                .record_failure(self.client_key(client_ip), user, &self.regulation)
+                .record_failure(self.client_key(client_ip), user, self.regulation)
                 .await;
             self.note_bans(recorded);
         }
@@ -288,5 +334,36 @@ impl Gateway {
             self.audit.sign_in(true, user, client_ip, method, None);
             self.verifier.record_sign_in(user);
         }
+    }
+
+    /// A right second-factor code: only now is the sign-in complete — audited, counted, the
+    /// failure count reset.
+    pub(crate) async fn second_factor_accepted(&self, client_ip: IpAddr, user: &str) {
+        self.audit.record(
+            "second_factor",
+            serde_json::json!({"user": user, "client": client_ip.to_string(), "accepted": true}),
+        );
+        let recorded = self
+            .state
+            .record_success(self.client_key(client_ip), user)
+            .await;
+        self.metrics.state_call(self.state, recorded.is_ok());
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "could not record the logon outcome");
+        }
+        self.signed_in(user, client_ip, true, "form");
+    }
+
+    /// A wrong second-factor code: audited and counted toward the lockout, as a wrong password.
+    pub(crate) async fn second_factor_refused(&self, client_ip: IpAddr, user: &str) {
+        self.audit.record(
+            "second_factor",
+            serde_json::json!({"user": user, "client": client_ip.to_string(), "accepted": false}),
+        );
+        let recorded = self
+            .state
+            .record_failure(self.client_key(client_ip), user, self.regulation)
+            .await;
+        self.note_bans(recorded);
     }
 }

@@ -7,6 +7,8 @@ use super::*;
 
 mod basic;
 pub(crate) mod logon;
+
+pub(crate) use logon::Logon;
 mod session;
 
 impl Gateway {

@@ -11,6 +11,7 @@ impl Gateway {
         absent: Refusal,
     ) -> Result<Identity, Refusal> {
         match self
+            .portal_view()
             .check_session(ex.request.headers, ex.client.secure)
             .await
         {
