@@ -62,6 +62,11 @@ enum Command {
     ///
     /// Safe while the server runs: it notices the change and reloads the users.
     Users(cmd::users::Args),
+    /// Manage API tokens for `auth.schemes = ["bearer"]` (`tokens create USER [--name N]
+    /// [--expires 90d]`, `tokens list [USER]`, `tokens revoke ID`).
+    ///
+    /// A token is printed once; only its SHA-256 is stored, in the user database.
+    Tokens(cmd::tokens::Args),
     /// Diagnose why an address does not open, from the client side, for any site.
     ///
     /// Walks the checklist a person would: does the name resolve and the server answer, does
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cmd::explain::run(args),
         Command::Bans(args) => cmd::bans::run(args),
         Command::Users(args) => cmd::users::run(args),
+        Command::Tokens(args) => cmd::tokens::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
     }
 }

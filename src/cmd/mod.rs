@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod explain;
 pub mod hash;
 pub mod serve;
+pub mod tokens;
 pub mod users;
 
 use std::process::ExitCode;

@@ -43,7 +43,7 @@ use store::state::redis::{RedisOptions, RedisState};
 use store::state::{
     Admission, InFlightGuard, LimitRefusal, Limits, Rate, Regulation, StateStore, SystemClock,
 };
-use store::verifier::{Verification, Verifier};
+use store::verifier::{TokenCheck, Verification, Verifier};
 
 use crate::access_log::{AccessLog, LogRecord};
 use crate::audit::AuditLog;

@@ -130,7 +130,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     /// `portcullis_auth_total{scheme}`: `[basic, form]`, each indexed like [`AuthOutcome::ALL`].
-    auth_by_scheme: [[Counter; 5]; 2],
+    auth_by_scheme: [[Counter; 5]; 3],
     cache_hits: Counter,
     hash_checks: Counter,
     upstream: Histogram,
@@ -186,12 +186,15 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The schemes `portcullis_auth_total` counts by.
+pub const AUTH_SCHEMES: [&str; 3] = ["basic", "form", "bearer"];
+
 impl Metrics {
     /// Registers every metric, at zero. The start-up configuration counts as the last
     /// successful load (`portcullis_config_last_reload_success` 1, timestamp now).
     pub fn new() -> Metrics {
         let auth: Family<AuthLabels, Counter> = Family::default();
-        let auth_by_scheme = ["basic", "form"].map(|scheme| {
+        let auth_by_scheme = AUTH_SCHEMES.map(|scheme| {
             AuthOutcome::ALL.map(|outcome| {
                 // `Counter` clones share one value: this is the family's member itself.
                 auth.get_or_create_owned(&AuthLabels {
@@ -394,13 +397,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one Basic sign-in attempt.
+    /// Counts one sign-in attempt by `scheme` (one of [`AUTH_SCHEMES`]).
     pub fn auth(&self, scheme: &str, outcome: AuthOutcome) {
         let i = AuthOutcome::ALL
             .iter()
             .position(|&o| o == outcome)
             .unwrap_or(0);
-        let by = usize::from(scheme == "form");
+        let by = AUTH_SCHEMES.iter().position(|&s| s == scheme).unwrap_or(0);
         self.auth_by_scheme[by][i].inc();
     }
 

@@ -120,6 +120,19 @@ pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
                 "If you forgot the password, ask the administrator to reset it.",
             ],
         ),
+        TokenInvalid => (
+            "The request carried an API token (Authorization: Bearer), but it is not a valid token of this site: it may have been revoked, mistyped, or its user disabled.",
+            &[
+                "Check the token your program sends: it starts with pcl_ and is shown only once, when it is made.",
+                "Ask the administrator for a new token (portcullis tokens create).",
+            ],
+        ),
+        TokenExpired => (
+            "The request carried an API token (Authorization: Bearer) that has expired.",
+            &[
+                "Ask the administrator for a new token (portcullis tokens create), and replace the old one where your program keeps it.",
+            ],
+        ),
         SessionExpired if browser => (
             "Your sign-in session ended, because it was idle too long or reached its maximum age.",
             &["Sign in again; the old session cookie has already been removed."],

@@ -13,6 +13,11 @@ pub enum Credentials {
         /// The password.
         password: String,
     },
+    /// Bearer (RFC 6750): a token in the `b64token` syntax.
+    Bearer {
+        /// The token.
+        token: String,
+    },
     /// A well-formed header for a scheme this build does not verify.
     Other {
         /// The scheme token, lower-cased.
@@ -28,6 +33,7 @@ impl fmt::Debug for Credentials {
                 .debug_struct("Basic")
                 .field("user", user)
                 .finish_non_exhaustive(),
+            Credentials::Bearer { .. } => f.debug_struct("Bearer").finish_non_exhaustive(),
             Credentials::Other { scheme } => {
                 f.debug_struct("Other").field("scheme", scheme).finish()
             }
@@ -61,6 +67,9 @@ pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthoriza
         return Err(MalformedAuthorization("the scheme is not a token"));
     }
     let scheme = String::from_utf8_lossy(scheme).to_ascii_lowercase();
+    if scheme == "bearer" {
+        return bearer(rest);
+    }
     if scheme != "basic" {
         return Ok(Credentials::Other { scheme });
     }
@@ -80,6 +89,34 @@ pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthoriza
     Ok(Credentials::Basic {
         user: user.to_owned(),
         password: password.to_owned(),
+    })
+}
+
+/// Longest bearer token accepted (an API token is 47 bytes; a JWT with many claims a few KiB).
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn bearer(rest: &[u8]) -> Result<Credentials, MalformedAuthorization> {
+    if rest.is_empty() {
+        return Err(MalformedAuthorization("Bearer without a token"));
+    }
+    if rest.len() > MAX_TOKEN_LEN {
+        return Err(MalformedAuthorization(
+            "the bearer token is longer than 8 KiB",
+        ));
+    }
+    let body_end = rest.iter().position(|&b| b == b'=').unwrap_or(rest.len());
+    let body_ok = body_end > 0
+        && rest[..body_end]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    if !body_ok || !rest[body_end..].iter().all(|&b| b == b'=') {
+        return Err(MalformedAuthorization(
+            "the bearer token is not in the b64token syntax of RFC 6750",
+        ));
+    }
+    Ok(Credentials::Bearer {
+        token: String::from_utf8_lossy(rest).into_owned(),
     })
 }
 
@@ -166,11 +203,42 @@ mod tests {
     }
 
     #[test]
+    fn bearer_tokens_follow_the_b64token_syntax() {
+        for ok in ["pcl_abc-DEF_123", "eyJ.a-b.c_d", "abc+/=", "a==", "x~y"] {
+            assert_eq!(
+                parse_authorization(format!("Bearer {ok}").as_bytes()),
+                Ok(Credentials::Bearer { token: ok.into() }),
+                "{ok}"
+            );
+        }
+        assert!(matches!(
+            parse_authorization(b"bearer abc"),
+            Ok(Credentials::Bearer { .. })
+        ));
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer =abc",
+            "Bearer ab=c",
+            "Bearer \"abc\"",
+            "Bearer ab\u{e9}",
+            long.as_str(),
+        ] {
+            assert!(parse_authorization(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let debug = format!("{:?}", parse_authorization(b"Bearer pcl_secret").unwrap());
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
     fn other_schemes_are_recognised() {
         assert_eq!(
-            parse_authorization(b"Bearer abc.def").unwrap(),
+            parse_authorization(b"Digest username=\"a\"").unwrap(),
             Credentials::Other {
-                scheme: "bearer".into()
+                scheme: "digest".into()
             }
         );
     }

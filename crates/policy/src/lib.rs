@@ -66,6 +66,8 @@ pub enum Scheme {
     /// A sign-in form with a server-side session (the gateway's portal; its challenge names the
     /// form, so the gateway writes it).
     Form,
+    /// RFC 6750 Bearer: API tokens from the user database.
+    Bearer,
 }
 
 impl Scheme {
@@ -74,6 +76,7 @@ impl Scheme {
         match self {
             Scheme::Basic => "basic",
             Scheme::Form => "form",
+            Scheme::Bearer => "bearer",
         }
     }
 }
@@ -102,6 +105,11 @@ pub enum AuthStep {
         /// The password (handed to the store, never kept).
         password: String,
     },
+    /// Check this bearer token (API token), then pass as its user.
+    VerifyToken {
+        /// The token (handed to the store, never kept or logged).
+        token: String,
+    },
     /// Refused without looking at any store.
     Refuse(Refusal),
 }
@@ -126,6 +134,13 @@ impl AuthPolicy {
                 Ok(Credentials::Basic { .. }) => AuthStep::Refuse(
                     Refusal::new(Reason::NoCredentials)
                         .with_detail("the Basic scheme is not enabled for this site"),
+                ),
+                Ok(Credentials::Bearer { token }) if self.schemes.contains(&Scheme::Bearer) => {
+                    AuthStep::VerifyToken { token }
+                }
+                Ok(Credentials::Bearer { .. }) => AuthStep::Refuse(
+                    Refusal::new(Reason::NoCredentials)
+                        .with_detail("the Bearer scheme is not enabled for this site"),
                 ),
                 Ok(Credentials::Other { scheme }) => {
                     AuthStep::Refuse(Refusal::new(Reason::NoCredentials).with_detail(format!(
@@ -166,6 +181,7 @@ impl AuthPolicy {
                     quote_escape(&self.realm),
                     quote_escape(form_action)
                 ),
+                Scheme::Bearer => format!("Bearer realm=\"{}\"", quote_escape(&self.realm)),
             })
             .collect()
     }

@@ -131,6 +131,10 @@ reasons! {
     NoCredentials => "no_credentials", 401, 2, Authenticate, "Sign-in required";
     /// Credentials were offered and refused.
     LogonFailed => "logon_failed", 401, 1, Authenticate, "Sign-in failed";
+    /// A bearer token was offered and is not a live token (unknown, revoked, its user disabled).
+    TokenInvalid => "token_invalid", 401, 1, Authenticate, "The token was not accepted";
+    /// A bearer token was offered past its expiry.
+    TokenExpired => "token_expired", 401, 1, Authenticate, "The token has expired";
     /// The session ended (expired or unknown cookie).
     SessionExpired => "session_expired", 401, 2, Authenticate, "Your session ended";
     /// Too many failed sign-ins.
@@ -191,6 +195,9 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
     /// What decided it, for the detailed page, `explain` and the operator's log (never secrets).
     pub detail: String,
+    /// What the client is told beyond the reason's own explanation, on every page (e.g. when an
+    /// expired token expired); never a secret, never what would tell a guesser anything.
+    pub note: Option<String>,
 }
 
 impl Refusal {
@@ -201,12 +208,19 @@ impl Refusal {
             action: None,
             retry_after: None,
             detail: String::new(),
+            note: None,
         }
     }
 
     /// Sets the operator-facing detail.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Refusal {
         self.detail = detail.into();
+        self
+    }
+
+    /// Sets the note every page shows.
+    pub fn with_note(mut self, note: impl Into<String>) -> Refusal {
+        self.note = Some(note.into());
         self
     }
 

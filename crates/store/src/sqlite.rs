@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::htpasswd::{LineProblem, StoredHash, UserFile};
@@ -68,6 +70,15 @@ CREATE TABLE IF NOT EXISTS user_groups (
     grp TEXT NOT NULL,
     PRIMARY KEY (name, grp)
 );
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY NOT NULL,
+    hash TEXT UNIQUE NOT NULL,
+    name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    label TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL,
+    expires INTEGER,
+    last_used INTEGER
+);
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY NOT NULL,
     name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
@@ -77,6 +88,58 @@ CREATE TABLE IF NOT EXISTS tokens (
     used INTEGER
 );
 ";
+
+/// What every API token starts with (so that a leaked one is recognisable, by people and by
+/// secret scanners).
+pub const API_TOKEN_PREFIX: &str = "pcl_";
+
+/// The SHA-256 of an API token, as stored.
+pub fn api_token_hash(token: &str) -> String {
+    crate::sha256_hex(token.as_bytes())
+}
+
+fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// An API token as `tokens list` shows it (never the token itself).
+#[derive(Debug, Clone)]
+pub struct ApiTokenRow {
+    /// The public id (`tokens revoke ID`).
+    pub id: String,
+    /// The user it acts as.
+    pub user: String,
+    /// `--name`.
+    pub label: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds; `None`: until revoked.
+    pub expires: Option<i64>,
+    /// Unix seconds (recorded at most once a minute).
+    pub last_used: Option<i64>,
+}
+
+/// A live API token as the verifier keeps it.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// The public id.
+    pub id: String,
+    /// The user it acts as.
+    pub user: String,
+    /// Unix seconds; `None`: until revoked.
+    pub expires: Option<i64>,
+    /// Unix seconds, as loaded.
+    pub last_used: Option<i64>,
+}
 
 /// What a single-use link is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,6 +617,100 @@ impl UserDb {
         Ok(stmt
             .query_map(params![name], |r| r.get(0))?
             .collect::<Result<_, _>>()?)
+    }
+
+    /// Makes an API token for `name` (`portcullis tokens create`), valid for `ttl` or until
+    /// revoked. Returns its id and the token itself, which is shown once: only its SHA-256 is
+    /// stored (the token is 256 random bits, so a slow hash would add nothing).
+    pub fn create_api_token(
+        &self,
+        name: &str,
+        label: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(String, String), DbError> {
+        use base64::Engine as _;
+        require_user(&self.conn, name)?;
+        let token = format!(
+            "{API_TOKEN_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+        );
+        let id: String = rand::random::<[u8; 6]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let now = now();
+        let expires =
+            ttl.map(|t| now.saturating_add(i64::try_from(t.as_secs()).unwrap_or(i64::MAX)));
+        self.conn.execute(
+            "INSERT INTO api_tokens (id, hash, name, label, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, api_token_hash(&token), name, label, now, expires],
+        )?;
+        Ok((id, token))
+    }
+
+    /// The API tokens, of one user or of all, newest first.
+    pub fn api_tokens(&self, name: Option<&str>) -> Result<Vec<ApiTokenRow>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, label, created, expires, last_used FROM api_tokens              WHERE ?1 IS NULL OR name = ?1 ORDER BY created DESC, id",
+        )?;
+        let rows = stmt.query_map(params![name], |r| {
+            Ok(ApiTokenRow {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                label: r.get(2)?,
+                created: r.get(3)?,
+                expires: r.get(4)?,
+                last_used: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes (deletes) an API token by id; returns its user.
+    pub fn revoke_api_token(&self, id: &str) -> Result<String, DbError> {
+        self.conn
+            .query_row(
+                "DELETE FROM api_tokens WHERE id = ?1 RETURNING name",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| DbError::Missing(format!("token {id}")))
+    }
+
+    /// Every API token of an enabled user, by the SHA-256 of the token, as the verifier loads
+    /// them (expired ones included: they are refused as expired, not as unknown).
+    pub fn live_api_tokens(&self) -> Result<HashMap<[u8; 32], ApiToken>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.hash, t.id, t.name, t.expires, t.last_used FROM api_tokens t              JOIN users u ON u.name = t.name WHERE u.disabled = 0",
+        )?;
+        let mut map = HashMap::new();
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                ApiToken {
+                    id: r.get(1)?,
+                    user: r.get(2)?,
+                    expires: r.get(3)?,
+                    last_used: r.get(4)?,
+                },
+            ))
+        })? {
+            let (hex, token) = row?;
+            if let Some(key) = decode_hex32(&hex) {
+                map.insert(key, token);
+            }
+        }
+        Ok(map)
+    }
+
+    /// Notes that the token `id` was used at `at` (unix seconds).
+    pub fn touch_api_token(&self, id: &str, at: i64) -> Result<(), DbError> {
+        self.conn.execute(
+            "UPDATE api_tokens SET last_used = ?2 WHERE id = ?1",
+            params![id, at],
+        )?;
+        Ok(())
     }
 
     /// Changes made by other connections since this one last looked (`PRAGMA data_version`).

@@ -197,6 +197,37 @@ struct SqliteWatch {
     groups: ArcSwap<HashMap<String, Vec<String>>>,
     /// Users with a TOTP second factor.
     totp: ArcSwap<std::collections::HashSet<String>>,
+    /// The API tokens of enabled users, by the SHA-256 of the token.
+    api_tokens: ArcSwap<HashMap<[u8; 32], crate::sqlite::ApiToken>>,
+    /// When each token (by id) was last noted as used, in memory: the database is written at
+    /// most once per [`TOKEN_USE_WRITE_EVERY`] per token, never once per request.
+    token_used: Mutex<HashMap<String, i64>>,
+}
+
+/// How often a token's `last_used` is written at most.
+const TOKEN_USE_WRITE_EVERY: i64 = 60;
+
+/// What an API token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// A live token of an enabled user.
+    Valid {
+        /// The user it acts as.
+        user: String,
+        /// The token's id.
+        id: String,
+        /// The first request ever made with it (for the audit log).
+        first_use: bool,
+    },
+    /// A token past its expiry (unix seconds).
+    Expired {
+        /// The token's id.
+        id: String,
+        /// When it expired.
+        at: i64,
+    },
+    /// No such token (never made, revoked, or its user disabled or deleted).
+    Unknown,
 }
 
 struct Inner {
@@ -280,12 +311,15 @@ impl Verifier {
                 let users = db.enabled_users().map_err(db_error)?;
                 let groups = db.all_groups().map_err(db_error)?;
                 let totp = db.totp_users().map_err(db_error)?;
+                let api_tokens = db.live_api_tokens().map_err(db_error)?;
                 log_if_empty(&path.display().to_string(), &users);
                 sqlite = Some(SqliteWatch {
                     db: Mutex::new(db),
                     version: AtomicI64::new(version),
                     groups: ArcSwap::from_pointee(groups),
                     totp: ArcSwap::from_pointee(totp),
+                    api_tokens: ArcSwap::from_pointee(api_tokens),
+                    token_used: Mutex::new(HashMap::new()),
                 });
                 (Some(path), users, None)
             }
@@ -524,6 +558,55 @@ impl Verifier {
         Some(watch.groups.load().get(user).cloned().unwrap_or_default())
     }
 
+    /// Checks an API token (SQLite users only): a SHA-256 and a map lookup, never the password
+    /// hash queue. The database is looked at again first if it may have changed (a revoked
+    /// token, a disabled user stop working within the poll interval). A valid token's use is
+    /// noted in memory and written to the database at most once a minute.
+    pub async fn check_api_token(&self, token: &str, unix_now: i64) -> TokenCheck {
+        let Some(watch) = &self.inner.sqlite else {
+            return TokenCheck::Unknown;
+        };
+        self.poll_file().await;
+        let key: [u8; 32] = {
+            use sha2::Digest as _;
+            Sha256::digest(token.as_bytes()).into()
+        };
+        let found = watch.api_tokens.load().get(&key).cloned();
+        let Some(found) = found else {
+            return TokenCheck::Unknown;
+        };
+        if let Some(at) = found.expires
+            && at <= unix_now
+        {
+            return TokenCheck::Expired { id: found.id, at };
+        }
+        let (first_use, write) = {
+            let mut used = lock(&watch.token_used);
+            let noted = used.get(&found.id).copied().or(found.last_used);
+            let write = noted.is_none_or(|t| unix_now - t >= TOKEN_USE_WRITE_EVERY);
+            if write {
+                used.insert(found.id.clone(), unix_now);
+            }
+            (noted.is_none(), write)
+        };
+        if write {
+            let inner = Arc::clone(&self.inner);
+            let id = found.id.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(watch) = &inner.sqlite
+                    && let Err(e) = lock(&watch.db).touch_api_token(&id, unix_now)
+                {
+                    tracing::warn!("cannot record the use of token {id}: {e}");
+                }
+            });
+        }
+        TokenCheck::Valid {
+            user: found.user,
+            id: found.id,
+            first_use,
+        }
+    }
+
     /// Whether `user` has a TOTP second factor (SQLite users only; the database is looked at
     /// again first if it may have changed, as for a password check).
     pub async fn has_second_factor(&self, user: &str) -> bool {
@@ -691,14 +774,16 @@ impl Inner {
                 db.enabled_users()?,
                 db.all_groups()?,
                 db.totp_users()?,
+                db.live_api_tokens()?,
             )))
         });
         match loaded {
             Ok(None) => {}
-            Ok(Some((version, users, groups, totp))) => {
+            Ok(Some((version, users, groups, totp, api_tokens))) => {
                 watch.version.store(version, Ordering::Relaxed);
                 watch.groups.store(Arc::new(groups));
                 watch.totp.store(Arc::new(totp));
+                watch.api_tokens.store(Arc::new(api_tokens));
                 let generation = self.snapshot.load().generation + 1;
                 let count = users.len();
                 self.snapshot

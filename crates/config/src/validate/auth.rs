@@ -64,6 +64,17 @@ impl Checker<'_> {
             }
             Some(v) => self.users(&s.path("users"), v),
         };
+        // API tokens live in the user database (`portcullis tokens create`).
+        if schemes.contains(&Scheme::Bearer)
+            && let Some(users) = &users
+            && !matches!(users, UserSource::Sqlite(_))
+        {
+            self.report(
+                s.path("schemes"),
+                s.get("schemes").map(|v| v.span()),
+                "\"bearer\" checks API tokens, which live in the user database: set auth.users = \"sqlite:PATH\" (portcullis users import moves an htpasswd file there), then make tokens with portcullis tokens create USER",
+            );
+        }
         let groups = s
             .get("groups")
             .and_then(|v| self.groups_file(&s.path("groups"), v));
@@ -145,7 +156,11 @@ impl Checker<'_> {
                     self.report(path, Some(span), "\"form\" is listed twice");
                 }
                 "form" => out.push(Scheme::Form),
-                "digest" | "bearer" => {
+                "bearer" if out.contains(&Scheme::Bearer) => {
+                    self.report(path, Some(span), "\"bearer\" is listed twice");
+                }
+                "bearer" => out.push(Scheme::Bearer),
+                "digest" => {
                     self.unsupported(path, Some(span), &format!("the \"{text}\" scheme"));
                 }
                 other => self.bad_enum(path, span, other, SCHEME_NAMES),

@@ -19,8 +19,12 @@ impl Gateway {
             .and_then(|()| self.check_destination(&ex.request, path, identity))
             .map_err(|mut refusal| {
                 // A browser signed in by form and refused by a rule gets 403 and a "sign in as
-                // someone else" page: a 401 would send it back to the sign-in page, a loop.
-                if ex.user.from_session && refusal.reason == Reason::AclDenied {
+                // someone else" page: a 401 would send it back to the sign-in page, a loop. A
+                // bearer token refused by a rule is 403 too (RFC 6750 §3.1
+                // `insufficient_scope`: another token, not a retry, is the answer).
+                if (ex.user.from_session || ex.user.from_token)
+                    && refusal.reason == Reason::AclDenied
+                {
                     refusal = refusal.with_action(policy::DenyAction::Forbidden);
                 }
                 refusal

@@ -81,6 +81,9 @@ pub(crate) struct User {
     pub(crate) identity: Option<Identity>,
     /// The identity came from a sign-in session (form), not from `Authorization`.
     pub(crate) from_session: bool,
+    /// The identity came from a bearer token (a rule's refusal is then 403 with
+    /// `error="insufficient_scope"`, RFC 6750 §3.1).
+    pub(crate) from_token: bool,
     /// The request's session cookie names no live session: the response clears it.
     pub(crate) clear_session: bool,
 }

@@ -298,7 +298,45 @@ impl Gateway {
             basic: self.policy.auth.schemes.contains(&policy::Scheme::Basic),
             problems: &self.paths.problems,
         };
-        refusal_response(refusal, &ctx, &self.pages)
+        let mut response = refusal_response(refusal, &ctx, &self.pages);
+        self.bearer_error(ex, refusal, &mut response);
+        response
+    }
+
+    /// RFC 6750 §3: a refused bearer token's challenge says why — `invalid_token` for an
+    /// unknown, revoked or expired token (401), `insufficient_scope` for a token whose user a
+    /// rule refuses (403, which then carries the challenge too).
+    fn bearer_error(&self, ex: &Exchange<'_>, refusal: &Refusal, response: &mut Response<Body>) {
+        let error = match refusal.reason {
+            Reason::TokenInvalid | Reason::TokenExpired => "invalid_token",
+            Reason::AclDenied if ex.user.from_token => "insufficient_scope",
+            _ => return,
+        };
+        let description = match refusal.reason {
+            Reason::TokenExpired => "The token has expired",
+            Reason::TokenInvalid => "The token is not valid",
+            _ => "The token's user may not open this address",
+        };
+        let Ok(value) = HeaderValue::from_str(&format!(
+            "Bearer realm=\"{}\", error=\"{error}\", error_description=\"{description}\"",
+            self.policy.auth.realm.replace(['"', '\\'], "")
+        )) else {
+            return;
+        };
+        let headers = response.headers_mut();
+        let others: Vec<HeaderValue> = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter(|c| !c.as_bytes().starts_with(b"Bearer"))
+            .cloned()
+            .collect();
+        headers.remove(WWW_AUTHENTICATE);
+        headers.append(WWW_AUTHENTICATE, value);
+        if response.status() == http::StatusCode::UNAUTHORIZED {
+            for c in others {
+                response.headers_mut().append(WWW_AUTHENTICATE, c);
+            }
+        }
     }
 
     /// The phases before the refusing one (they passed: the trace says what happened, not what

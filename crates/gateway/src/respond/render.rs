@@ -245,6 +245,10 @@ pub fn refusal_response(
         Reader::Program
     };
     let advice = advice(reason, offer, reader);
+    let what = match &refusal.note {
+        Some(note) => format!("{} {note}", advice.what),
+        None => advice.what.to_owned(),
+    };
     let problem_type = format!("{}{}", ctx.problems, reason.slug());
     let retry_after = refusal.retry_after.map(retry_after_secs);
     let (content_type, body) = match format {
@@ -255,7 +259,7 @@ pub fn refusal_response(
                 substatus: reason.substatus(),
                 reason: reason.slug(),
                 title: reason.title(),
-                what: advice.what,
+                what: &what,
                 todo: advice.todo,
                 request_id: ctx.request_id,
                 retry_after,
@@ -297,7 +301,7 @@ pub fn refusal_response(
                 "type": problem_type,
                 "title": reason.title(),
                 "status": status.as_u16(),
-                "detail": advice.what,
+                "detail": what,
                 "substatus": reason.substatus(),
                 "reason": reason.slug(),
                 "request_id": ctx.request_id,
@@ -323,7 +327,7 @@ pub fn refusal_response(
                 status.as_u16(),
                 status.canonical_reason().unwrap_or(""),
                 reason.title(),
-                advice.what
+                what
             );
             for step in advice.todo {
                 text.push_str("- ");

@@ -6,6 +6,7 @@
 use super::*;
 
 mod basic;
+mod bearer;
 pub(crate) mod logon;
 
 pub(crate) use logon::Logon;
@@ -26,6 +27,7 @@ impl Gateway {
         {
             AuthStep::Public(_) => Identity::anonymous(),
             AuthStep::VerifyBasic { user, password } => self.basic(ex, user, password).await?,
+            AuthStep::VerifyToken { token } => self.bearer(ex, &token).await?,
             // Without an Authorization header, a form-login site looks for its session cookie.
             AuthStep::Refuse(refusal)
                 if refusal.reason == Reason::NoCredentials
