@@ -373,3 +373,39 @@ fn check_config_refuses_bearer_without_a_user_database() {
         "{err}"
     );
 }
+
+#[test]
+fn doctor_checks_a_token() {
+    let (_upstream, gw, dir, _admin) = start();
+    let token = run(&dir, "tokens", &["create", "alice"], None);
+    known(&gw, &token);
+    let doctor = |args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        let out = Command::new(BIN)
+            .arg("doctor")
+            .args(args)
+            .arg("--json")
+            .arg(gw.url("/x"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice(&out.stdout).unwrap(),
+        )
+    };
+    let (code, report) = doctor(&["--token", &token]);
+    assert_eq!(
+        (code, report["verdict"].as_str()),
+        (Some(0), Some("ok")),
+        "{report}"
+    );
+    assert!(
+        !report.to_string().contains(&token),
+        "the token is not printed: {report}"
+    );
+    let (code, report) = doctor(&["--token", "pcl_not-a-token-of-this-site"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(report["verdict"], "credentials_refused", "{report}");
+    // Without a token, doctor says to send one.
+    let (_, report) = doctor(&[]);
+    assert_eq!(report["verdict"], "login_required");
+}

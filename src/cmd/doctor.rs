@@ -19,8 +19,11 @@ pub struct Args {
     /// The address that does not work, e.g. https://app.example.com/reports.
     url: String,
     /// Credentials to try, USER:PASSWORD (USER alone prompts for the password).
-    #[arg(short = 'u', long = "user")]
+    #[arg(short = 'u', long = "user", conflicts_with = "token")]
     user: Option<String>,
+    /// An API token to try (sent as `Authorization: Bearer TOKEN`).
+    #[arg(long)]
+    token: Option<String>,
     /// A Cookie header value the browser sends (e.g. "portcullis_session=…").
     #[arg(long)]
     cookie: Option<String>,
@@ -30,6 +33,26 @@ pub struct Args {
     /// Longest wait for each request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+/// What doctor signs in with.
+enum Credentials {
+    /// `-u USER:PASSWORD`: HTTP Basic.
+    Basic(String, String),
+    /// `--token T`: `Authorization: Bearer T`.
+    Bearer(String),
+}
+
+impl Credentials {
+    /// How the findings name them (never the password or the token).
+    fn named(&self) -> String {
+        match self {
+            Credentials::Basic(user, _) => format!("the credentials of {user}"),
+            Credentials::Bearer(token) => {
+                format!("the token {}…", token.chars().take(8).collect::<String>())
+            }
+        }
+    }
 }
 
 /// The report.
@@ -131,11 +154,11 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let credentials = match args.user.as_deref() {
-        None => None,
+        None => args.token.map(Credentials::Bearer),
         Some(u) => match u.split_once(':') {
-            Some((user, pass)) => Some((user.to_owned(), pass.to_owned())),
+            Some((user, pass)) => Some(Credentials::Basic(user.to_owned(), pass.to_owned())),
             None => match super::hash::read_password() {
-                Ok(p) => Some((u.to_owned(), p)),
+                Ok(p) => Some(Credentials::Basic(u.to_owned(), p)),
                 Err(e) => {
                     eprintln!("portcullis doctor: {e}");
                     return ExitCode::from(super::EXIT_CONFIG);
@@ -185,7 +208,7 @@ pub fn run(args: Args) -> ExitCode {
 
 async fn diagnose(
     url: reqwest::Url,
-    credentials: Option<(String, String)>,
+    credentials: Option<Credentials>,
     cookie: Option<&str>,
     timeout: Duration,
 ) -> Report {
@@ -322,7 +345,7 @@ async fn login(
     client: &reqwest::Client,
     url: &reqwest::Url,
     plain: &Answer,
-    credentials: Option<(String, String)>,
+    credentials: Option<Credentials>,
     mut findings: Vec<String>,
 ) -> Report {
     let challenges: Vec<String> = plain
@@ -352,7 +375,8 @@ async fn login(
     let sign_in_page = form
         .as_ref()
         .map(|f| url.join(f).map_or_else(|_| f.clone(), |u| u.to_string()));
-    let Some((user, password)) = credentials else {
+    let bearer = schemes.iter().any(|s| s.eq_ignore_ascii_case("bearer"));
+    let Some(credentials) = credentials else {
         let mut advice = vec![match (&sign_in_page, basic) {
             (Some(page), _) => {
                 format!("Sign in on the sign-in page ({page}); a browser is sent there by itself.")
@@ -363,25 +387,42 @@ async fn login(
                     .as_ref()
                     .map_or(String::new(), |r| format!(" for \"{r}\""))
             ),
+            (None, false) if bearer => {
+                "Send a token: Authorization: Bearer TOKEN (an API token from the site's administrator).".to_owned()
+            }
             (None, false) => format!(
                 "Sign in with the scheme the site asks for ({}).",
                 schemes.join(", ")
             ),
         }];
-        advice.push("Run doctor again with -u USER:PASSWORD to check the credentials.".into());
+        advice.push(if bearer && !basic {
+            "Run doctor again with --token TOKEN to check the token.".into()
+        } else {
+            "Run doctor again with -u USER:PASSWORD to check the credentials.".into()
+        });
         return report("login_required", plain.status, findings, advice);
     };
-    if !basic {
-        let mut advice = vec![format!(
-            "The site does not take a user name and password directly (it asks for {}).",
-            schemes.join(", ")
-        )];
+    let offered = match &credentials {
+        Credentials::Basic(..) => basic,
+        Credentials::Bearer(_) => bearer,
+    };
+    if !offered {
+        let mut advice = vec![match &credentials {
+            Credentials::Basic(..) => format!(
+                "The site does not take a user name and password directly (it asks for {}).",
+                schemes.join(", ")
+            ),
+            Credentials::Bearer(_) => format!(
+                "The site does not take a bearer token (it asks for {}).",
+                schemes.join(", ")
+            ),
+        }];
         if let Some(page) = sign_in_page {
             advice.push(format!("Sign in on the sign-in page ({page}) in a browser, then pass its session cookie with --cookie."));
         }
         return report("scheme_unsupported", plain.status, findings, advice);
     }
-    let with = match fetch(client, url, Some((&user, &password)), None).await {
+    let with = match fetch(client, url, Some(&credentials), None).await {
         Ok(a) => a,
         Err(_) => {
             return report(
@@ -392,19 +433,22 @@ async fn login(
             );
         }
     };
-    findings.push(describe(
-        &format!("with the credentials of {user}"),
-        url,
-        &with,
-    ));
-    match with.status {
-        200..=299 => report(
+    let named = credentials.named();
+    findings.push(describe(&format!("with {named}"), url, &with));
+    match (with.status, &credentials) {
+        (200..=299, Credentials::Basic(..)) => report(
             "ok",
             with.status,
             findings,
-            vec![format!("The credentials of {user} work. In a browser, close all its windows (browsers remember a refused password) and sign in again.")],
+            vec![format!("{} work. In a browser, close all its windows (browsers remember a refused password) and sign in again.", capitalise(&named))],
         ),
-        401 => report(
+        (200..=299, Credentials::Bearer(_)) => report(
+            "ok",
+            with.status,
+            findings,
+            vec![format!("{} works: send it exactly as Authorization: Bearer TOKEN.", capitalise(&named))],
+        ),
+        (401, Credentials::Basic(user, _)) => report(
             "credentials_refused",
             with.status,
             findings,
@@ -413,14 +457,45 @@ async fn login(
                 "If you forgot the password, use the site's \"forgot password\" link or ask the administrator to reset it.".into(),
             ],
         ),
-        403 | 429 => refused(&with, findings),
-        s => report(
+        (401, Credentials::Bearer(_)) => {
+            let expired = with.reason.as_deref() == Some("token_expired")
+                || challenge_error(&with).is_some_and(|e| e.contains("expired"));
+            report(
+                "credentials_refused",
+                with.status,
+                findings,
+                vec![if expired {
+                    format!("{} has expired: ask the administrator for a new one.", capitalise(&named))
+                } else {
+                    format!("{} was not accepted: it may be mistyped, revoked, or its user disabled. Ask the administrator for a new one.", capitalise(&named))
+                }],
+            )
+        }
+        (403 | 429, _) => refused(&with, findings),
+        (s, _) => report(
             if s >= 500 { "server_error" } else { "forbidden" },
             s,
             findings,
             vec![format!("With credentials the site answers {s}.")],
         ),
     }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
+}
+
+/// The `error_description` (or `error`) of a Bearer challenge (RFC 6750 §3).
+fn challenge_error(answer: &Answer) -> Option<String> {
+    answer
+        .headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|c| c.starts_with("Bearer"))
+        .find_map(|c| param(c, "error_description").or_else(|| param(c, "error")))
 }
 
 /// A 403 or 429: blocked, rate-limited, locked out or simply not allowed.
@@ -530,7 +605,7 @@ fn report(
 async fn fetch(
     client: &reqwest::Client,
     url: &reqwest::Url,
-    credentials: Option<(&str, &str)>,
+    credentials: Option<&Credentials>,
     cookie: Option<&str>,
 ) -> Result<Answer, Failure> {
     let mut current = url.clone();
@@ -545,10 +620,10 @@ async fn fetch(
         // Credentials and cookies go only where they were given for: the same scheme, host and
         // port (a redirect elsewhere, or to plain HTTP, gets neither).
         let same_origin = current.origin() == url.origin();
-        if let Some((u, p)) = credentials
-            && same_origin
-        {
-            req = req.basic_auth(u, Some(p));
+        match credentials {
+            Some(Credentials::Basic(u, p)) if same_origin => req = req.basic_auth(u, Some(p)),
+            Some(Credentials::Bearer(t)) if same_origin => req = req.bearer_auth(t),
+            _ => {}
         }
         if !cookies.is_empty() && same_origin {
             req = req.header(reqwest::header::COOKIE, cookies.join("; "));
