@@ -198,10 +198,37 @@ struct SqliteWatch {
     /// Users with a TOTP second factor.
     totp: ArcSwap<std::collections::HashSet<String>>,
     /// The API tokens of enabled users, by the SHA-256 of the token.
-    api_tokens: ArcSwap<HashMap<[u8; 32], crate::sqlite::ApiToken>>,
-    /// When each token (by id) was last noted as used, in memory: the database is written at
-    /// most once per [`TOKEN_USE_WRITE_EVERY`] per token, never once per request.
+    api_tokens: ArcSwap<HashMap<[u8; 32], Arc<LiveToken>>>,
+    /// When each token (by id) was last noted as used, kept across reloads (a reload reads
+    /// `last_used` as last written, which may be up to a minute old).
     token_used: Mutex<HashMap<String, i64>>,
+}
+
+/// A token as the verifier holds it: its row, and when it was last noted as used, in memory
+/// (the database is written at most once per [`TOKEN_USE_WRITE_EVERY`] per token, never once
+/// per request).
+struct LiveToken {
+    row: crate::sqlite::ApiToken,
+    /// Unix seconds; 0: never.
+    noted: AtomicI64,
+}
+
+fn live_tokens(
+    rows: HashMap<[u8; 32], crate::sqlite::ApiToken>,
+    noted: &HashMap<String, i64>,
+) -> HashMap<[u8; 32], Arc<LiveToken>> {
+    rows.into_iter()
+        .map(|(key, row)| {
+            let at = noted.get(&row.id).copied().or(row.last_used).unwrap_or(0);
+            (
+                key,
+                Arc::new(LiveToken {
+                    row,
+                    noted: AtomicI64::new(at),
+                }),
+            )
+        })
+        .collect()
 }
 
 /// How often a token's `last_used` is written at most.
@@ -214,10 +241,9 @@ pub enum TokenCheck {
     Valid {
         /// The user it acts as.
         user: String,
-        /// The token's id.
-        id: String,
-        /// The first request ever made with it (for the audit log).
-        first_use: bool,
+        /// The token's id, when this is the first request ever made with it (for the audit
+        /// log).
+        first_use: Option<String>,
     },
     /// A token past its expiry (unix seconds).
     Expired {
@@ -318,7 +344,7 @@ impl Verifier {
                     version: AtomicI64::new(version),
                     groups: ArcSwap::from_pointee(groups),
                     totp: ArcSwap::from_pointee(totp),
-                    api_tokens: ArcSwap::from_pointee(api_tokens),
+                    api_tokens: ArcSwap::from_pointee(live_tokens(api_tokens, &HashMap::new())),
                     token_used: Mutex::new(HashMap::new()),
                 });
                 (Some(path), users, None)
@@ -575,23 +601,27 @@ impl Verifier {
         let Some(found) = found else {
             return TokenCheck::Unknown;
         };
-        if let Some(at) = found.expires
+        let row = &found.row;
+        if let Some(at) = row.expires
             && at <= unix_now
         {
-            return TokenCheck::Expired { id: found.id, at };
+            return TokenCheck::Expired {
+                id: row.id.clone(),
+                at,
+            };
         }
-        let (first_use, write) = {
-            let mut used = lock(&watch.token_used);
-            let noted = used.get(&found.id).copied().or(found.last_used);
-            let write = noted.is_none_or(|t| unix_now - t >= TOKEN_USE_WRITE_EVERY);
-            if write {
-                used.insert(found.id.clone(), unix_now);
-            }
-            (noted.is_none(), write)
-        };
+        // One request in a minute per token wins the compare-exchange and writes.
+        let noted = found.noted.load(Ordering::Relaxed);
+        let write = unix_now - noted >= TOKEN_USE_WRITE_EVERY
+            && found
+                .noted
+                .compare_exchange(noted, unix_now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let first_use = write && noted == 0;
         if write {
+            lock(&watch.token_used).insert(row.id.clone(), unix_now);
             let inner = Arc::clone(&self.inner);
-            let id = found.id.clone();
+            let id = row.id.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(watch) = &inner.sqlite
                     && let Err(e) = lock(&watch.db).touch_api_token(&id, unix_now)
@@ -601,9 +631,8 @@ impl Verifier {
             });
         }
         TokenCheck::Valid {
-            user: found.user,
-            id: found.id,
-            first_use,
+            user: row.user.clone(),
+            first_use: first_use.then(|| row.id.clone()),
         }
     }
 
@@ -783,7 +812,10 @@ impl Inner {
                 watch.version.store(version, Ordering::Relaxed);
                 watch.groups.store(Arc::new(groups));
                 watch.totp.store(Arc::new(totp));
-                watch.api_tokens.store(Arc::new(api_tokens));
+                let noted = lock(&watch.token_used).clone();
+                watch
+                    .api_tokens
+                    .store(Arc::new(live_tokens(api_tokens, &noted)));
                 let generation = self.snapshot.load().generation + 1;
                 let count = users.len();
                 self.snapshot

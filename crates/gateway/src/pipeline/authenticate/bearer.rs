@@ -22,13 +22,9 @@ impl Gateway {
             Err(Refusal::new(reason).with_detail(detail))
         };
         match self.verifier.check_api_token(token, now).await {
-            TokenCheck::Valid {
-                user,
-                id,
-                first_use,
-            } => {
+            TokenCheck::Valid { user, first_use } => {
                 self.metrics.auth("bearer", AuthOutcome::Accepted);
-                if first_use {
+                if let Some(id) = first_use {
                     self.audit.record(
                         "token_first_used",
                         serde_json::json!({"id": id, "user": user, "client": ex.client.ip.to_string()}),
