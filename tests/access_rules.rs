@@ -34,23 +34,11 @@ fn start(config: &str) -> (TestUpstream, Gateway) {
 }
 
 fn config(extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-users = "users.htpasswd"
-groups = "groups.txt"
-public = ["/public/**"]
-
-[log]
-access = "access.log"
-
-{extra}
-"#
-    )
+    SiteConfig::new()
+        .auth("groups = \"groups.txt\"")
+        .auth("public = [\"/public/**\"]")
+        .raw(extra)
+        .build()
 }
 
 async fn problem(

@@ -460,10 +460,11 @@ fn links_are_mailed_over_starttls_to_a_server_with_a_private_ca() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let smtp = SmtpSink::start_tls(&cert.cert.pem(), &cert.signing_key.serialize_pem());
     let upstream = TestUpstream::start();
-    let config = util::portal::ACCOUNTS_CONFIG
-        .replace("@SMTP@", &smtp.port.to_string())
-        .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
-        .replace("starttls = false", "starttls = true\nca = \"smtp-ca.pem\"");
+    let config = util::portal::accounts_config(smtp.port)
+        .section("mail", "host = \"localhost\"")
+        .section("mail", "starttls = true")
+        .section("mail", "ca = \"smtp-ca.pem\"")
+        .build();
     let gw = Gateway::start(&config, upstream.addr, &[("smtp-ca.pem", &cert.cert.pem())]);
     let (link, stderr) = users(&gw, &["invite", "gina", "--email", "gina@example.com"]);
     assert!(stderr.contains("mailed to gina@example.com"), "{stderr}");
@@ -528,12 +529,10 @@ fn wrong_codes_lock_out_and_the_lockout_is_audited() {
 fn account_pages_log_what_happened() {
     let smtp = SmtpSink::start();
     let upstream = TestUpstream::start();
-    let config = util::portal::ACCOUNTS_CONFIG
-        .replace("@SMTP@", &smtp.port.to_string())
-        .replace(
-            "access = \"access.log\"",
-            "access = \"access.json\"\nformat = \"json\"",
-        );
+    let config = util::portal::accounts_config(smtp.port)
+        .log("access = \"access.json\"")
+        .log("format = \"json\"")
+        .build();
     let gw = Gateway::start(&config, upstream.addr, &[]);
     let (link, _) = users(&gw, &["invite", "dora"]);
     let reason_of = |status: u16| {

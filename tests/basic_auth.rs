@@ -25,7 +25,7 @@ fn gateway_with_alice(config: &str) -> (TestUpstream, Gateway) {
 
 #[test]
 fn no_credentials_gets_401_2_with_challenge_no_store_and_request_id() {
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     runtime().block_on(async {
         let r = client()
             .get(gw.url("/app"))
@@ -52,7 +52,7 @@ fn no_credentials_gets_401_2_with_challenge_no_store_and_request_id() {
 
 #[test]
 fn wrong_password_and_unknown_user_get_the_same_401_1() {
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     runtime().block_on(async {
         let c = client();
         let wrong = c
@@ -91,7 +91,7 @@ fn wrong_password_and_unknown_user_get_the_same_401_1() {
 
 #[test]
 fn valid_credentials_reach_the_upstream_as_remote_user_without_authorization() {
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     runtime().block_on(async {
         let r = client()
             .get(gw.url("/app?x=1"))
@@ -130,7 +130,7 @@ fn valid_credentials_reach_the_upstream_as_remote_user_without_authorization() {
 
 #[test]
 fn forward_authorization_passes_the_header_on_when_enabled() {
-    let config = BASIC_CONFIG.replace("[auth]", "[auth]\nforward_authorization = true");
+    let config = basic_config().auth("forward_authorization = true").build();
     let (_up, gw) = gateway_with_alice(&config);
     runtime().block_on(async {
         let seen: serde_json::Value = client()
@@ -153,7 +153,7 @@ fn forward_authorization_passes_the_header_on_when_enabled() {
 
 #[test]
 fn public_paths_pass_anonymously_and_identity_headers_are_still_stripped() {
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     runtime().block_on(async {
         let r = client()
             .get(gw.url("/public/a.css"))
@@ -176,7 +176,7 @@ fn public_paths_pass_anonymously_and_identity_headers_are_still_stripped() {
 
 #[test]
 fn malformed_authorization_is_400_never_a_crash() {
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     runtime().block_on(async {
         let c = client();
         for bad in [
@@ -240,7 +240,7 @@ fn every_htpasswd_format_from_the_real_tool_is_accepted() {
     );
     std::fs::write(&file, content).unwrap();
     users.push(("argon", vec![]));
-    let gw = Gateway::start_in(dir, BASIC_CONFIG, upstream.addr);
+    let gw = Gateway::start_in(dir, &basic_config().build(), upstream.addr);
     runtime().block_on(async {
         let c = client();
         for (user, _) in &users {
@@ -270,7 +270,9 @@ fn every_htpasswd_format_from_the_real_tool_is_accepted() {
 #[test]
 fn a_changed_user_file_is_picked_up_without_restart() {
     // The poll below sends the new password until it works: keep the lockout out of the way.
-    let config = format!("{BASIC_CONFIG}\n[logon]\nmax_failures = 1000\n");
+    let config = basic_config()
+        .section("logon", "max_failures = 1000")
+        .build();
     let (_up, gw) = gateway_with_alice(&config);
     let rt = runtime();
     let status = |pw: &'static str| {
@@ -309,7 +311,7 @@ fn curl_sees_the_challenge_and_gets_through_with_credentials() {
     let Some(curl) = which("curl") else {
         panic!("the tests need curl")
     };
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     let out = Command::new(&curl)
         .args(["-s", "-i", &gw.url("/app")])
         .output()
@@ -341,7 +343,7 @@ fn curl_sees_the_challenge_and_gets_through_with_credentials() {
 
 #[test]
 fn browsers_get_a_page_that_explains_and_detailed_only_locally() {
-    let (_up, gw) = gateway_with_alice(BASIC_CONFIG);
+    let (_up, gw) = gateway_with_alice(&basic_config().build());
     let accept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
     runtime().block_on(async {
         let r = client()
@@ -361,7 +363,9 @@ fn browsers_get_a_page_that_explains_and_detailed_only_locally() {
         // Loopback client under the default detailed_local_only: administrator details shown.
         assert!(html.contains("logon_failed") && html.contains("Details for the administrator"));
     });
-    let config = BASIC_CONFIG.replace("[log]", "[errors]\nmode = \"custom\"\n\n[log]");
+    let config = basic_config()
+        .section("errors", "mode = \"custom\"")
+        .build();
     let (_up2, gw2) = gateway_with_alice(&config);
     runtime().block_on(async {
         let html = client()

@@ -282,7 +282,7 @@ async fn session_cookies(c: &Client) -> Vec<String> {
 
 #[test]
 fn sign_in_wrong_password_denied_page_sign_out_and_stale_cookie_in_chromium() {
-    let (_up, gw) = util::portal::start_portal(util::portal::PORTAL_CONFIG);
+    let (_up, gw) = util::portal::start_portal(&util::portal::portal_config().build());
     let driver = ChromeDriver::start();
     let base = format!("http://{}", gw.addr);
     runtime().block_on(async {
@@ -452,7 +452,7 @@ fn sign_in_wrong_password_denied_page_sign_out_and_stale_cookie_in_chromium() {
 
 #[test]
 fn repeated_wrong_passwords_lock_out_in_chromium() {
-    let (_up, gw) = util::portal::start_portal(util::portal::PORTAL_CONFIG);
+    let (_up, gw) = util::portal::start_portal(&util::portal::portal_config().build());
     let driver = ChromeDriver::start();
     let base = format!("http://{}", gw.addr);
     runtime().block_on(async {

@@ -10,27 +10,15 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
+/// `extra_server` lines go to `[server]`, where `header_timeout` is 2 s unless they set it.
 fn gateway(extra_server: &str, extra: &str) -> (TestUpstream, Gateway) {
-    let timeout = if extra_server.contains("header_timeout") {
-        ""
-    } else {
-        "header_timeout = \"2s\""
-    };
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-{timeout}
-{extra_server}
-
-[auth]
-users = "users.htpasswd"
-public = ["/public/**", "/health"]
-
-{extra}
-"#
-    );
+    let config = SiteConfig::new()
+        .server("header_timeout = \"2s\"")
+        .server(extra_server)
+        .auth("public = [\"/public/**\", \"/health\"]")
+        .without("log", "access")
+        .raw(extra)
+        .build();
     start_with_user(&config, "alice", "pw")
 }
 
@@ -225,7 +213,11 @@ fn a_form_body_that_never_finishes_times_out() {
     let upstream = TestUpstream::start();
     let gw = Gateway::start_in(
         dir_with_user("alice", "pw"),
-        "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\nheader_timeout = \"2s\"\n[auth]\nschemes = [\"form\", \"basic\"]\nusers = \"users.htpasswd\"\n",
+        &SiteConfig::new()
+            .server("header_timeout = \"2s\"")
+            .auth("schemes = [\"form\", \"basic\"]")
+            .without("log", "access")
+            .build(),
         upstream.addr,
     );
     let mut s = TcpStream::connect(gw.addr).unwrap();

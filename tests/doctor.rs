@@ -35,26 +35,18 @@ fn verdict(args: &[&str]) -> (String, Value) {
     (v, r)
 }
 
-const CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-realm = "Doctor's office"
-users = "users.htpasswd"
-public = ["/public/**", "/loop", "/loop2"]
-
-[log]
-access = "off"
-
-[logon]
-max_failures = 2
-"#;
+/// Basic sign-in, a few public paths, locked after two failures.
+fn config() -> SiteConfig {
+    SiteConfig::new()
+        .auth("realm = \"Doctor's office\"")
+        .auth("public = [\"/public/**\", \"/loop\", \"/loop2\"]")
+        .log("access = \"off\"")
+        .section("logon", "max_failures = 2")
+}
 
 #[test]
 fn sign_in_verdicts_against_a_basic_site() {
-    let (_up, gw) = start_with_user(CONFIG, "alice", "apple-pie-42");
+    let (_up, gw) = start_with_user(&config().build(), "alice", "apple-pie-42");
     let url = gw.url("/reports");
     let (v, r) = verdict(&[&url]);
     assert_eq!(v, "login_required");
@@ -78,10 +70,7 @@ fn sign_in_verdicts_against_a_basic_site() {
 
 #[test]
 fn form_sites_stale_cookies_and_refusals() {
-    let form = CONFIG.replace(
-        "users = \"users.htpasswd\"",
-        "schemes = [\"form\"]\nusers = \"users.htpasswd\"",
-    );
+    let form = config().auth("schemes = [\"form\"]").build();
     let (_up, gw) = start_with_user(&form, "alice", "apple-pie-42");
     let url = gw.url("/reports");
     let (v, r) = verdict(&[&url]);
@@ -97,15 +86,17 @@ fn form_sites_stale_cookies_and_refusals() {
     assert_eq!(v, "stale_cookie", "{r}");
 
     // Blocked by an IP rule, and rate-limited.
-    let blocked = CONFIG.replace("[log]", "[ip]\ndeny = [\"127.0.0.1\"]\n\n[log]");
+    let blocked = config().section("ip", "deny = [\"127.0.0.1\"]").build();
     let (_up2, gw2) = start_with_user(&blocked, "alice", "apple-pie-42");
     let (v, r) = verdict(&[&gw2.url("/x")]);
     assert_eq!(v, "blocked", "{r}");
     assert_eq!(r["status"], 403);
-    let limited = CONFIG.replace(
-        "[log]",
-        "[dynamic]\ndeny_by_rate = { enabled = true, max_requests = 1, interval = \"1m\" }\n\n[log]",
-    );
+    let limited = config()
+        .section(
+            "dynamic",
+            "deny_by_rate = { enabled = true, max_requests = 1, interval = \"1m\" }",
+        )
+        .build();
     let (_up3, gw3) = start_with_user(&limited, "alice", "apple-pie-42");
     let _ = verdict(&[&gw3.url("/public/x")]);
     let (v, r) = verdict(&[&gw3.url("/public/x")]);
@@ -189,10 +180,9 @@ fn network_tls_missing_pages_and_failing_servers() {
     let upstream = TestUpstream::start();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let (name, content) = ("users.htpasswd", String::new());
-    let tls = CONFIG.replace(
-        "[auth]",
-        "tls = { cert = \"cert.pem\", key = \"key.pem\" }\n\n[auth]",
-    );
+    let tls = config()
+        .server("tls = { cert = \"cert.pem\", key = \"key.pem\" }")
+        .build();
     let gw = Gateway::start(
         &tls,
         upstream.addr,
@@ -206,7 +196,9 @@ fn network_tls_missing_pages_and_failing_servers() {
     assert_eq!(v, "tls_error", "{r}");
 
     // The application behind the gateway is down: 502.
-    let down = CONFIG.replace("http://@UPSTREAM@", &format!("http://127.0.0.1:{closed}"));
+    let down = config()
+        .server(&format!("upstream = \"http://127.0.0.1:{closed}\""))
+        .build();
     let gw = Gateway::start(&down, upstream.addr, &[(name, &content)]);
     let (v, r) = verdict(&[&gw.url("/public/x")]);
     assert_eq!(v, "server_error", "{r}");

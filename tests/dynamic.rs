@@ -12,23 +12,11 @@ const PW: &str = "right-pw";
 fn start(extra: &str, upstream_timeout: &str) -> (TestUpstream, Gateway) {
     let upstream = TestUpstream::start();
     let dir = dir_with_user("alice", PW);
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-upstream_timeout = "{upstream_timeout}"
-
-[auth]
-users = "users.htpasswd"
-public = ["/public/**", "/slow", "/download", "/sleep/**"]
-
-[log]
-access = "access.log"
-
-{extra}
-"#
-    );
+    let config = SiteConfig::new()
+        .server(&format!("upstream_timeout = \"{upstream_timeout}\""))
+        .auth("public = [\"/public/**\", \"/slow\", \"/download\", \"/sleep/**\"]")
+        .raw(extra)
+        .build();
     let gw = Gateway::start_in(dir, &config, upstream.addr);
     (upstream, gw)
 }

@@ -23,25 +23,15 @@ const FORWARDED: &str = "[forward_auth]\nheaders = \"forwarded\"\n";
 fn portcullis_with(upstream: SocketAddr, schemes: &str, extra: &str) -> Gateway {
     let dir = dir_with_user("alice", PW);
     std::fs::write(dir.path().join("groups.txt"), "admins: alice\n").unwrap();
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-trusted_proxies = ["127.0.0.1"]
-
-[auth]
-realm = "Forward realm"
-schemes = {schemes}
-users = "users.htpasswd"
-groups = "groups.txt"
-public = ["/public/**"]
-
-[log]
-access = "access.log"
-
-{extra}
-"#
-    );
+    let config = SiteConfig::new()
+        .without("server", "upstream")
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .auth("realm = \"Forward realm\"")
+        .auth(&format!("schemes = {schemes}"))
+        .auth("groups = \"groups.txt\"")
+        .auth("public = [\"/public/**\"]")
+        .raw(extra)
+        .build();
     Gateway::start_in(dir, &config, upstream)
 }
 
@@ -445,7 +435,10 @@ fn traefik_header_contract_and_untrusted_peers() {
         let dir = dir_with_user("alice", PW);
         Gateway::start_in(
             dir,
-            "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\n[auth]\nusers = \"users.htpasswd\"\npublic = [\"/public/**\"]\n",
+            &SiteConfig::new()
+                .auth("public = [\"/public/**\"]")
+                .without("log", "access")
+                .build(),
             app.addr,
         )
     };

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use util::browser::Browser;
-use util::portal::{PORTAL_CONFIG, start_portal};
+use util::portal::{portal_config, start_portal};
 use util::*;
 
 /// A client whose connections come from `source` (any 127.0.0.0/8 address is ours).
@@ -51,12 +51,24 @@ fn basic_site(auth_extra: &str, extra: &str) -> (TestUpstream, Gateway, SocketAd
         "right-pw",
     );
     let upstream = TestUpstream::start();
-    let config = format!(
-        "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\n[auth]\nusers = \"users.htpasswd\"\ncache_ttl = \"0s\"\n{auth_extra}\n[log]\naccess = \"access.log\"\n[admin]\nlisten = \"{admin}\"\n{extra}\n"
-    );
+    let config = SiteConfig::new()
+        .auth("cache_ttl = \"0s\"")
+        .auth(auth_extra)
+        .section("admin", &format!("listen = \"{admin}\""))
+        .raw(extra)
+        .build();
     let gw = Gateway::start_in(dir, &config, upstream.addr);
     wait_for_port(admin, Duration::from_secs(10));
     (upstream, gw, admin)
+}
+
+/// Form and Basic sign-in over `sqlite:users.db`, an admin listener on `admin`, no access log.
+fn sqlite_site(admin: SocketAddr) -> SiteConfig {
+    SiteConfig::new()
+        .auth("schemes = [\"form\", \"basic\"]")
+        .auth("users = \"sqlite:users.db\"")
+        .without("log", "access")
+        .section("admin", &format!("listen = \"{admin}\""))
 }
 
 #[test]
@@ -183,9 +195,12 @@ fn ipv6_clients_are_counted_per_64_and_the_real_user_is_not_locked_out() {
     // from many IPv6 addresses.
     let gw = Gateway::start_in(
         dir,
-        &format!(
-            "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\ntrusted_proxies = [\"127.0.0.1\"]\n[auth]\nusers = \"users.htpasswd\"\n[logon]\nmax_failures = 3\n[admin]\nlisten = \"{admin}\"\n"
-        ),
+        &SiteConfig::new()
+            .server("trusted_proxies = [\"127.0.0.1\"]")
+            .without("log", "access")
+            .section("logon", "max_failures = 3")
+            .section("admin", &format!("listen = \"{admin}\""))
+            .build(),
         upstream.addr,
     );
     let ask = |from: &str, user: &str, pw: &str| {
@@ -227,7 +242,7 @@ fn ipv6_clients_are_counted_per_64_and_the_real_user_is_not_locked_out() {
 
 #[test]
 fn the_form_refuses_a_user_name_with_control_characters() {
-    let (_up, gw) = start_portal(PORTAL_CONFIG);
+    let (_up, gw) = start_portal(&portal_config().build());
     runtime().block_on(async {
         let mut b = Browser::new(&gw.url(""));
         let r = b
@@ -245,9 +260,7 @@ fn the_form_refuses_a_user_name_with_control_characters() {
 #[test]
 fn a_second_factor_user_refused_basic_costs_a_password_check_like_anyone() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\n[auth]\nschemes = [\"form\", \"basic\"]\nusers = \"sqlite:users.db\"\n[admin]\nlisten = \"{admin}\"\n"
-    );
+    let config = sqlite_site(admin).build();
     let upstream = TestUpstream::start();
     let gw = Gateway::start(&config, upstream.addr, &[]);
     wait_for_port(admin, Duration::from_secs(10));
@@ -315,9 +328,9 @@ fn a_second_factor_user_refused_basic_costs_a_password_check_like_anyone() {
 #[test]
 fn a_repeated_guess_at_a_second_factor_user_is_answered_like_anyones() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@\"\n[auth]\nschemes = [\"form\", \"basic\"]\nusers = \"sqlite:users.db\"\n[admin]\nlisten = \"{admin}\"\n[logon]\nenabled = false\n"
-    );
+    let config = sqlite_site(admin)
+        .section("logon", "enabled = false")
+        .build();
     let upstream = TestUpstream::start();
     let gw = Gateway::start(&config, upstream.addr, &[]);
     wait_for_port(admin, Duration::from_secs(10));
@@ -365,7 +378,9 @@ fn a_repeated_guess_at_a_second_factor_user_is_answered_like_anyones() {
 
 #[test]
 fn a_user_keeps_at_most_max_sessions_per_user() {
-    let config = PORTAL_CONFIG.to_owned() + "\n[portal]\nmax_sessions_per_user = 2\n";
+    let config = portal_config()
+        .section("portal", "max_sessions_per_user = 2")
+        .build();
     let (_up, gw) = start_portal(&config);
     runtime().block_on(async {
         let mut browsers = Vec::new();

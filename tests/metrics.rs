@@ -15,21 +15,11 @@ fn start(extra: &str) -> (TestUpstream, Gateway, u16) {
     let upstream = TestUpstream::start();
     let dir = dir_with_user("alice", PW);
     let admin = free_port();
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-users = "users.htpasswd"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-{extra}
-"#
-    );
+    let config = SiteConfig::new()
+        .without("log", "access")
+        .section("admin", &format!("listen = \"127.0.0.1:{admin}\""))
+        .raw(extra)
+        .build();
     let gw = Gateway::start_in(dir, &config, upstream.addr);
     wait_for_port(
         format!("127.0.0.1:{admin}").parse().unwrap(),

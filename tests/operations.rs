@@ -13,21 +13,10 @@ use util::*;
 const PW: &str = "ops-pw";
 
 fn config(public: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-users = "users.htpasswd"
-public = [{public}]
-
-[log]
-access = "access.log"
-{extra}
-"#
-    )
+    SiteConfig::new()
+        .auth(&format!("public = [{public}]"))
+        .raw(extra)
+        .build()
 }
 
 fn start(config: &str) -> (TestUpstream, Gateway) {

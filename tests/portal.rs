@@ -8,7 +8,7 @@ use std::time::Duration;
 use util::browser::Browser;
 use util::*;
 
-const CONFIG: &str = util::portal::PORTAL_CONFIG;
+use util::portal::portal_config;
 
 fn start(config: &str) -> (TestUpstream, Gateway) {
     util::portal::start_portal(config)
@@ -20,7 +20,7 @@ fn base(gw: &Gateway) -> String {
 
 #[test]
 fn a_browser_signs_in_through_the_form_and_out_again() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         let mut b = Browser::new(&base(&gw));
         // No session: the browser is sent to the sign-in page, with where it was going.
@@ -158,7 +158,7 @@ fn a_browser_signs_in_through_the_form_and_out_again() {
 
 #[test]
 fn api_clients_get_401_with_every_challenge_and_basic_still_works() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         let c = client();
         // A favicon fetched with a browser's image Accept is not sent to the sign-in page.
@@ -209,7 +209,7 @@ fn api_clients_get_401_with_every_challenge_and_basic_still_works() {
 
 #[test]
 fn return_targets_never_leave_the_site() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         for rd in [
             "https://evil.example/",
@@ -231,7 +231,7 @@ fn return_targets_never_leave_the_site() {
 
 #[test]
 fn csrf_and_origin_checks_refuse_forgeries_without_trapping_anyone() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         // No pre-session cookie (a forged cross-site form): refused, the form comes back with a
         // fresh token and a message, and that form works.
@@ -306,7 +306,7 @@ fn csrf_and_origin_checks_refuse_forgeries_without_trapping_anyone() {
 
 #[test]
 fn a_stale_or_tampered_cookie_lands_on_the_sign_in_page_once_and_is_cleared() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         for stale in [
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", // well-formed, unknown
@@ -351,7 +351,7 @@ fn a_stale_or_tampered_cookie_lands_on_the_sign_in_page_once_and_is_cleared() {
 
 #[test]
 fn a_signed_in_user_denied_by_a_rule_gets_403_and_can_switch_account() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         let mut b = Browser::new(&base(&gw));
         assert_eq!(
@@ -401,7 +401,10 @@ fn a_signed_in_user_denied_by_a_rule_gets_403_and_can_switch_account() {
 
 #[test]
 fn sessions_end_when_idle_and_failed_sign_ins_lock_out() {
-    let config = format!("{CONFIG}\n[portal]\nidle_timeout = \"1s\"\nmax_age = \"1h\"\n");
+    let config = portal_config()
+        .section("portal", "idle_timeout = \"1s\"")
+        .section("portal", "max_age = \"1h\"")
+        .build();
     let (_up, gw) = start(&config);
     runtime().block_on(async {
         let mut b = Browser::new(&base(&gw));
@@ -430,7 +433,9 @@ fn sessions_end_when_idle_and_failed_sign_ins_lock_out() {
 
 #[test]
 fn behind_an_https_proxy_the_cookies_are_host_only_and_secure() {
-    let config = CONFIG.replace("10.9.9.9/32", "127.0.0.1/32");
+    let config = portal_config()
+        .server("trusted_proxies = [\"127.0.0.1/32\"]")
+        .build();
     let (_up, gw) = start(&config);
     runtime().block_on(async {
         let c = client();
@@ -493,7 +498,9 @@ fn behind_an_https_proxy_the_cookies_are_host_only_and_secure() {
 #[test]
 fn sessions_are_shared_by_instances_on_one_redis() {
     let redis = RedisServer::start();
-    let config = format!("{CONFIG}\n[state]\nbackend = \"{}\"\n", redis.url());
+    let config = portal_config()
+        .section("state", &format!("backend = \"{}\"", redis.url()))
+        .build();
     let (_up, a) = start(&config);
     // The same user file on both instances, as a deployment has (a session also checks that
     // the password hash it began with is still the user's).
@@ -530,10 +537,10 @@ fn sessions_are_shared_by_instances_on_one_redis() {
 #[test]
 fn a_redis_outage_is_a_clear_503_and_signing_in_works_again_after_it() {
     let mut redis = RedisServer::start();
-    let config = format!(
-        "{CONFIG}\n[state]\nbackend = \"{}\"\non_backend_error = \"closed\"\n",
-        redis.url()
-    );
+    let config = portal_config()
+        .section("state", &format!("backend = \"{}\"", redis.url()))
+        .section("state", "on_backend_error = \"closed\"")
+        .build();
     let (_up, gw) = start(&config);
     runtime().block_on(async {
         let mut b = Browser::new(&base(&gw));
@@ -577,7 +584,10 @@ fn a_redis_outage_is_a_clear_503_and_signing_in_works_again_after_it() {
 
 #[test]
 fn sessions_end_at_max_age_even_when_in_use() {
-    let config = format!("{CONFIG}\n[portal]\nidle_timeout = \"2s\"\nmax_age = \"2s\"\n");
+    let config = portal_config()
+        .section("portal", "idle_timeout = \"2s\"")
+        .section("portal", "max_age = \"2s\"")
+        .build();
     let (_up, gw) = start(&config);
     runtime().block_on(async {
         let mut b = Browser::new(&base(&gw));
@@ -612,7 +622,7 @@ fn sessions_end_at_max_age_even_when_in_use() {
 
 #[test]
 fn a_session_id_planted_before_sign_in_is_never_promoted() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         // Mallory signs in as bob and plants her session id in Alice's browser.
         let mut mallory = Browser::new(&base(&gw));
@@ -671,7 +681,7 @@ fn a_session_id_planted_before_sign_in_is_never_promoted() {
 /// program is never told to reload a page or close its windows).
 #[test]
 fn refusal_advice_fits_the_site_and_the_client() {
-    let (_up, gw) = start(CONFIG);
+    let (_up, gw) = start(&portal_config().build());
     runtime().block_on(async {
         let c = client();
         let browser_only = ["reload", "close all windows", "close the tab", "link below"];

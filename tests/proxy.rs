@@ -8,20 +8,22 @@ use std::time::Duration;
 
 use util::*;
 
-const PUBLIC_CONFIG: &str = r#"
-[server]
-listen = "@LISTEN@"
-upstream = "http://@UPSTREAM@"
-upstream_timeout = "10s"
-connect_timeout = "10s"
+/// Everything public, one listen address (a string, not a list), 10 s upstream timeouts.
+fn public_config() -> SiteConfig {
+    SiteConfig::new()
+        .server("listen = \"@LISTEN@\"")
+        .server("upstream_timeout = \"10s\"")
+        .server("connect_timeout = \"10s\"")
+        .auth("public = [\"/**\"]")
+}
 
-[auth]
-users = "users.htpasswd"
-public = ["/**"]
-
-[log]
-access = "access.log"
-"#;
+/// [`public_config`] with both upstream timeouts set to `timeout`.
+fn with_timeouts(timeout: &str) -> String {
+    public_config()
+        .server(&format!("upstream_timeout = \"{timeout}\""))
+        .server(&format!("connect_timeout = \"{timeout}\""))
+        .build()
+}
 
 fn users() -> (&'static str, String) {
     (
@@ -45,7 +47,7 @@ fn unreachable_upstream_is_502_and_a_slow_one_is_504() {
         .unwrap(); // released: nothing listens
     let (name, content) = users();
     // Short timeouts here only: elsewhere a slow machine must not turn answers into 504s.
-    let short = PUBLIC_CONFIG.replace("\"10s\"", "\"1s\"");
+    let short = with_timeouts("1s");
     let gw = Gateway::start(&short, dead, &[(name, &content)]);
     let (_up, slow) = public_gateway(&short);
     runtime().block_on(async {
@@ -75,10 +77,9 @@ fn http2_over_tls_by_alpn_and_http1_over_tls() {
     let upstream = TestUpstream::start();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let (name, content) = users();
-    let config = PUBLIC_CONFIG.replace(
-        "[auth]",
-        "tls = { cert = \"cert.pem\", key = \"key.pem\" }\n\n[auth]",
-    );
+    let config = public_config()
+        .server("tls = { cert = \"cert.pem\", key = \"key.pem\" }")
+        .build();
     let gw = Gateway::start(
         &config,
         upstream.addr,
@@ -119,7 +120,7 @@ fn http2_over_tls_by_alpn_and_http1_over_tls() {
 
 #[test]
 fn h2c_with_prior_knowledge() {
-    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    let (_up, gw) = public_gateway(&public_config().build());
     runtime().block_on(async {
         let c = reqwest::Client::builder()
             .http2_prior_knowledge()
@@ -139,7 +140,7 @@ fn h2c_with_prior_knowledge() {
 #[test]
 fn websocket_upgrade_passes_through() {
     use futures_util::{SinkExt, StreamExt};
-    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    let (_up, gw) = public_gateway(&public_config().build());
     runtime().block_on(async {
         let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
             .await
@@ -160,7 +161,7 @@ fn websocket_upgrade_passes_through() {
 
 #[test]
 fn a_1_gib_upload_and_download_stream_in_bounded_memory() {
-    let (up, gw) = public_gateway(PUBLIC_CONFIG.replace("\"10s\"", "\"600s\"").as_str());
+    let (up, gw) = public_gateway(&with_timeouts("600s"));
     const MIB: u64 = 1 << 20;
     runtime().block_on(async {
         let chunk = bytes::Bytes::from(vec![b'u'; MIB as usize]);
@@ -204,7 +205,7 @@ fn a_1_gib_upload_and_download_stream_in_bounded_memory() {
 
 #[test]
 fn application_401_is_logged_as_401_5_and_passed_through() {
-    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    let (_up, gw) = public_gateway(&public_config().build());
     runtime().block_on(async {
         let r = client().get(gw.url("/app401")).send().await.unwrap();
         assert_eq!(r.status(), 401);
@@ -227,7 +228,9 @@ fn application_401_is_logged_as_401_5_and_passed_through() {
 
 #[test]
 fn application_401_replaced_by_our_page_keeps_its_challenge() {
-    let config = PUBLIC_CONFIG.replace("[log]", "[errors]\nupstream_401 = \"replace\"\n\n[log]");
+    let config = public_config()
+        .section("errors", "upstream_401 = \"replace\"")
+        .build();
     let (_up, gw) = public_gateway(&config);
     runtime().block_on(async {
         let r = client()
@@ -255,7 +258,7 @@ fn application_401_replaced_by_our_page_keeps_its_challenge() {
 
 #[test]
 fn w3c_access_log_is_read_by_goaccess() {
-    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    let (_up, gw) = public_gateway(&public_config().build());
     runtime().block_on(async {
         let c = client();
         for i in 0..5 {
@@ -309,10 +312,10 @@ fn w3c_access_log_is_read_by_goaccess() {
 
 #[test]
 fn json_access_log_lines() {
-    let config = PUBLIC_CONFIG.replace(
-        "access = \"access.log\"",
-        "access = \"access.json\"\nformat = \"json\"",
-    );
+    let config = public_config()
+        .log("access = \"access.json\"")
+        .log("format = \"json\"")
+        .build();
     let (_up, gw) = public_gateway(&config);
     runtime().block_on(async {
         client()
@@ -336,7 +339,7 @@ fn json_access_log_lines() {
 #[test]
 fn oversized_request_heads_get_431_and_the_gateway_keeps_serving() {
     use std::io::{Read, Write};
-    let (_up, gw) = public_gateway(PUBLIC_CONFIG);
+    let (_up, gw) = public_gateway(&public_config().build());
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let head = format!(
@@ -368,9 +371,10 @@ fn oversized_request_heads_get_431_and_the_gateway_keeps_serving() {
 fn operators_can_replace_pages_by_status_and_substatus() {
     let upstream = TestUpstream::start();
     let (name, content) = users();
-    let config = PUBLIC_CONFIG
-        .replace("public = [\"/**\"]", "public = []")
-        .replace("[log]", "[errors]\npages = \"pages\"\n\n[log]");
+    let config = public_config()
+        .auth("public = []")
+        .section("errors", "pages = \"pages\"")
+        .build();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(name), content).unwrap();
     std::fs::create_dir(dir.path().join("pages")).unwrap();
@@ -438,7 +442,7 @@ fn an_http_1_0_upstream_is_answered_in_the_clients_version_and_keeps_alive() {
         }
     });
     let (name, content) = users();
-    let gw = Gateway::start(PUBLIC_CONFIG, addr, &[(name, &content)]);
+    let gw = Gateway::start(&public_config().build(), addr, &[(name, &content)]);
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reader = BufReader::new(s.try_clone().unwrap());
@@ -480,10 +484,10 @@ fn an_http_1_0_upstream_is_answered_in_the_clients_version_and_keeps_alive() {
 /// a pooled connection until its body is done); the others wait, within `upstream_timeout`.
 #[test]
 fn upstream_connections_are_bounded_and_a_waiting_request_times_out() {
-    let config = PUBLIC_CONFIG.replace(
-        "upstream_timeout = \"10s\"",
-        "upstream_timeout = \"1s\"\nupstream_max_connections = 1",
-    );
+    let config = public_config()
+        .server("upstream_timeout = \"1s\"")
+        .server("upstream_max_connections = 1")
+        .build();
     let (_up, gw) = public_gateway(&config);
     // A download whose client stops reading: its body, and so its upstream slot, stay busy.
     let mut stalled = std::net::TcpStream::connect(gw.addr).unwrap();

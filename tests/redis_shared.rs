@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use util::*;
 
+/// `extra` may begin with keys of `[state]` (the last table before it).
 fn gateway(redis: &RedisServer, upstream: &TestUpstream, extra: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     htpasswd(
@@ -16,23 +17,13 @@ fn gateway(redis: &RedisServer, upstream: &TestUpstream, extra: &str) -> Gateway
         "alice",
         "pw",
     );
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-users = "users.htpasswd"
-public = ["/public/**"]
-
-[state]
-backend = "{}"
-timeout = "2s"
-{extra}
-"#,
-        redis.url()
-    );
+    let config = SiteConfig::new()
+        .auth("public = [\"/public/**\"]")
+        .without("log", "access")
+        .section("state", &format!("backend = \"{}\"", redis.url()))
+        .section("state", "timeout = \"2s\"")
+        .raw(extra)
+        .build();
     Gateway::start_in(dir, &config, upstream.addr)
 }
 

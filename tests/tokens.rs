@@ -10,26 +10,16 @@ use std::time::Duration;
 
 use util::*;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-schemes = ["bearer", "basic"]
-users = "sqlite:users.db"
-
-[[rule]]
-path = "/admin/**"
-allow = ["group:admins"]
-
-[log]
-access = "access.log"
-audit = "audit.log"
-
-[admin]
-listen = "@ADMIN@"
-"#;
+/// Bearer and Basic over a user database, a rule for `/admin/**`, the audit log, an admin
+/// listener at `admin`.
+fn site_config(admin: &str) -> String {
+    SiteConfig::new()
+        .auth("schemes = [\"bearer\", \"basic\"]\nusers = \"sqlite:users.db\"")
+        .log("audit = \"audit.log\"")
+        .section("admin", &format!("listen = \"{admin}\""))
+        .raw("[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]\n")
+        .build()
+}
 
 /// Runs `portcullis VERB ARGS -c portcullis.toml` in `dir` with `stdin`; returns stdout, or
 /// panics with stderr.
@@ -73,7 +63,7 @@ fn start() -> (TestUpstream, Gateway, std::path::PathBuf, String) {
     let upstream = TestUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let config = CONFIG.replace("@ADMIN@", &admin);
+    let config = site_config(&admin);
     std::fs::write(
         dir.path().join("portcullis.toml"),
         config

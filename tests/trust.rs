@@ -12,22 +12,11 @@ use util::*;
 const PW: &str = "trust-pw";
 
 fn gateway(extra: &str) -> (TestUpstream, Gateway) {
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@/app"
-
-[auth]
-users = "users.htpasswd"
-public = ["/public/**", "/static/**"]
-
-[log]
-access = "access.log"
-
-{extra}
-"#
-    );
+    let config = SiteConfig::new()
+        .server("upstream = \"http://@UPSTREAM@/app\"")
+        .auth("public = [\"/public/**\", \"/static/**\"]")
+        .raw(extra)
+        .build();
     start_with_user(&config, "alice", PW)
 }
 
@@ -119,8 +108,13 @@ fn identity_headers_are_stripped_by_normalised_name() {
 #[test]
 fn a_trusted_proxy_passes_on_only_the_forwarding_headers_portcullis_maintains() {
     // nginx in front passes on what its client wrote: X-Forwarded-User and friends too.
-    let config = "[server]\nlisten = [\"@LISTEN@\"]\nupstream = \"http://@UPSTREAM@/app\"\ntrusted_proxies = [\"127.0.0.1\"]\n[auth]\nusers = \"users.htpasswd\"\npublic = [\"/public/**\"]\n";
-    let (_up, gw) = start_with_user(config, "alice", PW);
+    let config = SiteConfig::new()
+        .server("upstream = \"http://@UPSTREAM@/app\"")
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .auth("public = [\"/public/**\"]")
+        .without("log", "access")
+        .build();
+    let (_up, gw) = start_with_user(&config, "alice", PW);
     let seen = echo(
         gw.addr,
         "/public/x",

@@ -9,24 +9,15 @@ use std::time::Duration;
 
 use util::*;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-users = "sqlite:users.db"
-
-[[rule]]
-path = "/admin/**"
-allow = ["group:admins"]
-
-[log]
-access = "off"
-
-[logon]
-max_failures = 1000
-"#;
+/// Users in SQLite, `/admin/**` for the group admins.
+fn site_config() -> String {
+    SiteConfig::new()
+        .auth("users = \"sqlite:users.db\"")
+        .log("access = \"off\"")
+        .section("logon", "max_failures = 1000")
+        .raw("[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]\n")
+        .build()
+}
 
 fn users(dir: &std::path::Path, args: &[&str], password: Option<&str>) -> String {
     let mut child = Command::new(BIN)
@@ -58,7 +49,7 @@ fn users_managed_while_the_server_runs() {
     let upstream = TestUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     // The config must exist before `users add` can find the database.
-    let config = CONFIG.replace("@UPSTREAM@", &upstream.addr.to_string());
+    let config = site_config().replace("@UPSTREAM@", &upstream.addr.to_string());
     std::fs::write(
         dir.path().join("portcullis.toml"),
         config.replace("@LISTEN@", "127.0.0.1:1"),
@@ -70,7 +61,7 @@ fn users_managed_while_the_server_runs() {
         Some("alice-pw"),
     );
     let d = dir.path().to_path_buf();
-    let gw = Gateway::start_in(dir, CONFIG, upstream.addr);
+    let gw = Gateway::start_in(dir, &site_config(), upstream.addr);
     let rt = runtime();
     let status = |user: &str, pw: &str, path: &str| {
         rt.block_on(async {

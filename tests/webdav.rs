@@ -122,18 +122,12 @@ impl Drop for Apache {
 fn gateway(apache: &Apache) -> Gateway {
     let dir = dir_with_user("alice", PW);
     std::fs::write(dir.path().join("groups.txt"), "admins: root\n").unwrap();
-    let config = format!(
-        r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://{}/dav"
-
-[auth]
-realm = "Files"
-users = "users.htpasswd"
-groups = "groups.txt"
-
-[[rule]]
+    let config = SiteConfig::new()
+        .server(&format!("upstream = \"http://{}/dav\"", apache.addr))
+        .auth("realm = \"Files\"")
+        .auth("groups = \"groups.txt\"")
+        .raw(
+            r#"[[rule]]
 path = "/private/**"
 allow = ["group:admins"]
 
@@ -147,12 +141,9 @@ path = "/other/kept/**"
 methods = ["DELETE"]
 deny = ["user:alice"]
 allow = ["*"]
-
-[log]
-access = "access.log"
 "#,
-        apache.addr
-    );
+        )
+        .build();
     Gateway::start_in(dir, &config, apache.addr)
 }
 

@@ -462,21 +462,138 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A minimal config with Basic auth over `users.htpasswd`.
-pub const BASIC_CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-upstream_timeout = "10s"
+// === impl SiteConfig ===
 
-[auth]
-realm = "Test realm"
-users = "users.htpasswd"
-public = ["/public/**"]
+/// A test gateway's config, table by table. `SiteConfig::new()` is the base the tests share:
+///
+/// ```toml
+/// [server]
+/// listen = ["@LISTEN@"]
+/// upstream = "http://@UPSTREAM@"
+///
+/// [auth]
+/// users = "users.htpasswd"
+///
+/// [log]
+/// access = "access.log"
+/// ```
+///
+/// Each call sets `key = value` lines (one or several, a line each) in one table: a key the
+/// table has already is replaced where it stands, a new one is added at its end. `build` writes
+/// the tables in the order they were first named (server, auth, log, then the others; a table
+/// left empty not at all), then the `raw` text, which so may begin with keys of the last table.
+#[derive(Clone, Debug)]
+pub struct SiteConfig {
+    tables: Vec<(String, Vec<String>)>,
+    raw: String,
+}
 
-[log]
-access = "access.log"
-"#;
+impl Default for SiteConfig {
+    fn default() -> SiteConfig {
+        SiteConfig::new()
+    }
+}
+
+impl SiteConfig {
+    pub fn new() -> SiteConfig {
+        SiteConfig {
+            tables: Vec::new(),
+            raw: String::new(),
+        }
+        .server("listen = [\"@LISTEN@\"]")
+        .server("upstream = \"http://@UPSTREAM@\"")
+        .auth("users = \"users.htpasswd\"")
+        .log("access = \"access.log\"")
+    }
+
+    pub fn server(self, lines: &str) -> Self {
+        self.section("server", lines)
+    }
+
+    pub fn auth(self, lines: &str) -> Self {
+        self.section("auth", lines)
+    }
+
+    pub fn log(self, lines: &str) -> Self {
+        self.section("log", lines)
+    }
+
+    /// Sets `lines` (`key = value`, one a line; blank lines are skipped) in table `[name]`.
+    pub fn section(mut self, name: &str, lines: &str) -> Self {
+        let at = match self.tables.iter().position(|(n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                self.tables.push((name.to_owned(), Vec::new()));
+                self.tables.len() - 1
+            }
+        };
+        let table = &mut self.tables[at].1;
+        for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let key = key_of(line);
+            match table.iter_mut().find(|l| key_of(l) == key) {
+                Some(old) => *old = line.to_owned(),
+                None => table.push(line.to_owned()),
+            }
+        }
+        self
+    }
+
+    /// Removes `key` from table `[name]` (for a test whose config has no such key).
+    pub fn without(mut self, name: &str, key: &str) -> Self {
+        if let Some((_, table)) = self.tables.iter_mut().find(|(n, _)| n == name) {
+            table.retain(|l| key_of(l) != key);
+        }
+        self
+    }
+
+    /// Appends `text` verbatim after the tables (`[[rule]]` blocks, a caller's extra tables).
+    pub fn raw(mut self, text: &str) -> Self {
+        if !self.raw.is_empty() && !self.raw.ends_with('\n') {
+            self.raw.push('\n');
+        }
+        self.raw.push_str(text);
+        self
+    }
+
+    /// The TOML text (with the `@LISTEN@` and `@UPSTREAM@` placeholders `Gateway` fills in).
+    pub fn build(&self) -> String {
+        let mut out = String::new();
+        for (name, lines) in self.tables.iter().filter(|(_, l)| !l.is_empty()) {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&format!("[{name}]\n"));
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if !self.raw.is_empty() {
+            out.push('\n');
+            out.push_str(&self.raw);
+            if !self.raw.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The key of a `key = value` line.
+fn key_of(line: &str) -> &str {
+    line.split_once('=')
+        .unwrap_or_else(|| panic!("not a `key = value` line: {line}"))
+        .0
+        .trim()
+}
+
+/// Basic auth over `users.htpasswd`, `/public/**` open, a 10 s upstream timeout.
+pub fn basic_config() -> SiteConfig {
+    SiteConfig::new()
+        .server("upstream_timeout = \"10s\"")
+        .auth("realm = \"Test realm\"")
+        .auth("public = [\"/public/**\"]")
+}
 
 // === impl RedisServer ===
 

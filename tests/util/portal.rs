@@ -2,60 +2,41 @@
 //! form-login site with two htpasswd users, a site whose users live in SQLite with mail to a
 //! real SMTP server, and `portcullis users …` against a running gateway.
 
-use super::{Gateway, SmtpSink, TestUpstream, dir_with_user, htpasswd};
+use super::{Gateway, SiteConfig, SmtpSink, TestUpstream, dir_with_user, htpasswd};
 
 /// Form and Basic sign-in; alice may open /admin/**, every signed-in user the rest.
-pub const PORTAL_CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-trusted_proxies = ["10.9.9.9/32"]
-
-[auth]
-schemes = ["form", "basic"]
-users = "users.htpasswd"
-
-[[rule]]
+pub fn portal_config() -> SiteConfig {
+    SiteConfig::new()
+        .server("trusted_proxies = [\"10.9.9.9/32\"]")
+        .auth("schemes = [\"form\", \"basic\"]")
+        .log("audit = \"audit.log\"")
+        .section("logon", "max_failures = 3")
+        .raw(
+            r#"[[rule]]
 path = "/admin/**"
 allow = ["user:alice"]
 
 [[rule]]
 path = "/**"
 allow = ["*"]
+"#,
+        )
+}
 
-[log]
-access = "access.log"
-audit = "audit.log"
+/// Users in SQLite, form sign-in, links mailed to the SMTP server on `smtp_port`.
+pub fn accounts_config(smtp_port: u16) -> SiteConfig {
+    SiteConfig::new()
+        .auth("schemes = [\"form\"]")
+        .auth("users = \"sqlite:users.db\"")
+        .log("audit = \"audit.log\"")
+        .section("portal", "public_url = \"http://@LISTEN@\"")
+        .section("mail", "host = \"127.0.0.1\"")
+        .section("mail", &format!("port = {smtp_port}"))
+        .section("mail", "starttls = false")
+        .section("mail", "from = \"Portcullis <noreply@example.com>\"")
+}
 
-[logon]
-max_failures = 3
-"#;
-
-/// Users in SQLite, form sign-in, links mailed to the SMTP server on port `@SMTP@`.
-pub const ACCOUNTS_CONFIG: &str = r#"
-[server]
-listen = ["@LISTEN@"]
-upstream = "http://@UPSTREAM@"
-
-[auth]
-schemes = ["form"]
-users = "sqlite:users.db"
-
-[portal]
-public_url = "http://@LISTEN@"
-
-[mail]
-host = "127.0.0.1"
-port = @SMTP@
-starttls = false
-from = "Portcullis <noreply@example.com>"
-
-[log]
-access = "access.log"
-audit = "audit.log"
-"#;
-
-/// A gateway with `config` (usually [`PORTAL_CONFIG`]) and the users alice
+/// A gateway with `config` (usually [`portal_config`]) and the users alice
 /// (`wonderland-42`) and bob (`builder-of-things`).
 pub fn start_portal(config: &str) -> (TestUpstream, Gateway) {
     let upstream = TestUpstream::start();
@@ -70,10 +51,10 @@ pub fn start_portal(config: &str) -> (TestUpstream, Gateway) {
     (upstream, gw)
 }
 
-/// A gateway with [`ACCOUNTS_CONFIG`] mailing through `smtp`.
+/// A gateway with [`accounts_config`] mailing through `smtp`.
 pub fn start_accounts(smtp: &SmtpSink) -> (TestUpstream, Gateway) {
     let upstream = TestUpstream::start();
-    let config = ACCOUNTS_CONFIG.replace("@SMTP@", &smtp.port.to_string());
+    let config = accounts_config(smtp.port).build();
     let gw = Gateway::start(&config, upstream.addr, &[]);
     (upstream, gw)
 }
