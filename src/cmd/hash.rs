@@ -15,6 +15,13 @@ pub struct Args {
     /// Print `USER:HASH`, a complete htpasswd line.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
+    /// Print the two htdigest lines of USER in REALM for `[auth.digest] users`: the MD5 HA1
+    /// (what Apache's htdigest writes) and the SHA-256 one (needs --user and --realm).
+    #[arg(long, requires_all = ["user", "realm"], conflicts_with = "bcrypt")]
+    digest: bool,
+    /// The realm of --digest (`auth.realm`).
+    #[arg(long, requires = "digest")]
+    realm: Option<String>,
 }
 
 /// Runs `hash`.
@@ -26,6 +33,27 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(super::EXIT_CONFIG);
         }
     };
+    if args.digest {
+        let (Some(user), Some(realm)) = (args.user.as_deref(), args.realm.as_deref()) else {
+            return ExitCode::from(super::EXIT_CONFIG);
+        };
+        if user.is_empty() || user.contains(':') || realm.contains(':') {
+            eprintln!(
+                "portcullis hash: a Digest user name must be non-empty, and neither it nor the realm can contain ':'"
+            );
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+        for algorithm in [
+            policy::DigestAlgorithm::Md5,
+            policy::DigestAlgorithm::Sha256,
+        ] {
+            println!(
+                "{}",
+                store::htdigest::ha1_line(algorithm, user, realm, &password)
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     let hash = if args.bcrypt {
         match store::htpasswd::hash_bcrypt(password.as_bytes(), args.cost) {
             Ok(h) => h,

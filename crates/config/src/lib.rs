@@ -92,6 +92,7 @@ impl Config {
                 groups: None,
                 case_insensitive_paths: false,
                 verify_queue_timeout: validate::DEFAULT_VERIFY_QUEUE_TIMEOUT,
+                digest: None,
             },
             errors: Errors::default(),
             log: Log {

@@ -218,6 +218,19 @@ pub struct Auth {
     /// `verify_queue_timeout` (default 2 s): a password check that would wait longer than this
     /// for the hashing workers is answered `503 verifier_busy`.
     pub verify_queue_timeout: Duration,
+    /// `[auth.digest]`, when the `digest` scheme is on.
+    pub digest: Option<Digest>,
+}
+
+/// `[auth.digest]`: RFC 7616 Digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// `users`: an Apache htdigest file (`user:realm:HA1`, MD5 or 64-hex SHA-256 HA1).
+    pub users: PathBuf,
+    /// `algorithms` (default `["SHA-256", "MD5"]`), challenged in this order.
+    pub algorithms: Vec<policy::DigestAlgorithm>,
+    /// `nonce_ttl` (default 5 min): how long a nonce is accepted.
+    pub nonce_ttl: Duration,
 }
 
 impl Auth {

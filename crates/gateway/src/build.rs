@@ -133,7 +133,15 @@ impl Gateway {
                 .time_to_live(KNOWN_CLIENT_MEMORY.max(config.logon.ban_time))
                 .build(),
         };
+        let digest = match &config.auth.digest {
+            Some(d) if config.auth.schemes.contains(&policy::Scheme::Digest) => Some(
+                pipeline::authenticate::DigestSite::new(d.clone(), &config.auth.realm, &state)
+                    .map_err(|e| BuildError::Users(format!("{}: {e}", d.users.display())))?,
+            ),
+            _ => None,
+        };
         Ok(Gateway {
+            digest,
             suspects,
             known_users,
             metrics,

@@ -120,6 +120,12 @@ pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
                 "If you forgot the password, ask the administrator to reset it.",
             ],
         ),
+        StaleNonce => (
+            "The request was signed for a sign-in challenge that has expired.",
+            &[
+                "Send the request again: a Digest client signs it again with the new challenge by itself (it is marked stale=true).",
+            ],
+        ),
         TokenInvalid => (
             "The request carried an API token (Authorization: Bearer), but it is not a valid token of this site: it may have been revoked, mistyped, or its user disabled.",
             &[

@@ -18,6 +18,8 @@ pub enum Credentials {
         /// The token.
         token: String,
     },
+    /// Digest (RFC 7616): the response's parameters.
+    Digest(Box<crate::digest::DigestResponse>),
     /// A well-formed header for a scheme this build does not verify.
     Other {
         /// The scheme token, lower-cased.
@@ -34,6 +36,7 @@ impl fmt::Debug for Credentials {
                 .field("user", user)
                 .finish_non_exhaustive(),
             Credentials::Bearer { .. } => f.debug_struct("Bearer").finish_non_exhaustive(),
+            Credentials::Digest(d) => d.fmt(f),
             Credentials::Other { scheme } => {
                 f.debug_struct("Other").field("scheme", scheme).finish()
             }
@@ -43,7 +46,7 @@ impl fmt::Debug for Credentials {
 
 /// Why an `Authorization` header could not be read; becomes a 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MalformedAuthorization(&'static str);
+pub struct MalformedAuthorization(pub(crate) &'static str);
 
 impl fmt::Display for MalformedAuthorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,6 +72,9 @@ pub fn parse_authorization(raw: &[u8]) -> Result<Credentials, MalformedAuthoriza
     let scheme = String::from_utf8_lossy(scheme).to_ascii_lowercase();
     if scheme == "bearer" {
         return bearer(rest);
+    }
+    if scheme == "digest" {
+        return crate::digest::parse_digest(rest).map(|d| Credentials::Digest(Box::new(d)));
     }
     if scheme != "basic" {
         return Ok(Credentials::Other { scheme });

@@ -10,6 +10,7 @@
 mod client;
 mod credentials;
 mod decision;
+mod digest;
 mod explain;
 mod ip;
 mod ipset;
@@ -22,6 +23,7 @@ pub use credentials::{
     Credentials, MAX_USER_LEN, MalformedAuthorization, check_user_name, parse_authorization,
 };
 pub use decision::{Decision, Identity, Trace, TraceEntry};
+pub use digest::{DigestAlgorithm, DigestResponse, parse_digest};
 pub use explain::{Facts, explain};
 pub use ip::{AddressVerdict, HostPattern, IpPolicy};
 pub use ipset::{IpEntry, IpSet, Origin, canonical};
@@ -68,6 +70,9 @@ pub enum Scheme {
     Form,
     /// RFC 6750 Bearer: API tokens from the user database.
     Bearer,
+    /// RFC 7616 Digest against an htdigest file (its challenges carry a fresh nonce each, so
+    /// the gateway writes them).
+    Digest,
 }
 
 impl Scheme {
@@ -77,6 +82,7 @@ impl Scheme {
             Scheme::Basic => "basic",
             Scheme::Form => "form",
             Scheme::Bearer => "bearer",
+            Scheme::Digest => "digest",
         }
     }
 }
@@ -105,6 +111,8 @@ pub enum AuthStep {
         /// The password (handed to the store, never kept).
         password: String,
     },
+    /// Check this Digest response, then pass as its user.
+    VerifyDigest(Box<DigestResponse>),
     /// Check this bearer token (API token), then pass as its user.
     VerifyToken {
         /// The token (handed to the store, never kept or logged).
@@ -141,6 +149,13 @@ impl AuthPolicy {
                 Ok(Credentials::Bearer { .. }) => AuthStep::Refuse(
                     Refusal::new(Reason::NoCredentials)
                         .with_detail("the Bearer scheme is not enabled for this site"),
+                ),
+                Ok(Credentials::Digest(d)) if self.schemes.contains(&Scheme::Digest) => {
+                    AuthStep::VerifyDigest(d)
+                }
+                Ok(Credentials::Digest(_)) => AuthStep::Refuse(
+                    Refusal::new(Reason::NoCredentials)
+                        .with_detail("the Digest scheme is not enabled for this site"),
                 ),
                 Ok(Credentials::Other { scheme }) => {
                     AuthStep::Refuse(Refusal::new(Reason::NoCredentials).with_detail(format!(
@@ -182,6 +197,8 @@ impl AuthPolicy {
                     quote_escape(form_action)
                 ),
                 Scheme::Bearer => format!("Bearer realm=\"{}\"", quote_escape(&self.realm)),
+                // A stand-in: each 401 gets its own, with a fresh nonce per algorithm.
+                Scheme::Digest => format!("Digest realm=\"{}\"", quote_escape(&self.realm)),
             })
             .collect()
     }

@@ -135,6 +135,9 @@ reasons! {
     TokenInvalid => "token_invalid", 401, 1, Authenticate, "The token was not accepted";
     /// A bearer token was offered past its expiry.
     TokenExpired => "token_expired", 401, 1, Authenticate, "The token has expired";
+    /// A Digest response that is right but answers a nonce that has expired: the client
+    /// signs again with the new nonce of the challenge (`stale=true`).
+    StaleNonce => "stale_nonce", 401, 2, Authenticate, "The sign-in must be repeated";
     /// The session ended (expired or unknown cookie).
     SessionExpired => "session_expired", 401, 2, Authenticate, "Your session ended";
     /// Too many failed sign-ins.

@@ -21,6 +21,7 @@
 
 pub mod groups;
 pub mod hash_queue;
+pub mod htdigest;
 pub mod htpasswd;
 mod md5crypt;
 pub mod passwords;

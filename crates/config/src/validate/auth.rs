@@ -22,7 +22,12 @@ pub(super) const AUTH_KEYS: &[&str] = &[
     "forward_authorization",
     "path_case",
     "verify_queue_timeout",
+    "digest",
 ];
+/// Keys of `[auth.digest]`.
+const DIGEST_KEYS: &[&str] = &["users", "algorithms", "nonce_ttl"];
+/// Default `auth.digest.nonce_ttl`.
+pub const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(300);
 /// Names accepted in `auth.schemes`.
 const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
 /// Values of `auth.path_case`.
@@ -75,6 +80,28 @@ impl Checker<'_> {
                 "\"bearer\" checks API tokens, which live in the user database: set auth.users = \"sqlite:PATH\" (portcullis users import moves an htpasswd file there), then make tokens with portcullis tokens create USER",
             );
         }
+        let digest = match s.get("digest") {
+            None if schemes.contains(&Scheme::Digest) => {
+                self.report(
+                    s.path("schemes"),
+                    s.get("schemes").map(|v| v.span()),
+                    "\"digest\" needs its users: add [auth.digest] users = \"users.htdigest\" (made with Apache's htdigest, or portcullis hash --digest)",
+                );
+                None
+            }
+            None => None,
+            Some(v) => {
+                let d = self.digest(v, &realm);
+                if !schemes.contains(&Scheme::Digest) {
+                    self.warn(
+                        "auth.digest",
+                        Some(v.span()),
+                        "has no effect: auth.schemes does not list \"digest\"",
+                    );
+                }
+                d
+            }
+        };
         let groups = s
             .get("groups")
             .and_then(|v| self.groups_file(&s.path("groups"), v));
@@ -120,6 +147,7 @@ impl Checker<'_> {
                 .unwrap_or(false),
         };
         Some(Auth {
+            digest,
             realm,
             schemes,
             users: users?,
@@ -160,13 +188,133 @@ impl Checker<'_> {
                     self.report(path, Some(span), "\"bearer\" is listed twice");
                 }
                 "bearer" => out.push(Scheme::Bearer),
-                "digest" => {
-                    self.unsupported(path, Some(span), &format!("the \"{text}\" scheme"));
+                "digest" if out.contains(&Scheme::Digest) => {
+                    self.report(path, Some(span), "\"digest\" is listed twice");
                 }
+                "digest" => out.push(Scheme::Digest),
                 other => self.bad_enum(path, span, other, SCHEME_NAMES),
             }
         }
         out
+    }
+
+    /// `[auth.digest]`.
+    fn digest(&mut self, v: &Value<'_>, realm: &str) -> Option<crate::model::Digest> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.report(
+                "auth.digest",
+                Some(v.span()),
+                "expected a table: [auth.digest] with users = \"users.htdigest\"",
+            );
+            return None;
+        };
+        self.unknown_in(t, "auth.digest.", DIGEST_KEYS);
+        let s = Section {
+            name: "auth.digest",
+            table: Some(t),
+            span: Some(v.span()),
+        };
+        let users = match s.get("users") {
+            None => {
+                self.report(
+                    "auth.digest.users",
+                    Some(v.span()),
+                    "is required: the htdigest file (user:realm:HA1 lines)",
+                );
+                None
+            }
+            Some(uv) => {
+                let text = self.string("auth.digest.users", uv)?;
+                let path = self.resolve(text);
+                if !path.is_file() {
+                    self.report(
+                        "auth.digest.users",
+                        Some(uv.span()),
+                        format!(
+                            "htdigest file not found: {} (make one with: htdigest -c FILE REALM USER)",
+                            path.display()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(path)
+                }
+            }
+        };
+        let algorithms = match s.get("algorithms") {
+            None => vec![
+                policy::DigestAlgorithm::Sha256,
+                policy::DigestAlgorithm::Md5,
+            ],
+            Some(av) => {
+                let mut out = Vec::new();
+                for (path, text, span) in self.strings("auth.digest.algorithms", av) {
+                    match policy::DigestAlgorithm::parse(text) {
+                        Some(a) if out.contains(&a) => {
+                            self.report(path, Some(span), format!("\"{text}\" is listed twice"));
+                        }
+                        Some(a) => out.push(a),
+                        None => self.bad_enum(path, span, text, &["SHA-256", "MD5"]),
+                    }
+                }
+                if out.is_empty() {
+                    self.report(
+                        "auth.digest.algorithms",
+                        Some(av.span()),
+                        "must list at least one of \"SHA-256\", \"MD5\"",
+                    );
+                }
+                // SHA-256 is always challenged first (RFC 7616 §3.7: the preferred first).
+                out.sort_by_key(|a| *a != policy::DigestAlgorithm::Sha256);
+                out
+            }
+        };
+        let nonce_ttl = self.duration(&s, "nonce_ttl", DEFAULT_NONCE_TTL, false);
+        // Clients answer the first challenge they support, and SHA-256 is sent first: a user
+        // with only an MD5 line (all Apache's htdigest writes) cannot sign in with them.
+        if let Some(path) = &users
+            && algorithms.contains(&policy::DigestAlgorithm::Sha256)
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            let (mut md5, mut sha) = (Vec::new(), Vec::new());
+            for line in text.lines() {
+                let mut f = line.trim_end_matches('\r').splitn(3, ':');
+                if let (Some(u), Some(r), Some(h)) = (f.next(), f.next(), f.next())
+                    && r == realm
+                {
+                    match h.trim().len() {
+                        32 => md5.push(u.to_owned()),
+                        64 => sha.push(u.to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            let md5_only: Vec<&String> = md5.iter().filter(|u| !sha.contains(u)).collect();
+            if md5_only.is_empty() && md5.is_empty() && sha.is_empty() {
+                self.warn(
+                    "auth.digest.users",
+                    s.get("users").map(|v| v.span()),
+                    format!("has no line for the realm \"{realm}\" (auth.realm): every Digest sign-in will be refused"),
+                );
+            } else if !md5_only.is_empty() {
+                let shown: Vec<&str> = md5_only.iter().take(5).map(|u| u.as_str()).collect();
+                self.warn(
+                    "auth.digest.users",
+                    s.get("users").map(|v| v.span()),
+                    format!(
+                        "{} user(s) ({}{}) have only an MD5 line, but clients answer the first challenge, SHA-256: add their SHA-256 lines (portcullis hash --digest --realm \"{realm}\" --user NAME), or set algorithms = [\"MD5\"]",
+                        md5_only.len(),
+                        shown.join(", "),
+                        if md5_only.len() > 5 { ", …" } else { "" }
+                    ),
+                );
+            }
+        }
+        Some(crate::model::Digest {
+            users: users?,
+            algorithms,
+            nonce_ttl,
+        })
     }
 
     /// `auth.users`: an htpasswd file that exists, or `sqlite:PATH` (a user database whose

@@ -228,7 +228,7 @@ impl Gateway {
         // Location the recipe's `error_page 401` turns into the redirect.
         if parts.status == http::StatusCode::FOUND {
             parts.status = http::StatusCode::UNAUTHORIZED;
-            for c in &self.challenges {
+            for c in self.challenges_now(false).iter() {
                 parts.headers.append(WWW_AUTHENTICATE, c.clone());
             }
         } else if parts.status == http::StatusCode::UNAUTHORIZED {
@@ -248,6 +248,23 @@ impl Gateway {
             }
         }
         Response::from_parts(parts, body::full(bytes::Bytes::new()))
+    }
+
+    /// The challenges of a 401, one per scheme; Digest's are made now, one per algorithm with a
+    /// fresh nonce each (`stale=true` after a right response to an expired nonce).
+    pub(crate) fn challenges_now(&self, stale: bool) -> std::borrow::Cow<'_, [HeaderValue]> {
+        let Some(site) = &self.digest else {
+            return std::borrow::Cow::Borrowed(&self.challenges);
+        };
+        let mut out = Vec::with_capacity(self.challenges.len() + 1);
+        for c in &self.challenges {
+            if c.as_bytes().starts_with(b"Digest ") {
+                out.extend(site.challenges(&self.policy.auth.realm, stale));
+            } else {
+                out.push(c.clone());
+            }
+        }
+        std::borrow::Cow::Owned(out)
     }
 
     /// The refusal page (status, challenges, body by `Accept`, the detailed trace).
@@ -274,10 +291,11 @@ impl Gateway {
         let accept = ex.request.headers.get(ACCEPT);
         // A 401 page for a browser on a form-login site carries only the form's challenge: a
         // Basic one would open the browser's password prompt over the page.
+        let all = self.challenges_now(refusal.reason == Reason::StaleNonce);
         let challenges = if account.is_some() && negotiate(accept) == Format::Html {
             self.portal_view().page_challenges()
         } else {
-            &self.challenges
+            &all
         };
         let ctx = RefusalContext {
             request_id: &ex.request_id,
@@ -466,7 +484,7 @@ impl Gateway {
                 return self.logged_holding(response, ex.record.take(), ex.guard.take());
             }
             if !parts.headers.contains_key(WWW_AUTHENTICATE) {
-                for c in &self.challenges {
+                for c in self.challenges_now(false).iter() {
                     parts.headers.append(WWW_AUTHENTICATE, c.clone());
                 }
             }

@@ -65,6 +65,8 @@ struct Inner {
     ended: Mutex<Vec<BanSubject>>,
     /// Sign-in sessions by store key, with their idle deadline (clock nanos).
     sessions: Mutex<HashMap<String, (Session, u64)>>,
+    /// Digest nonce counts: the highest `nc` seen per nonce, and when the nonce expires.
+    nonces: Mutex<HashMap<String, (u64, u64)>>,
     /// Each user's session keys, oldest first (for `portal.max_sessions_per_user`).
     sessions_of: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     /// The key that signs CSRF tokens: random per process.
@@ -128,6 +130,7 @@ impl MemoryState {
                 ban_entries: AtomicUsize::new(0),
                 ended: Mutex::new(Vec::new()),
                 sessions: Mutex::new(HashMap::new()),
+                nonces: Mutex::new(HashMap::new()),
                 sessions_of: Mutex::new(HashMap::new()),
                 secret: rand::random(),
             }),
@@ -286,6 +289,27 @@ impl MemoryState {
         self.inner.secret
     }
 
+    /// Records Digest nonce count `nc` for the nonce `key` (kept for `ttl`, the nonce's
+    /// lifetime); `false` when `nc` is not above every count seen with it (a replay).
+    pub fn nonce_count(&self, key: &str, nc: u64, ttl: Duration) -> bool {
+        let now = self.inner.now();
+        let mut nonces = lock(&self.inner.nonces);
+        match nonces.get_mut(key) {
+            Some((seen, deadline)) if *deadline > now => {
+                if nc > *seen {
+                    *seen = nc;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => {
+                nonces.insert(key.to_owned(), (nc, now.saturating_add(nanos(ttl))));
+                nc > 0
+            }
+        }
+    }
+
     /// Stores a new session under `key`, idle for at most `idle`.
     ///
     /// The user keeps at most `cap.max_per_user` live sessions: the oldest beyond it end.
@@ -367,6 +391,12 @@ impl MemoryState {
             failures.by_addr.retain(|_, d| live(d));
             failures.by_user.retain(|_, d| live(d));
             removed += before - (failures.by_addr.len() + failures.by_user.len());
+        }
+        {
+            let mut nonces = lock(&self.inner.nonces);
+            let before = nonces.len();
+            nonces.retain(|_, (_, deadline)| *deadline > now);
+            removed += before - nonces.len();
         }
         {
             let mut sessions = lock(&self.inner.sessions);

@@ -358,6 +358,20 @@ impl StateStore {
         }
     }
 
+    /// Digest (RFC 7616): records nonce count `nc` for the nonce `key`, kept `ttl` (the nonce's
+    /// lifetime); `Ok(false)` when it is not above every count seen with that nonce — a replay.
+    pub async fn nonce_count(
+        &self,
+        key: &str,
+        nc: u64,
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        match self {
+            StateStore::Memory(m) => Ok(m.nonce_count(key, nc, ttl)),
+            StateStore::Redis(r) => r.nonce_count(key, nc, ttl).await,
+        }
+    }
+
     /// Ends the session under `key`.
     pub async fn session_delete(&self, key: &str) -> Result<(), Unavailable> {
         match self {

@@ -158,6 +158,7 @@ struct Scripts {
     failure: Script,
     read_bans: Script,
     session_create: Script,
+    nonce_count: Script,
 }
 
 struct Lease {
@@ -237,6 +238,7 @@ impl RedisState {
                 failure: Script::new(include_str!("lua/failure.lua")),
                 read_bans: Script::new(include_str!("lua/read_bans.lua")),
                 session_create: Script::new(include_str!("lua/session_create.lua")),
+                nonce_count: Script::new(include_str!("lua/nonce_count.lua")),
             },
             round_trips: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -541,6 +543,26 @@ impl RedisState {
     }
 
     /// Ends the session under `key` (here and in the local fallback).
+    /// Records Digest nonce count `nc` for the nonce `key`; `false` for a replay.
+    pub async fn nonce_count(
+        &self,
+        key: &str,
+        nc: u64,
+        ttl: Duration,
+    ) -> Result<bool, Unavailable> {
+        let inner = &self.inner;
+        let mut call = inner.scripts.nonce_count.prepare_invoke();
+        call.key(inner.keys.nonce(key))
+            .arg(nc)
+            .arg(millis(ttl).max(1));
+        let mut conn = inner.connection();
+        match inner.call(call.invoke_async::<i64>(&mut conn)).await {
+            Ok(fresh) => Ok(fresh == 1),
+            Err(e) if inner.degraded(&e.message) => Ok(inner.fallback.nonce_count(key, nc, ttl)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn session_delete(&self, key: &str) -> Result<(), Unavailable> {
         let inner = &self.inner;
         inner.fallback.session_delete(key);
@@ -962,6 +984,10 @@ struct Keys {
 }
 
 impl Keys {
+    fn nonce(&self, key: &str) -> String {
+        format!("{}nonce:{key}", self.prefix)
+    }
+
     fn session(&self, key: &str) -> String {
         format!("{}session:{key}", self.prefix)
     }

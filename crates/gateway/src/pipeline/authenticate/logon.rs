@@ -366,4 +366,39 @@ impl Logon<'_> {
             .await;
         self.note_bans(recorded);
     }
+
+    /// A refused sign-in whose check was not a password hash (Digest): counted, audited, and
+    /// toward the lockout (with `[logon] enabled`), as a wrong password is.
+    pub(crate) async fn refused_without_hash(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        method: &'static str,
+    ) {
+        self.suspects.insert(self.client_key(client_ip), ());
+        self.metrics.auth(method, AuthOutcome::Refused);
+        self.audit
+            .sign_in(false, user, client_ip, method, Some("logon_failed"));
+        if self.config.logon.enabled {
+            let recorded = self
+                .state
+                .record_failure(self.client_key(client_ip), user, self.regulation)
+                .await;
+            self.note_bans(recorded);
+        }
+    }
+
+    /// An accepted sign-in whose check was not a password hash (Digest, every request): counted;
+    /// audited the first time from this client within a day, not once per request.
+    pub(crate) fn accepted_without_hash(
+        &self,
+        client_ip: IpAddr,
+        user: &str,
+        method: &'static str,
+    ) {
+        let fresh = !self
+            .known_users
+            .contains_key(&(self.client_key(client_ip), user.to_owned()));
+        self.signed_in(user, client_ip, fresh, method);
+    }
 }

@@ -7,8 +7,10 @@ use super::*;
 
 mod basic;
 mod bearer;
+mod digest;
 pub(crate) mod logon;
 
+pub(crate) use digest::DigestSite;
 pub(crate) use logon::Logon;
 mod session;
 
@@ -28,6 +30,7 @@ impl Gateway {
             AuthStep::Public(_) => Identity::anonymous(),
             AuthStep::VerifyBasic { user, password } => self.basic(ex, user, password).await?,
             AuthStep::VerifyToken { token } => self.bearer(ex, &token).await?,
+            AuthStep::VerifyDigest(response) => self.digest(ex, &response).await?,
             // Without an Authorization header, a form-login site looks for its session cookie.
             AuthStep::Refuse(refusal)
                 if refusal.reason == Reason::NoCredentials

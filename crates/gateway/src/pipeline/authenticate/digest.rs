@@ -1,0 +1,249 @@
+//! Digest (RFC 7616) against an htdigest file. Nonces are stateless — the time they were made,
+//! 8 random bytes and a MAC keyed by the state store's shared secret, so any instance sharing
+//! `[state]` accepts another's — and expire after `nonce_ttl`; each nonce's count (`nc`) is kept
+//! in the state store, so a request replayed (same nonce, same or lower count) is refused. The
+//! `uri` the client signed must be the request-target it sent: what is judged is what was
+//! signed. Failures count toward the `[logon]` lockout like wrong passwords.
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use policy::{DigestAlgorithm, DigestResponse};
+use sha2::Sha256;
+use store::htdigest::{DigestStore, expected_response, responses_match};
+
+use super::*;
+
+/// Digest for one gateway: its users, settings and keys.
+pub(crate) struct DigestSite {
+    store: DigestStore,
+    config: config::Digest,
+    /// Signs nonces (derived from the state store's shared secret).
+    key: [u8; 32],
+    /// The `opaque` of every challenge (the same for every instance sharing the secret).
+    opaque: String,
+}
+
+impl DigestSite {
+    pub(crate) fn new(
+        config: config::Digest,
+        realm: &str,
+        state: &StateStore,
+    ) -> std::io::Result<DigestSite> {
+        let store = DigestStore::open(&config.users, realm)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&state.secret()).expect("any key length");
+        mac.update(b"portcullis digest nonce key");
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(b"opaque");
+        mac.update(realm.as_bytes());
+        let opaque = store::hex(&mac.finalize().into_bytes()[..8]);
+        Ok(DigestSite {
+            store,
+            config,
+            key,
+            opaque,
+        })
+    }
+
+    fn mac(&self, issued: u64, salt: &[u8]) -> [u8; 16] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(&issued.to_be_bytes());
+        mac.update(salt);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
+    /// A new nonce: base64url(issued seconds ‖ 8 random bytes ‖ MAC).
+    fn nonce(&self, now: u64) -> String {
+        let salt: [u8; 8] = rand::random();
+        let mut raw = Vec::with_capacity(32);
+        raw.extend_from_slice(&now.to_be_bytes());
+        raw.extend_from_slice(&salt);
+        raw.extend_from_slice(&self.mac(now, &salt));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// When a nonce of ours was issued; `None` for anything else.
+    fn issued(&self, nonce: &str) -> Option<u64> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(nonce)
+            .ok()?;
+        if raw.len() != 32 {
+            return None;
+        }
+        let issued = u64::from_be_bytes(raw[..8].try_into().ok()?);
+        let expected = self.mac(issued, &raw[8..16]);
+        use subtle::ConstantTimeEq as _;
+        bool::from(expected.ct_eq(&raw[16..32])).then_some(issued)
+    }
+
+    /// One challenge per algorithm, SHA-256 first, each with a fresh nonce; `stale` after a right
+    /// response to an expired nonce.
+    pub(crate) fn challenges(&self, realm: &str, stale: bool) -> Vec<HeaderValue> {
+        let now = unix_now();
+        let realm = realm.replace(['"', '\\'], "");
+        self.config
+            .algorithms
+            .iter()
+            .filter_map(|a| {
+                HeaderValue::from_str(&format!(
+                    "Digest realm=\"{realm}\", qop=\"auth\", algorithm={}, nonce=\"{}\", opaque=\"{}\", charset=UTF-8, userhash=true{}",
+                    a.name(),
+                    self.nonce(now),
+                    self.opaque,
+                    if stale { ", stale=true" } else { "" }
+                ))
+                .ok()
+            })
+            .collect()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Gateway {
+    pub(super) async fn digest(
+        &self,
+        ex: &mut Exchange<'_>,
+        d: &DigestResponse,
+    ) -> Result<Identity, Refusal> {
+        let Some(site) = &self.digest else {
+            return Err(Refusal::new(Reason::NoCredentials)
+                .with_detail("the Digest scheme is not enabled for this site"));
+        };
+        let refused = |detail: String| Refusal::new(Reason::LogonFailed).with_detail(detail);
+        if !site.config.algorithms.contains(&d.algorithm) {
+            return Err(refused(format!(
+                "the Digest algorithm {} is not offered (auth.digest.algorithms)",
+                d.algorithm.name()
+            )));
+        }
+        if d.realm != self.policy.auth.realm {
+            return Err(refused(format!(
+                "the Digest response is for the realm {:?}, not this site's",
+                d.realm
+            )));
+        }
+        if d.qop != "auth" {
+            return Err(refused(format!(
+                "the Digest qop {:?} is not offered",
+                d.qop
+            )));
+        }
+        // What the client signed must be what is judged and forwarded: the request-target as
+        // sent (an absolute-form target may be signed whole).
+        let target = ex.request.path_and_query;
+        let signed = d.uri == target
+            || d.uri
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme().is_some())
+                .and_then(|u| u.path_and_query().map(|p| p.as_str() == target))
+                .unwrap_or(false);
+        if !signed {
+            return Err(Refusal::new(Reason::BadRequest).with_detail(format!(
+                "the Digest uri {:?} is not the request-target {target:?}",
+                d.uri
+            )));
+        }
+        let users = site.store.users();
+        let user = if d.userhash {
+            users
+                .by_userhash(d.algorithm, &d.username)
+                .map(str::to_owned)
+        } else {
+            Some(d.username.clone())
+        };
+        let shown = user.clone().unwrap_or_else(|| d.username.clone());
+        if policy::check_user_name(&shown).is_err() {
+            return Err(Refusal::new(Reason::BadRequest)
+                .with_detail("the Digest username is too long or has control characters"));
+        }
+        if let Some(r) = ex.record.as_mut() {
+            r.username = Some(shown.clone());
+        }
+        let client_ip = ex.client.ip;
+        let logon = self.logon();
+        if self.config.logon.enabled {
+            logon
+                .check_not_locked_out(client_ip, &shown, "digest")
+                .await?;
+        }
+        let ha1 = user.as_deref().and_then(|u| users.ha1(u, d.algorithm));
+        // An unknown user costs the same hashes as a known one.
+        let dummy;
+        let ha1 = match ha1 {
+            Some(h) => h,
+            None => {
+                dummy = "0".repeat(match d.algorithm {
+                    DigestAlgorithm::Md5 => 32,
+                    DigestAlgorithm::Sha256 => 64,
+                });
+                &dummy
+            }
+        };
+        let expected = expected_response(
+            d.algorithm,
+            ha1,
+            ex.request.method,
+            &d.uri,
+            &d.nonce,
+            &d.nc_text,
+            &d.cnonce,
+            &d.qop,
+        );
+        let right = responses_match(&expected, &d.response) && user.is_some();
+        let issued = site.issued(&d.nonce);
+        if !right || issued.is_none() {
+            logon
+                .refused_without_hash(client_ip, &shown, "digest")
+                .await;
+            return Err(refused(if issued.is_none() {
+                "the Digest nonce was not issued by this site".into()
+            } else {
+                "the Digest response does not match (wrong password or unknown user)".into()
+            }));
+        }
+        let issued = issued.unwrap_or(0);
+        let ttl = site.config.nonce_ttl;
+        if unix_now().saturating_sub(issued) > ttl.as_secs() {
+            return Err(Refusal::new(Reason::StaleNonce).with_detail(format!(
+                "the Digest response is right but its nonce is older than auth.digest.nonce_ttl ({})",
+                humantime::format_duration(ttl)
+            )));
+        }
+        // The count must rise with every request on a nonce: an equal or lower one is a replay.
+        let counted = self.state.nonce_count(&d.nonce, d.nc, ttl).await;
+        self.metrics.state_call(&self.state, counted.is_ok());
+        match counted {
+            Ok(true) => {}
+            Ok(false) => {
+                self.metrics.auth("digest", AuthOutcome::Refused);
+                self.audit
+                    .sign_in(false, &shown, client_ip, "digest", Some("nonce_replayed"));
+                return Err(refused(format!(
+                    "the Digest nonce count {} was used before with this nonce (a replayed request)",
+                    d.nc_text
+                )));
+            }
+            Err(e) if self.config.state.on_backend_error == FailMode::Closed => {
+                return Err(Refusal::new(Reason::StateUnavailable)
+                    .with_detail(format!("the Digest nonce count could not be checked: {e}")));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Digest nonce count not checked (on_backend_error = \"open\")");
+            }
+        }
+        let user = user.unwrap_or_default();
+        logon.accepted_without_hash(client_ip, &user, "digest");
+        let mut identity = Identity::user(&user);
+        identity.groups = logon.groups_of(&user);
+        Ok(identity)
+    }
+}
