@@ -323,19 +323,26 @@ from = "portcullis@example.com"
             ("server.upstream", Some(2), None),
             ("server.trusted_proxies[1]", Some(3), None),
             ("auth.users", Some(6), None),
-            ("auth.schemes[1]", Some(7), None),
+            ("auth.schemes", Some(7), None),
             ("auth.schemes[2]", Some(7), None),
             ("filter.url", Some(10), None),
             ("mail.host", Some(12), None),
         ],
         "{d}"
     );
-    for key in ["server.upstream", "auth.schemes[1]", "filter.url"] {
+    for key in ["server.upstream", "filter.url"] {
         assert!(
             d.find(key).unwrap().message.contains("not supported"),
             "{key}: {d}"
         );
     }
+    assert!(
+        d.find("auth.schemes")
+            .unwrap()
+            .message
+            .contains("[auth.digest]"),
+        "digest needs its users: {d}"
+    );
     assert!(
         d.find("server.trusted_proxies[1]")
             .unwrap()

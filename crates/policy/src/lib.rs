@@ -20,7 +20,8 @@ mod rules;
 
 pub use client::{ClientAddr, ClientSource, client_addr};
 pub use credentials::{
-    Credentials, MAX_USER_LEN, MalformedAuthorization, check_user_name, parse_authorization,
+    Credentials, MAX_TOKEN_LEN, MAX_USER_LEN, MalformedAuthorization, check_user_name,
+    parse_authorization,
 };
 pub use decision::{Decision, Identity, Trace, TraceEntry};
 pub use digest::{DigestAlgorithm, DigestResponse, parse_digest};

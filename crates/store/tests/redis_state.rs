@@ -481,6 +481,36 @@ async fn a_long_request_keeps_its_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_nonce_counts_are_shared_once_each_in_any_order() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        gateway(options(&server)).await,
+        gateway(options(&server)).await,
+    );
+    let ttl = Duration::from_secs(60);
+    assert!(a.nonce_count("n1", 2, ttl).await.unwrap());
+    assert!(
+        b.nonce_count("n1", 1, ttl).await.unwrap(),
+        "out of order, once"
+    );
+    assert!(
+        !a.nonce_count("n1", 1, ttl).await.unwrap(),
+        "replayed on the other instance"
+    );
+    assert!(!b.nonce_count("n1", 2, ttl).await.unwrap());
+    assert!(a.nonce_count("n1", 500, ttl).await.unwrap());
+    assert!(
+        !b.nonce_count("n1", 372, ttl).await.unwrap(),
+        "a window below the highest"
+    );
+    assert!(b.nonce_count("n1", 373, ttl).await.unwrap());
+    assert!(
+        a.nonce_count("n2", 1, ttl).await.unwrap(),
+        "counts are per nonce"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bans_are_shared_listed_and_cleared_across_instances() {
     let server = RedisServer::start();
     let (a, b) = (

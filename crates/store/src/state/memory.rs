@@ -65,8 +65,10 @@ struct Inner {
     ended: Mutex<Vec<BanSubject>>,
     /// Sign-in sessions by store key, with their idle deadline (clock nanos).
     sessions: Mutex<HashMap<String, (Session, u64)>>,
-    /// Digest nonce counts: the highest `nc` seen per nonce, and when the nonce expires.
-    nonces: Mutex<HashMap<String, (u64, u64)>>,
+    /// Digest nonce counts per nonce: the highest `nc` seen, which of the
+    /// [`super::NONCE_WINDOW`] counts below it were seen (bit `d` for `highest - d`), and when
+    /// the nonce expires.
+    nonces: Mutex<HashMap<String, (u64, u128, u64)>>,
     /// Each user's session keys, oldest first (for `portal.max_sessions_per_user`).
     sessions_of: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     /// The key that signs CSRF tokens: random per process.
@@ -290,22 +292,36 @@ impl MemoryState {
     }
 
     /// Records Digest nonce count `nc` for the nonce `key` (kept for `ttl`, the nonce's
-    /// lifetime); `false` when `nc` is not above every count seen with it (a replay).
+    /// lifetime); `false` when it was used before, or is [`super::NONCE_WINDOW`] or more below
+    /// the highest count seen with the nonce (a replay).
     pub fn nonce_count(&self, key: &str, nc: u64, ttl: Duration) -> bool {
+        const _: () = assert!(super::NONCE_WINDOW <= 128);
+        if nc == 0 {
+            return false;
+        }
         let now = self.inner.now();
         let mut nonces = lock(&self.inner.nonces);
         match nonces.get_mut(key) {
-            Some((seen, deadline)) if *deadline > now => {
-                if nc > *seen {
-                    *seen = nc;
+            Some((highest, seen, deadline)) if *deadline > now => {
+                if nc > *highest {
+                    let shift = nc - *highest;
+                    *seen = if shift >= 128 { 0 } else { *seen << shift };
+                    *seen |= 1;
+                    *highest = nc;
                     true
                 } else {
-                    false
+                    let below = *highest - nc;
+                    if below >= super::NONCE_WINDOW || *seen & (1u128 << below) != 0 {
+                        false
+                    } else {
+                        *seen |= 1u128 << below;
+                        true
+                    }
                 }
             }
             _ => {
-                nonces.insert(key.to_owned(), (nc, now.saturating_add(nanos(ttl))));
-                nc > 0
+                nonces.insert(key.to_owned(), (nc, 1, now.saturating_add(nanos(ttl))));
+                true
             }
         }
     }
@@ -395,7 +411,7 @@ impl MemoryState {
         {
             let mut nonces = lock(&self.inner.nonces);
             let before = nonces.len();
-            nonces.retain(|_, (_, deadline)| *deadline > now);
+            nonces.retain(|_, (_, _, deadline)| *deadline > now);
             removed += before - nonces.len();
         }
         {
@@ -633,6 +649,29 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// Out-of-order counts pass once each; a repeat, or one a window below the highest, fails;
+    /// the record ends with the nonce.
+    #[test]
+    fn nonce_counts_pass_once_each_in_any_order_within_the_window() {
+        let (clock, state) = store();
+        let ttl = Duration::from_secs(60);
+        for nc in [1, 3, 2, 5, 4] {
+            assert!(state.nonce_count("n", nc, ttl), "{nc}");
+        }
+        for nc in [1, 2, 3, 4, 5, 0] {
+            assert!(!state.nonce_count("n", nc, ttl), "replayed {nc}");
+        }
+        assert!(state.nonce_count("n", 300, ttl));
+        assert!(
+            !state.nonce_count("n", 172, ttl),
+            "a window below the highest"
+        );
+        assert!(state.nonce_count("n", 173, ttl));
+        assert!(state.nonce_count("other", 1, ttl), "counts are per nonce");
+        clock.advance(ttl + MS);
+        assert!(state.nonce_count("n", 1, ttl), "a new lifetime");
     }
 
     fn rate(max_requests: u32, interval: Duration) -> Limits {

@@ -234,6 +234,9 @@ pub enum StateStore {
     Redis(Arc<redis::RedisState>),
 }
 
+/// How far below the highest nonce count seen a count may still arrive (once).
+pub const NONCE_WINDOW: u64 = 128;
+
 impl StateStore {
     /// `"memory"` or `"redis"`: for metrics and messages.
     pub fn backend(&self) -> &'static str {
@@ -359,7 +362,9 @@ impl StateStore {
     }
 
     /// Digest (RFC 7616): records nonce count `nc` for the nonce `key`, kept `ttl` (the nonce's
-    /// lifetime); `Ok(false)` when it is not above every count seen with that nonce — a replay.
+    /// lifetime); `Ok(false)` when it was used before with that nonce, or is more than
+    /// [`NONCE_WINDOW`] below the highest one seen — a replay. Counts may arrive out of order
+    /// (a browser's parallel connections share a nonce).
     pub async fn nonce_count(
         &self,
         key: &str,

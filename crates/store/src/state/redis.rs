@@ -554,7 +554,8 @@ impl RedisState {
         let mut call = inner.scripts.nonce_count.prepare_invoke();
         call.key(inner.keys.nonce(key))
             .arg(nc)
-            .arg(millis(ttl).max(1));
+            .arg(millis(ttl).max(1))
+            .arg(super::NONCE_WINDOW);
         let mut conn = inner.connection();
         match inner.call(call.invoke_async::<i64>(&mut conn)).await {
             Ok(fresh) => Ok(fresh == 1),
