@@ -16,14 +16,27 @@ use crate::verifier::FileStamp;
 
 /// `H(data)` of `algorithm`, as lower-case hex.
 pub fn digest_hex(algorithm: DigestAlgorithm, data: &[u8]) -> String {
+    digest_parts_hex(algorithm, &[data])
+}
+
+/// `H(part₀ ‖ part₁ ‖ …)` of `algorithm`, as lower-case hex (no joined copy of the parts).
+fn digest_parts_hex(algorithm: DigestAlgorithm, parts: &[&[u8]]) -> String {
     match algorithm {
         DigestAlgorithm::Md5 => {
             use md5::Digest as _;
-            crate::hex(&md5::Md5::digest(data))
+            let mut h = md5::Md5::new();
+            for p in parts {
+                h.update(p);
+            }
+            crate::hex(&h.finalize())
         }
         DigestAlgorithm::Sha256 => {
             use sha2::Digest as _;
-            crate::hex(&sha2::Sha256::digest(data))
+            let mut h = sha2::Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            crate::hex(&h.finalize())
         }
     }
 }
@@ -49,10 +62,22 @@ pub fn expected_response(
     cnonce: &str,
     qop: &str,
 ) -> String {
-    let ha2 = digest_hex(algorithm, format!("{method}:{uri}").as_bytes());
-    digest_hex(
+    let ha2 = digest_parts_hex(algorithm, &[method.as_bytes(), b":", uri.as_bytes()]);
+    digest_parts_hex(
         algorithm,
-        format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}").as_bytes(),
+        &[
+            ha1.as_bytes(),
+            b":",
+            nonce.as_bytes(),
+            b":",
+            nc.as_bytes(),
+            b":",
+            cnonce.as_bytes(),
+            b":",
+            qop.as_bytes(),
+            b":",
+            ha2.as_bytes(),
+        ],
     )
 }
 

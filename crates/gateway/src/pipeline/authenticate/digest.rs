@@ -17,8 +17,9 @@ use super::*;
 pub(crate) struct DigestSite {
     store: DigestStore,
     config: config::Digest,
-    /// Signs nonces (derived from the state store's shared secret).
-    key: [u8; 32],
+    /// Signs nonces (keyed by a key derived from the state store's shared secret; cloned per
+    /// use, so the key schedule is paid once).
+    nonce_mac: Hmac<Sha256>,
     /// The `opaque` of every challenge (the same for every instance sharing the secret).
     opaque: String,
 }
@@ -40,13 +41,13 @@ impl DigestSite {
         Ok(DigestSite {
             store,
             config,
-            key,
+            nonce_mac: Hmac::<Sha256>::new_from_slice(&key).expect("any key length"),
             opaque,
         })
     }
 
     fn mac(&self, issued: u64, salt: &[u8]) -> [u8; 16] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        let mut mac = self.nonce_mac.clone();
         mac.update(&issued.to_be_bytes());
         mac.update(salt);
         let full = mac.finalize().into_bytes();
