@@ -41,13 +41,25 @@ enum Credentials {
     Basic(String, String),
     /// `--token T`: `Authorization: Bearer T`.
     Bearer(String),
+    /// `-u USER:PASSWORD` answering a Digest challenge (RFC 7616): user, password, and the
+    /// challenge's realm, nonce, opaque and algorithm.
+    Digest {
+        user: String,
+        password: String,
+        realm: String,
+        nonce: String,
+        opaque: Option<String>,
+        algorithm: policy::DigestAlgorithm,
+    },
 }
 
 impl Credentials {
     /// How the findings name them (never the password or the token).
     fn named(&self) -> String {
         match self {
-            Credentials::Basic(user, _) => format!("the credentials of {user}"),
+            Credentials::Basic(user, _) | Credentials::Digest { user, .. } => {
+                format!("the credentials of {user}")
+            }
             Credentials::Bearer(token) => {
                 format!("the token {}…", token.chars().take(8).collect::<String>())
             }
@@ -402,13 +414,46 @@ async fn login(
         });
         return report("login_required", plain.status, findings, advice);
     };
+    // A site that asks for Digest and not Basic: answer its first challenge doctor can
+    // (SHA-256 or MD5), as curl --digest does.
+    let digest = challenges.iter().find_map(|c| {
+        if !c.starts_with("Digest ") {
+            return None;
+        }
+        let algorithm =
+            policy::DigestAlgorithm::parse(&param(c, "algorithm").unwrap_or_else(|| "MD5".into()))?;
+        Some((
+            param(c, "realm")?,
+            param(c, "nonce")?,
+            param(c, "opaque"),
+            algorithm,
+        ))
+    });
+    let credentials = match (credentials, digest) {
+        (Credentials::Basic(user, password), Some((realm, nonce, opaque, algorithm))) if !basic => {
+            findings.push(format!(
+                "the site asks for Digest: answering its {} challenge",
+                algorithm.name()
+            ));
+            Credentials::Digest {
+                user,
+                password,
+                realm,
+                nonce,
+                opaque,
+                algorithm,
+            }
+        }
+        (c, _) => c,
+    };
     let offered = match &credentials {
         Credentials::Basic(..) => basic,
         Credentials::Bearer(_) => bearer,
+        Credentials::Digest { .. } => true,
     };
     if !offered {
         let mut advice = vec![match &credentials {
-            Credentials::Basic(..) => format!(
+            Credentials::Basic(..) | Credentials::Digest { .. } => format!(
                 "The site does not take a user name and password directly (it asks for {}).",
                 schemes.join(", ")
             ),
@@ -436,7 +481,7 @@ async fn login(
     let named = credentials.named();
     findings.push(describe(&format!("with {named}"), url, &with));
     match (with.status, &credentials) {
-        (200..=299, Credentials::Basic(..)) => report(
+        (200..=299, Credentials::Basic(..) | Credentials::Digest { .. }) => report(
             "ok",
             with.status,
             findings,
@@ -448,7 +493,7 @@ async fn login(
             findings,
             vec![format!("{} works: send it exactly as Authorization: Bearer TOKEN.", capitalise(&named))],
         ),
-        (401, Credentials::Basic(user, _)) => report(
+        (401, Credentials::Basic(user, _) | Credentials::Digest { user, .. }) => report(
             "credentials_refused",
             with.status,
             findings,
@@ -479,6 +524,44 @@ async fn login(
             vec![format!("With credentials the site answers {s}.")],
         ),
     }
+}
+
+/// The `Authorization: Digest …` answering `d`'s challenge for a GET of `url` (qop=auth, nc 1).
+fn digest_authorization(d: &Credentials, url: &reqwest::Url) -> String {
+    let Credentials::Digest {
+        user,
+        password,
+        realm,
+        nonce,
+        opaque,
+        algorithm,
+    } = d
+    else {
+        return String::new();
+    };
+    let uri = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let cnonce = store::hex(&rand::random::<[u8; 12]>());
+    let ha1 =
+        store::htdigest::digest_hex(*algorithm, format!("{user}:{realm}:{password}").as_bytes());
+    let response = store::htdigest::expected_response(
+        *algorithm, &ha1, "GET", &uri, nonce, "00000001", &cnonce, "auth",
+    );
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut header = format!(
+        "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"{cnonce}\", response=\"{response}\"",
+        quote(user),
+        quote(realm),
+        quote(nonce),
+        quote(&uri),
+        algorithm.name()
+    );
+    if let Some(o) = opaque {
+        header.push_str(&format!(", opaque=\"{}\"", quote(o)));
+    }
+    header
 }
 
 fn capitalise(s: &str) -> String {
@@ -623,6 +706,12 @@ async fn fetch(
         match credentials {
             Some(Credentials::Basic(u, p)) if same_origin => req = req.basic_auth(u, Some(p)),
             Some(Credentials::Bearer(t)) if same_origin => req = req.bearer_auth(t),
+            Some(d @ Credentials::Digest { .. }) if same_origin => {
+                req = req.header(
+                    reqwest::header::AUTHORIZATION,
+                    digest_authorization(d, &current),
+                );
+            }
             _ => {}
         }
         if !cookies.is_empty() && same_origin {
