@@ -93,6 +93,7 @@ impl Config {
                 case_insensitive_paths: false,
                 verify_queue_timeout: validate::DEFAULT_VERIFY_QUEUE_TIMEOUT,
                 digest: None,
+                jwt: None,
             },
             errors: Errors::default(),
             log: Log {

@@ -220,6 +220,36 @@ pub struct Auth {
     pub verify_queue_timeout: Duration,
     /// `[auth.digest]`, when the `digest` scheme is on.
     pub digest: Option<Digest>,
+    /// `[auth.jwt]`: bearer JWTs from an identity provider.
+    pub jwt: Option<Jwt>,
+}
+
+/// `[auth.jwt]`: JWTs from an external issuer, checked with its published keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwt {
+    /// `issuer`: the `iss` every token must carry.
+    pub issuer: String,
+    /// `audience`: the `aud` values accepted (a token must name one).
+    pub audience: Vec<String>,
+    /// `jwks`: where the signing keys are.
+    pub jwks: JwksSource,
+    /// `algorithms` (default `["RS256", "ES256", "EdDSA"]`; never `none` or HMAC).
+    pub algorithms: Vec<String>,
+    /// `leeway` (default 60 s) for `exp` and `nbf`.
+    pub leeway: Duration,
+    /// `user_claim` (default `"sub"`).
+    pub user_claim: String,
+    /// `groups_claim` (default `"groups"`).
+    pub groups_claim: String,
+}
+
+/// `auth.jwt.jwks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// `https://…` (or `http://` on a loopback address): fetched, and again for an unknown `kid`.
+    Url(String),
+    /// A JWKS file (read at start and at each reload).
+    File(PathBuf),
 }
 
 /// `[auth.digest]`: RFC 7616 Digest.

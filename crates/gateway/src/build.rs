@@ -140,7 +140,15 @@ impl Gateway {
             ),
             _ => None,
         };
+        let jwt = match &config.auth.jwt {
+            Some(j) if config.auth.schemes.contains(&policy::Scheme::Bearer) => Some(
+                pipeline::authenticate::JwtSite::new(j.clone())
+                    .map_err(|e| BuildError::Users(format!("auth.jwt: {e}")))?,
+            ),
+            _ => None,
+        };
         Ok(Gateway {
+            jwt,
             digest,
             suspects,
             known_users,

@@ -102,6 +102,8 @@ pub struct Gateway {
     connection_builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     /// The portal's URLs under `portal.prefix`.
     paths: portal::Paths,
+    /// Bearer JWTs (`[auth.jwt]`), when configured with the bearer scheme.
+    jwt: Option<pipeline::authenticate::JwtSite>,
     /// Digest (`[auth.digest]`), when the scheme is on.
     digest: Option<pipeline::authenticate::DigestSite>,
     /// `[mail]`, for "forgot password" links.

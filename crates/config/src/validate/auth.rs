@@ -23,6 +23,22 @@ pub(super) const AUTH_KEYS: &[&str] = &[
     "path_case",
     "verify_queue_timeout",
     "digest",
+    "jwt",
+];
+/// Keys of `[auth.jwt]`.
+const JWT_KEYS: &[&str] = &[
+    "issuer",
+    "audience",
+    "jwks",
+    "algorithms",
+    "leeway",
+    "user_claim",
+    "groups_claim",
+];
+/// Algorithms `auth.jwt.algorithms` accepts: asymmetric signatures only (an HMAC key would be a
+/// secret shared with the issuer, and `none` no signature at all).
+const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 /// Keys of `[auth.digest]`.
 const DIGEST_KEYS: &[&str] = &["users", "algorithms", "nonce_ttl"];
@@ -69,15 +85,27 @@ impl Checker<'_> {
             }
             Some(v) => self.users(&s.path("users"), v),
         };
-        // API tokens live in the user database (`portcullis tokens create`).
+        let jwt = s.get("jwt").and_then(|v| self.jwt(v));
+        // API tokens live in the user database (`portcullis tokens create`); JWTs need
+        // [auth.jwt].
         if schemes.contains(&Scheme::Bearer)
             && let Some(users) = &users
             && !matches!(users, UserSource::Sqlite(_))
+            && s.get("jwt").is_none()
         {
             self.report(
                 s.path("schemes"),
                 s.get("schemes").map(|v| v.span()),
-                "\"bearer\" checks API tokens, which live in the user database: set auth.users = \"sqlite:PATH\" (portcullis users import moves an htpasswd file there), then make tokens with portcullis tokens create USER",
+                "\"bearer\" checks API tokens, which live in the user database, or JWTs: set auth.users = \"sqlite:PATH\" (portcullis users import moves an htpasswd file there) and make tokens with portcullis tokens create USER, or add [auth.jwt]",
+            );
+        }
+        if let Some(v) = s.get("jwt")
+            && !schemes.contains(&Scheme::Bearer)
+        {
+            self.warn(
+                "auth.jwt",
+                Some(v.span()),
+                "has no effect: auth.schemes does not list \"bearer\"",
             );
         }
         let digest = match s.get("digest") {
@@ -107,7 +135,8 @@ impl Checker<'_> {
             .and_then(|v| self.groups_file(&s.path("groups"), v));
         // With a user database, groups live in it (`portcullis users groups`): rules may name
         // any group.
-        if matches!(users, Some(UserSource::Sqlite(_)))
+        // So with JWTs: their groups come from the token's groups claim.
+        if (matches!(users, Some(UserSource::Sqlite(_))) || jwt.is_some())
             && matches!(self.groups, rules::GroupNames::NotConfigured)
         {
             self.groups = rules::GroupNames::Unusable;
@@ -147,6 +176,7 @@ impl Checker<'_> {
                 .unwrap_or(false),
         };
         Some(Auth {
+            jwt,
             digest,
             realm,
             schemes,
@@ -196,6 +226,161 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    /// `[auth.jwt]`.
+    fn jwt(&mut self, v: &Value<'_>) -> Option<crate::model::Jwt> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.report(
+                "auth.jwt",
+                Some(v.span()),
+                "expected a table: [auth.jwt] with issuer, audience and jwks",
+            );
+            return None;
+        };
+        self.unknown_in(t, "auth.jwt.", JWT_KEYS);
+        let s = Section {
+            name: "auth.jwt",
+            table: Some(t),
+            span: Some(v.span()),
+        };
+        let required = |this: &mut Self, key: &str, example: &str| -> Option<String> {
+            match s.get(key) {
+                None => {
+                    this.report(
+                        s.path(key),
+                        Some(v.span()),
+                        format!("is required, e.g. {key} = {example}"),
+                    );
+                    None
+                }
+                Some(kv) => match this.string(&s.path(key), kv) {
+                    Some("") => {
+                        this.report(s.path(key), Some(kv.span()), "must not be empty");
+                        None
+                    }
+                    other => other.map(str::to_owned),
+                },
+            }
+        };
+        let issuer = required(self, "issuer", "\"https://id.example.com/\"");
+        let audience = match s.get("audience") {
+            None => {
+                self.report(
+                    "auth.jwt.audience",
+                    Some(v.span()),
+                    "is required: the aud a token must name for this site (a token meant for another service must not pass), e.g. audience = \"portcullis\"",
+                );
+                None
+            }
+            Some(av) => match av.get_ref() {
+                DeValue::String(a) if !a.is_empty() => Some(vec![a.to_string()]),
+                _ => {
+                    let list: Vec<String> = self
+                        .strings("auth.jwt.audience", av)
+                        .into_iter()
+                        .map(|(_, t, _)| t.to_owned())
+                        .collect();
+                    if list.is_empty() {
+                        self.report(
+                            "auth.jwt.audience",
+                            Some(av.span()),
+                            "must name at least one audience",
+                        );
+                        None
+                    } else {
+                        Some(list)
+                    }
+                }
+            },
+        };
+        let jwks = required(self, "jwks", "\"https://id.example.com/.well-known/jwks.json\"")
+            .and_then(|text| {
+                let span = s.get("jwks").map(|v| v.span());
+                if let Some(rest) = text
+                    .strip_prefix("https://")
+                    .or_else(|| text.strip_prefix("http://"))
+                {
+                    let host = rest.split(['/', '?']).next().unwrap_or("");
+                    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let loopback = host == "localhost"
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback());
+                    if text.starts_with("http://") && !loopback {
+                        self.report(
+                            "auth.jwt.jwks",
+                            span,
+                            "must be https:// (keys fetched over plain HTTP could be replaced on the way); http:// is only accepted on a loopback address",
+                        );
+                        return None;
+                    }
+                    Some(crate::model::JwksSource::Url(text))
+                } else {
+                    let path = self.resolve(&text);
+                    if !path.is_file() {
+                        self.report(
+                            "auth.jwt.jwks",
+                            span,
+                            format!(
+                                "JWKS file not found: {} (a URL must start with https://)",
+                                path.display()
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(crate::model::JwksSource::File(path))
+                }
+            });
+        let algorithms = match s.get("algorithms") {
+            None => vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            Some(av) => {
+                let mut out: Vec<String> = Vec::new();
+                for (path, text, span) in self.strings("auth.jwt.algorithms", av) {
+                    if text.starts_with("HS") || text.eq_ignore_ascii_case("none") {
+                        self.report(
+                            path,
+                            Some(span),
+                            format!("\"{text}\" is refused: only asymmetric signatures are checked (an HMAC key is a shared secret, \"none\" no signature)"),
+                        );
+                    } else if JWT_ALGORITHMS.contains(&text) {
+                        if !out.iter().any(|a| a == text) {
+                            out.push(text.to_owned());
+                        }
+                    } else {
+                        self.bad_enum(path, span, text, JWT_ALGORITHMS);
+                    }
+                }
+                if out.is_empty() {
+                    self.report(
+                        "auth.jwt.algorithms",
+                        Some(av.span()),
+                        "must list at least one of RS256, ES256, EdDSA …",
+                    );
+                }
+                out
+            }
+        };
+        let leeway = self.duration(&s, "leeway", Duration::from_secs(60), true);
+        let claim = |this: &mut Self, key: &str, default: &str| -> String {
+            s.get(key)
+                .and_then(|cv| this.string(&s.path(key), cv))
+                .filter(|c| !c.is_empty())
+                .unwrap_or(default)
+                .to_owned()
+        };
+        let user_claim = claim(self, "user_claim", "sub");
+        let groups_claim = claim(self, "groups_claim", "groups");
+        Some(crate::model::Jwt {
+            issuer: issuer?,
+            audience: audience?,
+            jwks: jwks?,
+            algorithms,
+            leeway,
+            user_claim,
+            groups_claim,
+        })
     }
 
     /// `[auth.digest]`.

@@ -11,6 +11,12 @@ impl Gateway {
         ex: &mut Exchange<'_>,
         token: &str,
     ) -> Result<Identity, Refusal> {
+        // A JWT never starts with pcl_ (its header is base64url JSON: "eyJ…").
+        if let Some(site) = &self.jwt
+            && !token.starts_with(store::sqlite::API_TOKEN_PREFIX)
+        {
+            return self.jwt(site, ex, token).await;
+        }
         let now = i64::try_from(
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)

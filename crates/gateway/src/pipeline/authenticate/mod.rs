@@ -8,9 +8,11 @@ use super::*;
 mod basic;
 mod bearer;
 mod digest;
+mod jwt;
 pub(crate) mod logon;
 
 pub(crate) use digest::DigestSite;
+pub(crate) use jwt::JwtSite;
 pub(crate) use logon::Logon;
 mod session;
 

@@ -1,0 +1,283 @@
+//! Bearer JWTs from an identity provider (`[auth.jwt]`): signed by a key of the issuer's JWKS
+//! (a URL, fetched again — at most once every 10 s — when a token names a key it does not hold,
+//! so the issuer can rotate keys; or a file), with one of the configured asymmetric algorithms
+//! (never `none`, never HMAC: a public key must not become a shared secret), the configured
+//! issuer and one of the audiences, within `exp`/`nbf` plus `leeway`. A token whose header has
+//! `crit` names extensions Portcullis does not understand, so it is refused (RFC 7515 §4.1.11).
+
+use std::str::FromStr as _;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::*;
+
+/// How often an unknown `kid` may make Portcullis fetch the JWKS again.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Longest wait for the JWKS.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A key of the JWKS.
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// `[auth.jwt]` for one gateway.
+pub(crate) struct JwtSite {
+    config: config::Jwt,
+    algorithms: Vec<Algorithm>,
+    keys: ArcSwap<Vec<Key>>,
+    refresh: store::Throttle,
+    fetching: tokio::sync::Mutex<()>,
+    client: reqwest::Client,
+}
+
+/// Why a JWT was refused.
+pub(crate) enum JwtRefusal {
+    /// Past `exp` (unix seconds) plus the leeway.
+    Expired(Option<i64>),
+    /// Anything else, said in the operator's words.
+    Invalid(String),
+}
+
+fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let keys: Vec<Key> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            DecodingKey::from_jwk(jwk).ok().map(|key| Key {
+                kid: jwk.common.key_id.clone(),
+                key,
+            })
+        })
+        .collect();
+    if keys.is_empty() {
+        return Err("the JWKS has no usable key".into());
+    }
+    Ok(keys)
+}
+
+impl JwtSite {
+    pub(crate) fn new(config: config::Jwt) -> Result<JwtSite, String> {
+        let algorithms = config
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::from_str(a).ok())
+            .collect();
+        let keys = match &config.jwks {
+            config::JwksSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                parse_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            config::JwksSource::Url(_) => Vec::new(),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(JwtSite {
+            config,
+            algorithms,
+            keys: ArcSwap::from_pointee(keys),
+            refresh: store::Throttle::new(REFRESH_EVERY),
+            fetching: tokio::sync::Mutex::new(()),
+            client,
+        })
+    }
+
+    /// Fetches the JWKS again (a URL source, at most once per [`REFRESH_EVERY`]; `first`: when no
+    /// key has been fetched yet, whatever the throttle says).
+    async fn refresh(&self, first: bool) {
+        let config::JwksSource::Url(url) = &self.config.jwks else {
+            return;
+        };
+        let _one = self.fetching.lock().await;
+        // The first fetch does not use up the throttle: the first unknown kid may fetch again.
+        let initial = first && self.keys.load().is_empty();
+        if !initial && !self.refresh.due() {
+            return;
+        }
+        let fetched = async {
+            let response = self
+                .client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("answered {}", response.status()));
+            }
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            parse_jwks(&text)
+        }
+        .await;
+        match fetched {
+            Ok(keys) => {
+                tracing::info!(url, keys = keys.len(), "fetched the JWKS of auth.jwt");
+                self.keys.store(std::sync::Arc::new(keys));
+            }
+            Err(e) => {
+                tracing::warn!(url, error = %e, "cannot fetch the JWKS of auth.jwt; keeping the keys held")
+            }
+        }
+    }
+
+    /// Checks `token`; the user and groups of a valid one.
+    pub(crate) async fn verify(&self, token: &str) -> Result<(String, Vec<String>), JwtRefusal> {
+        let invalid = |why: &str| JwtRefusal::Invalid(why.to_owned());
+        let mut parts = token.split('.');
+        let (Some(head), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("not a JWT (three base64url parts)"));
+        };
+        let raw_head = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .map_err(|_| invalid("the JWT header is not base64url"))?;
+        let head_json: serde_json::Value =
+            serde_json::from_slice(&raw_head).map_err(|_| invalid("the JWT header is not JSON"))?;
+        if head_json.get("crit").is_some() {
+            return Err(invalid(
+                "the JWT header has crit: extensions Portcullis does not understand",
+            ));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| JwtRefusal::Invalid(format!("the JWT header: {e}")))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(JwtRefusal::Invalid(format!(
+                "the JWT is signed with {:?}, which auth.jwt.algorithms does not list",
+                header.alg
+            )));
+        }
+        if self.keys.load().is_empty() {
+            self.refresh(true).await;
+        }
+        let key = match self.find(header.kid.as_deref()) {
+            Some(k) => k,
+            None => {
+                // An unknown kid: the issuer may have rotated its keys.
+                self.refresh(false).await;
+                self.find(header.kid.as_deref()).ok_or_else(|| {
+                    JwtRefusal::Invalid(format!(
+                        "no key of the JWKS has the kid {:?}",
+                        header.kid.as_deref().unwrap_or("")
+                    ))
+                })?
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&self.config.audience);
+        validation.leeway = self.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    JwtRefusal::Expired(expiry(token))
+                }
+                other => JwtRefusal::Invalid(format!("the JWT: {other:?}")),
+            },
+        )?;
+        let claims = data.claims;
+        let user = claims
+            .get(&self.config.user_claim)
+            .and_then(|v| v.as_str())
+            .filter(|u| policy::check_user_name(u).is_ok() && !u.is_empty())
+            .ok_or_else(|| {
+                JwtRefusal::Invalid(format!(
+                    "the JWT has no usable {} claim (auth.jwt.user_claim)",
+                    self.config.user_claim
+                ))
+            })?
+            .to_owned();
+        let groups = match claims.get(&self.config.groups_claim) {
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .filter_map(|g| g.as_str())
+                .filter(|g| !g.is_empty() && !g.contains(',') && !g.chars().any(char::is_control))
+                .map(str::to_owned)
+                .collect(),
+            Some(serde_json::Value::String(g)) => g
+                .split([' ', ','])
+                .filter(|g| !g.is_empty() && !g.chars().any(char::is_control))
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok((user, groups))
+    }
+
+    fn find(&self, kid: Option<&str>) -> Option<DecodingKey> {
+        let keys = self.keys.load();
+        match kid {
+            Some(kid) => keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .map(|k| k.key.clone()),
+            // No kid: only when the set has a single key.
+            None if keys.len() == 1 => Some(keys[0].key.clone()),
+            None => None,
+        }
+    }
+}
+
+/// The `exp` of a token (already verified, or refused: only for the page's wording).
+fn expiry(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()?
+        .get("exp")?
+        .as_i64()
+}
+
+impl Gateway {
+    pub(super) async fn jwt(
+        &self,
+        site: &JwtSite,
+        ex: &mut Exchange<'_>,
+        token: &str,
+    ) -> Result<Identity, Refusal> {
+        match site.verify(token).await {
+            Ok((user, groups)) => {
+                self.metrics.auth("bearer", AuthOutcome::Accepted);
+                if let Some(r) = ex.record.as_mut() {
+                    r.username = Some(user.clone());
+                }
+                ex.user.from_token = true;
+                let mut identity = Identity::user(&user);
+                identity.groups = groups;
+                Ok(identity)
+            }
+            Err(JwtRefusal::Expired(at)) => {
+                self.metrics.auth("bearer", AuthOutcome::Refused);
+                let when = at
+                    .and_then(|t| u64::try_from(t).ok())
+                    .map(|t| {
+                        humantime::format_rfc3339_seconds(
+                            SystemTime::UNIX_EPOCH + Duration::from_secs(t),
+                        )
+                        .to_string()
+                    })
+                    .unwrap_or_else(|| "an unknown time".into());
+                Err(Refusal::new(Reason::TokenExpired)
+                    .with_detail(format!("the JWT expired at {when}"))
+                    .with_note(format!("It expired at {when}.")))
+            }
+            Err(JwtRefusal::Invalid(why)) => {
+                self.metrics.auth("bearer", AuthOutcome::Refused);
+                Err(Refusal::new(Reason::TokenInvalid).with_detail(why))
+            }
+        }
+    }
+}
