@@ -350,88 +350,45 @@ fn doctor_signs_in_with_digest_at_portcullis() {
 
 /// Apache httpd with mod_auth_digest over the same kind of htdigest file (MD5).
 struct Apache {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
+    httpd: util::httpd::Httpd,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Apache {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn apache_with_digest() -> Apache {
-    let httpd = ["/usr/sbin/apache2", "/usr/sbin/httpd"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("Apache httpd (Debian package apache2): run scripts/test");
     let dir = users_dir();
-    let d = dir.path().display().to_string();
     std::fs::create_dir_all(dir.path().join("www/cam")).unwrap();
     std::fs::write(dir.path().join("www/cam/index.html"), "camera\n").unwrap();
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    let _ = Command::new("chmod").args(["-R", "a+rwx", &d]).status();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let m = "/usr/lib/apache2/modules";
-    let conf = format!(
-        r#"
-LoadModule mpm_event_module {m}/mod_mpm_event.so
-LoadModule authz_core_module {m}/mod_authz_core.so
-LoadModule authz_user_module {m}/mod_authz_user.so
-LoadModule authn_core_module {m}/mod_authn_core.so
-LoadModule authn_file_module {m}/mod_authn_file.so
-LoadModule auth_digest_module {m}/mod_auth_digest.so
-LoadModule dir_module {m}/mod_dir.so
-ServerName 127.0.0.1
-Listen {addr}
-User nobody
-Group nogroup
-PidFile {d}/run/httpd.pid
-DefaultRuntimeDir {d}/run
-ErrorLog {d}/error.log
-DocumentRoot {d}/www
-<Directory {d}/www/cam>
+    let httpd = util::httpd::Httpd::start(
+        dir.path(),
+        &[
+            "mpm_event",
+            "authz_core",
+            "authz_user",
+            "authn_core",
+            "authn_file",
+            "auth_digest",
+            "dir",
+        ],
+        &format!(
+            r#"
+DocumentRoot @DIR@/www
+<Directory @DIR@/www/cam>
     AuthType Digest
     AuthName "{REALM}"
     AuthDigestProvider file
-    AuthUserFile {d}/users.htdigest
+    AuthUserFile @DIR@/users.htdigest
     Require valid-user
 </Directory>
 "#
+        ),
     );
-    std::fs::write(dir.path().join("httpd.conf"), conf).unwrap();
-    let child = Command::new(httpd)
-        .args(["-DFOREGROUND", "-f"])
-        .arg(dir.path().join("httpd.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(addr, Duration::from_secs(20));
-    Apache {
-        child,
-        addr,
-        _dir: dir,
-    }
+    Apache { httpd, _dir: dir }
 }
 
 #[test]
 fn doctor_signs_in_with_digest_at_apache_mod_auth_digest() {
     let apache = apache_with_digest();
-    let url = format!("http://{}/cam/", apache.addr);
+    let url = format!("http://{}/cam/", apache.httpd.addr);
     let (code, report) = doctor(&url, "cam:cam-pw");
     assert_eq!(
         (code, report["verdict"].as_str()),

@@ -4,8 +4,7 @@
 
 mod util;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use util::*;
@@ -35,27 +34,8 @@ fn try_run(
     args: &[&str],
     stdin: Option<&str>,
 ) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
-        .arg(verb)
-        .args(args)
-        .arg("-c")
-        .arg(dir.join("portcullis.toml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(format!("{s}\n").as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let (ok, out, err) = cli_in(&dir.join("portcullis.toml"), verb, args, stdin);
+    (ok, out.trim().to_owned(), err)
 }
 
 /// A gateway whose user database has `alice` (group admins) and `bob`.

@@ -3,8 +3,7 @@
 
 mod util;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use util::*;
@@ -20,28 +19,9 @@ fn site_config() -> String {
 }
 
 fn users(dir: &std::path::Path, args: &[&str], password: Option<&str>) -> String {
-    let mut child = Command::new(BIN)
-        .arg("users")
-        .args(args)
-        .arg("-c")
-        .arg(dir.join("portcullis.toml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(p) = password {
-        stdin.write_all(format!("{p}\n").as_bytes()).unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "users {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let (ok, out, err) = cli_in(&dir.join("portcullis.toml"), "users", args, password);
+    assert!(ok, "users {args:?}: {err}");
+    out
 }
 
 #[test]

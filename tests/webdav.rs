@@ -6,8 +6,8 @@
 mod util;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use util::*;
@@ -16,19 +16,14 @@ const PW: &str = "dav-pw-42";
 
 /// Apache httpd serving `<dir>/www/dav` as a WebDAV share at `/dav`, stopped by PID on drop.
 struct Apache {
-    child: Child,
+    /// Declared before `dir`: httpd stops before its folder goes.
+    _httpd: util::httpd::Httpd,
     addr: SocketAddr,
     dir: tempfile::TempDir,
 }
 
 impl Apache {
     fn start() -> Apache {
-        let httpd = ["/usr/sbin/apache2", "/usr/sbin/httpd"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .expect("the tests need Apache httpd with mod_dav (Debian package apache2): run scripts/test");
-        let modules = Path::new("/usr/lib/apache2/modules");
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("www/dav");
         std::fs::create_dir_all(share.join("sub")).unwrap();
@@ -38,83 +33,31 @@ impl Apache {
         std::fs::create_dir_all(share.join("other/kept")).unwrap();
         std::fs::write(share.join("other/kept/a.txt"), "a\n").unwrap();
         std::fs::write(share.join("sub/hello.txt"), "hello from the share\n").unwrap();
-        std::fs::create_dir_all(dir.path().join("run")).unwrap();
-        // httpd started as root serves as an unprivileged user: it must be able to write.
-        for p in [
-            dir.path().to_path_buf(),
-            dir.path().join("www"),
-            share.clone(),
-        ] {
-            let _ = Command::new("chmod")
-                .arg("-R")
-                .arg("a+rwx")
-                .arg(&p)
-                .status();
-        }
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let d = dir.path().display();
-        let m = modules.display();
-        let conf = format!(
+        let httpd = util::httpd::Httpd::start(
+            dir.path(),
+            &["mpm_event", "authz_core", "mime", "dir", "dav", "dav_fs"],
             r#"
-LoadModule mpm_event_module {m}/mod_mpm_event.so
-LoadModule authz_core_module {m}/mod_authz_core.so
-LoadModule mime_module {m}/mod_mime.so
-LoadModule dir_module {m}/mod_dir.so
-LoadModule dav_module {m}/mod_dav.so
-LoadModule dav_fs_module {m}/mod_dav_fs.so
-ServerName 127.0.0.1
-Listen {addr}
-User nobody
-Group nogroup
-PidFile {d}/run/httpd.pid
-DefaultRuntimeDir {d}/run
-ErrorLog {d}/error.log
 LogLevel warn
 TypesConfig /etc/mime.types
-DavLockDB {d}/run/davlock
-DocumentRoot {d}/www
-<Directory {d}/www>
+DavLockDB @DIR@/run/davlock
+DocumentRoot @DIR@/www
+<Directory @DIR@/www>
     Require all granted
 </Directory>
-<Directory {d}/www/dav>
+<Directory @DIR@/www/dav>
     Dav On
 </Directory>
-"#
+"#,
         );
-        let conf_path = dir.path().join("httpd.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(httpd)
-            .args(["-DFOREGROUND", "-f"])
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(addr, Duration::from_secs(20));
-        Apache { child, addr, dir }
+        Apache {
+            addr: httpd.addr,
+            _httpd: httpd,
+            dir,
+        }
     }
 
     fn share(&self) -> PathBuf {
         self.dir.path().join("www/dav")
-    }
-}
-
-impl Drop for Apache {
-    fn drop(&mut self) {
-        // SIGTERM: the parent stops its children.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

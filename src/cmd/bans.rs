@@ -37,12 +37,9 @@ enum Action {
 
 /// Runs `bans`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match config::load(&args.config.file) {
+    let config = match args.config.load() {
         Ok(c) => c,
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            return ExitCode::from(super::EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let runtime = match super::runtime(Some(1)) {
         Ok(r) => r,

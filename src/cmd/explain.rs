@@ -26,12 +26,9 @@ pub struct Args {
 
 /// Runs `explain`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match config::load(&args.config.file) {
+    let config = match args.config.load() {
         Ok(c) => c,
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            return ExitCode::from(super::EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let policy = config.policy();
     let method = args.method.to_ascii_uppercase();

@@ -30,6 +30,17 @@ pub struct ConfigFile {
     pub file: std::path::PathBuf,
 }
 
+impl ConfigFile {
+    /// The configuration, or (its problems printed, every one with its key and line) the exit
+    /// code for an invalid one.
+    pub fn load(&self) -> Result<config::Config, ExitCode> {
+        config::load(&self.file).map_err(|diagnostics| {
+            eprint!("{diagnostics}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+    }
+}
+
 /// `EX_USAGE`: the configuration or the command line is invalid.
 pub const EXIT_CONFIG: u8 = 64;
 

@@ -109,12 +109,9 @@ enum Action {
 
 /// Runs `users`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match config::load(&args.config.file) {
+    let config = match args.config.load() {
         Ok(c) => c,
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            return ExitCode::from(super::EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let config::UserSource::Sqlite(path) = &config.auth.users else {
         eprintln!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod httpd;
 pub mod portal;
 
 use std::convert::Infallible;
@@ -40,6 +41,37 @@ pub fn cli(gw: &Gateway, verb: &str, args: &[&str]) -> (String, String) {
     );
     (
         String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Runs `portcullis VERB ARGS -c CONFIG`, writing `stdin` (a line) to it: whether it succeeded,
+/// its stdout and its stderr.
+pub fn cli_in(
+    config: &Path,
+    verb: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .arg(verb)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(format!("{s}\n").as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
 }

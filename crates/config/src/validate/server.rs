@@ -105,62 +105,33 @@ impl Checker<'_> {
                 _ => ForwardedHeader::XForwardedFor,
             };
         let idle_timeout = self.duration(s, "idle_timeout", DEFAULT_IDLE_TIMEOUT, false);
-        let backlog = s.get("backlog").and_then(|v| {
-            let n = self.integer(&s.path("backlog"), v)?;
-            match u32::try_from(n) {
-                Ok(n @ 1..=1_000_000) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("backlog"),
-                        Some(v.span()),
-                        format!("must be from 1 to 1000000 (connections waiting to be accepted), not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        let max_connections = s.get("max_connections").and_then(|v| {
-            let n = self.integer(&s.path("max_connections"), v)?;
-            match usize::try_from(n) {
-                Ok(n @ 1..=10_000_000) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("max_connections"),
-                        Some(v.span()),
-                        format!("must be from 1 to 10000000 (open client connections), not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        let upstream_max_connections = s.get("upstream_max_connections").and_then(|v| {
-            let n = self.integer(&s.path("upstream_max_connections"), v)?;
-            match usize::try_from(n) {
-                Ok(n @ 1..=10_000_000) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("upstream_max_connections"),
-                        Some(v.span()),
-                        format!("must be from 1 to 10000000 (requests in flight to the upstream), not {n}"),
-                    );
-                    None
-                }
-            }
-        });
-        let workers = s.get("workers").and_then(|v| {
-            let n = self.integer(&s.path("workers"), v)?;
-            match usize::try_from(n) {
-                Ok(n @ 1..=1024) => Some(n),
-                _ => {
-                    self.report(
-                        s.path("workers"),
-                        Some(v.span()),
-                        format!("must be between 1 and 1024, not {n}"),
-                    );
-                    None
-                }
-            }
-        });
+        let backlog = self
+            .optional_count(
+                s,
+                "backlog",
+                1..=1_000_000,
+                "connections waiting to be accepted",
+            )
+            .and_then(|n| u32::try_from(n).ok());
+        let max_connections = self
+            .optional_count(
+                s,
+                "max_connections",
+                1..=10_000_000,
+                "open client connections",
+            )
+            .and_then(|n| usize::try_from(n).ok());
+        let upstream_max_connections = self
+            .optional_count(
+                s,
+                "upstream_max_connections",
+                1..=10_000_000,
+                "requests in flight to the upstream",
+            )
+            .and_then(|n| usize::try_from(n).ok());
+        let workers = self
+            .optional_count(s, "workers", 1..=1024, "runtime worker threads")
+            .and_then(|n| usize::try_from(n).ok());
         if !upstream_valid {
             return None;
         }

@@ -196,6 +196,33 @@ impl Checker<'_> {
         );
     }
 
+    /// An optional whole number of `key` in `range` ("must be from A to B (unit), not N").
+    pub(super) fn optional_count(
+        &mut self,
+        s: &Section<'_, '_>,
+        key: &str,
+        range: RangeInclusive<u64>,
+        unit: &str,
+    ) -> Option<u64> {
+        let v = s.get(key)?;
+        let n = self.integer(&s.path(key), v)?;
+        match u64::try_from(n) {
+            Ok(n) if range.contains(&n) => Some(n),
+            _ => {
+                self.report(
+                    s.path(key),
+                    Some(v.span()),
+                    format!(
+                        "must be from {} to {} ({unit}), not {n}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// An integer within `range`, defaulted when absent; `unit` says what it counts.
     pub(super) fn bounded_int(
         &mut self,
