@@ -336,3 +336,19 @@ fn check_config_refuses_hmac_and_plain_http_jwks() {
         "{text}"
     );
 }
+
+#[test]
+fn a_remembered_token_still_expires_at_its_exp() {
+    let keys = tempfile::tempdir().unwrap();
+    let rsa = signer(keys.path(), "rsa", "rsa-1");
+    let server = Jwks::serve(&jwks(&[&rsa]));
+    let (_upstream, gw) = site(&server.url);
+    let mut c = claims("alice", &[]);
+    c["exp"] = (now() + 2).into();
+    let t = token(&rsa, c);
+    assert_eq!(get(&gw, "/x", &t).0, 200);
+    assert_eq!(get(&gw, "/x", &t).0, 200, "answered from memory");
+    std::thread::sleep(Duration::from_millis(3100));
+    let (status, reason, _, _) = get(&gw, "/x", &t);
+    assert_eq!((status, reason.as_str()), (401, "token_expired"));
+}

@@ -16,6 +16,9 @@ use super::*;
 
 /// How often an unknown `kid` may make Portcullis fetch the JWKS again.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long a verified token is remembered (never past its `exp`): a signature check costs
+/// tens of microseconds (RSA), a repeated token a SHA-256.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
 /// Longest wait for the JWKS.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,7 +36,12 @@ pub(crate) struct JwtSite {
     refresh: store::Throttle,
     fetching: tokio::sync::Mutex<()>,
     client: reqwest::Client,
+    /// Tokens verified lately, by their SHA-256: the user, the groups, `exp`.
+    verified: moka::sync::Cache<[u8; 32], std::sync::Arc<Verified>>,
 }
+
+/// A verified token: its user, its groups, its `exp`.
+type Verified = (String, Vec<String>, i64);
 
 /// Why a JWT was refused.
 pub(crate) enum JwtRefusal {
@@ -88,6 +96,10 @@ impl JwtSite {
             refresh: store::Throttle::new(REFRESH_EVERY),
             fetching: tokio::sync::Mutex::new(()),
             client,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         })
     }
 
@@ -128,8 +140,35 @@ impl JwtSite {
         }
     }
 
-    /// Checks `token`; the user and groups of a valid one.
+    /// Checks `token`; the user and groups of a valid one. A token verified within the last
+    /// minute is answered from memory until its `exp`.
     pub(crate) async fn verify(&self, token: &str) -> Result<(String, Vec<String>), JwtRefusal> {
+        let digest: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        };
+        if let Some(hit) = self.verified.get(&digest) {
+            let now = i64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            )
+            .unwrap_or(i64::MAX);
+            let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(0);
+            if hit.2.saturating_add(leeway) > now {
+                return Ok((hit.0.clone(), hit.1.clone()));
+            }
+            self.verified.invalidate(&digest);
+            return Err(JwtRefusal::Expired(Some(hit.2)));
+        }
+        let verified = self.verify_signed(token).await?;
+        let result = (verified.0.clone(), verified.1.clone());
+        self.verified.insert(digest, std::sync::Arc::new(verified));
+        Ok(result)
+    }
+
+    /// The full check: header, key, signature, claims; the user, groups and `exp`.
+    async fn verify_signed(&self, token: &str) -> Result<Verified, JwtRefusal> {
         let invalid = |why: &str| JwtRefusal::Invalid(why.to_owned());
         let mut parts = token.split('.');
         let (Some(head), Some(_), Some(_), None) =
@@ -187,6 +226,12 @@ impl JwtSite {
             },
         )?;
         let claims = data.claims;
+        // `exp` is required and was checked: a number (an integer, or a float some issuers send).
+        #[allow(clippy::cast_possible_truncation)]
+        let exp = claims
+            .get("exp")
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+            .unwrap_or(0);
         let user = claims
             .get(&self.config.user_claim)
             .and_then(|v| v.as_str())
@@ -212,7 +257,7 @@ impl JwtSite {
                 .collect(),
             _ => Vec::new(),
         };
-        Ok((user, groups))
+        Ok((user, groups, exp))
     }
 
     fn find(&self, kid: Option<&str>) -> Option<DecodingKey> {
