@@ -346,6 +346,17 @@ fn doctor_signs_in_with_digest_at_portcullis() {
     let (code, report) = doctor(&gw.url("/x"), "sha:wrong");
     assert_eq!(code, Some(1));
     assert_eq!(report["verdict"], "credentials_refused", "{report}");
+    // Apache's user has only an MD5 line: doctor finds the right password works with MD5 and
+    // says why curl and browsers fail.
+    let (_, report) = doctor(&gw.url("/x"), "cam:cam-pw");
+    assert_eq!(report["verdict"], "credentials_refused", "{report}");
+    let advice = report["advice"].to_string();
+    assert!(advice.contains("only for MD5"), "{report}");
+    let (_, report) = doctor(&gw.url("/x"), "cam:wrong");
+    assert!(
+        report["advice"].to_string().contains("not accepted"),
+        "{report}"
+    );
 }
 
 /// Apache httpd with mod_auth_digest over the same kind of htdigest file (MD5).

@@ -416,19 +416,24 @@ async fn login(
     };
     // A site that asks for Digest and not Basic: answer its first challenge doctor can
     // (SHA-256 or MD5), as curl --digest does.
-    let digest = challenges.iter().find_map(|c| {
-        if !c.starts_with("Digest ") {
-            return None;
-        }
-        let algorithm =
-            policy::DigestAlgorithm::parse(&param(c, "algorithm").unwrap_or_else(|| "MD5".into()))?;
-        Some((
-            param(c, "realm")?,
-            param(c, "nonce")?,
-            param(c, "opaque"),
-            algorithm,
-        ))
-    });
+    let digests: Vec<_> = challenges
+        .iter()
+        .filter_map(|c| {
+            if !c.starts_with("Digest ") {
+                return None;
+            }
+            let algorithm = policy::DigestAlgorithm::parse(
+                &param(c, "algorithm").unwrap_or_else(|| "MD5".into()),
+            )?;
+            Some((
+                param(c, "realm")?,
+                param(c, "nonce")?,
+                param(c, "opaque"),
+                algorithm,
+            ))
+        })
+        .collect();
+    let digest = digests.first().cloned();
     let credentials = match (credentials, digest) {
         (Credentials::Basic(user, password), Some((realm, nonce, opaque, algorithm))) if !basic => {
             findings.push(format!(
@@ -493,6 +498,53 @@ async fn login(
             findings,
             vec![format!("{} works: send it exactly as Authorization: Bearer TOKEN.", capitalise(&named))],
         ),
+        (
+            401,
+            Credentials::Digest {
+                user,
+                password,
+                algorithm,
+                ..
+            },
+        ) if digests.iter().any(|d| d.3 != *algorithm) => {
+            // Refused with the first algorithm: does another work? (An account with only an MD5
+            // line — what Apache's htdigest writes — fails every client that picks SHA-256.)
+            let first = *algorithm;
+            let (realm, nonce, opaque, other) = digests
+                .iter()
+                .find(|d| d.3 != first)
+                .cloned()
+                .expect("checked above");
+            let retry = Credentials::Digest {
+                user: user.clone(),
+                password: password.clone(),
+                realm,
+                nonce,
+                opaque,
+                algorithm: other,
+            };
+            let again = fetch(client, url, Some(&retry), None).await.ok();
+            let works = again.as_ref().is_some_and(|a| (200..300).contains(&a.status));
+            if let Some(a) = &again {
+                findings.push(describe(&format!("with {} instead", other.name()), url, a));
+            }
+            let mut advice = Vec::new();
+            if works {
+                advice.push(format!(
+                    "The password of {user} is right, but the site knows it only for {} and offers {} first, which clients such as curl and Chrome choose: they cannot sign in.",
+                    other.name(),
+                    first.name()
+                ));
+                advice.push(format!(
+                    "Ask the administrator to add the account's {} line (portcullis hash --digest prints it) or to offer only {}.",
+                    first.name(),
+                    other.name()
+                ));
+            } else {
+                advice.push(format!("The user name or password of {user} was not accepted: check both (and Caps Lock)."));
+            }
+            report("credentials_refused", with.status, findings, advice)
+        }
         (401, Credentials::Basic(user, _) | Credentials::Digest { user, .. }) => report(
             "credentials_refused",
             with.status,
