@@ -652,3 +652,76 @@ fn a_trusted_question_without_a_usable_original_request_is_400() {
     });
     assert!(log.contains(" 400 0 "), "{log}");
 }
+
+/// Portcullis answering Digest only, for users made by `portcullis hash --digest`.
+fn portcullis_digest(upstream: SocketAddr, extra: &str) -> Gateway {
+    let dir = dir_with_user("alice", PW);
+    let out = Command::new(BIN)
+        .args([
+            "hash",
+            "--digest",
+            "--realm",
+            "Forward realm",
+            "--user",
+            "alice",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{PW}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    std::fs::write(dir.path().join("users.htdigest"), out.stdout).unwrap();
+    let config = SiteConfig::new()
+        .without("server", "upstream")
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .auth("realm = \"Forward realm\"\nschemes = [\"digest\"]")
+        .section("auth.digest", "users = \"users.htdigest\"")
+        .raw(extra)
+        .build();
+    Gateway::start_in(dir, &config, upstream)
+}
+
+/// curl --digest through the front proxy: status and body.
+fn curl_digest(url: &str, user: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--digest", "-u", user, "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn digest_signs_in_through_nginx_and_caddy_with_the_uri_the_client_signed() {
+    let app = TestUpstream::start();
+    for (extra, caddy) in [("", false), (FORWARDED, true)] {
+        let gw = portcullis_digest(app.addr, extra);
+        let front = addr();
+        let _proxy = if caddy {
+            start_caddy(front, gw.addr, app.addr)
+        } else {
+            start_nginx(front, gw.addr, app.addr)
+        };
+        let url = format!("http://{front}/reports/q?year=2026");
+        let (status, body) = curl_digest(&url, &format!("alice:{PW}"));
+        assert_eq!(status, 200, "caddy={caddy}: {body}");
+        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            seen["headers"]["remote-user"], "alice",
+            "caddy={caddy}: {seen}"
+        );
+        assert_eq!(
+            seen["path"], "/reports/q?year=2026",
+            "caddy={caddy}: {seen}"
+        );
+        assert_eq!(curl_digest(&url, "alice:wrong").0, 401, "caddy={caddy}");
+    }
+}
