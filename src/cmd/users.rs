@@ -130,12 +130,38 @@ pub fn run(args: Args) -> ExitCode {
 
 fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Result<(), String> {
     let mut db = UserDb::open(path).map_err(|e| e.to_string())?;
-    let hash = |bcrypt: bool| -> Result<String, String> {
+    // While Digest is on with this database, a password also gets its HA1 values for the realm.
+    let digest_realm = config
+        .auth
+        .digest
+        .as_ref()
+        .filter(|d| d.users.is_none() && config.auth.schemes.contains(&policy::Scheme::Digest))
+        .map(|_| config.auth.realm.clone());
+    let password = |user: &str, bcrypt: bool| -> Result<(String, Option<[String; 2]>), String> {
         let password = super::hash::read_password()?;
-        if bcrypt {
-            store::hash_bcrypt(password.as_bytes(), 10).map_err(|e| e.to_string())
+        let hash = if bcrypt {
+            store::hash_bcrypt(password.as_bytes(), 10).map_err(|e| e.to_string())?
         } else {
-            Ok(store::hash_argon2id(password.as_bytes()))
+            store::hash_argon2id(password.as_bytes())
+        };
+        let ha1 = digest_realm.as_deref().map(|realm| {
+            [
+                policy::DigestAlgorithm::Md5,
+                policy::DigestAlgorithm::Sha256,
+            ]
+            .map(|a| {
+                let line = store::htdigest::ha1_line(a, user, realm, &password);
+                line.rsplit(':').next().unwrap_or_default().to_owned()
+            })
+        });
+        Ok((hash, ha1))
+    };
+    let set_digest = |db: &UserDb, user: &str, ha1: Option<[String; 2]>| -> Result<(), String> {
+        match (ha1, digest_realm.as_deref()) {
+            (Some([md5, sha256]), Some(realm)) => db
+                .set_digest(user, Some((realm, &md5, &sha256)))
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
         }
     };
     let e = |e: DbError| e.to_string();
@@ -145,7 +171,9 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
             groups,
             bcrypt,
         } => {
-            db.add(&user, &hash(bcrypt)?).map_err(e)?;
+            let (hash, ha1) = password(&user, bcrypt)?;
+            db.add(&user, &hash).map_err(e)?;
+            set_digest(&db, &user, ha1)?;
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             if !groups.is_empty() {
                 db.set_groups(&user, &groups).map_err(e)?;
@@ -153,7 +181,9 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
             println!("added {user}");
         }
         Action::Passwd { user, bcrypt } => {
-            db.set_hash(&user, &hash(bcrypt)?).map_err(e)?;
+            let (hash, ha1) = password(&user, bcrypt)?;
+            db.set_hash(&user, &hash).map_err(e)?;
+            set_digest(&db, &user, ha1)?;
             println!("password of {user} changed");
         }
         Action::Del { user } => {

@@ -255,8 +255,9 @@ pub enum JwksSource {
 /// `[auth.digest]`: RFC 7616 Digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
-    /// `users`: an Apache htdigest file (`user:realm:HA1`, MD5 or 64-hex SHA-256 HA1).
-    pub users: PathBuf,
+    /// `users`: an Apache htdigest file (`user:realm:HA1`, MD5 or 64-hex SHA-256 HA1); `None`:
+    /// the SQLite user database (`auth.users = "sqlite:…"`), where `users passwd` stores them.
+    pub users: Option<PathBuf>,
     /// `algorithms` (default `["SHA-256", "MD5"]`), challenged in this order.
     pub algorithms: Vec<policy::DigestAlgorithm>,
     /// `nonce_ttl` (default 5 min): how long a nonce is accepted.

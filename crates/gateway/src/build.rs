@@ -135,8 +135,8 @@ impl Gateway {
         };
         let digest = match &config.auth.digest {
             Some(d) if config.auth.schemes.contains(&policy::Scheme::Digest) => Some(
-                pipeline::authenticate::DigestSite::new(d.clone(), &config.auth.realm, &state)
-                    .map_err(|e| BuildError::Users(format!("{}: {e}", d.users.display())))?,
+                pipeline::authenticate::DigestSite::new(d.clone(), &config, &state)
+                    .map_err(|e| BuildError::Users(format!("auth.digest: {e}")))?,
             ),
             _ => None,
         };

@@ -148,13 +148,37 @@ impl DigestUsers {
                 }
             }
         }
-        for user in users.by_name.keys() {
+        users.index(realm);
+        (users, problems)
+    }
+
+    /// The users of the user database's Digest rows (already of `realm`).
+    pub fn from_rows(rows: Vec<crate::sqlite::DigestRow>, realm: &str) -> Self {
+        let mut users = DigestUsers::default();
+        for (name, md5, sha256) in rows {
+            let ok = |h: Option<String>, len: usize| {
+                h.map(|h| h.to_ascii_lowercase())
+                    .filter(|h| h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            };
+            users.by_name.insert(
+                name,
+                Ha1 {
+                    md5: ok(md5, 32),
+                    sha256: ok(sha256, 64),
+                },
+            );
+        }
+        users.index(realm);
+        users
+    }
+
+    fn index(&mut self, realm: &str) {
+        for user in self.by_name.keys() {
             for algorithm in [DigestAlgorithm::Md5, DigestAlgorithm::Sha256] {
                 let hash = digest_hex(algorithm, format!("{user}:{realm}").as_bytes());
-                users.by_hash.insert((algorithm, hash), user.clone());
+                self.by_hash.insert((algorithm, hash), user.clone());
             }
         }
-        (users, problems)
     }
 
     /// The HA1 of `user` for `algorithm`, if the file has one.
@@ -184,12 +208,20 @@ impl DigestUsers {
     }
 }
 
-/// The htdigest file of `[auth.digest] users`, reloaded when it changes.
+/// Where the Digest users are.
+enum Source {
+    /// An htdigest file, and the version loaded.
+    File(PathBuf, Mutex<Option<FileStamp>>),
+    /// The SQLite user database (`users passwd` writes the HA1 values while `digest` is on), and
+    /// the `data_version` loaded.
+    Db(Mutex<crate::sqlite::UserDb>, std::sync::atomic::AtomicI64),
+}
+
+/// The Digest users (`[auth.digest] users`, or the user database), reloaded when they change.
 pub struct DigestStore {
-    path: PathBuf,
+    source: Source,
     realm: String,
     users: ArcSwap<DigestUsers>,
-    stamp: Mutex<Option<FileStamp>>,
     poll: crate::Throttle,
 }
 
@@ -201,10 +233,28 @@ impl DigestStore {
         let (users, problems) = DigestUsers::parse(&text, realm);
         log(path, realm, &users, &problems);
         Ok(DigestStore {
-            path: path.to_owned(),
+            source: Source::File(path.to_owned(), Mutex::new(Some(stamp))),
             realm: realm.to_owned(),
             users: ArcSwap::from_pointee(users),
-            stamp: Mutex::new(Some(stamp)),
+            poll: crate::Throttle::new(Duration::from_secs(1)),
+        })
+    }
+
+    /// Reads the HA1 values of `realm` from the user database at `path`.
+    pub fn open_db(path: &Path, realm: &str) -> Result<DigestStore, crate::sqlite::DbError> {
+        let db = crate::sqlite::UserDb::open(path)?;
+        let version = db.data_version()?;
+        let users = DigestUsers::from_rows(db.digest_rows(realm)?, realm);
+        if users.is_empty() {
+            tracing::warn!(
+                "{}: no user has Digest values for the realm \"{realm}\" yet: set passwords again with portcullis users passwd (they are stored while digest is on)",
+                path.display()
+            );
+        }
+        Ok(DigestStore {
+            source: Source::Db(Mutex::new(db), std::sync::atomic::AtomicI64::new(version)),
+            realm: realm.to_owned(),
+            users: ArcSwap::from_pointee(users),
             poll: crate::Throttle::new(Duration::from_secs(1)),
         })
     }
@@ -218,24 +268,49 @@ impl DigestStore {
     }
 
     fn reload_if_changed(&self) {
-        let mut stamp = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
-        let Ok(now) = FileStamp::of(&self.path) else {
-            return;
-        };
-        if *stamp == Some(now) {
-            return;
-        }
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => {
-                let (users, problems) = DigestUsers::parse(&text, &self.realm);
-                log(&self.path, &self.realm, &users, &problems);
-                self.users.store(Arc::new(users));
-                *stamp = Some(now);
+        match &self.source {
+            Source::File(path, stamp) => {
+                let mut stamp = stamp.lock().unwrap_or_else(PoisonError::into_inner);
+                let Ok(now) = FileStamp::of(path) else {
+                    return;
+                };
+                if *stamp == Some(now) {
+                    return;
+                }
+                match std::fs::read_to_string(path) {
+                    Ok(text) => {
+                        let (users, problems) = DigestUsers::parse(&text, &self.realm);
+                        log(path, &self.realm, &users, &problems);
+                        self.users.store(Arc::new(users));
+                        *stamp = Some(now);
+                    }
+                    Err(e) => tracing::error!(
+                        "cannot read the htdigest file {}: {e}; keeping the previous users",
+                        path.display()
+                    ),
+                }
             }
-            Err(e) => tracing::error!(
-                "cannot read the htdigest file {}: {e}; keeping the previous users",
-                self.path.display()
-            ),
+            Source::Db(db, version) => {
+                use std::sync::atomic::Ordering;
+                let db = db.lock().unwrap_or_else(PoisonError::into_inner);
+                let loaded = db.data_version().and_then(|v| {
+                    if v == version.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    Ok(Some((v, db.digest_rows(&self.realm)?)))
+                });
+                match loaded {
+                    Ok(None) => {}
+                    Ok(Some((v, rows))) => {
+                        version.store(v, Ordering::Relaxed);
+                        self.users
+                            .store(Arc::new(DigestUsers::from_rows(rows, &self.realm)));
+                    }
+                    Err(e) => tracing::error!(
+                        "cannot read the Digest users of the user database: {e}; keeping the previous ones"
+                    ),
+                }
+            }
         }
     }
 }

@@ -111,6 +111,9 @@ fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A user's Digest HA1 values: (user, MD5, SHA-256).
+pub type DigestRow = (String, Option<String>, Option<String>);
+
 /// An API token as `tokens list` shows it (never the token itself).
 #[derive(Debug, Clone)]
 pub struct ApiTokenRow {
@@ -249,6 +252,17 @@ impl UserDb {
         if !has_totp {
             conn.execute_batch(
                 "ALTER TABLE users ADD COLUMN totp TEXT; ALTER TABLE users ADD COLUMN totp_step INTEGER;",
+            )?;
+        }
+        // Digest HA1 values for one realm (set with the password while `digest` is on).
+        let has_digest = conn
+            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'digest_realm'")?
+            .exists([])?;
+        if !has_digest {
+            conn.execute_batch(
+                "ALTER TABLE users ADD COLUMN digest_realm TEXT; \
+                 ALTER TABLE users ADD COLUMN digest_md5 TEXT; \
+                 ALTER TABLE users ADD COLUMN digest_sha256 TEXT;",
             )?;
         }
         Ok(())
@@ -711,6 +725,31 @@ impl UserDb {
             params![id, at],
         )?;
         Ok(())
+    }
+
+    /// Sets (or with `None`, removes) a user's Digest HA1 values for `realm` (MD5, SHA-256).
+    pub fn set_digest(&self, name: &str, ha1: Option<(&str, &str, &str)>) -> Result<(), DbError> {
+        let (realm, md5, sha256) = match ha1 {
+            Some((r, m, s)) => (Some(r), Some(m), Some(s)),
+            None => (None, None, None),
+        };
+        match self.conn.execute(
+            "UPDATE users SET digest_realm = ?2, digest_md5 = ?3, digest_sha256 = ?4 WHERE name = ?1",
+            params![name, realm, md5, sha256],
+        )? {
+            0 => Err(DbError::Missing(name.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The enabled users' Digest HA1 values for `realm`: (user, MD5, SHA-256).
+    pub fn digest_rows(&self, realm: &str) -> Result<Vec<DigestRow>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, digest_md5, digest_sha256 FROM users \
+             WHERE disabled = 0 AND digest_realm = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![realm], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Changes made by other connections since this one last looked (`PRAGMA data_version`).

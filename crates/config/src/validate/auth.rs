@@ -108,7 +108,17 @@ impl Checker<'_> {
                 "has no effect: auth.schemes does not list \"bearer\"",
             );
         }
+        let sqlite = matches!(users, Some(UserSource::Sqlite(_)));
         let digest = match s.get("digest") {
+            // With a user database the HA1 values live in it (`users passwd`).
+            None if schemes.contains(&Scheme::Digest) && sqlite => Some(crate::model::Digest {
+                users: None,
+                algorithms: vec![
+                    policy::DigestAlgorithm::Sha256,
+                    policy::DigestAlgorithm::Md5,
+                ],
+                nonce_ttl: DEFAULT_NONCE_TTL,
+            }),
             None if schemes.contains(&Scheme::Digest) => {
                 self.report(
                     s.path("schemes"),
@@ -119,7 +129,7 @@ impl Checker<'_> {
             }
             None => None,
             Some(v) => {
-                let d = self.digest(v, &realm);
+                let d = self.digest(v, &realm, sqlite);
                 if !schemes.contains(&Scheme::Digest) {
                     self.warn(
                         "auth.digest",
@@ -384,7 +394,7 @@ impl Checker<'_> {
     }
 
     /// `[auth.digest]`.
-    fn digest(&mut self, v: &Value<'_>, realm: &str) -> Option<crate::model::Digest> {
+    fn digest(&mut self, v: &Value<'_>, realm: &str, sqlite: bool) -> Option<crate::model::Digest> {
         let DeValue::Table(t) = v.get_ref() else {
             self.report(
                 "auth.digest",
@@ -400,11 +410,12 @@ impl Checker<'_> {
             span: Some(v.span()),
         };
         let users = match s.get("users") {
+            None if sqlite => Some(None),
             None => {
                 self.report(
                     "auth.digest.users",
                     Some(v.span()),
-                    "is required: the htdigest file (user:realm:HA1 lines)",
+                    "is required: the htdigest file (user:realm:HA1 lines), unless auth.users is a sqlite: user database",
                 );
                 None
             }
@@ -422,7 +433,7 @@ impl Checker<'_> {
                     );
                     None
                 } else {
-                    Some(path)
+                    Some(Some(path))
                 }
             }
         };
@@ -457,7 +468,7 @@ impl Checker<'_> {
         let nonce_ttl = self.duration(&s, "nonce_ttl", DEFAULT_NONCE_TTL, false);
         // Clients answer the first challenge they support, and SHA-256 is sent first: a user
         // with only an MD5 line (all Apache's htdigest writes) cannot sign in with them.
-        if let Some(path) = &users
+        if let Some(Some(path)) = &users
             && algorithms.contains(&policy::DigestAlgorithm::Sha256)
             && let Ok(text) = std::fs::read_to_string(path)
         {

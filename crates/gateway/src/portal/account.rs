@@ -181,9 +181,31 @@ impl Portal<'_> {
             return again(&why);
         }
         let password = password.to_owned();
+        // While Digest is on with this database, the password's HA1 values are stored too.
+        let digest_realm = self
+            .config
+            .auth
+            .digest
+            .as_ref()
+            .filter(|d| {
+                d.users.is_none() && self.config.auth.schemes.contains(&policy::Scheme::Digest)
+            })
+            .map(|_| self.config.auth.realm.clone());
         let redeemed = with_db(db, move |db| {
             let hash = store::hash_argon2id(password.as_bytes());
-            db.redeem_token(&token, &hash)
+            let user = db.redeem_token(&token, &hash)?;
+            if let (Some(user), Some(realm)) = (&user, &digest_realm) {
+                let [md5, sha256] = [
+                    policy::DigestAlgorithm::Md5,
+                    policy::DigestAlgorithm::Sha256,
+                ]
+                .map(|a| {
+                    let line = store::htdigest::ha1_line(a, user, realm, &password);
+                    line.rsplit(':').next().unwrap_or_default().to_owned()
+                });
+                db.set_digest(user, Some((realm, &md5, &sha256)))?;
+            }
+            Ok(user)
         })
         .await;
         match redeemed {

@@ -27,10 +27,19 @@ pub(crate) struct DigestSite {
 impl DigestSite {
     pub(crate) fn new(
         config: config::Digest,
-        realm: &str,
+        site: &Config,
         state: &StateStore,
-    ) -> std::io::Result<DigestSite> {
-        let store = DigestStore::open(&config.users, realm)?;
+    ) -> Result<DigestSite, String> {
+        let realm = site.auth.realm.as_str();
+        let store = match (&config.users, &site.auth.users) {
+            (Some(path), _) => {
+                DigestStore::open(path, realm).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            (None, config::UserSource::Sqlite(db)) => {
+                DigestStore::open_db(db, realm).map_err(|e| format!("{}: {e}", db.display()))?
+            }
+            (None, _) => return Err("no htdigest file and no user database".into()),
+        };
         let mut mac = Hmac::<Sha256>::new_from_slice(&state.secret()).expect("any key length");
         mac.update(b"portcullis digest nonce key");
         let key: [u8; 32] = mac.finalize().into_bytes().into();
