@@ -116,6 +116,12 @@ if scenario == "replay":
     s3, _, _ = get("/x", signed(nonce, "00000002", "/x"))
     s4, _, b4 = get("/x", signed(nonce, "00000002", "/x"))
     out = {"first": s1, "replayed": [s2, reason(b2)], "next": s3, "replayed_next": [s4, reason(b4)]}
+elif scenario == "late_replay":
+    s1, _, _ = get("/x", signed(nonce, "00000001", "/x"))
+    issued = int.from_bytes(__import__("base64").urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))[:8], "big")
+    time.sleep(max(0, issued + 2 + 0.8 - time.time()))
+    s2, _, b2 = get("/x", signed(nonce, "00000001", "/x"))
+    out = {"first": s1, "late_replay": [s2, reason(b2)]}
 elif scenario == "stale":
     time.sleep(2.2)
     s, h2, b = get("/x", signed(nonce, "00000001", "/x"))
@@ -177,6 +183,29 @@ fn curl_signs_in_with_sha_256_and_md5_and_the_log_names_the_user() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(curl(&md5.url("/admin/x"), "cam:cam-pw").0, 401);
     assert_eq!(curl(&md5.url("/x"), "cam:wrong").0, 401);
+}
+
+#[test]
+fn a_realm_with_quotes_is_escaped_in_the_challenge_and_still_signs_in() {
+    let upstream = TestUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let realm = "Staff \"only\"";
+    let mut hash = Command::new(BIN)
+        .args(["hash", "--digest", "--realm", realm, "--user", "q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hash.stdin.take().unwrap().write_all(b"q-pw\n").unwrap();
+    let lines = hash.wait_with_output().unwrap().stdout;
+    std::fs::write(dir.path().join("users.htdigest"), lines).unwrap();
+    std::fs::write(dir.path().join("users.htpasswd"), "").unwrap();
+    let config = SiteConfig::new()
+        .auth("realm = 'Staff \"only\"'\nschemes = [\"digest\"]")
+        .section("auth.digest", "users = \"users.htdigest\"")
+        .build();
+    let gw = Gateway::start_in(dir, &config, upstream.addr);
+    assert_eq!(curl(&gw.url("/x"), "q:q-pw").0, 200);
 }
 
 #[test]
@@ -248,6 +277,14 @@ fn an_expired_nonce_with_a_right_response_is_stale_and_a_wrong_one_is_refused() 
             .filter(|l| l.contains(" 401 2 "))
     });
     assert!(log.contains(" cam "), "{log}");
+}
+
+#[test]
+fn a_replay_at_the_end_of_its_nonces_life_is_still_refused() {
+    let (_upstream, gw) = site("nonce_ttl = \"2s\"");
+    let out = python(&gw, "sha", "sha-pw", "SHA-256", "late_replay");
+    assert_eq!(out["first"], 200, "{out}");
+    assert_eq!(out["late_replay"][0], 401, "{out}");
 }
 
 #[test]

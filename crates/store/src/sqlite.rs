@@ -442,7 +442,7 @@ impl UserDb {
             return Ok(None);
         };
         tx.execute(
-            "UPDATE users SET hash = ?2 WHERE name = ?1",
+            "UPDATE users SET hash = ?2, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL WHERE name = ?1",
             params![name, hash],
         )?;
         // Other outstanding links of this user stop working with the new password.
@@ -476,7 +476,7 @@ impl UserDb {
     pub fn set_hash(&self, name: &str, hash: &str) -> Result<(), DbError> {
         check_hash(hash)?;
         match self.conn.execute(
-            "UPDATE users SET hash = ?2 WHERE name = ?1",
+            "UPDATE users SET hash = ?2, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL WHERE name = ?1",
             params![name, hash],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
@@ -580,7 +580,7 @@ impl UserDb {
                 continue;
             }
             tx.execute(
-                "INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET hash = excluded.hash",
+                "INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL",
                 params![name, hash, now()],
             )?;
             count += 1;

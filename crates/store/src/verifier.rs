@@ -682,6 +682,12 @@ impl Verifier {
 
     /// Number of users currently loaded.
     #[must_use]
+    /// Whether `user` is an enabled user of a SQLite user database (always `true` for other
+    /// sources, which have no disabled users).
+    pub fn is_enabled_user(&self, user: &str) -> bool {
+        self.inner.sqlite.is_none() || self.inner.snapshot.load().users.contains(user)
+    }
+
     pub fn user_count(&self) -> usize {
         self.inner.snapshot.load().users.len()
     }

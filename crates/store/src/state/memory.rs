@@ -48,6 +48,10 @@ use super::{
 /// Number of shards of the per-client table (a power of two).
 pub const SHARDS: usize = 64;
 
+/// Most Digest nonces whose counts are kept at once (each is a few dozen bytes for at most
+/// `auth.digest.nonce_ttl`).
+const MAX_NONCES: usize = 200_000;
+
 /// The in-process state store. Cheap to share: clone the `Arc` it is kept in.
 pub struct MemoryState {
     inner: Arc<Inner>,
@@ -320,6 +324,16 @@ impl MemoryState {
                 }
             }
             _ => {
+                // Bounded: every nonce in use holds an entry until it expires.
+                if nonces.len() >= MAX_NONCES {
+                    nonces.retain(|_, (_, _, deadline)| *deadline > now);
+                    if nonces.len() >= MAX_NONCES {
+                        tracing::warn!(
+                            "{MAX_NONCES} Digest nonces in use: a new one is refused until some expire"
+                        );
+                        return false;
+                    }
+                }
                 nonces.insert(key.to_owned(), (nc, 1, now.saturating_add(nanos(ttl))));
                 true
             }

@@ -93,7 +93,8 @@ impl DigestSite {
     /// response to an expired nonce.
     pub(crate) fn challenges(&self, realm: &str, stale: bool) -> Vec<HeaderValue> {
         let now = unix_now();
-        let realm = realm.replace(['"', '\\'], "");
+        // Escaped as a quoted-string: the client echoes the realm unescaped, as it is compared.
+        let realm = realm.replace('\\', "\\\\").replace('"', "\\\"");
         self.config
             .algorithms
             .iter()
@@ -185,6 +186,18 @@ impl Gateway {
                 .check_not_locked_out(client_ip, &shown, "digest")
                 .await?;
         }
+        // Digest cannot carry a second factor, and a disabled user of the database stays out
+        // whatever an htdigest file says: both are refused as a wrong password is.
+        if let Some(u) = user.as_deref()
+            && (self.verifier.has_second_factor(u).await || !self.verifier.is_enabled_user(u))
+        {
+            logon
+                .refused_without_hash(client_ip, &shown, "digest")
+                .await;
+            return Err(refused(format!(
+                "{u} has a second factor or is disabled: Digest cannot sign them in"
+            )));
+        }
         let ha1 = user.as_deref().and_then(|u| users.ha1(u, d.algorithm));
         // An unknown user costs the same hashes as a known one.
         let dummy;
@@ -209,7 +222,9 @@ impl Gateway {
             &d.qop,
         );
         let right = responses_match(&expected, &d.response) && user.is_some();
-        let issued = site.issued(&d.nonce);
+        let now = unix_now();
+        // A nonce from the future (another instance's clock, or a forgery) is not ours.
+        let issued = site.issued(&d.nonce).filter(|&t| t <= now + 1);
         if !right || issued.is_none() {
             logon
                 .refused_without_hash(client_ip, &shown, "digest")
@@ -222,14 +237,17 @@ impl Gateway {
         }
         let issued = issued.unwrap_or(0);
         let ttl = site.config.nonce_ttl;
-        if unix_now().saturating_sub(issued) > ttl.as_secs() {
+        if now.saturating_sub(issued) > ttl.as_secs() {
             return Err(Refusal::new(Reason::StaleNonce).with_detail(format!(
                 "the Digest response is right but its nonce is older than auth.digest.nonce_ttl ({})",
                 humantime::format_duration(ttl)
             )));
         }
-        // The count must rise with every request on a nonce: an equal or lower one is a replay.
-        let counted = self.state.nonce_count(&d.nonce, d.nc, ttl).await;
+        // Each count once per nonce: one seen before is a replay. The counts are kept for as long
+        // as the nonce is accepted (to its issue second + ttl, and a second of rounding), not
+        // from their first use: a record gone before its nonce would let a replay through.
+        let keep = Duration::from_secs((issued + ttl.as_secs() + 2).saturating_sub(now).max(1));
+        let counted = self.state.nonce_count(&d.nonce, d.nc, keep).await;
         self.metrics.state_call(&self.state, counted.is_ok());
         match counted {
             Ok(true) => {}
@@ -251,6 +269,13 @@ impl Gateway {
             }
         }
         let user = user.unwrap_or_default();
+        // Guesses sent in parallel all pass the first ban check: a right one among them after a
+        // ban started must not get in (checked on a client's first success, as for Basic).
+        if self.config.logon.enabled && !logon.is_known(client_ip, &user) {
+            logon
+                .check_still_not_locked_out(client_ip, &user, "digest")
+                .await?;
+        }
         logon.accepted_without_hash(client_ip, &user, "digest");
         let mut identity = Identity::user(&user);
         identity.groups = logon.groups_of(&user);

@@ -34,6 +34,8 @@ pub(crate) struct JwtSite {
     algorithms: Vec<Algorithm>,
     keys: ArcSwap<Vec<Key>>,
     refresh: store::Throttle,
+    /// A fetch was tried (the first one does not wait for the throttle).
+    tried: std::sync::atomic::AtomicBool,
     fetching: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     /// Tokens verified lately, by their SHA-256: the user, the groups, `exp`.
@@ -94,6 +96,7 @@ impl JwtSite {
             algorithms,
             keys: ArcSwap::from_pointee(keys),
             refresh: store::Throttle::new(REFRESH_EVERY),
+            tried: std::sync::atomic::AtomicBool::new(false),
             fetching: tokio::sync::Mutex::new(()),
             client,
             verified: moka::sync::Cache::builder()
@@ -103,16 +106,16 @@ impl JwtSite {
         })
     }
 
-    /// Fetches the JWKS again (a URL source, at most once per [`REFRESH_EVERY`]; `first`: when no
-    /// key has been fetched yet, whatever the throttle says).
-    async fn refresh(&self, first: bool) {
+    /// Fetches the JWKS again (a URL source): the very first time at once, then at most once per
+    /// [`REFRESH_EVERY`] whatever the outcome — a failing or slow provider is not asked at the
+    /// rate of requests — and one fetch at a time: requests that wait for it do not fetch again.
+    async fn refresh(&self) {
         let config::JwksSource::Url(url) = &self.config.jwks else {
             return;
         };
         let _one = self.fetching.lock().await;
-        // The first fetch does not use up the throttle: the first unknown kid may fetch again.
-        let initial = first && self.keys.load().is_empty();
-        if !initial && !self.refresh.due() {
+        let first = !self.tried.swap(true, std::sync::atomic::Ordering::Relaxed);
+        if !first && !self.refresh.due() {
             return;
         }
         let fetched = async {
@@ -195,13 +198,13 @@ impl JwtSite {
             )));
         }
         if self.keys.load().is_empty() {
-            self.refresh(true).await;
+            self.refresh().await;
         }
         let key = match self.find(header.kid.as_deref()) {
             Some(k) => k,
             None => {
                 // An unknown kid: the issuer may have rotated its keys.
-                self.refresh(false).await;
+                self.refresh().await;
                 self.find(header.kid.as_deref()).ok_or_else(|| {
                     JwtRefusal::Invalid(format!(
                         "no key of the JWKS has the kid {:?}",

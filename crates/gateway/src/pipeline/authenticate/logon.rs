@@ -396,9 +396,13 @@ impl Logon<'_> {
         user: &str,
         method: &'static str,
     ) {
-        let fresh = !self
-            .known_users
-            .contains_key(&(self.client_key(client_ip), user.to_owned()));
+        let fresh = !self.is_known(client_ip, user);
         self.signed_in(user, client_ip, fresh, method);
+    }
+
+    /// Whether `user` signed in from this client within the last day.
+    pub(crate) fn is_known(&self, client_ip: IpAddr, user: &str) -> bool {
+        self.known_users
+            .contains_key(&(self.client_key(client_ip), user.to_owned()))
     }
 }

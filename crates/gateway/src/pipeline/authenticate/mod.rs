@@ -23,6 +23,18 @@ impl Gateway {
         ex: &mut Exchange<'_>,
         path: &policy::NormalizedPath,
     ) -> Result<(), Refusal> {
+        // Two Authorization headers: the one judged might not be the one the application reads.
+        if ex
+            .request
+            .headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(Refusal::new(Reason::BadRequest)
+                .with_detail("the request has more than one Authorization header"));
+        }
         let authorization = ex.request.headers.get(AUTHORIZATION);
         let identity = match self
             .policy

@@ -232,6 +232,22 @@ async fn a_wrong_password_is_401_1_and_names_the_user_in_the_log() {
 }
 
 #[tokio::test]
+async fn two_authorization_headers_are_refused_400() {
+    let site = Site::new("", "").await;
+    let a = site
+        .get(
+            "/private",
+            &[
+                ("authorization", &basic("alice", PW)),
+                ("authorization", "Bearer eyJhbGciOiJub25lIn0.e30."),
+                JSON,
+            ],
+        )
+        .await;
+    assert_refused(&site, &a, 400, 0, "bad_request").await;
+}
+
+#[tokio::test]
 async fn an_unknown_user_is_answered_as_a_wrong_password() {
     let site = Site::new("", "").await;
     let a = site
