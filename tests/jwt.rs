@@ -126,8 +126,11 @@ impl Jwks {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("jwks.json"), body).unwrap();
         let port = free_port();
+        // Its request log (stderr, unbuffered) counts the fetches.
+        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
         let child = Command::new("python3")
             .args([
+                "-u",
                 "-m",
                 "http.server",
                 &port.to_string(),
@@ -137,7 +140,7 @@ impl Jwks {
             ])
             .arg(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         wait_for_port(
@@ -149,6 +152,14 @@ impl Jwks {
             dir,
             url: format!("http://127.0.0.1:{port}/jwks.json"),
         }
+    }
+
+    /// How many times the JWKS was asked for.
+    fn fetches(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .matches("GET /jwks.json")
+            .count()
     }
 
     fn replace(&self, body: &str) {
@@ -351,4 +362,29 @@ fn a_remembered_token_still_expires_at_its_exp() {
     std::thread::sleep(Duration::from_millis(3100));
     let (status, reason, _, _) = get(&gw, "/x", &t);
     assert_eq!((status, reason.as_str()), (401, "token_expired"));
+}
+
+#[test]
+fn a_failing_jwks_is_not_fetched_at_the_rate_of_requests_and_keys_marked_for_encryption_are_not_used()
+ {
+    let keys = tempfile::tempdir().unwrap();
+    let rsa = signer(keys.path(), "rsa", "rsa-1");
+    let server = Jwks::serve("not json");
+    let (_upstream, gw) = site(&server.url);
+    for _ in 0..30 {
+        assert_eq!(get(&gw, "/x", &token(&rsa, claims("alice", &[]))).0, 401);
+    }
+    let fetches = server.fetches();
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} fetches for 30 requests"
+    );
+
+    // A key published for encryption (use: enc) does not verify signatures.
+    let mut jwk = Jwk::from_encoding_key(&rsa.key, rsa.alg).unwrap();
+    jwk.common.key_id = Some("rsa-1".into());
+    jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Encryption);
+    let enc = Jwks::serve(&serde_json::to_string(&JwkSet { keys: vec![jwk] }).unwrap());
+    let (_upstream2, gw2) = site(&enc.url);
+    assert_eq!(get(&gw2, "/x", &token(&rsa, claims("alice", &[]))).0, 401);
 }

@@ -22,9 +22,14 @@ const VERIFIED_FOR: Duration = Duration::from_secs(60);
 /// Longest wait for the JWKS.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a JWKS URL is fetched again anyway (a key the issuer withdrew stops working).
+const REFRESH_ANYWAY: Duration = Duration::from_secs(600);
+
 /// A key of the JWKS.
 struct Key {
     kid: Option<String>,
+    /// The key's own `alg`, when the JWKS names one: a token must use it.
+    alg: Option<Algorithm>,
     key: DecodingKey,
 }
 
@@ -34,6 +39,8 @@ pub(crate) struct JwtSite {
     algorithms: Vec<Algorithm>,
     keys: ArcSwap<Vec<Key>>,
     refresh: store::Throttle,
+    /// The periodic fetch of a URL source.
+    refresh_anyway: store::Throttle,
     /// A fetch was tried (the first one does not wait for the throttle).
     tried: std::sync::atomic::AtomicBool,
     fetching: tokio::sync::Mutex<()>,
@@ -58,9 +65,22 @@ fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
     let keys: Vec<Key> = set
         .keys
         .iter()
+        // A key published for encryption is not a signing key.
+        .filter(|jwk| {
+            !matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                    | Some(jsonwebtoken::jwk::PublicKeyUse::Other(_))
+            )
+        })
         .filter_map(|jwk| {
+            let alg = match &jwk.common.key_algorithm {
+                None => None,
+                Some(a) => Some(Algorithm::from_str(&format!("{a:?}")).ok()?),
+            };
             DecodingKey::from_jwk(jwk).ok().map(|key| Key {
                 kid: jwk.common.key_id.clone(),
+                alg,
                 key,
             })
         })
@@ -96,6 +116,7 @@ impl JwtSite {
             algorithms,
             keys: ArcSwap::from_pointee(keys),
             refresh: store::Throttle::new(REFRESH_EVERY),
+            refresh_anyway: store::Throttle::new(REFRESH_ANYWAY),
             tried: std::sync::atomic::AtomicBool::new(false),
             fetching: tokio::sync::Mutex::new(()),
             client,
@@ -136,6 +157,8 @@ impl JwtSite {
             Ok(keys) => {
                 tracing::info!(url, keys = keys.len(), "fetched the JWKS of auth.jwt");
                 self.keys.store(std::sync::Arc::new(keys));
+                // Tokens verified with a key that is gone must be checked again.
+                self.verified.invalidate_all();
             }
             Err(e) => {
                 tracing::warn!(url, error = %e, "cannot fetch the JWKS of auth.jwt; keeping the keys held")
@@ -197,20 +220,24 @@ impl JwtSite {
                 header.alg
             )));
         }
-        if self.keys.load().is_empty() {
+        // The first request fetches; afterwards the keys are fetched again every 10 minutes (the
+        // first `due` is the first request's, so it does not add a fetch of its own).
+        let periodic = self.refresh_anyway.due();
+        if periodic || self.keys.load().is_empty() {
             self.refresh().await;
         }
-        let key = match self.find(header.kid.as_deref()) {
+        let key = match self.find(header.kid.as_deref(), header.alg) {
             Some(k) => k,
             None => {
                 // An unknown kid: the issuer may have rotated its keys.
                 self.refresh().await;
-                self.find(header.kid.as_deref()).ok_or_else(|| {
-                    JwtRefusal::Invalid(format!(
-                        "no key of the JWKS has the kid {:?}",
-                        header.kid.as_deref().unwrap_or("")
-                    ))
-                })?
+                self.find(header.kid.as_deref(), header.alg)
+                    .ok_or_else(|| {
+                        JwtRefusal::Invalid(format!(
+                            "no key of the JWKS has the kid {:?}",
+                            header.kid.as_deref().unwrap_or("")
+                        ))
+                    })?
             }
         };
         let mut validation = Validation::new(header.alg);
@@ -263,15 +290,17 @@ impl JwtSite {
         Ok((user, groups, exp))
     }
 
-    fn find(&self, kid: Option<&str>) -> Option<DecodingKey> {
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
         let keys = self.keys.load();
+        let fits = |k: &Key| k.alg.is_none_or(|a| a == alg);
         match kid {
             Some(kid) => keys
                 .iter()
                 .find(|k| k.kid.as_deref() == Some(kid))
+                .filter(|k| fits(k))
                 .map(|k| k.key.clone()),
             // No kid: only when the set has a single key.
-            None if keys.len() == 1 => Some(keys[0].key.clone()),
+            None if keys.len() == 1 && fits(&keys[0]) => Some(keys[0].key.clone()),
             None => None,
         }
     }
