@@ -94,6 +94,7 @@ impl Config {
                 verify_queue_timeout: validate::DEFAULT_VERIFY_QUEUE_TIMEOUT,
                 digest: None,
                 jwt: None,
+                certificate_user: CertificateUser::Cn,
             },
             errors: Errors::default(),
             log: Log {

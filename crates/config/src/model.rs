@@ -181,6 +181,35 @@ pub struct Tls {
     pub cert: PathBuf,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// `client_ca`: the CA certificates client certificates must chain to (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// `client_auth` (default "optional" with a `client_ca`).
+    pub client_auth: ClientAuth,
+    /// `crl`: certificate revocation lists of the client CA (PEM).
+    pub crl: Option<PathBuf>,
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No client certificates asked for.
+    #[default]
+    Off,
+    /// Asked for: a valid one signs the user in, none lets the other schemes decide, an invalid
+    /// one is refused (403.13/.16/.17).
+    Optional,
+    /// Every request needs a valid one (403.7 without).
+    Required,
+}
+
+/// `auth.certificate_user`: what names the user of a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertificateUser {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The e-mail address (subjectAltName rfc822Name, or the subject's emailAddress).
+    Email,
 }
 
 /// Where users come from (`auth.users`).
@@ -222,6 +251,8 @@ pub struct Auth {
     pub digest: Option<Digest>,
     /// `[auth.jwt]`: bearer JWTs from an identity provider.
     pub jwt: Option<Jwt>,
+    /// `certificate_user` (default "cn").
+    pub certificate_user: CertificateUser,
 }
 
 /// `[auth.jwt]`: JWTs from an external issuer, checked with its published keys.

@@ -94,7 +94,10 @@ format = "json"
         c.server.tls,
         Some(Tls {
             cert: base.join("tls/cert.pem"),
-            key: base.join("tls/key.pem")
+            key: base.join("tls/key.pem"),
+            client_ca: None,
+            client_auth: crate::model::ClientAuth::Off,
+            crl: None,
         })
     );
     assert_eq!(c.server.header_timeout, Duration::from_secs(3));

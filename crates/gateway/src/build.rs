@@ -27,13 +27,11 @@ impl Gateway {
         previous: Option<&Gateway>,
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, BuildError> {
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(server::load_tls)
-            .transpose()
-            .map_err(BuildError::Tls)?;
+        let (tls, client_verifier) = match config.server.tls.as_ref().map(server::load_tls) {
+            Some(Ok((acceptor, judge))) => (Some(acceptor), judge),
+            Some(Err(e)) => return Err(BuildError::Tls(e)),
+            None => (None, None),
+        };
         let connection_builder = server::connection_builder(&config);
         let source = match &config.auth.users {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
@@ -148,6 +146,7 @@ impl Gateway {
             _ => None,
         };
         Ok(Gateway {
+            client_verifier,
             jwt,
             digest,
             suspects,

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod base_path;
 pub mod body;
 mod build;
+pub mod client_cert;
 mod connection;
 pub mod dns;
 pub mod filter;
@@ -98,6 +99,8 @@ pub struct Gateway {
     limits: Limits,
     regulation: Regulation,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Judges client certificates after the handshake (`server.tls.client_ca`).
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     audit: Arc<AuditLog>,
     connection_builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     /// The portal's URLs under `portal.prefix`.
@@ -204,6 +207,16 @@ impl Gateway {
             config::UserSource::Sqlite(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// The verdict on a connection's client certificate (`None` without `server.tls.client_ca`).
+    pub fn judge_client_cert(
+        &self,
+        presented: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Option<client_cert::ClientCert> {
+        self.client_verifier
+            .as_deref()
+            .map(|v| client_cert::judge(v, presented))
     }
 
     /// The TLS acceptor, when `server.tls` is set.

@@ -130,7 +130,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     /// `portcullis_auth_total{scheme}`: `[basic, form]`, each indexed like [`AuthOutcome::ALL`].
-    auth_by_scheme: [[Counter; 5]; 4],
+    auth_by_scheme: [[Counter; 5]; 5],
     cache_hits: Counter,
     hash_checks: Counter,
     upstream: Histogram,
@@ -187,7 +187,7 @@ fn unix_now() -> f64 {
 }
 
 /// The schemes `portcullis_auth_total` counts by.
-pub const AUTH_SCHEMES: [&str; 4] = ["basic", "form", "bearer", "digest"];
+pub const AUTH_SCHEMES: [&str; 5] = ["basic", "form", "bearer", "digest", "certificate"];
 
 impl Metrics {
     /// Registers every metric, at zero. The start-up configuration counts as the last

@@ -120,6 +120,26 @@ pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
                 "If you forgot the password, ask the administrator to reset it.",
             ],
         ),
+        CertificateRequired => (
+            "This site accepts only clients that present a certificate, and the connection carried none.",
+            &[
+                "Install the client certificate the administrator gave you (in the browser, or curl --cert), then try again.",
+            ],
+        ),
+        CertificateRevoked => (
+            "The client certificate presented has been revoked by the certificate authority.",
+            &["Ask the administrator for a new certificate."],
+        ),
+        CertificateUntrusted => (
+            "The client certificate presented was not issued by an authority this site trusts, or cannot be used to sign in.",
+            &["Use the certificate issued for this site; ask the administrator which one."],
+        ),
+        CertificateExpired => (
+            "The client certificate presented has expired (or is not valid yet).",
+            &[
+                "Ask the administrator for a new certificate; check the device's clock if the certificate should still be valid.",
+            ],
+        ),
         StaleNonce => (
             "The request was signed for a sign-in challenge that has expired.",
             &[

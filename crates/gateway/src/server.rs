@@ -137,7 +137,17 @@ pub fn default_upstream_max_connections(max_connections: usize) -> usize {
 }
 
 /// Loads the certificate chain and key of `server.tls`, offering h2 and http/1.1 by ALPN.
-pub fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, ServeError> {
+/// The TLS acceptor of `tls`, and with a `client_ca` the verifier that judges client
+/// certificates after the handshake.
+pub fn load_tls(
+    tls: &config::Tls,
+) -> Result<
+    (
+        TlsAcceptor,
+        Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ),
+    ServeError,
+> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| ServeError::Tls(format!("{}: {e}", tls.cert.display())))?;
@@ -149,18 +159,48 @@ pub fn load_tls(tls: &config::Tls) -> Result<TlsAcceptor, ServeError> {
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| ServeError::Tls(format!("{}: {e}", tls.key.display())))?;
-    let mut server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ServeError::Tls(format!(
-                "{} and {}: {e}",
-                tls.cert.display(),
-                tls.key.display()
-            ))
-        })?;
+    let judge = match &tls.client_ca {
+        Some(ca) if tls.client_auth != config::ClientAuth::Off => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ServeError::Tls(format!("{}: {e}", ca.display())))?
+            {
+                roots
+                    .add(cert)
+                    .map_err(|e| ServeError::Tls(format!("{}: {e}", ca.display())))?;
+            }
+            let mut builder = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .allow_unauthenticated();
+            if let Some(crl) = &tls.crl {
+                let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(crl)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| ServeError::Tls(format!("{}: {e}", crl.display())))?;
+                builder = builder.with_crls(crls);
+            }
+            Some(
+                builder
+                    .build()
+                    .map_err(|e| ServeError::Tls(format!("{}: {e}", ca.display())))?,
+            )
+        }
+        _ => None,
+    };
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &judge {
+        Some(v) => builder
+            .with_client_cert_verifier(Arc::new(crate::client_cert::AnyClientCert::new(v.clone()))),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_single_cert(certs, key).map_err(|e| {
+        ServeError::Tls(format!(
+            "{} and {}: {e}",
+            tls.cert.display(),
+            tls.key.display()
+        ))
+    })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok((TlsAcceptor::from(Arc::new(server)), judge))
 }
 
 /// The connection settings of one configuration (header timeout and friends).
@@ -399,12 +439,19 @@ async fn accept_loop(
         };
         let current = ctx.current.clone();
         let activity = Arc::new(ConnActivity::new());
+        // The verdict on the client certificate, judged once the TLS handshake is done.
+        let client_cert: Arc<std::sync::OnceLock<crate::client_cert::ClientCert>> =
+            Arc::new(std::sync::OnceLock::new());
         // Plain HTTP/1 connections are served by `serve_h1_parked`, which upgrades by hand
         // (`ConnActivity::manual_upgrades`); TLS and HTTP/2 ones by hyper.
         let service = {
             let activity = activity.clone();
+            let client_cert = client_cert.clone();
             service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 let gateway = current.load_full();
+                if let Some(verdict) = client_cert.get() {
+                    req.extensions_mut().insert(verdict.clone());
+                }
                 if activity.take_ambiguous() {
                     req.extensions_mut().insert(crate::AmbiguousFraming);
                 }
@@ -456,6 +503,11 @@ async fn accept_loop(
                             return tracing::debug!(%peer, "TLS handshake timed out");
                         }
                     };
+                    if let Some(verdict) =
+                        gateway.judge_client_cert(tls.get_ref().1.peer_certificates())
+                    {
+                        let _ = client_cert.set(verdict);
+                    }
                     let conn = builder
                         .serve_connection_with_upgrades(
                             TokioIo::new(WatchedIo::new(tls, activity.clone())),

@@ -138,6 +138,14 @@ reasons! {
     /// A Digest response that is right but answers a nonce that has expired: the client
     /// signs again with the new nonce of the challenge (`stale=true`).
     StaleNonce => "stale_nonce", 401, 2, Authenticate, "The sign-in must be repeated";
+    /// A client certificate is required (`server.tls.client_auth = "required"`) and none was sent.
+    CertificateRequired => "certificate_required", 403, 7, Authenticate, "A client certificate is required";
+    /// The client certificate is revoked (listed in `server.tls.crl`).
+    CertificateRevoked => "certificate_revoked", 403, 13, Authenticate, "The client certificate is revoked";
+    /// The client certificate does not chain to `server.tls.client_ca`, or is unusable.
+    CertificateUntrusted => "certificate_untrusted", 403, 16, Authenticate, "The client certificate is not trusted";
+    /// The client certificate has expired (or is not valid yet).
+    CertificateExpired => "certificate_expired", 403, 17, Authenticate, "The client certificate has expired";
     /// The session ended (expired or unknown cookie).
     SessionExpired => "session_expired", 401, 2, Authenticate, "Your session ended";
     /// Too many failed sign-ins.

@@ -24,6 +24,7 @@ pub(super) const AUTH_KEYS: &[&str] = &[
     "verify_queue_timeout",
     "digest",
     "jwt",
+    "certificate_user",
 ];
 /// Keys of `[auth.jwt]`.
 const JWT_KEYS: &[&str] = &[
@@ -185,7 +186,12 @@ impl Checker<'_> {
                 .boolean(&s.path("forward_authorization"), v)
                 .unwrap_or(false),
         };
+        let certificate_user = match self.choice(s, "certificate_user", &["cn", "email"]) {
+            Some("email") => crate::model::CertificateUser::Email,
+            _ => crate::model::CertificateUser::Cn,
+        };
         Some(Auth {
+            certificate_user,
             jwt,
             digest,
             realm,

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use toml::de::DeValue;
 
 use super::{Checker, Section, UrlWording, Value, parse_http_url, parse_listen, type_name};
-use crate::model::{ForwardedHeader, Server, Tls, Upstream};
+use crate::model::{ClientAuth, ForwardedHeader, Server, Tls, Upstream};
 
 /// Keys of `[server]`.
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -31,7 +31,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "upstream_max_connections",
 ];
 /// Keys of `server.tls`.
-const TLS_KEYS: &[&str] = &["cert", "key"];
+const TLS_KEYS: &[&str] = &["cert", "key", "client_ca", "client_auth", "crl"];
 /// How messages name `server.upstream`.
 const UPSTREAM_URL: UrlWording = UrlWording {
     name: "upstream",
@@ -221,6 +221,21 @@ impl Checker<'_> {
                 Some(fv) => this.string(&path, fv).map(|s| (this.resolve(s), fv.span())),
             }
         };
+        let file_opt = |this: &mut Self, name: &str| -> Option<(PathBuf, Range<usize>)> {
+            let path = format!("{key}.{name}");
+            let fv = t.get(name)?;
+            let text = this.string(&path, fv)?;
+            let resolved = this.resolve(text);
+            if !resolved.is_file() {
+                this.report(
+                    path,
+                    Some(fv.span()),
+                    format!("file not found: {}", resolved.display()),
+                );
+                return None;
+            }
+            Some((resolved, fv.span()))
+        };
         let cert = file(self, "cert");
         let private = file(self, "key");
         let cert_ok = cert
@@ -229,8 +244,60 @@ impl Checker<'_> {
         let key_ok = private
             .as_ref()
             .is_some_and(|(p, span)| self.check_key(&format!("{key}.key"), p, span));
+        // Client certificates: the CA they must chain to, whether they are required, the CA's CRLs.
+        let client_ca = file_opt(self, "client_ca")
+            .filter(|(p, span)| self.check_cert(&format!("{key}.client_ca"), p, span));
+        let client_auth = match t.get("client_auth") {
+            None if client_ca.is_some() => ClientAuth::Optional,
+            None => ClientAuth::Off,
+            Some(cv) => match self.string(&format!("{key}.client_auth"), cv) {
+                Some("optional") => ClientAuth::Optional,
+                Some("required") => ClientAuth::Required,
+                Some(other) => {
+                    self.bad_enum(
+                        format!("{key}.client_auth"),
+                        cv.span(),
+                        other,
+                        &["optional", "required"],
+                    );
+                    ClientAuth::Off
+                }
+                None => ClientAuth::Off,
+            },
+        };
+        if client_auth != ClientAuth::Off && client_ca.is_none() && t.get("client_ca").is_none() {
+            self.report(
+                format!("{key}.client_auth"),
+                t.get("client_auth").map(|v| v.span()),
+                "needs client_ca: the CA certificate(s) client certificates must chain to",
+            );
+        }
+        let crl = file_opt(self, "crl");
+        if crl.is_some() && t.get("client_ca").is_none() {
+            self.report(
+                format!("{key}.crl"),
+                t.get("crl").map(|v| v.span()),
+                "a CRL without client_ca has nothing to apply to: set client_ca too",
+            );
+        }
+        if let Some((path, span)) = &crl
+            && let Err(e) = CertificateRevocationListDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            self.report(
+                format!("{key}.crl"),
+                Some(span.clone()),
+                pem_problem("certificate revocation list", path, &e),
+            );
+        }
         match (cert, private) {
-            (Some((cert, _)), Some((key, _))) if cert_ok && key_ok => Some(Tls { cert, key }),
+            (Some((cert, _)), Some((key, _))) if cert_ok && key_ok => Some(Tls {
+                cert,
+                key,
+                client_ca: client_ca.map(|(p, _)| p),
+                client_auth,
+                crl: crl.map(|(p, _)| p),
+            }),
             _ => None,
         }
     }

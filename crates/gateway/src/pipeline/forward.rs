@@ -49,6 +49,7 @@ impl Gateway {
                 path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
                 headers: &kept,
                 authority: None,
+                client_cert: None,
             },
         );
         match result {

@@ -109,6 +109,8 @@ impl Gateway {
         }
         let (parts, _body) = req.into_parts();
         let mut received = Received::of(&parts, conn.tls);
+        // The connection is the front proxy's: its certificate is not the client's.
+        received.client_cert = None;
         if let Some(Ok(o)) = &original {
             received.method = &o.method;
             received.path = o.path();

@@ -44,6 +44,9 @@ pub(crate) struct Received<'a> {
     pub(crate) headers: &'a http::HeaderMap,
     /// The authority of an absolute request-target (an HTTP/2 request's `:authority`).
     pub(crate) authority: Option<&'a str>,
+    /// The verdict on the connection's client certificate (`server.tls.client_ca`; proxy mode:
+    /// in forward-auth mode the connection is the front proxy's).
+    pub(crate) client_cert: Option<&'a crate::client_cert::ClientCert>,
 }
 
 impl<'a> Received<'a> {
@@ -56,6 +59,7 @@ impl<'a> Received<'a> {
             path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: &parts.headers,
             authority: parts.uri.authority().map(http::uri::Authority::as_str),
+            client_cert: parts.extensions.get(),
         }
     }
 }
@@ -274,6 +278,7 @@ impl Gateway {
             path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             headers: req.headers(),
             authority: req.uri().authority().map(http::uri::Authority::as_str),
+            client_cert: None,
         };
         let ex = self.exchange(received, &conn, started);
         tracing::info!(peer = %conn.peer, detail = %refusal.detail, request_id = ex.request_id, "request framing refused");

@@ -7,6 +7,7 @@ use super::*;
 
 mod basic;
 mod bearer;
+mod certificate;
 mod digest;
 mod jwt;
 pub(crate) mod logon;
@@ -23,6 +24,12 @@ impl Gateway {
         ex: &mut Exchange<'_>,
         path: &policy::NormalizedPath,
     ) -> Result<(), Refusal> {
+        // A client certificate decides first: a valid one signs its user in, an invalid one (or
+        // none, where one is required) is refused, on every path.
+        if let Some(identity) = self.certificate(ex)? {
+            ex.user.identity = Some(identity);
+            return Ok(());
+        }
         // Two Authorization headers: the one judged might not be the one the application reads.
         if ex
             .request
