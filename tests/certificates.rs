@@ -160,19 +160,11 @@ fn check_config_wants_a_client_ca_for_a_crl_or_client_auth() {
     let dir = tempfile::tempdir().unwrap();
     make_pki(dir.path());
     std::fs::write(dir.path().join("users.htpasswd"), "").unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.toml"),
+    let (code, text) = check_config(
+        dir.path(),
         "[server]\nupstream = \"http://127.0.0.1:9\"\ntls = { cert = \"server.crt\", key = \"server.key\", crl = \"crl.pem\", client_auth = \"required\" }\n[auth]\nusers = \"users.htpasswd\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "-c"])
-        .arg(dir.path().join("portcullis.toml"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{text}");
+    );
+    assert_eq!(code, Some(64), "{text}");
     assert!(
         text.contains("server.tls.crl") && text.contains("server.tls.client_auth"),
         "{text}"

@@ -325,19 +325,7 @@ fn digest_failures_lock_out_like_passwords() {
 #[test]
 fn check_config_says_digest_needs_its_users_and_warns_about_md5_only_users() {
     let dir = users_dir();
-    let write = |text: &str| {
-        std::fs::write(dir.path().join("portcullis.toml"), text).unwrap();
-        let out = Command::new(BIN)
-            .args(["check-config", "-c"])
-            .arg(dir.path().join("portcullis.toml"))
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let write = |text: &str| check_config(dir.path(), text);
     let (code, text) = write(
         "[server]\nupstream = \"http://127.0.0.1:9\"\n[auth]\nschemes = [\"digest\"]\nusers = \"users.htpasswd\"\n",
     );

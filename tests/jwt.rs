@@ -323,21 +323,13 @@ fn forged_expired_and_misdirected_tokens_are_refused() {
 fn check_config_refuses_hmac_and_plain_http_jwks() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.htpasswd"), "").unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.toml"),
-        format!(
+    let (code, text) = check_config(
+        dir.path(),
+        &format!(
             "[server]\nupstream = \"http://127.0.0.1:9\"\n[auth]\nschemes = [\"bearer\"]\nusers = \"users.htpasswd\"\n[auth.jwt]\nissuer = \"{ISSUER}\"\naudience = \"a\"\njwks = \"http://id.example.com/jwks.json\"\nalgorithms = [\"HS256\", \"RS256\"]\n"
         ),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "-c"])
-        .arg(dir.path().join("portcullis.toml"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{text}");
+    );
+    assert_eq!(code, Some(64), "{text}");
     assert!(
         text.contains("auth.jwt.jwks") && text.contains("https://"),
         "{text}"

@@ -325,19 +325,11 @@ fn a_token_dies_with_its_user_and_never_touches_the_password_queue() {
 fn check_config_refuses_bearer_without_a_user_database() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.htpasswd"), "").unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.toml"),
+    let (code, err) = check_config(
+        dir.path(),
         "[server]\nupstream = \"http://127.0.0.1:9\"\n[auth]\nschemes = [\"bearer\"]\nusers = \"users.htpasswd\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "-c"])
-        .arg(dir.path().join("portcullis.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(64), "{err}");
     assert!(
         err.contains("auth.schemes") && err.contains("sqlite:"),
         "{err}"

@@ -76,6 +76,22 @@ pub fn cli_in(
     )
 }
 
+/// Writes `text` as `dir/portcullis.toml` and runs `portcullis check-config` on it: the exit code
+/// and everything it printed (stdout, then stderr).
+pub fn check_config(dir: &Path, text: &str) -> (Option<i32>, String) {
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// Percent-encodes a query value.
 pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
