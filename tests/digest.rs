@@ -33,20 +33,12 @@ fn users_dir() -> tempfile::TempDir {
         .write_all(b"cam-pw\ncam-pw\n")
         .unwrap();
     assert!(htdigest.wait().unwrap().success());
-    let mut hash = Command::new(BIN)
-        .args(["hash", "--digest", "--realm", REALM, "--user", "sha"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    hash.stdin.take().unwrap().write_all(b"sha-pw\n").unwrap();
-    let lines = hash.wait_with_output().unwrap();
-    assert!(lines.status.success());
+    let lines = portcullis_hash("sha-pw", &["--digest", "--realm", REALM, "--user", "sha"]);
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
         .unwrap();
-    f.write_all(&lines.stdout).unwrap();
+    f.write_all(format!("{lines}\n").as_bytes()).unwrap();
     std::fs::write(dir.path().join("users.htpasswd"), "").unwrap();
     dir
 }
@@ -190,15 +182,8 @@ fn a_realm_with_quotes_is_escaped_in_the_challenge_and_still_signs_in() {
     let upstream = TestUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     let realm = "Staff \"only\"";
-    let mut hash = Command::new(BIN)
-        .args(["hash", "--digest", "--realm", realm, "--user", "q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    hash.stdin.take().unwrap().write_all(b"q-pw\n").unwrap();
-    let lines = hash.wait_with_output().unwrap().stdout;
-    std::fs::write(dir.path().join("users.htdigest"), lines).unwrap();
+    let lines = portcullis_hash("q-pw", &["--digest", "--realm", realm, "--user", "q"]);
+    std::fs::write(dir.path().join("users.htdigest"), format!("{lines}\n")).unwrap();
     std::fs::write(dir.path().join("users.htpasswd"), "").unwrap();
     let config = SiteConfig::new()
         .auth("realm = 'Staff \"only\"'\nschemes = [\"digest\"]")

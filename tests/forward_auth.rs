@@ -656,28 +656,11 @@ fn a_trusted_question_without_a_usable_original_request_is_400() {
 /// Portcullis answering Digest only, for users made by `portcullis hash --digest`.
 fn portcullis_digest(upstream: SocketAddr, extra: &str) -> Gateway {
     let dir = dir_with_user("alice", PW);
-    let out = Command::new(BIN)
-        .args([
-            "hash",
-            "--digest",
-            "--realm",
-            "Forward realm",
-            "--user",
-            "alice",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{PW}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    std::fs::write(dir.path().join("users.htdigest"), out.stdout).unwrap();
+    let lines = portcullis_hash(
+        PW,
+        &["--digest", "--realm", "Forward realm", "--user", "alice"],
+    );
+    std::fs::write(dir.path().join("users.htdigest"), format!("{lines}\n")).unwrap();
     let config = SiteConfig::new()
         .without("server", "upstream")
         .server("trusted_proxies = [\"127.0.0.1\"]")

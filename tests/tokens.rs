@@ -87,6 +87,20 @@ fn curl(url: &str, token: &str) -> (u16, String) {
     (status, head)
 }
 
+/// The admin listener's metrics text.
+fn metrics_of(admin: &str) -> String {
+    runtime().block_on(async {
+        client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
 /// Waits until the server knows a token just made (it reloads the database within a second).
 fn known(gw: &Gateway, token: &str) {
     eventually(Duration::from_secs(10), "the new token known", || {
@@ -179,16 +193,7 @@ fn an_api_token_acts_as_its_user_with_its_groups_until_revoked() {
     assert!(!audit.contains(&token));
 
     // Metrics count bearer sign-ins by outcome.
-    let metrics = rt.block_on(async {
-        client()
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = metrics_of(&admin);
     let line = metrics
         .lines()
         .find(|l| l.starts_with("portcullis_auth_total{scheme=\"bearer\",outcome=\"accepted\"}"))
@@ -273,18 +278,8 @@ fn a_token_dies_with_its_user_and_never_touches_the_password_queue() {
     let (_upstream, gw, dir, admin) = start();
     let token = run(&dir, "tokens", &["create", "bob"], None);
     known(&gw, &token);
-    let rt = runtime();
     let hash_checks = || {
-        let metrics = rt.block_on(async {
-            client()
-                .get(format!("http://{admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        });
+        let metrics = metrics_of(&admin);
         metrics
             .lines()
             .filter(|l| {

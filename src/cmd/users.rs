@@ -131,12 +131,7 @@ pub fn run(args: Args) -> ExitCode {
 fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Result<(), String> {
     let mut db = UserDb::open(path).map_err(|e| e.to_string())?;
     // While Digest is on with this database, a password also gets its HA1 values for the realm.
-    let digest_realm = config
-        .auth
-        .digest
-        .as_ref()
-        .filter(|d| d.users.is_none() && config.auth.schemes.contains(&policy::Scheme::Digest))
-        .map(|_| config.auth.realm.clone());
+    let digest_realm = config.auth.digest_realm_in_database();
     let password = |user: &str, bcrypt: bool| -> Result<(String, Option<[String; 2]>), String> {
         let password = super::hash::read_password()?;
         let hash = if bcrypt {
@@ -144,20 +139,17 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
         } else {
             store::hash_argon2id(password.as_bytes())
         };
-        let ha1 = digest_realm.as_deref().map(|realm| {
+        let ha1 = digest_realm.map(|realm| {
             [
                 policy::DigestAlgorithm::Md5,
                 policy::DigestAlgorithm::Sha256,
             ]
-            .map(|a| {
-                let line = store::htdigest::ha1_line(a, user, realm, &password);
-                line.rsplit(':').next().unwrap_or_default().to_owned()
-            })
+            .map(|a| store::htdigest::ha1(a, user, realm, &password))
         });
         Ok((hash, ha1))
     };
     let set_digest = |db: &UserDb, user: &str, ha1: Option<[String; 2]>| -> Result<(), String> {
-        match (ha1, digest_realm.as_deref()) {
+        match (ha1, digest_realm) {
             (Some([md5, sha256]), Some(realm)) => db
                 .set_digest(user, Some((realm, &md5, &sha256)))
                 .map_err(|e| e.to_string()),

@@ -296,6 +296,15 @@ pub struct Digest {
 }
 
 impl Auth {
+    /// The realm whose Digest HA1 values the SQLite user database keeps (set with each
+    /// password): `Some` while `digest` is on without an htdigest file.
+    pub fn digest_realm_in_database(&self) -> Option<&str> {
+        let on = self.schemes.contains(&Scheme::Digest)
+            && matches!(self.users, UserSource::Sqlite(_))
+            && self.digest.as_ref().is_some_and(|d| d.users.is_none());
+        on.then_some(self.realm.as_str())
+    }
+
     /// The pure policy for phase 5.
     pub fn policy(&self) -> AuthPolicy {
         let lower = |p: &PathPattern| {

@@ -41,12 +41,14 @@ fn digest_parts_hex(algorithm: DigestAlgorithm, parts: &[&[u8]]) -> String {
     }
 }
 
+/// The HA1 of `user` in `realm` for `algorithm`: `H(user:realm:password)`, hex.
+pub fn ha1(algorithm: DigestAlgorithm, user: &str, realm: &str, password: &str) -> String {
+    digest_hex(algorithm, format!("{user}:{realm}:{password}").as_bytes())
+}
+
 /// The HA1 line of `user` in `realm` for `algorithm` (`htdigest` format).
 pub fn ha1_line(algorithm: DigestAlgorithm, user: &str, realm: &str, password: &str) -> String {
-    format!(
-        "{user}:{realm}:{}",
-        digest_hex(algorithm, format!("{user}:{realm}:{password}").as_bytes())
-    )
+    format!("{user}:{realm}:{}", ha1(algorithm, user, realm, password))
 }
 
 /// The `response` a client must send (RFC 7616 §3.4.1, `qop=auth`): `KD(HA1, nonce:nc:cnonce:

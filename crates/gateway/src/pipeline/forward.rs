@@ -9,14 +9,12 @@ impl Gateway {
     /// they found).
     pub(crate) async fn forward(
         &self,
+        upstream: &proxy::Upstream,
         carried: Carried,
         parts: http::request::Parts,
         body: RequestBody,
         conn: ConnInfo,
     ) -> Result<Response<Body>, Abort> {
-        let Some(upstream) = &self.upstream else {
-            unreachable!("route() answers 404 without an upstream");
-        };
         let anonymous = Identity::anonymous();
         let ctx = ForwardContext {
             client_ip: carried.client.ip,

@@ -245,7 +245,7 @@ impl Gateway {
                 _ => {}
             }
         }
-        if self.upstream.is_none() {
+        let Some(upstream) = &self.upstream else {
             return self.respond_plain(crate::respond::text(
                 http::StatusCode::NOT_FOUND,
                 format!(
@@ -253,13 +253,13 @@ impl Gateway {
                     self.paths.auth
                 ),
             ));
-        }
+        };
         let (parts, body) = req.into_parts();
         let mut ex = self.exchange(Received::of(&parts, conn.tls), &conn, started);
         if let Err(refusal) = self.decide(&mut ex).await {
             return self.respond(ex, Answer::Refuse(refusal));
         }
-        self.forward(ex.detach(), parts, body, conn).await
+        self.forward(upstream, ex.detach(), parts, body, conn).await
     }
 
     /// Phase 1's answer to a request whose framing is refused: logged like any refusal, and the

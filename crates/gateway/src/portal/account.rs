@@ -185,12 +185,8 @@ impl Portal<'_> {
         let digest_realm = self
             .config
             .auth
-            .digest
-            .as_ref()
-            .filter(|d| {
-                d.users.is_none() && self.config.auth.schemes.contains(&policy::Scheme::Digest)
-            })
-            .map(|_| self.config.auth.realm.clone());
+            .digest_realm_in_database()
+            .map(str::to_owned);
         let redeemed = with_db(db, move |db| {
             let hash = store::hash_argon2id(password.as_bytes());
             let user = db.redeem_token(&token, &hash)?;
