@@ -2,6 +2,7 @@
 //! parameter sent twice, a required one missing, a value too long or not closed, and anything
 //! the syntax does not allow is malformed (400): never a guess at what the client meant.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::credentials::MalformedAuthorization;
@@ -81,10 +82,29 @@ const MAX_VALUE: usize = 1024;
 /// Most parameters in one header.
 const MAX_PARAMS: usize = 16;
 
-/// Parses the part after `Digest `.
+/// The auth-params a response is read from (anything else is allowed once and ignored).
+const FIELDS: [&str; 11] = [
+    "username",
+    "realm",
+    "nonce",
+    "uri",
+    "response",
+    "qop",
+    "cnonce",
+    "nc",
+    "algorithm",
+    "userhash",
+    "opaque",
+];
+
+/// Parses the part after `Digest `. One pass over the bytes: names are matched in place,
+/// values borrowed unless they hold an escape (this runs on every Digest request).
 pub fn parse_digest(rest: &[u8]) -> Result<DigestResponse, MalformedAuthorization> {
     let bad = MalformedAuthorization;
-    let mut params: Vec<(String, String)> = Vec::new();
+    let mut known: [Option<Cow<'_, str>>; FIELDS.len()] = Default::default();
+    let mut others: [&[u8]; MAX_PARAMS] = [&[]; MAX_PARAMS];
+    let mut other_count = 0;
+    let mut count = 0;
     let mut i = 0;
     let skip_ws = |i: &mut usize| {
         while *i < rest.len() && (rest[*i] == b' ' || rest[*i] == b'\t') {
@@ -103,41 +123,70 @@ pub fn parse_digest(rest: &[u8]) -> Result<DigestResponse, MalformedAuthorizatio
         if i == start {
             return Err(bad("a Digest parameter name is not a token"));
         }
-        let name = String::from_utf8_lossy(&rest[start..i]).to_ascii_lowercase();
+        let name = &rest[start..i];
         skip_ws(&mut i);
         if rest.get(i) != Some(&b'=') {
             return Err(bad("a Digest parameter has no value"));
         }
         i += 1;
         skip_ws(&mut i);
-        let value = if rest.get(i) == Some(&b'"') {
+        let value: Cow<'_, str> = if rest.get(i) == Some(&b'"') {
             i += 1;
-            let mut v = Vec::new();
+            let start = i;
+            let mut escapes = 0;
+            // Fast path: up to the first quote or backslash (SIMD search), then one branch-free
+            // pass for control characters; the loop below takes it from there.
+            let body = &rest[i..];
+            let clean = &body[..memchr::memchr2(b'"', b'\\', body)
+                .unwrap_or(body.len())
+                .min(MAX_VALUE + 1)];
+            let control = clean.iter().fold(false, |any, &c| {
+                any | ((c < 0x20 && c != b'\t') | (c == 0x7f))
+            });
+            if !control {
+                i += clean.len();
+            }
+            if i - start > MAX_VALUE {
+                return Err(bad("a Digest value is longer than 1 KiB"));
+            }
             loop {
                 match rest.get(i) {
                     None => return Err(bad("a quoted Digest value is not closed")),
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
+                    Some(b'"') => break,
                     Some(b'\\') => {
-                        let Some(&c) = rest.get(i + 1) else {
+                        if i + 1 >= rest.len() {
                             return Err(bad("a quoted Digest value is not closed"));
-                        };
-                        v.push(c);
+                        }
+                        escapes += 1;
                         i += 2;
                     }
-                    Some(&c) if c == b'\t' || (0x20..0x7f).contains(&c) || c >= 0x80 => {
-                        v.push(c);
-                        i += 1;
-                    }
+                    Some(&c) if c == b'\t' || (0x20..0x7f).contains(&c) || c >= 0x80 => i += 1,
                     Some(_) => return Err(bad("a Digest value has a control character")),
                 }
-                if v.len() > MAX_VALUE {
+                if i - start - escapes > MAX_VALUE {
                     return Err(bad("a Digest value is longer than 1 KiB"));
                 }
             }
-            String::from_utf8(v).map_err(|_| bad("a Digest value is not UTF-8"))?
+            let raw = &rest[start..i];
+            i += 1;
+            let text =
+                |bytes| String::from_utf8(bytes).map_err(|_| bad("a Digest value is not UTF-8"));
+            if escapes == 0 {
+                Cow::Borrowed(
+                    std::str::from_utf8(raw).map_err(|_| bad("a Digest value is not UTF-8"))?,
+                )
+            } else {
+                let mut v = Vec::with_capacity(raw.len());
+                let mut j = 0;
+                while j < raw.len() {
+                    if raw[j] == b'\\' {
+                        j += 1;
+                    }
+                    v.push(raw[j]);
+                    j += 1;
+                }
+                Cow::Owned(text(v)?)
+            }
         } else {
             let start = i;
             while i < rest.len() && is_tchar(rest[i]) {
@@ -149,14 +198,35 @@ pub fn parse_digest(rest: &[u8]) -> Result<DigestResponse, MalformedAuthorizatio
             if i - start > MAX_VALUE {
                 return Err(bad("a Digest value is longer than 1 KiB"));
             }
-            String::from_utf8_lossy(&rest[start..i]).into_owned()
+            // Token characters are ASCII.
+            Cow::Borrowed(
+                std::str::from_utf8(&rest[start..i])
+                    .map_err(|_| bad("a Digest value is not UTF-8"))?,
+            )
         };
-        if params.iter().any(|(n, _)| *n == name) {
+        count += 1;
+        let field = FIELDS
+            .iter()
+            .position(|f| f.as_bytes().eq_ignore_ascii_case(name));
+        let twice = match field {
+            Some(at) => known[at].is_some(),
+            None => others[..other_count]
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(name)),
+        };
+        if twice {
             return Err(bad("a Digest parameter is sent twice"));
         }
-        params.push((name, value));
-        if params.len() > MAX_PARAMS {
+        if count > MAX_PARAMS {
             return Err(bad("too many Digest parameters"));
+        }
+        match field {
+            Some(at) => known[at] = Some(value),
+            // At most MAX_PARAMS names in all (refused above), so `others` has room.
+            None => {
+                others[other_count] = name;
+                other_count += 1;
+            }
         }
         skip_ws(&mut i);
         match rest.get(i) {
@@ -165,18 +235,17 @@ pub fn parse_digest(rest: &[u8]) -> Result<DigestResponse, MalformedAuthorizatio
             Some(_) => return Err(bad("Digest parameters are not separated by commas")),
         }
     }
-    let mut take = |name: &str| -> Option<String> {
-        params
-            .iter()
-            .position(|(n, _)| n == name)
-            .map(|at| params.swap_remove(at).1)
+    let mut take = |name: &str| -> Option<Cow<'_, str>> {
+        let at = FIELDS.iter().position(|f| *f == name)?;
+        known[at].take()
     };
-    let required = |v: Option<String>, what: &'static str| v.ok_or(bad(what));
+    let required =
+        |v: Option<Cow<'_, str>>, what: &'static str| v.map(Cow::into_owned).ok_or(bad(what));
     let username = required(take("username"), "Digest without username")?;
     let realm = required(take("realm"), "Digest without realm")?;
     let nonce = required(take("nonce"), "Digest without nonce")?;
     let uri = required(take("uri"), "Digest without uri")?;
-    let response = required(take("response"), "Digest without response")?;
+    let response = take("response").ok_or(bad("Digest without response"))?;
     let qop = required(
         take("qop"),
         "Digest without qop (RFC 2069 responses are not accepted)",
@@ -212,13 +281,42 @@ pub fn parse_digest(rest: &[u8]) -> Result<DigestResponse, MalformedAuthorizatio
         nc,
         nc_text,
         qop,
-        opaque: take("opaque"),
+        opaque: take("opaque").map(Cow::into_owned),
     })
 }
 
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// RFC 9110 `tchar`, as a table (looked up for every byte of every name and token).
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -268,6 +366,21 @@ mod tests {
             "username=\"a\u{1}b\"",
         ] {
             assert!(parse_digest(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // Exactly 1 KiB passes, one more byte does not (quoted, with and without escapes).
+        for (value, ok) in [
+            ("a".repeat(1024), true),
+            ("a".repeat(1025), false),
+            (format!("\\\"{}", "a".repeat(1023)), true),
+            (format!("\\\"{}", "a".repeat(1024)), false),
+        ] {
+            let header = CURL.replace("username=\"alice\"", &format!("username=\"{value}\""));
+            assert_eq!(
+                parse_digest(header.as_bytes()).is_ok(),
+                ok,
+                "{}",
+                value.len()
+            );
         }
         let many: Vec<String> = (0..20).map(|i| format!("p{i}=x")).collect();
         assert!(parse_digest(many.join(", ").as_bytes()).is_err());

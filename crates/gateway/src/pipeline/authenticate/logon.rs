@@ -325,14 +325,36 @@ impl Logon<'_> {
         fresh: bool,
         method: &'static str,
     ) {
+        let key = (self.client_key(client_ip), user.to_owned());
+        let last = if fresh {
+            None
+        } else {
+            self.known_users.get(&key)
+        };
+        self.accepted(client_ip, key, last, fresh, method);
+    }
+
+    /// Counts an accepted sign-in from `client_ip` of `key` (client key, user), last remembered
+    /// at `last`.
+    fn accepted(
+        &self,
+        client_ip: IpAddr,
+        key: (IpAddr, String),
+        last: Option<Instant>,
+        fresh: bool,
+        method: &'static str,
+    ) {
         self.metrics.auth(method, AuthOutcome::Accepted);
-        self.known_users.insert(
-            (self.client_key(client_ip), user.to_owned()),
-            Instant::now(),
-        );
         if fresh {
-            self.audit.sign_in(true, user, client_ip, method, None);
-            self.verifier.record_sign_in(user);
+            self.audit.sign_in(true, &key.1, client_ip, method, None);
+            self.verifier.record_sign_in(&key.1);
+        }
+        // Refreshed at most once a minute (or half a ban time, which `ban_for` compares the
+        // time with): an insert costs a write to the cache's queues, and Basic from the cache
+        // and Digest come here on every request.
+        let refresh = Duration::from_secs(60).min(self.config.logon.ban_time / 2);
+        if last.is_none_or(|at| at.elapsed() >= refresh) {
+            self.known_users.insert(key, Instant::now());
         }
     }
 
@@ -396,11 +418,12 @@ impl Logon<'_> {
         user: &str,
         method: &'static str,
     ) {
-        let fresh = !self.is_known(client_ip, user);
-        self.signed_in(user, client_ip, fresh, method);
+        let key = (self.client_key(client_ip), user.to_owned());
+        let last = self.known_users.get(&key);
+        self.accepted(client_ip, key, last, last.is_none(), method);
     }
 
-    /// Whether `user` signed in from this client within the last day.
+    /// Whether `user` signed in from this client within the last day (to the minute).
     pub(crate) fn is_known(&self, client_ip: IpAddr, user: &str) -> bool {
         self.known_users
             .contains_key(&(self.client_key(client_ip), user.to_owned()))
