@@ -301,10 +301,32 @@ fn a_totp_second_factor_is_asked_after_the_password() {
         let r = client()
             .get(gw.url("/app"))
             .basic_auth("erin", Some("erin-secret-pass"))
+            .header("accept", "text/html")
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+        let page = r.text().await.unwrap();
+        // The truth, not "check the password and Caps Lock": the account needs its code, which
+        // the sign-in page asks for; the page links to it.
+        assert!(page.contains("second factor"), "{page}");
+        assert!(page.contains("sign-in page"), "{page}");
+        assert!(!page.contains("Caps Lock"), "{page}");
+        assert!(
+            page.contains("login?rd=%2Fapp"),
+            "a link to the sign-in page: {page}"
+        );
+        // A wrong password of the same user is an ordinary wrong password.
+        let wrong = client()
+            .get(gw.url("/app"))
+            .basic_auth("erin", Some("not-her-password"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        assert!(!wrong.text().await.unwrap().contains("second factor"));
 
         let mut b = Browser::new(&format!("http://{}", gw.addr));
         let step = b.sign_in("erin", "erin-secret-pass", "/app").await;
@@ -390,6 +412,13 @@ fn a_totp_second_factor_is_asked_after_the_password() {
             .iter()
             .any(|l| l.contains(r#""scheme":"basic""#) && l.contains(r#""event":"sign_in""#)),
         "{audit}"
+    );
+    assert!(
+        erin.iter()
+            .any(|l| l.contains(r#""event":"sign_in_failed""#)
+                && l.contains(r#""scheme":"basic""#)
+                && l.contains(r#""reason":"second_factor_required""#)),
+        "the Basic refusal is audited with its reason: {audit}"
     );
     let factor = erin
         .iter()
@@ -568,4 +597,334 @@ fn account_pages_log_what_happened() {
         assert_eq!(r.status, 503, "{}", r.body);
     });
     assert_eq!(reason_of(503), "state_unavailable");
+}
+
+/// What Python's strict parser (`email.policy.strict`, which raises on any defect) reads in a
+/// raw message: every header decoded, and each leaf part's type, charset, transfer encoding and
+/// decoded content.
+fn parse_strictly(raw: &str) -> serde_json::Value {
+    let script = r#"
+import email, email.policy, json, sys
+msg = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.strict)
+parts = []
+for part in msg.walk():
+    if part.is_multipart():
+        continue
+    parts.append({"type": part.get_content_type(), "charset": part.get_content_charset(),
+                  "cte": part["Content-Transfer-Encoding"], "content": part.get_content()})
+print(json.dumps({"headers": {k: str(v) for k, v in msg.items()},
+                  "type": msg.get_content_type(), "parts": parts}))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(raw.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the strict parser refused the message: {}\n{raw}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The rules SpamAssassin (local tests only: `-L`, no network) hits on `raw`.
+fn spamassassin_rules(raw: &str) -> Vec<String> {
+    let mut child = Command::new("spamassassin")
+        .args(["-L", "-t"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spamassassin (Debian: spamassassin)");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(raw.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "X-Spam-Status: No, score=… required=… tests=A,B,\n\tC autolearn=…" (folded).
+    let status = text
+        .split("\nX-Spam-Status:")
+        .nth(1)
+        .expect("an X-Spam-Status header")
+        .split("\nX-")
+        .next()
+        .unwrap()
+        .replace(['\n', '\t'], " ");
+    let tests = status
+        .split("tests=")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    tests
+        .split(',')
+        .filter(|t| !t.is_empty() && *t != "none")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn mail_is_well_formed_multipart_utf8_and_spamassassin_finds_no_fault_in_it() {
+    let smtp = SmtpSink::start();
+    let upstream = TestUpstream::start();
+    let config = util::portal::accounts_config(smtp.port)
+        .auth("realm = \"Équipe Zoë\"")
+        .build();
+    let gw = Gateway::start(&config, upstream.addr, &[]);
+    let (link, stderr) = users(&gw, &["invite", "zoë", "--email", "zoe@example.com"]);
+    assert!(stderr.contains("it works once, for 1 day."), "{stderr}");
+    let raw = smtp.wait_for(1);
+    let mail = parse_strictly(&raw);
+    let headers = &mail["headers"];
+    assert_eq!(mail["type"], "multipart/alternative", "{raw}");
+    assert_eq!(headers["MIME-Version"], "1.0");
+    assert_eq!(headers["Auto-Submitted"], "auto-generated");
+    assert_eq!(
+        headers["Subject"], "Your new account on Équipe Zoë: choose a password",
+        "the subject decodes to UTF-8: {raw}"
+    );
+    assert!(
+        raw.contains("=?utf-8?b?"),
+        "an encoded word in the subject: {raw}"
+    );
+    let id = headers["Message-ID"].as_str().unwrap();
+    assert!(
+        id.starts_with('<') && id.ends_with("@example.com>"),
+        "on the sender's domain: {id}"
+    );
+    assert!(headers["Date"].is_string());
+    let parts = mail["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{raw}");
+    let (text, html) = (&parts[0], &parts[1]);
+    assert_eq!(text["type"], "text/plain");
+    assert_eq!(html["type"], "text/html");
+    for part in [text, html] {
+        assert_eq!(part["charset"], "utf-8", "{part}");
+        assert!(
+            matches!(part["cte"].as_str(), Some("7bit" | "base64")),
+            "never quoted-printable: {part}"
+        );
+    }
+    let text = text["content"].as_str().unwrap();
+    assert!(text.contains("Hello zoë,"), "{text}");
+    assert!(text.contains("on Équipe Zoë."), "{text}");
+    assert!(text.contains("It works once, for 1 day."), "{text}");
+    assert!(
+        text.lines().any(|l| l == link),
+        "the link on its own line, whole: {text}"
+    );
+    let html = html["content"].as_str().unwrap();
+    // HTML-escaped as every value of a template is ('/' is &#x2f;): the same address.
+    assert!(
+        html.contains(&format!("href=\"{}\"", link.replace('/', "&#x2f;"))),
+        "{html}"
+    );
+    assert!(html.contains("Équipe Zoë"), "{html}");
+    assert!(
+        !html.contains("<img") && !html.contains("src="),
+        "no remote images"
+    );
+
+    // SpamAssassin finds nothing wrong with the headers or the MIME structure.
+    let rules = spamassassin_rules(&raw);
+    eprintln!("SpamAssassin rules hit: {rules:?}\n{raw}");
+    let faults: Vec<&String> = rules
+        .iter()
+        .filter(|r| {
+            [
+                "MISSING_",
+                "MIME_",
+                "INVALID_",
+                "HEADER_",
+                "BAD_",
+                "FROM_",
+                "DATE_",
+                "MSGID_",
+                "HTML_MIME_",
+                "TVD_",
+                "EMPTY_",
+                "SUBJ_",
+            ]
+            .iter()
+            .any(|p| r.starts_with(p))
+        })
+        .collect();
+    assert!(faults.is_empty(), "SpamAssassin: {rules:?}\n{raw}");
+
+    // A reset mail in the same shape, its duration in words.
+    let (_, stderr) = users(&gw, &["reset", "zoë"]);
+    assert!(stderr.contains("it works once, for 1 hour."), "{stderr}");
+    let reset = parse_strictly(&smtp.wait_for(2));
+    assert_eq!(
+        reset["headers"]["Subject"],
+        "Choose a new password for Équipe Zoë"
+    );
+    assert!(
+        reset["parts"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("It works once, for 1 hour."),
+        "{reset}"
+    );
+}
+
+#[test]
+fn mail_templates_are_overridden_from_the_pages_folder() {
+    let smtp = SmtpSink::start();
+    let upstream = TestUpstream::start();
+    let config = util::portal::accounts_config(smtp.port)
+        .section("errors", "pages = \"pages\"")
+        .build();
+    let gw = Gateway::start(
+        &config,
+        upstream.addr,
+        &[
+            (
+                "pages/mail.txt",
+                "Welcome {{ user }} to {{ realm }}{% if invite %} (invited){% endif %}: {{ link }} ({{ valid_for }})\n",
+            ),
+            (
+                "pages/mail.html",
+                "<p>Welcome {{ user }}: <a href=\"{{ link }}\">{{ subject }}</a></p>\n",
+            ),
+        ],
+    );
+    let (link, _) = users(&gw, &["invite", "<b>eve", "--email", "eve@example.com"]);
+    let mail = parse_strictly(&smtp.wait_for(1));
+    let text = mail["parts"][0]["content"].as_str().unwrap();
+    assert_eq!(
+        text.trim_end(),
+        format!("Welcome <b>eve to Restricted area (invited): {link} (1 day)"),
+        "the text part as written, not HTML-escaped"
+    );
+    let html = mail["parts"][1]["content"].as_str().unwrap();
+    assert!(
+        html.contains("Welcome &lt;b&gt;eve:"),
+        "HTML escaped: {html}"
+    );
+}
+
+#[test]
+fn a_refusing_smtp_server_is_retried_then_reported_and_the_link_still_printed() {
+    // A temporary refusal (451) is tried again: the mail arrives once.
+    let smtp = SmtpSink::start_refusing(1, "451 4.3.0 Greylisted, try again later");
+    let (_up, gw) = start(&smtp);
+    let (link, stderr) = users(&gw, &["invite", "fay", "--email", "fay@example.com"]);
+    assert!(stderr.contains("mailed to fay@example.com"), "{stderr}");
+    assert_eq!(password_link(&smtp.wait_for(1)), link);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // A permanent refusal (550): non-zero exit, the server's words, the link printed anyway.
+    let smtp = SmtpSink::start_refusing(100, "550 5.1.1 No such mailbox here");
+    let (_up, gw) = start(&smtp);
+    let (ok, stdout, stderr) = cli_in(
+        &gw.path("portcullis.toml"),
+        "users",
+        &["invite", "gus", "--email", "gus@example.com"],
+        None,
+    );
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("550") && stderr.contains("No such mailbox here"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("/.portcullis/password?token="), "{stdout}");
+    assert!(smtp.messages().is_empty());
+
+    // No SMTP server at all: the same.
+    drop(smtp);
+    let (ok, stdout, stderr) = cli_in(
+        &gw.path("portcullis.toml"),
+        "users",
+        &["reset", "gus"],
+        None,
+    );
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("SMTP server 127.0.0.1:"), "{stderr}");
+    assert!(stdout.contains("/.portcullis/password?token="), "{stdout}");
+}
+
+#[test]
+fn a_reset_mail_the_server_refuses_is_logged_and_counted_and_the_page_says_the_same() {
+    let smtp = SmtpSink::start_refusing(100, "550 5.7.1 Relaying denied");
+    let upstream = TestUpstream::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = util::portal::accounts_config(smtp.port)
+        .section("admin", &format!("listen = \"{admin}\""))
+        .build();
+    let gw = Gateway::start(&config, upstream.addr, &[]);
+    // The invitation itself cannot be mailed either: the CLI says so, the account exists.
+    let (ok, _, stderr) = cli_in(
+        &gw.path("portcullis.toml"),
+        "users",
+        &["invite", "hal", "--email", "hal@example.com"],
+        None,
+    );
+    assert!(!ok && stderr.contains("Relaying denied"), "{stderr}");
+    let page = runtime().block_on(async {
+        let mut b = Browser::new(&format!("http://{}", gw.addr));
+        let form = b.get("/.portcullis/forgot").await;
+        let csrf = form.field("csrf").unwrap();
+        let r = b
+            .post(
+                "/.portcullis/forgot",
+                &[("csrf", &csrf), ("email", "hal@example.com")],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        r.text()
+    });
+    assert!(page.contains("It works once, for 1 hour."), "{page}");
+    let metrics = || {
+        runtime().block_on(async {
+            client()
+                .get(format!("http://{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the failed mail counted",
+        || {
+            metrics()
+                .contains("portcullis_mails_total{result=\"failed\"} 1")
+                .then_some(())
+        },
+    );
+    assert!(gw.stderr().contains("could not mail a reset link"));
+    let audit = std::fs::read_to_string(gw.path("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(r#""event":"reset_requested""#)
+                && l.contains(r#""mailed":false"#)
+                && l.contains("Relaying denied")),
+        "{audit}"
+    );
 }

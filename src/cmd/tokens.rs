@@ -111,7 +111,7 @@ fn act(
             println!("{token}");
             let until = expires.map_or_else(
                 || "until revoked".to_owned(),
-                |e| format!("for {}", humantime::format_duration(e)),
+                |e| format!("for {}", gateway::pages::plain_duration(e)),
             );
             eprintln!(
                 "token {id} for {user} ({until}); it is shown only now. Send it as: Authorization: Bearer {token}"

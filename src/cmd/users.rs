@@ -336,11 +336,13 @@ fn deliver(
         } else {
             "password-reset"
         },
-        humantime::format_duration(ttl)
+        gateway::pages::plain_duration(ttl)
     );
     if let (Some(mail), Some(to)) = (&config.mail, email) {
         let mailer = gateway::mail::Mailer::new(mail)?;
-        let letter = gateway::mail::link_letter(to, user, &config.auth.realm, &link, invite, ttl);
+        let pages = gateway::pages::Pages::load(config.errors.pages.as_deref())?;
+        let letter =
+            gateway::mail::link_letter(&pages, to, user, &config.auth.realm, &link, invite, ttl)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -343,7 +343,9 @@ impl Gateway {
     pub fn start(config: &str, upstream: SocketAddr, files: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).unwrap();
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
         }
         Gateway::start_in(dir, config, upstream)
     }
@@ -732,7 +734,8 @@ pub fn start_with_user(config: &str, user: &str, password: &str) -> (TestUpstrea
 
 // === impl SmtpSink ===
 
-/// A real local SMTP server (Python's aiosmtpd) storing every message in a maildir.
+/// A real local SMTP server (Python's aiosmtpd) storing every message, as received, in a
+/// maildir (`tests/util/smtp_sink.py`).
 pub struct SmtpSink {
     pub port: u16,
     child: Child,
@@ -763,7 +766,17 @@ impl SmtpSink {
         sink
     }
 
+    /// A sink that answers the first `n` messages with `reply` (an SMTP reply line, e.g.
+    /// "451 4.3.0 Try again later") and stores the rest.
+    pub fn start_refusing(n: usize, reply: &str) -> SmtpSink {
+        SmtpSink::start_handler(&[], &[n.to_string(), reply.to_owned()])
+    }
+
     fn start_with(extra: &[String]) -> SmtpSink {
+        SmtpSink::start_handler(extra, &[])
+    }
+
+    fn start_handler(extra: &[String], handler_args: &[String]) -> SmtpSink {
         let maildir = tempfile::tempdir().unwrap();
         let port = free_port();
         // The first Python that has aiosmtpd (Debian's python3-aiosmtpd is for /usr/bin/python3).
@@ -777,13 +790,19 @@ impl SmtpSink {
                     .is_ok_and(|s| s.success())
             })
             .expect("a Python with aiosmtpd (Debian: python3-aiosmtpd)");
+        // tests/util/smtp_sink.py keeps each message byte for byte as it was received.
         let child = Command::new(python)
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/util"),
+            )
             .args(["-m", "aiosmtpd", "-n"])
             .args(extra)
             .arg("-l")
             .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(["-c", "smtp_sink.Sink"])
             .arg(maildir.path().join("mail"))
+            .args(handler_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -55,7 +55,8 @@ impl Gateway {
                 .map_err(|e| BuildError::Groups(format!("{}: {e}", path.display())))?,
             None => Groups::none(),
         };
-        let pages = Pages::load(config.errors.pages.as_deref()).map_err(BuildError::Pages)?;
+        let pages =
+            Arc::new(Pages::load(config.errors.pages.as_deref()).map_err(BuildError::Pages)?);
         let log = match previous.filter(|p| {
             p.config.log.access == config.log.access && p.config.log.format == config.log.format
         }) {

@@ -91,7 +91,7 @@ pub struct Gateway {
     filter: Option<FilterClient>,
     /// `None`: forward-auth only.
     upstream: Option<Upstream>,
-    pages: Pages,
+    pages: Arc<Pages>,
     log: Arc<AccessLog>,
     state: StateStore,
     /// Shared by every gateway of the process (created once, kept across reloads).

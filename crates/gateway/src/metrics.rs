@@ -138,6 +138,9 @@ pub struct Metrics {
     backend_calls: Family<BackendCallLabels, Counter>,
     reloads_accepted: Counter,
     reloads_refused: Counter,
+    /// `portcullis_mails_total{result}`: sent, failed.
+    mails_sent: Counter,
+    mails_failed: Counter,
     last_reload_success: Gauge,
     last_reload_time: Gauge<f64, AtomicU64>,
     // Read at scrape time.
@@ -205,6 +208,8 @@ impl Metrics {
         });
         let reloads: Family<ResultLabels, Counter> = Family::default();
         let reload = |result| reloads.get_or_create_owned(&ResultLabels { result });
+        let mails: Family<ResultLabels, Counter> = Family::default();
+        let mail = |result| mails.get_or_create_owned(&ResultLabels { result });
         let m = Metrics {
             registry: Registry::default(),
             requests: Family::default(),
@@ -217,6 +222,8 @@ impl Metrics {
             backend_calls: Family::default(),
             reloads_accepted: reload("accepted"),
             reloads_refused: reload("refused"),
+            mails_sent: mail("sent"),
+            mails_failed: mail("failed"),
             last_reload_success: Gauge::default(),
             last_reload_time: Gauge::default(),
             limiter_clients: Gauge::default(),
@@ -327,6 +334,11 @@ impl Metrics {
             m.bans_active.clone(),
         );
         registry.register(
+            "mails",
+            "Invitation and reset mails the gateway sent (the forgot-password page), by result: sent, or failed after its retries",
+            mails,
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads (SIGHUP or a change of the file), by result: accepted, or refused as invalid",
             reloads,
@@ -405,6 +417,15 @@ impl Metrics {
             .unwrap_or(0);
         let by = AUTH_SCHEMES.iter().position(|&s| s == scheme).unwrap_or(0);
         self.auth_by_scheme[by][i].inc();
+    }
+
+    /// Counts one mail by whether the SMTP server took it.
+    pub fn mail(&self, sent: bool) {
+        if sent {
+            self.mails_sent.inc();
+        } else {
+            self.mails_failed.inc();
+        }
     }
 
     /// Counts one credential check by how it was answered.

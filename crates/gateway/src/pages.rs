@@ -23,6 +23,8 @@ pub(crate) fn inline_scripts() -> impl Iterator<Item = &'static str> {
 }
 const BASE: &str = include_str!("../templates/base.html");
 const PORTAL: &str = include_str!("../templates/portal.html");
+const MAIL_TEXT: &str = include_str!("../templates/mail.txt");
+const MAIL_HTML: &str = include_str!("../templates/mail.html");
 
 /// The plain-words explanation of a reason: what happened and what to do.
 pub struct Advice {
@@ -138,6 +140,20 @@ pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
             "The client certificate presented has expired (or is not valid yet).",
             &[
                 "Ask the administrator for a new certificate; check the device's clock if the certificate should still be valid.",
+            ],
+        ),
+        SecondFactorRequired if browser => (
+            "The password is right, but this account also has a second factor (a code from an authenticator app), and the browser's sign-in box can carry only a user name and password.",
+            &[
+                "Sign in with the site's sign-in page: it asks for the code after the password.",
+                "Close the browser's sign-in box (Cancel) if it appears again.",
+            ],
+        ),
+        SecondFactorRequired => (
+            "The password is right, but this account also has a second factor (a code from an authenticator app), which a user name and password sent by a program cannot carry.",
+            &[
+                "People: sign in with the site's sign-in page in a browser; it asks for the code after the password.",
+                "Programs: use an API token instead of the password (ask the administrator: portcullis tokens create).",
             ],
         ),
         StaleNonce => (
@@ -397,11 +413,20 @@ impl Pages {
     /// Loads the built-in page and, if given, every `*.html` override in `dir`.
     pub fn load(dir: Option<&Path>) -> Result<Pages, String> {
         let mut env = Environment::new();
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+        // HTML escaped; the text part of a mail (`mail.txt`) as written.
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".txt") {
+                minijinja::AutoEscape::None
+            } else {
+                minijinja::AutoEscape::Html
+            }
+        });
         for (name, source) in [
             ("base.html", BASE),
             ("builtin.html", BUILTIN_PAGE),
             ("portal.html", PORTAL),
+            ("mail.txt", MAIL_TEXT),
+            ("mail.html", MAIL_HTML),
         ] {
             env.add_template(name, source).map_err(|e| e.to_string())?;
         }
@@ -413,7 +438,7 @@ impl Pages {
                 else {
                     continue;
                 };
-                if !name.ends_with(".html") {
+                if !(name.ends_with(".html") || name == "mail.txt") {
                     continue;
                 }
                 let source = std::fs::read_to_string(&path)
@@ -443,6 +468,65 @@ impl Pages {
     }
 }
 
+/// What the mail templates (`mail.txt`, `mail.html`) are given.
+#[derive(Debug, Serialize)]
+pub struct MailContext<'a> {
+    /// An invitation (`true`) or a password reset.
+    pub invite: bool,
+    /// The user name.
+    pub user: &'a str,
+    /// `auth.realm`: the site's name.
+    pub realm: &'a str,
+    /// The single-use link.
+    pub link: &'a str,
+    /// How long the link works, as people write it ("1 day").
+    pub valid_for: String,
+    /// The subject line.
+    pub subject: &'a str,
+}
+
+impl Pages {
+    /// Renders the plain-text and HTML parts of an invitation or reset mail (`mail.txt`,
+    /// `mail.html`, which operators may override in `errors.pages`).
+    pub fn render_mail(&self, ctx: &MailContext<'_>) -> Result<(String, String), String> {
+        let render = |name: &str| {
+            self.env
+                .get_template(name)
+                .and_then(|t| t.render(minijinja::value::Serde(ctx)))
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        Ok((render("mail.txt")?, render("mail.html")?))
+    }
+}
+
+/// A duration as people write it: "1 day", "1 hour and 30 minutes", "45 seconds" (the two
+/// largest units; what is below them is dropped).
+pub fn plain_duration(d: std::time::Duration) -> String {
+    let mut left = d.as_secs();
+    let mut parts = Vec::new();
+    for (size, unit) in [
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ] {
+        let n = left / size;
+        left %= size;
+        if n > 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        } else if !parts.is_empty() {
+            break;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    match parts.len() {
+        0 => "less than a second".to_owned(),
+        _ => parts.join(" and "),
+    }
+}
+
 impl Pages {
     /// Renders a portal page (`portal.html`, which operators may override too).
     pub fn render_portal(&self, ctx: &PortalContext<'_>) -> String {
@@ -463,6 +547,23 @@ impl Pages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        use std::time::Duration;
+        for (secs, text) in [
+            (86_400, "1 day"),
+            (3_600, "1 hour"),
+            (2 * 86_400, "2 days"),
+            (5_400, "1 hour and 30 minutes"),
+            (90_061, "1 day and 1 hour"),
+            (86_460, "1 day"),
+            (45, "45 seconds"),
+            (0, "less than a second"),
+        ] {
+            assert_eq!(plain_duration(Duration::from_secs(secs)), text, "{secs}");
+        }
+    }
 
     #[test]
     fn every_reason_has_advice() {

@@ -131,6 +131,9 @@ reasons! {
     NoCredentials => "no_credentials", 401, 2, Authenticate, "Sign-in required";
     /// Credentials were offered and refused.
     LogonFailed => "logon_failed", 401, 1, Authenticate, "Sign-in failed";
+    /// The right password of a user with a second factor, sent with Basic (which cannot carry
+    /// the code): the user signs in with the sign-in page.
+    SecondFactorRequired => "second_factor_required", 401, 1, Authenticate, "This account needs its second factor";
     /// A bearer token was offered and is not a live token (unknown, revoked, its user disabled).
     TokenInvalid => "token_invalid", 401, 1, Authenticate, "The token was not accepted";
     /// A bearer token was offered past its expiry.

@@ -261,8 +261,9 @@ struct Inner {
     sqlite: Option<SqliteWatch>,
     snapshot: ArcSwap<Snapshot>,
     cache: Option<Cache<CacheKey, Outcome>>,
-    /// Credentials checked by [`Verifier::check_refused_anyway`] lately (apart from `cache`).
-    refused_anyway: Option<Cache<CacheKey, ()>>,
+    /// Credentials checked by [`Verifier::check_refused_anyway`] lately (apart from `cache`),
+    /// and whether the password was right.
+    refused_anyway: Option<Cache<CacheKey, bool>>,
     mac: Hmac<Sha256>,
     permits: HashQueue,
     inflight: Mutex<HashMap<InflightKey, Arc<OnceCell<bool>>>>,
@@ -491,28 +492,29 @@ impl Verifier {
         (accepted.into(), answer)
     }
 
-    /// A password check whose outcome is thrown away (a second-factor user trying Basic, which
-    /// is refused whatever the password): it costs what a check of the same credentials costs
-    /// anyone. New credentials are hashed; the same ones again within `cache_ttl` are answered
-    /// at once, as the outcome cache answers a repeated guess. It has its own record of what it
-    /// checked: the outcome cache would answer the *right* password at once (after the user's
-    /// own sign-in) and a new wrong one slowly, telling them apart.
+    /// A password check for a sign-in that is refused whatever the password (a second-factor
+    /// user trying Basic): it costs what a check of the same credentials costs anyone. New
+    /// credentials are hashed; the same ones again within `cache_ttl` are answered at once, as
+    /// the outcome cache answers a repeated guess. It has its own record of what it checked: the
+    /// outcome cache would answer the *right* password at once (after the user's own sign-in)
+    /// and a new wrong one slowly, telling them apart. The last value says whether the password
+    /// was right (the refusal can then say why: the account needs its second factor).
     pub async fn check_refused_anyway(
         &self,
         user: &str,
         password: &str,
         lane: Lane,
         deadline: Duration,
-    ) -> (Verification, Answer) {
+    ) -> (Verification, Answer, bool) {
         if password.len() > MAX_PASSWORD_BYTES {
-            return (Verification::Refused, Answer::Cached);
+            return (Verification::Refused, Answer::Cached, false);
         }
         self.poll_file().await;
         let key = self.inner.cache_key(user, password);
         if let Some(seen) = &self.inner.refused_anyway
-            && seen.contains_key(&key)
+            && let Some(right) = seen.get(&key)
         {
-            return (Verification::Refused, Answer::Cached);
+            return (Verification::Refused, Answer::Cached, right);
         }
         let snapshot = self.inner.snapshot.load_full();
         match self
@@ -520,13 +522,13 @@ impl Verifier {
             .check(snapshot, user, password, lane, deadline)
             .await
         {
-            Ok(_) => {
+            Ok(right) => {
                 if let Some(seen) = &self.inner.refused_anyway {
-                    seen.insert(key, ());
+                    seen.insert(key, right);
                 }
-                (Verification::Refused, Answer::Hashed)
+                (Verification::Refused, Answer::Hashed, right)
             }
-            Err(busy) => (Verification::Busy(busy), Answer::Cached),
+            Err(busy) => (Verification::Busy(busy), Answer::Cached, false),
         }
     }
 

@@ -299,6 +299,8 @@ impl Portal<'_> {
             let realm = self.auth.realm.clone();
             let password_path = self.paths.password.clone();
             let audit = self.audit.clone();
+            let pages = self.pages.clone();
+            let metrics = self.metrics.clone();
             let client = visit.client_ip.to_string();
             // In the background: the answer must not take longer when the account exists.
             tokio::spawn(async move {
@@ -325,15 +327,24 @@ impl Portal<'_> {
                     ),
                     Ok(Some((user, Some(token), to))) => {
                         let link = format!("{base}{password_path}?token={token}");
-                        let letter =
-                            crate::mail::link_letter(&to, &user, &realm, &link, false, ttl);
-                        match mailer.send(letter).await {
+                        let sent = match crate::mail::link_letter(
+                            &pages, &to, &user, &realm, &link, false, ttl,
+                        ) {
+                            Ok(letter) => mailer.send(letter).await,
+                            Err(e) => Err(format!("mail template: {e}")),
+                        };
+                        metrics.mail(sent.is_ok());
+                        match sent {
                             Ok(()) => audit.record(
                                 "reset_requested",
                                 serde_json::json!({"user": user, "client": client, "mailed": true}),
                             ),
                             Err(e) => {
-                                tracing::error!(error = %e, user, "could not mail a reset link")
+                                tracing::error!(error = %e, user, "could not mail a reset link");
+                                audit.record(
+                                    "reset_requested",
+                                    serde_json::json!({"user": user, "client": client, "mailed": false, "why": e}),
+                                );
                             }
                         }
                     }
@@ -345,7 +356,7 @@ impl Portal<'_> {
                 }
             });
         }
-        let valid = humantime::format_duration(self.config.portal.reset_ttl).to_string();
+        let valid = crate::pages::plain_duration(self.config.portal.reset_ttl);
         let notice = format!(
             "If an account has that address, a link to choose a new password is on its way. It works once, for {valid}. Check your spam folder if it does not arrive within a few minutes."
         );

@@ -139,10 +139,10 @@ pub(crate) struct Portal<'g> {
     pub(crate) challenges: &'g [HeaderValue],
     pub(crate) state: &'g store::state::StateStore,
     pub(crate) verifier: &'g store::verifier::Verifier,
-    pub(crate) pages: &'g crate::pages::Pages,
+    pub(crate) pages: &'g std::sync::Arc<crate::pages::Pages>,
     pub(crate) paths: &'g Paths,
     pub(crate) mailer: &'g Option<std::sync::Arc<crate::mail::Mailer>>,
-    pub(crate) metrics: &'g crate::metrics::Metrics,
+    pub(crate) metrics: &'g std::sync::Arc<crate::metrics::Metrics>,
     pub(crate) audit: &'g std::sync::Arc<crate::audit::AuditLog>,
     pub(crate) logon: Logon<'g>,
 }
@@ -364,6 +364,9 @@ impl<'g> Portal<'g> {
             Reason::NoCredentials | Reason::SessionExpired | Reason::LogonFailed => {
                 account.sign_in_url = Some(self.paths.login_url(&rd, None));
                 account.forgot_url = self.can_reset().then(|| self.paths.forgot.clone());
+            }
+            Reason::SecondFactorRequired => {
+                account.sign_in_url = Some(self.paths.login_url(&rd, None));
             }
             Reason::AclDenied if ex.user.from_session => {
                 let cookies = Cookies {

@@ -211,10 +211,12 @@ impl Logon<'_> {
     }
 
     /// Basic for a user with a second factor: Basic cannot carry the code, so it is refused
-    /// (401.1) — as any wrong password is, so that neither the answer nor its timing tells a
-    /// guesser which users have a second factor: the lockout is checked first, the password is
-    /// hashed (never answered from the cache, whose speed would mark the right password) and
-    /// the attempt counts as a failure.
+    /// (401.1) whatever the password, in the time any check takes: the lockout is checked first
+    /// and the password hashed (never answered from the outcome cache, whose speed would mark
+    /// the right password). A wrong password is refused and counted as any wrong password is; a
+    /// right one is told the truth — the account needs its second factor, so sign in with the
+    /// sign-in page (`second_factor_required`) — as the sign-in form tells it by asking for the
+    /// code. Both are audited as `sign_in_failed`.
     pub(crate) async fn refuse_second_factor_basic(
         &self,
         client_ip: IpAddr,
@@ -225,7 +227,7 @@ impl Logon<'_> {
         if logon && let Err(refusal) = self.check_not_locked_out(client_ip, user, "basic").await {
             return refusal;
         }
-        let (verification, answer) = self
+        let (verification, answer, right) = self
             .verifier
             .check_refused_anyway(
                 user,
@@ -239,15 +241,22 @@ impl Logon<'_> {
         if let Verification::Busy(busy) = verification {
             return self.verifier_busy(&busy, "basic");
         }
-        self.suspects.insert(self.client_key(client_ip), ());
         self.metrics.auth("basic", AuthOutcome::Refused);
-        self.audit.sign_in(
-            false,
-            user,
-            client_ip,
-            "basic",
-            Some("second_factor_required"),
-        );
+        if right {
+            self.audit.sign_in(
+                false,
+                user,
+                client_ip,
+                "basic",
+                Some("second_factor_required"),
+            );
+            return Refusal::new(Reason::SecondFactorRequired).with_detail(format!(
+                "the password of {user} is right, but {user} has a second factor (TOTP), which Basic cannot carry: sign in with the sign-in page"
+            ));
+        }
+        self.suspects.insert(self.client_key(client_ip), ());
+        self.audit
+            .sign_in(false, user, client_ip, "basic", Some("logon_failed"));
         if logon {
             let recorded = self
                 .state
@@ -255,9 +264,14 @@ impl Logon<'_> {
                 .await;
             self.note_bans(recorded);
         }
-        Refusal::new(Reason::LogonFailed).with_detail(format!(
-            "{user} has a second factor (TOTP) and must sign in with the sign-in form"
-        ))
+        // Worded as every wrong password is: nothing here says the account has a second factor.
+        self.auth
+            .after_verification(user, false)
+            .err()
+            .unwrap_or_else(|| {
+                Refusal::new(Reason::LogonFailed)
+                    .with_detail("the user name or password was not accepted")
+            })
     }
 
     /// Checks a password, counting the sign-in outcome and how the answer was found.
