@@ -21,6 +21,7 @@ pub fn run(args: Args) -> ExitCode {
                 "{file}: configuration is valid ({} warning(s))",
                 config.warnings.len()
             );
+            println!("state: {}", state_target(&config.state.backend));
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
@@ -32,5 +33,27 @@ pub fn run(args: Args) -> ExitCode {
             );
             ExitCode::from(super::EXIT_CONFIG)
         }
+    }
+}
+
+/// What the state store will connect to, in words (never a password).
+fn state_target(backend: &config::StateBackend) -> String {
+    match backend {
+        config::StateBackend::Memory => {
+            "in this process's memory (counters, bans and sessions are not shared)".to_owned()
+        }
+        config::StateBackend::Redis(url) => match store::state::sentinel::SentinelUrl::parse(url) {
+            Ok(s) => format!(
+                "Redis: the master \"{}\" (database {}) as named by the Sentinels at {}; failovers are followed",
+                s.master,
+                s.db,
+                s.sentinels.join(", ")
+            ),
+            Err(_) => {
+                let after = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let after = after.rsplit_once('@').map_or(after, |(_, r)| r);
+                format!("Redis at {after}")
+            }
+        },
     }
 }

@@ -149,6 +149,16 @@ async fn route(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"status": "degraded", "reason": "state backend (Redis) unreachable and on_backend_error = \"closed\""}),
             ),
+            StateStore::Redis(r) => json(
+                StatusCode::OK,
+                serde_json::json!({"status": "serving", "state": {
+                    "backend": "redis",
+                    "node": r.node(),
+                    "sentinel_master": r.sentinel_master(),
+                    "failovers": r.failovers(),
+                    "available": r.is_available(),
+                }}),
+            ),
             _ => json(StatusCode::OK, serde_json::json!({"status": "serving"})),
         },
         (&Method::GET, "/metrics") => {

@@ -80,6 +80,11 @@ struct BackendCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedisNodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     backend: &'static str,
 }
@@ -149,6 +154,11 @@ pub struct Metrics {
     backend_available: Family<BackendLabels, Gauge>,
     redis_round_trips: Counter,
     redis_errors: Counter,
+    /// `portcullis_redis_failovers_total`: failovers followed (Sentinel).
+    redis_failovers: Counter,
+    /// `portcullis_redis_node{node}`: the node in use (1), the ones used before (0).
+    redis_node: Family<RedisNodeLabels, Gauge>,
+    redis_nodes_seen: Mutex<Vec<String>>,
     log_dropped: Counter,
     logs: Mutex<LogTally>,
     audit_dropped: Counter,
@@ -231,6 +241,9 @@ impl Metrics {
             backend_available: Family::default(),
             redis_round_trips: Counter::default(),
             redis_errors: Counter::default(),
+            redis_failovers: Counter::default(),
+            redis_node: Family::default(),
+            redis_nodes_seen: Mutex::new(Vec::new()),
             log_dropped: Counter::default(),
             audit_dropped: Counter::default(),
             audit: Mutex::new(Weak::new()),
@@ -322,6 +335,16 @@ impl Metrics {
             "redis_errors",
             "Redis round trips that got no usable answer: timeout, connection failure or a Redis error",
             m.redis_errors.clone(),
+        );
+        registry.register(
+            "redis_failovers",
+            "Redis failovers followed: a Sentinel named a new master and it answered (0 without Sentinel)",
+            m.redis_failovers.clone(),
+        );
+        registry.register(
+            "redis_node",
+            "The Redis node in use (1; with Sentinel, the master it named last) and those used before (0)",
+            m.redis_node.clone(),
         );
         registry.register(
             "limiter_clients",
@@ -517,6 +540,22 @@ impl Metrics {
                 self.redis_errors
                     .inner()
                     .store(r.errors(), Ordering::Relaxed);
+                self.redis_failovers
+                    .inner()
+                    .store(r.failovers(), Ordering::Relaxed);
+                let node = r.node();
+                let mut seen = self
+                    .redis_nodes_seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !seen.contains(&node) {
+                    seen.push(node.clone());
+                }
+                for n in seen.iter() {
+                    self.redis_node
+                        .get_or_create(&RedisNodeLabels { node: n.clone() })
+                        .set(i64::from(*n == node));
+                }
                 r.is_available()
             }
         };

@@ -38,10 +38,10 @@ pub(super) const ADMIN_KEYS: &[&str] = &["listen"];
 /// Values of `state.on_backend_error`.
 const ON_BACKEND_ERROR: &[&str] = &["closed", "open"];
 /// The URL schemes `state.backend` accepts (longest first, for prefix matching).
-const REDIS_SCHEMES: &[&str] = &["redis+unix", "rediss", "redis"];
+const REDIS_SCHEMES: &[&str] = &["redis+sentinel", "redis+unix", "rediss", "redis"];
 /// How a valid `state.backend` looks, for messages.
 const BACKEND_EXAMPLE: &str = "\"memory\", \"redis://127.0.0.1:6379/0\", \
-     \"rediss://:PASSWORD@redis.internal:6380\" or \"redis+unix:///run/redis/redis.sock\"";
+     \"rediss://:PASSWORD@redis.internal:6380\", \"redis+unix:///run/redis/redis.sock\" or \"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0\"";
 
 /// Default `dynamic.deny_by_concurrent.max_concurrent` (IIS).
 pub const DEFAULT_MAX_CONCURRENT: u32 = 5;
@@ -398,8 +398,8 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
         };
         return Err((
             format!(
-                "the state backend must be \"memory\" or a redis://, rediss:// or \
-                 redis+unix:// URL{shown}"
+                "the state backend must be \"memory\" or a redis://, rediss://, \
+                 redis+unix:// or redis+sentinel:// URL{shown}"
             ),
             suggest(scheme, REDIS_SCHEMES).map(|s| format!("{s}://")),
         ));
@@ -410,6 +410,9 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
              database number in the path, like \"redis://127.0.0.1:6379/2\""
                 .into(),
         );
+    }
+    if scheme == "redis+sentinel" {
+        return check_sentinel_url(rest);
     }
     if scheme == "redis+unix" {
         return match rest.strip_prefix('/') {
@@ -508,6 +511,55 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
     Ok(())
 }
 
+/// Checks what follows `redis+sentinel://`: `[user:password@]h1[:port],h2[:port]/MASTER[/DB]`.
+fn check_sentinel_url(rest: &str) -> Result<(), (String, Option<String>)> {
+    let example = "\"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0\"";
+    let fail = |message: String| Err((message, None));
+    let after_user = match rest.rfind('@') {
+        Some(at) if rest[..at].contains('/') => {
+            return fail(
+                "the password in state.backend contains '/', which ends the host part of a URL; \
+                 percent-encode it as %2F (and '%' as %25)"
+                    .into(),
+            );
+        }
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let Some((hosts, path)) = after_user.split_once('/') else {
+        return fail(format!(
+            "a redis+sentinel URL names the Sentinels, then the master's name; write it like {example}"
+        ));
+    };
+    for host in hosts.split(',') {
+        // Each Sentinel is checked as the host part of a redis:// URL would be.
+        check_redis_url(&format!("redis://{}", host.trim())).map_err(|(m, _)| {
+            (
+                format!("Sentinel \"{}\": {m}", host.trim())
+                    .replace("redis://", "redis+sentinel://"),
+                None,
+            )
+        })?;
+    }
+    let (master, db) = path.split_once('/').unwrap_or((path, ""));
+    if master.is_empty()
+        || !master
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return fail(format!(
+            "\"{master}\" is not a master name (letters, digits, '-', '_', '.' as in the Sentinels' \
+             `sentinel monitor NAME …`); write it like {example}"
+        ));
+    }
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return fail(format!(
+            "the database must be a non-negative number, like /0, not \"/{db}\"; write it like {example}"
+        ));
+    }
+    Ok(())
+}
+
 /// `redis//host`, `redis:/host`, `redis:host` … repaired to `redis://host` (for a suggestion).
 fn repaired_scheme(text: &str) -> Option<String> {
     let scheme = REDIS_SCHEMES.iter().find(|s| text.starts_with(**s))?;
@@ -544,6 +596,8 @@ mod tests {
             "redis://[::1]:6379/1",
             "redis://[2001:db8::1]",
             "redis+unix:///run/redis/redis.sock",
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2/mymaster/2",
+            "redis+sentinel://:pw@sentinel.internal/mymaster",
         ] {
             assert_eq!(check_redis_url(ok), Ok(()), "{ok}");
         }

@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod sentinel;
 pub mod session;
 
 use std::fmt::Write as _;

@@ -58,6 +58,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use super::memory::MemoryState;
+use super::sentinel::SentinelUrl;
 use super::session::Session;
 use super::{
     Admission, Ban, BanSubject, InFlightGuard, LimitRefusal, Limits, Regulation, Unavailable,
@@ -69,6 +70,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const BREAKER_THRESHOLD: u32 = 3;
 /// Pause between recovery probes while the circuit is open.
 pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
+/// With Sentinel: pause between questions for the master while the circuit is open (a failover
+/// takes the Sentinels' `down-after-milliseconds` plus an election, so asking often is cheap).
+pub const SENTINEL_PROBE_EVERY: Duration = Duration::from_millis(500);
 /// At most one "Redis unavailable" log line per this period (with the count in between).
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -121,14 +125,21 @@ impl fmt::Debug for RedisOptions {
 pub struct RedisState {
     inner: Arc<Inner>,
     renewal: AbortHandle,
+    /// With Sentinel: the task listening for `+switch-master`.
+    following: Option<AbortHandle>,
 }
 
 struct Inner {
-    /// The connection in use; replaced by a fresh one when the circuit closes after an outage.
+    /// The connection in use; replaced by a fresh one when the circuit closes after an outage
+    /// or when a Sentinel names another master.
     conn: RwLock<ConnectionManager>,
-    client: Client,
-    /// `host:port` (or the socket path): for messages, never the URL (it may hold a password).
-    endpoint: String,
+    /// The node in use and its `host:port` (or the socket path): for messages, never the URL
+    /// (it may hold a password).
+    node: RwLock<(Client, String)>,
+    /// `redis+sentinel://`: where to ask for the master.
+    sentinel: Option<SentinelUrl>,
+    /// Failovers followed (a Sentinel named a new master and it answered).
+    failovers: AtomicU64,
     timeout: Duration,
     fail_open: bool,
     lease: Duration,
@@ -207,7 +218,16 @@ impl RedisState {
         options: RedisOptions,
         fallback: Arc<MemoryState>,
     ) -> Result<RedisState, String> {
-        let client = Client::open(options.url.as_str())
+        let (sentinel, url) = if options.url.starts_with("redis+sentinel://") {
+            let sentinel = SentinelUrl::parse(&options.url)
+                .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
+            let master = sentinel.find_master(CONNECT_TIMEOUT).await?;
+            let url = sentinel.node_url(&master);
+            (Some(sentinel), url)
+        } else {
+            (None, options.url.clone())
+        };
+        let client = Client::open(url.as_str())
             .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
         let endpoint = client.get_connection_info().addr().to_string();
         let mut conn = open_connection(&client, &endpoint).await?;
@@ -216,8 +236,9 @@ impl RedisState {
         let lease = options.lease.max(Duration::from_millis(30));
         let inner = Arc::new(Inner {
             conn: RwLock::new(conn),
-            client,
-            endpoint,
+            node: RwLock::new((client, endpoint)),
+            sentinel,
+            failovers: AtomicU64::new(0),
             timeout,
             fail_open: options.fail_open,
             lease,
@@ -245,8 +266,38 @@ impl RedisState {
             secret,
         });
         let renewal = tokio::spawn(renew_leases(Arc::downgrade(&inner), lease / 3)).abort_handle();
-        tracing::info!(endpoint = %inner.endpoint, "state shared through Redis");
-        Ok(RedisState { inner, renewal })
+        let following = inner.sentinel.as_ref().map(|s| {
+            tracing::info!(
+                master = %inner.endpoint(),
+                name = %s.master,
+                sentinels = %s.sentinels.join(","),
+                "state shared through Redis: the master named by Sentinel"
+            );
+            tokio::spawn(follow_sentinels(Arc::downgrade(&inner))).abort_handle()
+        });
+        if following.is_none() {
+            tracing::info!(endpoint = %inner.endpoint(), "state shared through Redis");
+        }
+        Ok(RedisState {
+            inner,
+            renewal,
+            following,
+        })
+    }
+
+    /// The node in use (`host:port`): with Sentinel, the master it named last.
+    pub fn node(&self) -> String {
+        self.inner.endpoint()
+    }
+
+    /// With Sentinel: the master's name; `None` for a single Redis.
+    pub fn sentinel_master(&self) -> Option<&str> {
+        self.inner.sentinel.as_ref().map(|s| s.master.as_str())
+    }
+
+    /// Failovers followed since start (Sentinel named a new master and it answered).
+    pub fn failovers(&self) -> u64 {
+        self.inner.failovers.load(Ordering::Relaxed)
     }
 
     /// Whether Redis is answering (the circuit is closed): for health checks.
@@ -623,13 +674,16 @@ async fn shared_secret(
 impl Drop for RedisState {
     fn drop(&mut self) {
         self.renewal.abort();
+        if let Some(f) = &self.following {
+            f.abort();
+        }
     }
 }
 
 impl fmt::Debug for RedisState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisState")
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.inner.endpoint())
             .field("key_prefix", &self.inner.keys.prefix)
             .field("available", &self.is_available())
             .field("in_flight", &lock(&self.inner.leases).len())
@@ -640,6 +694,57 @@ impl fmt::Debug for RedisState {
 // === impl Inner ===
 
 impl Inner {
+    /// The node in use, `host:port`.
+    fn endpoint(&self) -> String {
+        self.node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
+    /// Puts `conn` to `client` at `endpoint` in use and closes the circuit; returns how long the
+    /// circuit had been open (how long requests waited for an answer, or got the fallback).
+    fn switch(&self, client: Client, endpoint: String, conn: ConnectionManager) -> Duration {
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+        *self.node.write().unwrap_or_else(PoisonError::into_inner) = (client, endpoint);
+        match std::mem::replace(&mut *lock(&self.breaker), Breaker::Closed { failures: 0 }) {
+            Breaker::Open { since } => since.elapsed(),
+            Breaker::Closed { .. } => Duration::ZERO,
+        }
+    }
+
+    /// With Sentinel: asks for the master and, when it is another node than the one in use,
+    /// connects to it and puts it in use. `Ok(true)` when it switched.
+    async fn follow_master(&self, why: &str) -> Result<bool, String> {
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(false);
+        };
+        let master = sentinel.find_master(CONNECT_TIMEOUT).await?;
+        let current = self.endpoint();
+        if master == current {
+            return Ok(false);
+        }
+        let client =
+            Client::open(sentinel.node_url(&master).as_str()).map_err(|e| e.to_string())?;
+        let conn = open_connection(&client, &master).await?;
+        // Another task may have switched meanwhile: only the first one counts.
+        if self.endpoint() != current {
+            return Ok(false);
+        }
+        let waited = self.switch(client, master.clone(), conn);
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            name = %sentinel.master,
+            from = %current,
+            to = %master,
+            waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            "followed a Redis failover ({why}): the master is now {master}, was {current}; requests waited {:.1}s",
+            waited.as_secs_f64(),
+        );
+        Ok(true)
+    }
+
     fn connection(&self) -> ConnectionManager {
         self.conn
             .read()
@@ -654,7 +759,7 @@ impl Inner {
     ) -> Result<T, CallError> {
         if !matches!(*lock(&self.breaker), Breaker::Closed { .. }) {
             return Err(CallError {
-                message: format!("Redis at {} is unreachable (circuit open)", self.endpoint),
+                message: format!("Redis at {} is unreachable (circuit open)", self.endpoint()),
                 attempted: false,
             });
         }
@@ -667,13 +772,14 @@ impl Inner {
             Ok(Err(e)) if !is_outage(&e) => {
                 // Redis answered, with an error: not an outage, but no answer either.
                 self.succeeded();
-                tracing::error!(endpoint = %self.endpoint, error = %e, "Redis refused a state operation");
-                format!("Redis at {}: {e}", self.endpoint)
+                tracing::error!(endpoint = %self.endpoint(), error = %e, "Redis refused a state operation");
+                format!("Redis at {}: {e}", self.endpoint())
             }
-            Ok(Err(e)) => format!("Redis at {}: {e}", self.endpoint),
+            Ok(Err(e)) => format!("Redis at {}: {e}", self.endpoint()),
             Err(_) => format!(
                 "Redis at {} did not answer within {:?}",
-                self.endpoint, self.timeout
+                self.endpoint(),
+                self.timeout
             ),
         };
         self.errors.fetch_add(1, Ordering::Relaxed);
@@ -710,7 +816,7 @@ impl Inner {
             "refusing requests with 503 (on_backend_error = \"closed\")"
         };
         tracing::error!(
-            endpoint = %self.endpoint,
+            endpoint = %self.endpoint(),
             "state backend unreachable: {message}; {consequence} until Redis answers again (probing every {:?})",
             BREAKER_OPEN_FOR,
         );
@@ -731,14 +837,14 @@ impl Inner {
             drop(log);
             if self.fail_open {
                 tracing::error!(
-                    endpoint = %self.endpoint,
+                    endpoint = %self.endpoint(),
                     count,
                     "state backend unavailable ({message}): {count} operation(s) let through under LOCAL limits only \
                      (on_backend_error = \"open\"); limits are not shared until Redis answers",
                 );
             } else {
                 tracing::error!(
-                    endpoint = %self.endpoint,
+                    endpoint = %self.endpoint(),
                     count,
                     "state backend unavailable ({message}): {count} operation(s) refused (on_backend_error = \"closed\")",
                 );
@@ -915,31 +1021,99 @@ async fn renew_leases(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-/// While the circuit is open: every [`BREAKER_OPEN_FOR`], a fresh connection and a `PING`; the
-/// first answer puts that connection in use and closes the circuit.
+/// While the circuit is open: every [`BREAKER_OPEN_FOR`] (with Sentinel, every
+/// [`SENTINEL_PROBE_EVERY`], first asking where the master is now), a fresh connection and a
+/// `PING`; the first answer puts that connection in use and closes the circuit.
 async fn probe_until_reachable(inner: Weak<Inner>) {
     loop {
-        tokio::time::sleep(BREAKER_OPEN_FOR).await;
+        let every = match inner.upgrade() {
+            Some(i) if i.sentinel.is_some() => SENTINEL_PROBE_EVERY,
+            Some(_) => BREAKER_OPEN_FOR,
+            None => return,
+        };
+        tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
-        match open_connection(&inner.client, &inner.endpoint).await {
+        if !matches!(*lock(&inner.breaker), Breaker::Open { .. }) {
+            return; // a +switch-master closed it meanwhile
+        }
+        if inner.sentinel.is_some() {
+            match inner.follow_master("the master stopped answering").await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("Redis master not found yet: {e}");
+                    continue;
+                }
+            }
+        }
+        let (client, endpoint) = inner
+            .node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match open_connection(&client, &endpoint).await {
             Ok(conn) => {
-                *inner.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
-                let since = match std::mem::replace(
-                    &mut *lock(&inner.breaker),
-                    Breaker::Closed { failures: 0 },
-                ) {
-                    Breaker::Open { since } => since.elapsed(),
-                    Breaker::Closed { .. } => Duration::ZERO,
-                };
+                let since = inner.switch(client, endpoint.clone(), conn);
                 tracing::warn!(
-                    endpoint = %inner.endpoint,
+                    endpoint = %endpoint,
                     "state backend reachable again after {:.1}s; limits and bans are shared again",
                     since.as_secs_f64(),
                 );
                 return;
             }
-            Err(e) => tracing::debug!(endpoint = %inner.endpoint, "Redis still unreachable: {e}"),
+            Err(e) => tracing::debug!(endpoint = %endpoint, "Redis still unreachable: {e}"),
         }
+    }
+}
+
+/// With Sentinel: listens for `+switch-master` on the Sentinels (the first that answers; the
+/// next one when its connection drops) and follows the failover it announces at once, before
+/// any request has to fail.
+async fn follow_sentinels(inner: Weak<Inner>) {
+    use futures_util::StreamExt as _;
+    let Some(clients) = inner
+        .upgrade()
+        .and_then(|i| i.sentinel.as_ref().map(SentinelUrl::sentinel_clients))
+    else {
+        return;
+    };
+    for (name, client) in clients.iter().cycle() {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let mut pubsub = match tokio::time::timeout(CONNECT_TIMEOUT, subscribed).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::debug!(sentinel = %name, "cannot subscribe to +switch-master: {e}");
+                tokio::time::sleep(SENTINEL_PROBE_EVERY).await;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Some(inner) = inner.upgrade() else { return };
+            let text: String = message.get_payload().unwrap_or_default();
+            if inner
+                .sentinel
+                .as_ref()
+                .and_then(|s| s.switched_to(&text))
+                .is_some()
+                && let Err(e) = inner
+                    .follow_master("Sentinel announced +switch-master")
+                    .await
+            {
+                tracing::warn!(
+                    "a failover was announced but the new master is not usable yet: {e}"
+                );
+            }
+        }
+        if inner.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(SENTINEL_PROBE_EVERY).await;
     }
 }
 

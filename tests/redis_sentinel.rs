@@ -1,0 +1,341 @@
+//! Redis Sentinel: two instances share sessions, bans and limits through the master a set of
+//! real Sentinels names (`redis+sentinel://…`), and follow a failover when the master is killed
+//! under load — every answer meanwhile is right or the configured `on_backend_error` one, and
+//! the answers are right again within the failover time + 2 s; what was written before is still
+//! there.
+
+mod util;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::browser::Browser;
+use util::*;
+
+const MASTER: &str = "mymaster";
+
+/// A `redis-server` (master or replica of `replica_of`), stopped by PID on drop.
+struct Node {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(replica_of: Option<u16>) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(which("redis-server").expect("redis-server (run scripts/test)"));
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path());
+        if let Some(master) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(10),
+        );
+        Node {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// A Sentinel watching the master at `master` (quorum 2, down after 1 s).
+    fn sentinel(master: u16) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {MASTER} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\n\
+                 sentinel failover-timeout {MASTER} 10000\n\
+                 sentinel parallel-syncs {MASTER} 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(which("redis-server").unwrap())
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(10),
+        );
+        Node {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `redis-cli -p PORT ARGS…`, its output trimmed.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The master's port as `sentinel` sees it.
+fn master_port(sentinel: u16) -> Option<u16> {
+    cli(sentinel, &["SENTINEL", "get-master-addr-by-name", MASTER])
+        .lines()
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+}
+
+#[test]
+fn instances_follow_a_sentinel_failover_and_keep_sessions_and_bans() {
+    let mut master = Node::start(None);
+    let replicas = [
+        Node::start(Some(master.port)),
+        Node::start(Some(master.port)),
+    ];
+    let sentinels: Vec<Node> = (0..3).map(|_| Node::sentinel(master.port)).collect();
+    // The Sentinels know both replicas and each other before anything else.
+    eventually(
+        Duration::from_secs(30),
+        "the Sentinels to see everything",
+        || {
+            sentinels
+                .iter()
+                .all(|s| {
+                    cli(s.port, &["SENTINEL", "replicas", MASTER])
+                        .matches("flags")
+                        .count()
+                        == 2
+                        && cli(s.port, &["SENTINEL", "sentinels", MASTER])
+                            .matches("flags")
+                            .count()
+                            == 2
+                })
+                .then_some(())
+        },
+    );
+
+    let upstream = TestUpstream::start();
+    let url = format!(
+        "redis+sentinel://{}/{MASTER}/0",
+        sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // One users file for both (a session remembers its password hash's stamp).
+    let users = std::fs::read_to_string(
+        dir_with_user("alice", "wonderland-42")
+            .path()
+            .join("users.htpasswd"),
+    )
+    .unwrap();
+    let start = || {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = util::portal::portal_config()
+            .section("state", &format!("backend = \"{url}\""))
+            .section("state", "timeout = \"300ms\"")
+            .section("logon", "max_failures = 2")
+            .section("logon", "ban_time = \"1h\"")
+            .section(
+                "dynamic",
+                "deny_by_concurrent = { enabled = true, max_concurrent = 50 }",
+            )
+            .section("admin", &format!("listen = \"{admin}\""))
+            .build();
+        (
+            Gateway::start(&config, upstream.addr, &[("users.htpasswd", &users)]),
+            admin,
+        )
+    };
+    let ((a, admin_a), (b, _)) = (start(), start());
+
+    // check-config says what it will connect to.
+    let (ok, stdout, _) = cli_in(&a.path("portcullis.toml"), "check-config", &[], None);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "the master \"{MASTER}\" (database 0) as named by the Sentinels at 127.0.0.1:"
+        )),
+        "{stdout}"
+    );
+
+    // Before the failover: a session made on A, a ban started on B.
+    let cookie = runtime().block_on(async {
+        let mut browser = Browser::new(&format!("http://{}", a.addr));
+        let page = browser.sign_in("alice", "wonderland-42", "/app").await;
+        assert_eq!(page.status, 303, "{}", page.body);
+        let c = client();
+        for _ in 0..2 {
+            let r = c
+                .get(b.url("/app"))
+                .basic_auth("mallory", Some("guess"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+        }
+        format!(
+            "portcullis_session={}",
+            browser
+                .jar
+                .get("portcullis_session")
+                .expect("a session cookie")
+        )
+    });
+    let get = |gw: &Gateway, c: &reqwest::Client| {
+        c.get(gw.url("/app"))
+            .header("cookie", &cookie)
+            .header("accept", "application/json")
+            .send()
+    };
+    runtime().block_on(async {
+        let c = client();
+        assert_eq!(
+            get(&b, &c).await.unwrap().status(),
+            200,
+            "the session on B too"
+        );
+        let banned = c
+            .get(a.url("/app"))
+            .basic_auth("mallory", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(banned.status(), 403, "the ban on A too");
+    });
+    // Replicated to both replicas before the master goes.
+    assert_eq!(cli(master.port, &["WAIT", "2", "5000"]), "2");
+
+    // Requests to both instances every 50 ms while the master is killed.
+    let killed_at = Instant::now();
+    master.kill();
+    let mut answers: Vec<(Duration, char, u16)> = Vec::new();
+    let mut failed_over_at = None;
+    runtime().block_on(async {
+        let c = client();
+        while killed_at.elapsed() < Duration::from_secs(40) {
+            for (name, gw) in [('A', &a), ('B', &b)] {
+                let status = get(gw, &c).await.map(|r| r.status().as_u16()).unwrap_or(0);
+                answers.push((killed_at.elapsed(), name, status));
+            }
+            if failed_over_at.is_none()
+                && master_port(sentinels[0].port).is_some_and(|p| p != master.port)
+            {
+                failed_over_at = Some(killed_at.elapsed());
+            }
+            if let Some(at) = failed_over_at
+                && killed_at.elapsed() > at + Duration::from_secs(4)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let failed_over_at = failed_over_at.expect("the Sentinels to fail over");
+    // The timeline, second by second (for the record).
+    let mut line = String::new();
+    for second in 0..=answers.last().unwrap().0.as_secs() {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, name, status) in answers.iter().filter(|(t, _, _)| t.as_secs() == second) {
+            *counts.entry(format!("{name}:{status}")).or_insert(0) += 1;
+        }
+        line.push_str(&format!("  {second:>2}s {counts:?}\n"));
+    }
+    eprintln!(
+        "master killed at 0 s; Sentinel named the new master at {:.1} s\n{line}",
+        failed_over_at.as_secs_f64()
+    );
+    for (t, name, status) in &answers {
+        assert!(
+            *status == 200 || *status == 503,
+            "{name} answered {status} at {t:?}: only right answers or on_backend_error's 503\n{line}"
+        );
+        if *t > failed_over_at + Duration::from_secs(2) {
+            assert_eq!(
+                *status, 200,
+                "{name} at {t:?}, after the failover + 2 s\n{line}"
+            );
+        }
+    }
+
+    // After: the ban written before the kill is still there, and the instance says where it is.
+    runtime().block_on(async {
+        let c = client();
+        let banned = c
+            .get(b.url("/app"))
+            .basic_auth("mallory", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(banned.status(), 403, "the ban survived the failover");
+        let health: serde_json::Value = c
+            .get(format!("http://{admin_a}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let new_master = master_port(sentinels[0].port).unwrap();
+        assert!(replicas.iter().any(|r| r.port == new_master));
+        assert_eq!(
+            health["state"]["node"],
+            format!("127.0.0.1:{new_master}"),
+            "{health}"
+        );
+        assert_eq!(health["state"]["failovers"], 1, "{health}");
+        let metrics = c
+            .get(format!("http://{admin_a}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("portcullis_redis_failovers_total 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "portcullis_redis_node{{node=\"127.0.0.1:{new_master}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    });
+    assert!(
+        a.stderr().contains("followed a Redis failover"),
+        "{}",
+        a.stderr()
+    );
+}
