@@ -339,3 +339,157 @@ fn instances_follow_a_sentinel_failover_and_keep_sessions_and_bans() {
         a.stderr()
     );
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl in `dir`.
+fn make_redis_pki(dir: &std::path::Path) {
+    let script = r#"
+set -e
+cd "$1"
+ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
+ec -x509 -keyout ca.key -out ca.crt -subj "/CN=Redis test CA" -days 30 \
+   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+ec -keyout server.key -out server.csr -subj /CN=127.0.0.1
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 5 -extfile server.ext 2>/dev/null
+ec -keyout client.key -out client.csr -subj /CN=portcullis
+printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 5 -extfile client.ext 2>/dev/null
+"#;
+    let status = Command::new("bash")
+        .args(["-c", script, "pki"])
+        .arg(dir)
+        .status()
+        .expect("bash and openssl");
+    assert!(status.success(), "making the test PKI");
+}
+
+#[test]
+fn tls_with_a_private_ca_a_client_certificate_and_an_acl_user_from_a_file() {
+    let pki = tempfile::tempdir().unwrap();
+    make_redis_pki(pki.path());
+    let p = |name: &str| pki.path().join(name).display().to_string();
+    let port = free_port();
+    // TLS only, client certificates required, the default user off: only the ACL user
+    // `portcullis` with its password gets in.
+    std::fs::write(
+        pki.path().join("redis.conf"),
+        format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n\
+             tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients yes\n\
+             user default off\nuser portcullis on >s3cret-redis-pw ~* &* +@all\n",
+            pki.path().display(),
+            p("server.crt"),
+            p("server.key"),
+            p("ca.crt"),
+        ),
+    )
+    .unwrap();
+    let mut redis = Command::new(which("redis-server").unwrap())
+        .arg(pki.path().join("redis.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(10),
+    );
+    let upstream = TestUpstream::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = SiteConfig::new()
+        .auth("public = [\"/**\"]")
+        .section(
+            "state",
+            &format!("backend = \"rediss://127.0.0.1:{port}/0\""),
+        )
+        .section("state", "timeout = \"2s\"")
+        .section("state", "ca = \"ca.crt\"")
+        .section("state", "cert = \"client.crt\"")
+        .section("state", "key = \"client.key\"")
+        .section("state", "password_file = \"redis-password\"")
+        .section(
+            "dynamic",
+            "deny_by_rate = { enabled = true, max_requests = 3, interval = \"1h\" }",
+        )
+        .section("admin", &format!("listen = \"{admin}\""))
+        .build();
+    let read = |name: &str| std::fs::read_to_string(pki.path().join(name)).unwrap();
+    let files = [
+        ("ca.crt", read("ca.crt")),
+        ("client.crt", read("client.crt")),
+        ("client.key", read("client.key")),
+        ("redis-password", "portcullis:s3cret-redis-pw\n".to_owned()),
+        ("users.htpasswd", String::new()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let gw = Gateway::start(&config, upstream.addr, &files);
+    // The limit is kept in Redis: the fourth request is refused, and nothing failed.
+    runtime().block_on(async {
+        let c = client();
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(c.get(gw.url("/x")).send().await.unwrap().status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 200, 403], "{}", gw.stderr());
+        let metrics = c
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("portcullis_redis_errors_total 0"),
+            "{metrics}"
+        );
+    });
+    let keys = Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--cacert",
+            &p("ca.crt"),
+            "--cert",
+            &p("client.crt"),
+            "--key",
+            &p("client.key"),
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--user",
+            "portcullis",
+            "--pass",
+            "s3cret-redis-pw",
+        ])
+        .args(["--no-auth-warning", "KEYS", "portcullis:rate:*"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&keys.stdout).contains("portcullis:rate:127.0.0.1"),
+        "{keys:?}"
+    );
+    assert!(!gw.stderr().contains("s3cret-redis-pw"), "never printed");
+
+    // check-config: the password in one place only; TLS files without TLS are pointless.
+    let config = std::fs::read_to_string(gw.path("portcullis.toml")).unwrap();
+    let both = config.replace(
+        &format!("rediss://127.0.0.1:{port}/0"),
+        &format!("rediss://:other@127.0.0.1:{port}/0"),
+    );
+    std::fs::write(gw.path("both.toml"), both).unwrap();
+    let (ok, _, stderr) = cli_in(&gw.path("both.toml"), "check-config", &[], None);
+    assert!(!ok && stderr.contains("keep it in one place"), "{stderr}");
+    assert!(!stderr.contains("s3cret-redis-pw"));
+    let plain = config.replace("rediss://", "redis://");
+    std::fs::write(gw.path("plain.toml"), plain).unwrap();
+    let (ok, stdout, stderr) = cli_in(&gw.path("plain.toml"), "check-config", &[], None);
+    assert!(
+        ok && stderr.contains("is used only with TLS"),
+        "{stdout}{stderr}"
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

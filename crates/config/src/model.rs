@@ -450,6 +450,12 @@ pub struct State {
     pub timeout: Duration,
     /// `key_prefix` (default "portcullis:"): namespace of every Redis key.
     pub key_prefix: String,
+    /// `ca`: CA certificate(s) (PEM) trusted for TLS to Redis instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// `cert` and `key`: a client certificate and its key (PEM) for TLS to Redis.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `password_file`: the Redis password (or `USER:PASSWORD`) on its first line.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for State {
@@ -459,6 +465,9 @@ impl Default for State {
             on_backend_error: FailMode::Closed,
             timeout: Duration::from_millis(100),
             key_prefix: "portcullis:".to_owned(),
+            ca: None,
+            client_cert: None,
+            password_file: None,
         }
     }
 }

@@ -1088,6 +1088,9 @@ listen = "127.0.0.1:9464"
             on_backend_error: FailMode::Open,
             timeout: Duration::from_millis(250),
             key_prefix: "gw1:".into(),
+            ca: None,
+            client_cert: None,
+            password_file: None,
         }
     );
     // The URL is kept as written for the store, but never shown with its password.

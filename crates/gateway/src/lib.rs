@@ -153,12 +153,39 @@ pub async fn connect_state(config: &Config) -> Result<StateStore, BuildError> {
     let store = match &config.state.backend {
         StateBackend::Memory => StateStore::Memory(memory.clone()),
         StateBackend::Redis(url) => {
+            let read = |path: &std::path::Path, what: &str| {
+                std::fs::read(path)
+                    .map_err(|e| BuildError::State(format!("state.{what} {}: {e}", path.display())))
+            };
+            let mut access = store::state::access::RedisAccess {
+                ca: config
+                    .state
+                    .ca
+                    .as_deref()
+                    .map(|p| read(p, "ca"))
+                    .transpose()?,
+                ..Default::default()
+            };
+            if let Some((cert, key)) = &config.state.client_cert {
+                access.client_cert = Some((read(cert, "cert")?, read(key, "key")?));
+            }
+            if let Some(path) = &config.state.password_file {
+                let text = String::from_utf8(read(path, "password_file")?).map_err(|_| {
+                    BuildError::State(format!("state.password_file {}: not UTF-8", path.display()))
+                })?;
+                access.credentials = Some(
+                    store::state::access::RedisAccess::credentials_from(&text).map_err(|e| {
+                        BuildError::State(format!("state.password_file {}: {e}", path.display()))
+                    })?,
+                );
+            }
             let options = RedisOptions {
                 url: url.clone(),
                 timeout: config.state.timeout,
                 fail_open: config.state.on_backend_error == FailMode::Open,
                 key_prefix: config.state.key_prefix.clone(),
                 lease: Duration::from_secs(30),
+                access,
             };
             StateStore::Redis(Arc::new(
                 RedisState::connect(options, memory.clone())

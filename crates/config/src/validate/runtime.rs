@@ -7,6 +7,7 @@
 //! never repeated in a message.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use policy::DenyAction;
@@ -32,13 +33,28 @@ const RATE_KEYS: &[&str] = &["enabled", "max_requests", "interval"];
 /// Keys of `[logon]`.
 pub(super) const LOGON_KEYS: &[&str] = &["enabled", "max_failures", "find_time", "ban_time"];
 /// Keys of `[state]`.
-pub(super) const STATE_KEYS: &[&str] = &["backend", "on_backend_error", "timeout", "key_prefix"];
+pub(super) const STATE_KEYS: &[&str] = &[
+    "backend",
+    "on_backend_error",
+    "timeout",
+    "key_prefix",
+    "ca",
+    "cert",
+    "key",
+    "password_file",
+];
 /// Keys of `[admin]`.
 pub(super) const ADMIN_KEYS: &[&str] = &["listen"];
 /// Values of `state.on_backend_error`.
 const ON_BACKEND_ERROR: &[&str] = &["closed", "open"];
 /// The URL schemes `state.backend` accepts (longest first, for prefix matching).
-const REDIS_SCHEMES: &[&str] = &["redis+sentinel", "redis+unix", "rediss", "redis"];
+const REDIS_SCHEMES: &[&str] = &[
+    "rediss+sentinel",
+    "redis+sentinel",
+    "redis+unix",
+    "rediss",
+    "redis",
+];
 /// How a valid `state.backend` looks, for messages.
 const BACKEND_EXAMPLE: &str = "\"memory\", \"redis://127.0.0.1:6379/0\", \
      \"rediss://:PASSWORD@redis.internal:6380\", \"redis+unix:///run/redis/redis.sock\" or \"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0\"";
@@ -249,8 +265,90 @@ impl Checker<'_> {
                 None => d.key_prefix,
             },
         };
+        let file = |this: &mut Self, name: &str| -> Option<(PathBuf, std::ops::Range<usize>)> {
+            let v = s.get(name)?;
+            let text = this.string(&s.path(name), v)?;
+            Some((this.resolve(text), v.span()))
+        };
+        let ca = file(self, "ca").filter(|(p, span)| self.check_cert(&s.path("ca"), p, span));
+        let cert = file(self, "cert").filter(|(p, span)| self.check_cert(&s.path("cert"), p, span));
+        let key = file(self, "key").filter(|(p, span)| self.check_key(&s.path("key"), p, span));
+        let client_cert = match (cert, key) {
+            (Some((c, _)), Some((k, _))) => Some((c, k)),
+            (Some(_), None) if s.get("key").is_none() => {
+                self.missing(
+                    s,
+                    "key",
+                    "\"redis-client.key\" (the private key of state.cert)",
+                );
+                None
+            }
+            (None, Some(_)) if s.get("cert").is_none() => {
+                self.missing(
+                    s,
+                    "cert",
+                    "\"redis-client.pem\" (the certificate of state.key)",
+                );
+                None
+            }
+            _ => None,
+        };
+        let password_file = file(self, "password_file").filter(|(path, span)| {
+            match std::fs::read_to_string(path) {
+                Ok(text) if text.lines().next().is_some_and(|l| !l.trim().is_empty()) => true,
+                Ok(_) => {
+                    self.report(
+                        s.path("password_file"),
+                        Some(span.clone()),
+                        format!(
+                            "{}: the first line is empty (write PASSWORD or USER:PASSWORD)",
+                            path.display()
+                        ),
+                    );
+                    false
+                }
+                Err(e) => {
+                    self.report(
+                        s.path("password_file"),
+                        Some(span.clone()),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    false
+                }
+            }
+        });
+        if let (Some(_), Some(StateBackend::Redis(url))) = (&password_file, &backend)
+            && url_has_password(url.as_str())
+        {
+            self.report(
+                s.path("password_file"),
+                s.get("password_file").map(|v| v.span()),
+                "state.backend has a password too: keep it in one place (remove it from the URL)",
+            );
+        }
+        let tls = matches!(&backend, Some(StateBackend::Redis(u)) if u.starts_with("rediss"));
+        for name in ["ca", "cert", "key"] {
+            if let Some(v) = s.get(name)
+                && !tls
+                && matches!(backend, Some(StateBackend::Redis(_)))
+            {
+                self.warn(
+                    s.path(name),
+                    Some(v.span()),
+                    "is used only with TLS: a rediss:// or rediss+sentinel:// backend",
+                );
+            }
+        }
         if backend == Some(StateBackend::Memory) {
-            for key in ["on_backend_error", "timeout", "key_prefix"] {
+            for key in [
+                "on_backend_error",
+                "timeout",
+                "key_prefix",
+                "ca",
+                "cert",
+                "key",
+                "password_file",
+            ] {
                 if let Some(v) = s.get(key) {
                     self.warn(
                         s.path(key),
@@ -265,6 +363,9 @@ impl Checker<'_> {
             on_backend_error,
             timeout,
             key_prefix,
+            ca: ca.map(|(p, _)| p),
+            client_cert,
+            password_file: password_file.map(|(p, _)| p),
         }
     }
 
@@ -411,7 +512,7 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
                 .into(),
         );
     }
-    if scheme == "redis+sentinel" {
+    if scheme == "redis+sentinel" || scheme == "rediss+sentinel" {
         return check_sentinel_url(rest);
     }
     if scheme == "redis+unix" {
@@ -509,6 +610,16 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
         ));
     }
     Ok(())
+}
+
+/// Whether a Redis URL carries a password in its user information.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    rest.rfind('@').is_some_and(|at| {
+        rest[..at]
+            .split_once(':')
+            .is_some_and(|(_, p)| !p.is_empty())
+    })
 }
 
 /// Checks what follows `redis+sentinel://`: `[user:password@]h1[:port],h2[:port]/MASTER[/DB]`.
@@ -621,6 +732,15 @@ mod tests {
             ("redis://ho st", "not a host name"),
             ("redis+unix://run/redis.sock", "three slashes"),
             ("redis+unix:///", "no socket file"),
+            (
+                "redis+sentinel://h1:26379",
+                "names the Sentinels, then the master",
+            ),
+            ("redis+sentinel://h1:26379/", "not a master name"),
+            ("redis+sentinel://h1:0/m", "from 1 to 65535"),
+            ("redis+sentinel://h1,/m", "no host"),
+            ("redis+sentinel://h1/m/x", "non-negative"),
+            ("rediss+sentinel://h1/m?x", "query"),
         ] {
             let (e, _) = check_redis_url(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

@@ -303,7 +303,7 @@ impl Checker<'_> {
     }
 
     /// The certificate file holds at least one PEM certificate.
-    fn check_cert(&mut self, key: &str, path: &Path, span: &Range<usize>) -> bool {
+    pub(super) fn check_cert(&mut self, key: &str, path: &Path, span: &Range<usize>) -> bool {
         let shown = path.display();
         let iter = match CertificateDer::pem_file_iter(path) {
             Ok(iter) => iter,
@@ -341,7 +341,7 @@ impl Checker<'_> {
     }
 
     /// The key file holds a PEM private key.
-    fn check_key(&mut self, key: &str, path: &Path, span: &Range<usize>) -> bool {
+    pub(super) fn check_key(&mut self, key: &str, path: &Path, span: &Range<usize>) -> bool {
         match PrivateKeyDer::from_pem_file(path) {
             Ok(_) => true,
             Err(e) => {

@@ -57,6 +57,7 @@ use redis::{Client, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind}
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
+use super::access::RedisAccess;
 use super::memory::MemoryState;
 use super::sentinel::SentinelUrl;
 use super::session::Session;
@@ -94,6 +95,8 @@ pub struct RedisOptions {
     pub key_prefix: String,
     /// How long an in-flight slot outlives its last renewal (default 30 s, renewed every third).
     pub lease: Duration,
+    /// TLS material and credentials beyond the URL (`state.ca`, `cert`, `key`, `password_file`).
+    pub access: RedisAccess,
 }
 
 impl RedisOptions {
@@ -105,6 +108,7 @@ impl RedisOptions {
             fail_open: false,
             key_prefix: "portcullis:".to_owned(),
             lease: Duration::from_secs(30),
+            access: RedisAccess::default(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl fmt::Debug for RedisOptions {
             .field("fail_open", &self.fail_open)
             .field("key_prefix", &self.key_prefix)
             .field("lease", &self.lease)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -138,6 +143,8 @@ struct Inner {
     node: RwLock<(Client, String)>,
     /// `redis+sentinel://`: where to ask for the master.
     sentinel: Option<SentinelUrl>,
+    /// TLS material and credentials for every connection.
+    access: RedisAccess,
     /// Failovers followed (a Sentinel named a new master and it answered).
     failovers: AtomicU64,
     timeout: Duration,
@@ -218,16 +225,20 @@ impl RedisState {
         options: RedisOptions,
         fallback: Arc<MemoryState>,
     ) -> Result<RedisState, String> {
-        let (sentinel, url) = if options.url.starts_with("redis+sentinel://") {
+        let (sentinel, url) = if options.url.contains("+sentinel://") {
             let sentinel = SentinelUrl::parse(&options.url)
                 .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
-            let master = sentinel.find_master(CONNECT_TIMEOUT).await?;
+            let master = sentinel
+                .find_master(&options.access, CONNECT_TIMEOUT)
+                .await?;
             let url = sentinel.node_url(&master);
             (Some(sentinel), url)
         } else {
             (None, options.url.clone())
         };
-        let client = Client::open(url.as_str())
+        let client = options
+            .access
+            .client(&url, true)
             .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
         let endpoint = client.get_connection_info().addr().to_string();
         let mut conn = open_connection(&client, &endpoint).await?;
@@ -238,6 +249,7 @@ impl RedisState {
             conn: RwLock::new(conn),
             node: RwLock::new((client, endpoint)),
             sentinel,
+            access: options.access,
             failovers: AtomicU64::new(0),
             timeout,
             fail_open: options.fail_open,
@@ -720,13 +732,15 @@ impl Inner {
         let Some(sentinel) = &self.sentinel else {
             return Ok(false);
         };
-        let master = sentinel.find_master(CONNECT_TIMEOUT).await?;
+        let master = sentinel.find_master(&self.access, CONNECT_TIMEOUT).await?;
         let current = self.endpoint();
         if master == current {
             return Ok(false);
         }
-        let client =
-            Client::open(sentinel.node_url(&master).as_str()).map_err(|e| e.to_string())?;
+        let client = self
+            .access
+            .client(&sentinel.node_url(&master), true)
+            .map_err(|e| e.to_string())?;
         let conn = open_connection(&client, &master).await?;
         // Another task may have switched meanwhile: only the first one counts.
         if self.endpoint() != current {
@@ -1073,7 +1087,7 @@ async fn follow_sentinels(inner: Weak<Inner>) {
     use futures_util::StreamExt as _;
     let Some(clients) = inner
         .upgrade()
-        .and_then(|i| i.sentinel.as_ref().map(SentinelUrl::sentinel_clients))
+        .and_then(|i| i.sentinel.as_ref().map(|s| s.sentinel_clients(&i.access)))
     else {
         return;
     };

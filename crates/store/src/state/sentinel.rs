@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use redis::{Client, Value};
 
+use super::access::RedisAccess;
+
 /// A parsed `redis+sentinel://` URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SentinelUrl {
@@ -20,6 +22,8 @@ pub struct SentinelUrl {
     pub db: u32,
     /// `user:password` or `:password` for the data nodes, as written (percent-encoded).
     userinfo: Option<String>,
+    /// `rediss+sentinel://`: TLS to the Sentinels and the data nodes.
+    pub tls: bool,
 }
 
 impl fmt::Debug for SentinelUrl {
@@ -40,9 +44,18 @@ impl SentinelUrl {
     /// Reads `redis+sentinel://…`; the error never repeats a password.
     pub fn parse(url: &str) -> Result<SentinelUrl, String> {
         let example = "\"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0\"";
-        let rest = url
-            .strip_prefix("redis+sentinel://")
-            .ok_or_else(|| format!("not a redis+sentinel:// URL; write it like {example}"))?;
+        let (tls, rest) = match (
+            url.strip_prefix("redis+sentinel://"),
+            url.strip_prefix("rediss+sentinel://"),
+        ) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => {
+                return Err(format!(
+                    "not a redis+sentinel:// URL; write it like {example}"
+                ));
+            }
+        };
         if rest.contains(['?', '#']) {
             return Err(format!(
                 "query parameters and fragments are not supported; write it like {example}"
@@ -90,25 +103,35 @@ impl SentinelUrl {
             master: master.to_owned(),
             db,
             userinfo,
+            tls,
         })
     }
 
     /// The URL of the data node at `addr` (`host:port`), with this URL's user information and
     /// database.
     pub fn node_url(&self, addr: &str) -> String {
+        let scheme = self.scheme();
         match &self.userinfo {
-            Some(u) => format!("redis://{u}@{addr}/{}", self.db),
-            None => format!("redis://{addr}/{}", self.db),
+            Some(u) => format!("{scheme}://{u}@{addr}/{}", self.db),
+            None => format!("{scheme}://{addr}/{}", self.db),
         }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "rediss" } else { "redis" }
     }
 
     /// Asks the Sentinels, in turn, where the master is, and returns the first answer whose node
     /// says it is a master (`host:port`). Each question and check waits at most `timeout`.
-    pub async fn find_master(&self, timeout: Duration) -> Result<String, String> {
+    pub async fn find_master(
+        &self,
+        access: &RedisAccess,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let mut why = Vec::new();
         for sentinel in &self.sentinels {
-            match self.ask(sentinel, timeout).await {
-                Ok(addr) => match is_master(&self.node_url(&addr), timeout).await {
+            match self.ask(access, sentinel, timeout).await {
+                Ok(addr) => match is_master(access, &self.node_url(&addr), timeout).await {
                     Ok(true) => return Ok(addr),
                     Ok(false) => why.push(format!(
                         "Sentinel {sentinel} names {addr}, which is not a master (yet)"
@@ -126,8 +149,15 @@ impl SentinelUrl {
     }
 
     /// `SENTINEL get-master-addr-by-name` of one Sentinel.
-    async fn ask(&self, sentinel: &str, timeout: Duration) -> Result<String, String> {
-        let client = Client::open(format!("redis://{sentinel}")).map_err(|e| e.to_string())?;
+    async fn ask(
+        &self,
+        access: &RedisAccess,
+        sentinel: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let client = access
+            .client(&format!("{}://{sentinel}", self.scheme()), false)
+            .map_err(|e| e.to_string())?;
         let asking = async {
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("SENTINEL")
@@ -146,11 +176,12 @@ impl SentinelUrl {
     }
 
     /// The Sentinels' clients (for `+switch-master`).
-    pub(crate) fn sentinel_clients(&self) -> Vec<(String, Client)> {
+    pub(crate) fn sentinel_clients(&self, access: &RedisAccess) -> Vec<(String, Client)> {
         self.sentinels
             .iter()
             .filter_map(|s| {
-                Client::open(format!("redis://{s}"))
+                access
+                    .client(&format!("{}://{s}", self.scheme()), false)
                     .ok()
                     .map(|c| (s.clone(), c))
             })
@@ -175,8 +206,8 @@ impl SentinelUrl {
 }
 
 /// Whether the node at `url` answers `ROLE` with `master`.
-async fn is_master(url: &str, timeout: Duration) -> Result<bool, String> {
-    let client = Client::open(url).map_err(|e| e.to_string())?;
+async fn is_master(access: &RedisAccess, url: &str, timeout: Duration) -> Result<bool, String> {
+    let client = access.client(url, true).map_err(|e| e.to_string())?;
     let asking = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("ROLE").query_async::<Value>(&mut conn).await
