@@ -38,22 +38,33 @@ pub fn run(args: Args) -> ExitCode {
 
 /// What the state store will connect to, in words (never a password).
 fn state_target(backend: &config::StateBackend) -> String {
-    match backend {
+    let url = match backend {
         config::StateBackend::Memory => {
-            "in this process's memory (counters, bans and sessions are not shared)".to_owned()
+            return "in this process's memory (counters, bans and sessions are not shared)"
+                .to_owned();
         }
-        config::StateBackend::Redis(url) => match store::state::sentinel::SentinelUrl::parse(url) {
-            Ok(s) => format!(
-                "Redis: the master \"{}\" (database {}) as named by the Sentinels at {}; failovers are followed",
-                s.master,
-                s.db,
-                s.sentinels.join(", ")
-            ),
-            Err(_) => {
-                let after = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-                let after = after.rsplit_once('@').map_or(after, |(_, r)| r);
-                format!("Redis at {after}")
-            }
-        },
+        config::StateBackend::Redis(url) => url.as_str(),
+    };
+    let tls = if url.starts_with("rediss") {
+        " over TLS"
+    } else {
+        ""
+    };
+    if let Ok(c) = store::state::cluster::ClusterUrl::parse(url) {
+        return format!(
+            "Redis Cluster{tls} starting from {}; slots, redirections and failovers are followed",
+            c.nodes.join(", ")
+        );
     }
+    if let Ok(s) = store::state::sentinel::SentinelUrl::parse(url) {
+        return format!(
+            "Redis{tls}: the master \"{}\" (database {}) as named by the Sentinels at {}; failovers are followed",
+            s.master,
+            s.db,
+            s.sentinels.join(", ")
+        );
+    }
+    let after = url.split_once("://").map_or(url, |(_, r)| r);
+    let after = after.rsplit_once('@').map_or(after, |(_, r)| r);
+    format!("Redis at {after}{tls}")
 }

@@ -49,6 +49,8 @@ pub(super) const ADMIN_KEYS: &[&str] = &["listen"];
 const ON_BACKEND_ERROR: &[&str] = &["closed", "open"];
 /// The URL schemes `state.backend` accepts (longest first, for prefix matching).
 const REDIS_SCHEMES: &[&str] = &[
+    "rediss+cluster",
+    "redis+cluster",
     "rediss+sentinel",
     "redis+sentinel",
     "redis+unix",
@@ -327,6 +329,17 @@ impl Checker<'_> {
             );
         }
         let tls = matches!(&backend, Some(StateBackend::Redis(u)) if u.starts_with("rediss"));
+        if let Some(StateBackend::Redis(url)) = &backend
+            && url.contains("+cluster://")
+            && key_prefix.contains(['{', '}'])
+        {
+            self.report(
+                s.path("key_prefix"),
+                s.get("key_prefix").map(|v| v.span()),
+                "must not contain '{' or '}' with Redis Cluster: they would replace the hash tags \
+                 that keep each script's keys in one slot",
+            );
+        }
         for name in ["ca", "cert", "key"] {
             if let Some(v) = s.get(name)
                 && !tls
@@ -515,6 +528,9 @@ fn check_redis_url(text: &str) -> Result<(), (String, Option<String>)> {
     if scheme == "redis+sentinel" || scheme == "rediss+sentinel" {
         return check_sentinel_url(rest);
     }
+    if scheme == "redis+cluster" || scheme == "rediss+cluster" {
+        return check_cluster_url(rest);
+    }
     if scheme == "redis+unix" {
         return match rest.strip_prefix('/') {
             None => fail(
@@ -622,6 +638,45 @@ fn url_has_password(url: &str) -> bool {
     })
 }
 
+/// Checks what follows `redis+cluster://`: `[user:password@]h1[:port],h2[:port][/]`.
+fn check_cluster_url(rest: &str) -> Result<(), (String, Option<String>)> {
+    let example = "\"redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000\"";
+    let after_user = match rest.rfind('@') {
+        Some(at) if rest[..at].contains('/') => {
+            return Err((
+                "the password in state.backend contains '/', which ends the host part of a URL; \
+                 percent-encode it as %2F (and '%' as %25)"
+                    .into(),
+                None,
+            ));
+        }
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let hosts = match after_user.split_once('/') {
+        None => after_user,
+        Some((hosts, "")) => hosts,
+        Some(_) => {
+            return Err((
+                format!(
+                    "a Redis Cluster has only database 0: nothing may follow the nodes; write it like {example}"
+                ),
+                None,
+            ));
+        }
+    };
+    for host in hosts.split(',') {
+        check_redis_url(&format!("redis://{}", host.trim())).map_err(|(m, _)| {
+            (
+                format!("Cluster node \"{}\": {m}", host.trim())
+                    .replace("redis://", "redis+cluster://"),
+                None,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks what follows `redis+sentinel://`: `[user:password@]h1[:port],h2[:port]/MASTER[/DB]`.
 fn check_sentinel_url(rest: &str) -> Result<(), (String, Option<String>)> {
     let example = "\"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/0\"";
@@ -709,6 +764,8 @@ mod tests {
             "redis+unix:///run/redis/redis.sock",
             "redis+sentinel://10.0.0.1:26379,10.0.0.2/mymaster/2",
             "redis+sentinel://:pw@sentinel.internal/mymaster",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000/",
+            "rediss+cluster://:pw@node-a:7000",
         ] {
             assert_eq!(check_redis_url(ok), Ok(()), "{ok}");
         }
@@ -741,6 +798,8 @@ mod tests {
             ("redis+sentinel://h1,/m", "no host"),
             ("redis+sentinel://h1/m/x", "non-negative"),
             ("rediss+sentinel://h1/m?x", "query"),
+            ("redis+cluster://h1:7000/0", "only database 0"),
+            ("redis+cluster://h1:7000,:7001", "no host"),
         ] {
             let (e, _) = check_redis_url(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

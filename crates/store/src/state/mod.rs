@@ -8,6 +8,7 @@
 //! Time comes through a [`Clock`], so limiter tests advance a fake clock instead of sleeping.
 
 pub mod access;
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 pub mod sentinel;

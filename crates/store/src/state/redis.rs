@@ -52,12 +52,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use super::access::RedisAccess;
+use super::cluster::ClusterUrl;
 use super::memory::MemoryState;
 use super::sentinel::SentinelUrl;
 use super::session::Session;
@@ -137,10 +142,11 @@ pub struct RedisState {
 struct Inner {
     /// The connection in use; replaced by a fresh one when the circuit closes after an outage
     /// or when a Sentinel names another master.
-    conn: RwLock<ConnectionManager>,
-    /// The node in use and its `host:port` (or the socket path): for messages, never the URL
-    /// (it may hold a password).
-    node: RwLock<(Client, String)>,
+    conn: RwLock<Conn>,
+    /// Where fresh connections come from, and the node in use as `host:port` (or the socket
+    /// path; for a Cluster, its starting nodes): for messages, never the URL (it may hold a
+    /// password).
+    node: RwLock<(Target, String)>,
     /// `redis+sentinel://`: where to ask for the master.
     sentinel: Option<SentinelUrl>,
     /// TLS material and credentials for every connection.
@@ -225,7 +231,17 @@ impl RedisState {
         options: RedisOptions,
         fallback: Arc<MemoryState>,
     ) -> Result<RedisState, String> {
-        let (sentinel, url) = if options.url.contains("+sentinel://") {
+        let cluster = if options.url.contains("+cluster://") {
+            Some(
+                ClusterUrl::parse(&options.url)
+                    .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?,
+            )
+        } else {
+            None
+        };
+        let (sentinel, url) = if cluster.is_some() {
+            (None, String::new())
+        } else if options.url.contains("+sentinel://") {
             let sentinel = SentinelUrl::parse(&options.url)
                 .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
             let master = sentinel
@@ -236,18 +252,29 @@ impl RedisState {
         } else {
             (None, options.url.clone())
         };
-        let client = options
-            .access
-            .client(&url, true)
-            .map_err(|e| format!("invalid Redis URL \"{}\": {e}", redact(&options.url)))?;
-        let endpoint = client.get_connection_info().addr().to_string();
-        let mut conn = open_connection(&client, &endpoint).await?;
+        let (target, endpoint) =
+            match &cluster {
+                Some(c) => (
+                    Target::Cluster(c.client(&options.access).map_err(|e| {
+                        format!("invalid Redis URL \"{}\": {e}", redact(&options.url))
+                    })?),
+                    format!("cluster {}", c.nodes.join(",")),
+                ),
+                None => {
+                    let client = options.access.client(&url, true).map_err(|e| {
+                        format!("invalid Redis URL \"{}\": {e}", redact(&options.url))
+                    })?;
+                    let endpoint = client.get_connection_info().addr().to_string();
+                    (Target::Node(client), endpoint)
+                }
+            };
+        let mut conn = open_connection(&target, &endpoint).await?;
         let secret = shared_secret(&mut conn, &options.key_prefix, &endpoint).await?;
         let timeout = options.timeout.max(Duration::from_millis(1));
         let lease = options.lease.max(Duration::from_millis(30));
         let inner = Arc::new(Inner {
             conn: RwLock::new(conn),
-            node: RwLock::new((client, endpoint)),
+            node: RwLock::new((target, endpoint)),
             sentinel,
             access: options.access,
             failovers: AtomicU64::new(0),
@@ -256,6 +283,7 @@ impl RedisState {
             lease,
             keys: Keys {
                 prefix: options.key_prefix,
+                cluster: cluster.is_some(),
             },
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             fallback,
@@ -418,22 +446,49 @@ impl RedisState {
         let inner = &self.inner;
         let ip = ip.to_canonical();
         let reason = super::ban_reason(reg);
-        let mut call = inner.scripts.failure.prepare_invoke();
-        call.key(inner.keys.failures(&BanSubject::Address(ip)))
-            .key(inner.keys.failures(&BanSubject::User(user.to_owned())))
-            .key(inner.keys.ban(&BanSubject::Address(ip)))
-            .key(inner.keys.ban(&BanSubject::User(user.to_owned())))
-            .arg(reg.max_failures.max(1))
-            .arg(millis(reg.find_time).max(1))
-            .arg(millis(reg.ban_time).max(1))
-            .arg(&reason)
-            .arg(format!(
-                "{}:{}",
-                inner.instance,
-                inner.seq.fetch_add(1, Ordering::Relaxed)
-            ));
-        let mut conn = inner.connection();
-        let answer: Result<Vec<i64>, CallError> = inner.call(call.invoke_async(&mut conn)).await;
+        let subjects = [BanSubject::Address(ip), BanSubject::User(user.to_owned())];
+        let member = format!(
+            "{}:{}",
+            inner.instance,
+            inner.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        // One script over both subjects; in Cluster mode one per subject (their keys live in
+        // different slots), sent together.
+        let groups: Vec<&[BanSubject]> = if inner.keys.cluster {
+            subjects.chunks(1).collect()
+        } else {
+            vec![&subjects[..]]
+        };
+        let calls = groups.iter().map(|group| {
+            let mut call = inner.scripts.failure.prepare_invoke();
+            for subject in *group {
+                call.key(inner.keys.failures(subject));
+            }
+            for subject in *group {
+                call.key(inner.keys.ban(subject));
+            }
+            call.arg(reg.max_failures.max(1))
+                .arg(millis(reg.find_time).max(1))
+                .arg(millis(reg.ban_time).max(1))
+                .arg(&reason)
+                .arg(&member);
+            let mut conn = inner.connection();
+            async move { inner.call(call.invoke_async::<Vec<i64>>(&mut conn)).await }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let answer: Result<Vec<i64>, CallError> =
+            answers
+                .into_iter()
+                .enumerate()
+                .try_fold(Vec::new(), |mut started, (g, answer)| {
+                    // Indexes within a group, made indexes into `subjects` (1 address, 2 user).
+                    started.extend(
+                        answer?
+                            .into_iter()
+                            .map(|i| i + i64::try_from(g).unwrap_or(0)),
+                    );
+                    Ok(started)
+                });
         match answer {
             Ok(started) => {
                 let remaining = Duration::from_millis(millis(reg.ban_time).max(1));
@@ -523,7 +578,9 @@ impl RedisState {
             None => inner.scan_bans().await?,
         };
         let mut lifted = 0;
-        for chunk in keys.chunks(SCAN_BATCH) {
+        // In Cluster mode each ban key has its own slot: one DEL per key.
+        let batch = if inner.keys.cluster { 1 } else { SCAN_BATCH };
+        for chunk in keys.chunks(batch) {
             let mut cmd = redis::cmd("DEL");
             cmd.arg(chunk);
             let mut conn = inner.connection();
@@ -640,11 +697,7 @@ impl RedisState {
 
 /// The CSRF signing key stored in Redis: the first instance creates it (`SET NX`), every
 /// instance reads the same one, so a form served by one instance is accepted by another.
-async fn shared_secret(
-    conn: &mut ConnectionManager,
-    prefix: &str,
-    endpoint: &str,
-) -> Result<[u8; 32], String> {
+async fn shared_secret(conn: &mut Conn, prefix: &str, endpoint: &str) -> Result<[u8; 32], String> {
     let key = format!("{prefix}csrf-secret");
     let fresh: [u8; 32] = rand::random();
     let fresh_hex = crate::hex(&fresh);
@@ -717,9 +770,9 @@ impl Inner {
 
     /// Puts `conn` to `client` at `endpoint` in use and closes the circuit; returns how long the
     /// circuit had been open (how long requests waited for an answer, or got the fallback).
-    fn switch(&self, client: Client, endpoint: String, conn: ConnectionManager) -> Duration {
+    fn switch(&self, target: Target, endpoint: String, conn: Conn) -> Duration {
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
-        *self.node.write().unwrap_or_else(PoisonError::into_inner) = (client, endpoint);
+        *self.node.write().unwrap_or_else(PoisonError::into_inner) = (target, endpoint);
         match std::mem::replace(&mut *lock(&self.breaker), Breaker::Closed { failures: 0 }) {
             Breaker::Open { since } => since.elapsed(),
             Breaker::Closed { .. } => Duration::ZERO,
@@ -741,12 +794,13 @@ impl Inner {
             .access
             .client(&sentinel.node_url(&master), true)
             .map_err(|e| e.to_string())?;
-        let conn = open_connection(&client, &master).await?;
+        let target = Target::Node(client);
+        let conn = open_connection(&target, &master).await?;
         // Another task may have switched meanwhile: only the first one counts.
         if self.endpoint() != current {
             return Ok(false);
         }
-        let waited = self.switch(client, master.clone(), conn);
+        let waited = self.switch(target, master.clone(), conn);
         self.failovers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             name = %sentinel.master,
@@ -759,7 +813,7 @@ impl Inner {
         Ok(true)
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> Conn {
         self.conn
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -910,7 +964,9 @@ impl Inner {
             .values()
             .map(|l| (l.key.clone(), l.member.clone()))
             .collect();
-        for chunk in live.chunks(RENEW_BATCH) {
+        // In Cluster mode each lease's key has its own slot: one call per lease.
+        let batch = if self.keys.cluster { 1 } else { RENEW_BATCH };
+        for chunk in live.chunks(batch) {
             let mut call = self.scripts.renew.prepare_invoke();
             call.arg(millis(self.lease));
             for (key, member) in chunk {
@@ -932,6 +988,19 @@ impl Inner {
         if orphans.is_empty() {
             return;
         }
+        if self.keys.cluster {
+            let mut failed = Vec::new();
+            for o in orphans {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(&o.lease.key).arg(&o.lease.member);
+                let mut conn = self.connection();
+                if self.call(cmd.query_async::<i64>(&mut conn)).await.is_err() {
+                    failed.push(o);
+                }
+            }
+            lock(&self.orphans).extend(failed);
+            return;
+        }
         let mut pipe = redis::pipe();
         for o in &orphans {
             pipe.cmd("ZREM")
@@ -947,12 +1016,27 @@ impl Inner {
 
     /// Reads the bans of `subjects`, keeping only active ones, in the order given.
     async fn read_bans(self: &Arc<Self>, subjects: Vec<BanSubject>) -> Result<Vec<Ban>, CallError> {
-        let mut call = self.scripts.read_bans.prepare_invoke();
-        for subject in &subjects {
-            call.key(self.keys.ban(subject));
+        // One script; in Cluster mode one per subject (each ban key has its own slot), together.
+        let groups: Vec<&[BanSubject]> = if self.keys.cluster {
+            subjects.chunks(1).collect()
+        } else {
+            vec![&subjects[..]]
+        };
+        let calls = groups.iter().map(|group| {
+            let mut call = self.scripts.read_bans.prepare_invoke();
+            for subject in *group {
+                call.key(self.keys.ban(subject));
+            }
+            let mut conn = self.connection();
+            async move {
+                self.call(call.invoke_async::<Vec<(Option<String>, i64)>>(&mut conn))
+                    .await
+            }
+        });
+        let mut answer = Vec::with_capacity(subjects.len());
+        for part in futures_util::future::join_all(calls).await {
+            answer.extend(part?);
         }
-        let mut conn = self.connection();
-        let answer: Vec<(Option<String>, i64)> = self.call(call.invoke_async(&mut conn)).await?;
         let now = SystemTime::now();
         Ok(subjects
             .into_iter()
@@ -972,25 +1056,54 @@ impl Inner {
             .collect())
     }
 
-    /// Every ban key (`SCAN`, so Redis is never blocked for long).
+    /// Every ban key (`SCAN`, so Redis is never blocked for long; in Cluster mode on every
+    /// master, asked of the cluster with `CLUSTER NODES`).
     async fn scan_bans(self: &Arc<Self>) -> Result<Vec<String>, Unavailable> {
         let pattern = self.keys.ban_pattern();
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_BATCH);
+        let masters = if self.keys.cluster {
             let mut conn = self.connection();
-            let (next, batch): (u64, Vec<String>) = self.call(cmd.query_async(&mut conn)).await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
+            let nodes: String = self
+                .call(redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn))
+                .await?;
+            super::cluster::masters(&nodes)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        let mut keys = Vec::new();
+        for master in masters {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH);
+                let mut conn = self.connection();
+                let (next, batch): (u64, Vec<String>) = match (&master, &mut conn) {
+                    (Some((host, port)), Conn::Cluster(c)) => {
+                        let routed = c.route_command(
+                            cmd,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                host: host.clone(),
+                                port: *port,
+                            }),
+                        );
+                        let value = self.call(routed).await?;
+                        redis::from_redis_value(value)
+                            .map_err(|e| Unavailable(format!("Redis answered SCAN with {e}")))?
+                    }
+                    _ => self.call(cmd.query_async(&mut conn)).await?,
+                };
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
         // SCAN may return a key twice.
         keys.sort_unstable();
@@ -1041,7 +1154,7 @@ async fn renew_leases(inner: Weak<Inner>, every: Duration) {
 async fn probe_until_reachable(inner: Weak<Inner>) {
     loop {
         let every = match inner.upgrade() {
-            Some(i) if i.sentinel.is_some() => SENTINEL_PROBE_EVERY,
+            Some(i) if i.sentinel.is_some() || i.keys.cluster => SENTINEL_PROBE_EVERY,
             Some(_) => BREAKER_OPEN_FOR,
             None => return,
         };
@@ -1060,14 +1173,14 @@ async fn probe_until_reachable(inner: Weak<Inner>) {
                 }
             }
         }
-        let (client, endpoint) = inner
+        let (target, endpoint) = inner
             .node
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        match open_connection(&client, &endpoint).await {
+        match open_connection(&target, &endpoint).await {
             Ok(conn) => {
-                let since = inner.switch(client, endpoint.clone(), conn);
+                let since = inner.switch(target, endpoint.clone(), conn);
                 tracing::warn!(
                     endpoint = %endpoint,
                     "state backend reachable again after {:.1}s; limits and bans are shared again",
@@ -1131,17 +1244,23 @@ async fn follow_sentinels(inner: Weak<Inner>) {
     }
 }
 
-/// A connection manager that answered `PING` within [`CONNECT_TIMEOUT`].
-async fn open_connection(client: &Client, endpoint: &str) -> Result<ConnectionManager, String> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        // Each call has its own timeout; the manager reconnects by itself after a drop.
-        .set_response_timeout(None)
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
+/// A connection that answered `PING` within [`CONNECT_TIMEOUT`]: a connection manager to one
+/// node, or a Cluster connection (which follows the cluster's slots and failovers by itself).
+async fn open_connection(target: &Target, endpoint: &str) -> Result<Conn, String> {
     let connecting = async {
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut conn = match target {
+            Target::Node(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    // Each call has its own timeout; the manager reconnects by itself after a drop.
+                    .set_response_timeout(None)
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                Conn::Node(ConnectionManager::new_with_config(client.clone(), config).await?)
+            }
+            Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        };
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok::<_, RedisError>(conn)
     };
@@ -1152,6 +1271,51 @@ async fn open_connection(client: &Client, endpoint: &str) -> Result<ConnectionMa
             "Redis at {endpoint} did not answer within {}s",
             CONNECT_TIMEOUT.as_secs()
         )),
+    }
+}
+
+/// Where fresh connections come from (one per store: its size does not matter).
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    /// One node (or the master a Sentinel named).
+    Node(Client),
+    /// A Redis Cluster.
+    Cluster(ClusterClient),
+}
+
+/// The connection in use.
+#[derive(Clone)]
+enum Conn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -1170,41 +1334,67 @@ fn is_outage(e: &RedisError) -> bool {
 
 struct Keys {
     prefix: String,
+    /// Redis Cluster: keys carry hash tags so that each script's keys share one slot.
+    cluster: bool,
 }
 
 impl Keys {
+    /// `text` as a hash tag in Cluster mode, as itself otherwise (the keys of a single Redis keep
+    /// their names from before Cluster support: an upgrade loses nothing).
+    fn part(&self, text: &str) -> String {
+        if self.cluster {
+            super::cluster::tag(text)
+        } else {
+            text.to_owned()
+        }
+    }
+
     fn nonce(&self, key: &str) -> String {
         format!("{}nonce:{key}", self.prefix)
     }
 
+    /// Sessions and the per-user indexes share one slot (`{sessions}`) in Cluster mode: the cap
+    /// per user is one script over the index and the sessions it names.
     fn session(&self, key: &str) -> String {
-        format!("{}session:{key}", self.prefix)
+        if self.cluster {
+            format!("{}{{sessions}}session:{key}", self.prefix)
+        } else {
+            format!("{}session:{key}", self.prefix)
+        }
     }
 
     /// The index of a user's sessions (for `portal.max_sessions_per_user`).
     fn sessions_of(&self, user: &str) -> String {
-        format!("{}sessions-of:{user}", self.prefix)
+        if self.cluster {
+            format!("{}{{sessions}}sessions-of:{user}", self.prefix)
+        } else {
+            format!("{}sessions-of:{user}", self.prefix)
+        }
     }
 
     fn rate(&self, ip: IpAddr) -> String {
-        format!("{}rate:{ip}", self.prefix)
+        format!("{}rate:{}", self.prefix, self.part(&ip.to_string()))
     }
 
     fn in_flight(&self, ip: IpAddr) -> String {
-        format!("{}inflight:{ip}", self.prefix)
+        format!("{}inflight:{}", self.prefix, self.part(&ip.to_string()))
     }
 
     fn failures(&self, subject: &BanSubject) -> String {
         match subject {
-            BanSubject::Address(ip) => format!("{}fail:addr:{ip}", self.prefix),
-            BanSubject::User(user) => format!("{}fail:user:{user}", self.prefix),
+            BanSubject::Address(ip) => {
+                format!("{}fail:addr:{}", self.prefix, self.part(&ip.to_string()))
+            }
+            BanSubject::User(user) => format!("{}fail:user:{}", self.prefix, self.part(user)),
         }
     }
 
     fn ban(&self, subject: &BanSubject) -> String {
         match subject {
-            BanSubject::Address(ip) => format!("{}ban:addr:{ip}", self.prefix),
-            BanSubject::User(user) => format!("{}ban:user:{user}", self.prefix),
+            BanSubject::Address(ip) => {
+                format!("{}ban:addr:{}", self.prefix, self.part(&ip.to_string()))
+            }
+            BanSubject::User(user) => format!("{}ban:user:{}", self.prefix, self.part(user)),
         }
     }
 
@@ -1225,14 +1415,22 @@ impl Keys {
         let rest = key
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix("ban:")?;
+        let text = |part: &str| {
+            if self.cluster {
+                super::cluster::untag(part)
+            } else {
+                Some(part.to_owned())
+            }
+        };
         if let Some(addr) = rest.strip_prefix("addr:") {
-            return addr
+            return text(addr)?
                 .parse::<IpAddr>()
                 .ok()
                 .map(|ip| BanSubject::Address(ip.to_canonical()));
         }
         rest.strip_prefix("user:")
-            .map(|user| BanSubject::User(user.to_owned()))
+            .and_then(text)
+            .map(BanSubject::User)
     }
 }
 
@@ -1285,6 +1483,7 @@ mod tests {
     fn keys_are_prefixed_and_canonical() {
         let keys = Keys {
             prefix: "pc:".to_owned(),
+            cluster: false,
         };
         let ip: IpAddr = "::ffff:192.0.2.1".parse::<IpAddr>().unwrap().to_canonical();
         assert_eq!(keys.rate(ip), "pc:rate:192.0.2.1");
@@ -1306,11 +1505,42 @@ mod tests {
         assert_eq!(keys.ban_subject("other:ban:user:a"), None);
         assert_eq!(
             Keys {
-                prefix: "a*[x]:".to_owned()
+                prefix: "a*[x]:".to_owned(),
+                cluster: false,
             }
             .ban_pattern(),
             "a\\*\\[x\\]:ban:*"
         );
+    }
+
+    /// In Cluster mode each script's keys share a hash tag, whatever a user name holds.
+    #[test]
+    fn cluster_keys_share_a_tag_per_script() {
+        let keys = Keys {
+            prefix: "pc:".to_owned(),
+            cluster: true,
+        };
+        let tag_of = |key: &str| {
+            let open = key.find('{').unwrap();
+            let close = open + key[open..].find('}').unwrap();
+            key[open..=close].to_owned()
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(keys.rate(ip), "pc:rate:{192.0.2.1}");
+        assert_eq!(tag_of(&keys.rate(ip)), tag_of(&keys.in_flight(ip)));
+        for user in ["alice", "a}b", "{x", "}{", "50%"] {
+            let subject = BanSubject::User(user.into());
+            assert_eq!(
+                tag_of(&keys.failures(&subject)),
+                tag_of(&keys.ban(&subject)),
+                "{user}"
+            );
+            assert_eq!(keys.ban_subject(&keys.ban(&subject)), Some(subject));
+            assert_eq!(tag_of(&keys.sessions_of(user)), "{sessions}");
+        }
+        assert_eq!(tag_of(&keys.session("abc")), "{sessions}");
+        let addr = BanSubject::Address(ip);
+        assert_eq!(keys.ban_subject(&keys.ban(&addr)), Some(addr));
     }
 
     #[test]

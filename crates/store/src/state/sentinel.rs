@@ -224,7 +224,7 @@ async fn is_master(access: &RedisAccess, url: &str, timeout: Duration) -> Result
 }
 
 /// `host[:port]` (IPv6 in brackets) with `default` as the port when none is written.
-fn host_port(text: &str, default: u16) -> Result<String, String> {
+pub(crate) fn host_port(text: &str, default: u16) -> Result<String, String> {
     let (host, port) = if let Some(b) = text.strip_prefix('[') {
         let (host, after) = b
             .split_once(']')

@@ -1,8 +1,9 @@
-//! Redis Sentinel: two instances share sessions, bans and limits through the master a set of
-//! real Sentinels names (`redis+sentinel://…`), and follow a failover when the master is killed
-//! under load — every answer meanwhile is right or the configured `on_backend_error` one, and
-//! the answers are right again within the failover time + 2 s; what was written before is still
-//! there.
+//! No single Redis: two instances share sessions, bans and limits through the master a set of
+//! real Sentinels names (`redis+sentinel://…`), or through a real Redis Cluster
+//! (`redis+cluster://…`), and follow a failover when a master is killed under load — every
+//! answer meanwhile is right or the configured `on_backend_error` one, and the answers are right
+//! again within the failover time + 2 s; what was written before is still there. And TLS to
+//! Redis with a private CA, a client certificate and an ACL user from a password file.
 
 mod util;
 
@@ -23,13 +24,18 @@ struct Node {
 
 impl Node {
     fn start(replica_of: Option<u16>) -> Node {
+        Node::start_with(replica_of, &[])
+    }
+
+    fn start_with(replica_of: Option<u16>, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cmd = Command::new(which("redis-server").expect("redis-server (run scripts/test)"));
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path());
+            .arg(dir.path())
+            .args(extra);
         if let Some(master) = replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
@@ -492,4 +498,252 @@ fn tls_with_a_private_ca_a_client_certificate_and_an_acl_user_from_a_file() {
     );
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+/// `CLUSTER NODES` of the node at `port`: (port, is master, master's id or "-", id) per node.
+fn cluster_nodes(port: u16) -> Vec<(u16, bool, String, String)> {
+    cli(port, &["CLUSTER", "NODES"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f
+                .get(1)?
+                .split('@')
+                .next()?
+                .rsplit_once(':')?
+                .1
+                .parse()
+                .ok()?;
+            let flags = f.get(2)?;
+            let master = flags.contains("master") && !flags.contains("fail");
+            Some((port, master, f.get(3)?.to_string(), f.first()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn instances_follow_a_cluster_failover_and_keep_sessions_and_bans() {
+    // Six nodes: three masters, one replica each (`redis-cli --cluster create`).
+    let mut nodes: Vec<Node> = (0..6)
+        .map(|_| {
+            Node::start_with(
+                None,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(created.status.success(), "{created:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the cluster to be ok everywhere",
+        || {
+            nodes
+                .iter()
+                .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                .then_some(())
+        },
+    );
+
+    let upstream = TestUpstream::start();
+    let url = format!("redis+cluster://{}", addrs[..3].join(","));
+    let users = std::fs::read_to_string(
+        dir_with_user("alice", "wonderland-42")
+            .path()
+            .join("users.htpasswd"),
+    )
+    .unwrap();
+    let start = || {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = util::portal::portal_config()
+            .section("state", &format!("backend = \"{url}\""))
+            .section("state", "timeout = \"300ms\"")
+            .section("logon", "max_failures = 2")
+            .section("logon", "ban_time = \"1h\"")
+            .section(
+                "dynamic",
+                "deny_by_concurrent = { enabled = true, max_concurrent = 50 }",
+            )
+            .section("admin", &format!("listen = \"{admin}\""))
+            .build();
+        (
+            Gateway::start(&config, upstream.addr, &[("users.htpasswd", &users)]),
+            admin,
+        )
+    };
+    let ((a, admin_a), (b, _)) = (start(), start());
+    let (ok, stdout, _) = cli_in(&a.path("portcullis.toml"), "check-config", &[], None);
+    assert!(
+        ok && stdout.contains("Redis Cluster starting from 127.0.0.1:"),
+        "{stdout}"
+    );
+
+    // Before: a session made on A, a ban started on B (keys hash-tagged: sessions in one slot,
+    // each client's and user's counters in their own).
+    let cookie = runtime().block_on(async {
+        let mut browser = Browser::new(&format!("http://{}", a.addr));
+        let page = browser.sign_in("alice", "wonderland-42", "/app").await;
+        assert_eq!(page.status, 303, "{}", page.body);
+        let c = client();
+        for _ in 0..2 {
+            let r = c
+                .get(b.url("/app"))
+                .basic_auth("mallory", Some("guess"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+        }
+        format!(
+            "portcullis_session={}",
+            browser
+                .jar
+                .get("portcullis_session")
+                .expect("a session cookie")
+        )
+    });
+    let get = |gw: &Gateway, c: &reqwest::Client| {
+        c.get(gw.url("/app"))
+            .header("cookie", &cookie)
+            .header("accept", "application/json")
+            .send()
+    };
+    runtime().block_on(async {
+        let c = client();
+        assert_eq!(
+            get(&b, &c).await.unwrap().status(),
+            200,
+            "the session on B too"
+        );
+        let banned = c
+            .get(a.url("/app"))
+            .basic_auth("mallory", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(banned.status(), 403, "the ban on A too");
+        let bans: serde_json::Value = c
+            .get(format!("http://{admin_a}/bans"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            bans.to_string().contains("mallory"),
+            "listed from every master: {bans}"
+        );
+    });
+
+    // The master holding the sessions' slot is killed, once its replica has everything.
+    let slot: u16 = cli(nodes[0].port, &["CLUSTER", "KEYSLOT", "{sessions}"])
+        .parse()
+        .unwrap();
+    // The master that holds keys in that slot (the session made above is one).
+    let owner_port = cluster_nodes(nodes[0].port)
+        .into_iter()
+        .filter(|n| n.1)
+        .map(|n| n.0)
+        .find(|&port| {
+            cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+                .parse::<u32>()
+                .is_ok_and(|n| n > 0)
+        })
+        .expect("the master of the sessions' slot");
+    let owner_id = cluster_nodes(owner_port)
+        .into_iter()
+        .find(|n| n.0 == owner_port)
+        .unwrap()
+        .3;
+    let replica_port = cluster_nodes(owner_port)
+        .into_iter()
+        .find(|n| n.2 == owner_id)
+        .expect("a replica of the owner")
+        .0;
+    eventually(
+        Duration::from_secs(10),
+        "the replica to have the sessions",
+        || (cli(replica_port, &["DBSIZE"]) == cli(owner_port, &["DBSIZE"])).then_some(()),
+    );
+    let killed_at = Instant::now();
+    nodes
+        .iter_mut()
+        .find(|n| n.port == owner_port)
+        .unwrap()
+        .kill();
+    let mut answers: Vec<(Duration, char, u16)> = Vec::new();
+    let mut failed_over_at = None;
+    runtime().block_on(async {
+        let c = client();
+        while killed_at.elapsed() < Duration::from_secs(40) {
+            for (name, gw) in [('A', &a), ('B', &b)] {
+                let status = get(gw, &c).await.map(|r| r.status().as_u16()).unwrap_or(0);
+                answers.push((killed_at.elapsed(), name, status));
+            }
+            if failed_over_at.is_none()
+                && cluster_nodes(replica_port)
+                    .iter()
+                    .any(|n| n.0 == replica_port && n.1)
+            {
+                failed_over_at = Some(killed_at.elapsed());
+            }
+            if let Some(at) = failed_over_at
+                && killed_at.elapsed() > at + Duration::from_secs(4)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let failed_over_at = failed_over_at.expect("the replica to take over");
+    let mut line = String::new();
+    for second in 0..=answers.last().unwrap().0.as_secs() {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, name, status) in answers.iter().filter(|(t, _, _)| t.as_secs() == second) {
+            *counts.entry(format!("{name}:{status}")).or_insert(0) += 1;
+        }
+        line.push_str(&format!("  {second:>2}s {counts:?}\n"));
+    }
+    eprintln!(
+        "master of the sessions' slot killed at 0 s; its replica took over at {:.1} s\n{line}",
+        failed_over_at.as_secs_f64()
+    );
+    for (t, name, status) in &answers {
+        assert!(
+            *status == 200 || *status == 503,
+            "{name} answered {status} at {t:?}: only right answers or on_backend_error's 503\n{line}"
+        );
+        if *t > failed_over_at + Duration::from_secs(2) {
+            assert_eq!(
+                *status, 200,
+                "{name} at {t:?}, after the failover + 2 s\n{line}"
+            );
+        }
+    }
+    runtime().block_on(async {
+        let banned = client()
+            .get(b.url("/app"))
+            .basic_auth("mallory", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(banned.status(), 403, "the ban survived the failover");
+    });
 }
