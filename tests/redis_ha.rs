@@ -120,6 +120,155 @@ fn master_port(sentinel: u16) -> Option<u16> {
         .and_then(|p| p.trim().parse().ok())
 }
 
+/// Two instances sharing the state at `url`, each with an admin listener, and the cookie of a
+/// session made on A (checked on B) after a ban started on B (checked on A).
+struct Pair {
+    a: Gateway,
+    b: Gateway,
+    admin_a: String,
+    cookie: String,
+}
+
+impl Pair {
+    fn start(url: &str, upstream: &TestUpstream) -> Pair {
+        // One users file for both (a session remembers its password hash's stamp).
+        let users = std::fs::read_to_string(
+            dir_with_user("alice", "wonderland-42")
+                .path()
+                .join("users.htpasswd"),
+        )
+        .unwrap();
+        let start = || {
+            let admin = format!("127.0.0.1:{}", free_port());
+            let config = util::portal::portal_config()
+                .section("state", &format!("backend = \"{url}\""))
+                .section("state", "timeout = \"300ms\"")
+                .section("logon", "max_failures = 2")
+                .section("logon", "ban_time = \"1h\"")
+                .section(
+                    "dynamic",
+                    "deny_by_concurrent = { enabled = true, max_concurrent = 50 }",
+                )
+                .section("admin", &format!("listen = \"{admin}\""))
+                .build();
+            (
+                Gateway::start(&config, upstream.addr, &[("users.htpasswd", &users)]),
+                admin,
+            )
+        };
+        let ((a, admin_a), (b, _)) = (start(), start());
+        let cookie = runtime().block_on(async {
+            let mut browser = Browser::new(&format!("http://{}", a.addr));
+            let page = browser.sign_in("alice", "wonderland-42", "/app").await;
+            assert_eq!(page.status, 303, "{}", page.body);
+            for _ in 0..2 {
+                assert_eq!(mallory(&b).await, 401);
+            }
+            format!(
+                "portcullis_session={}",
+                browser
+                    .jar
+                    .get("portcullis_session")
+                    .expect("a session cookie")
+            )
+        });
+        let pair = Pair {
+            a,
+            b,
+            admin_a,
+            cookie,
+        };
+        runtime().block_on(async {
+            assert_eq!(pair.get(&pair.b).await, 200, "the session on B too");
+            assert_eq!(mallory(&pair.a).await, 403, "the ban on A too");
+        });
+        pair
+    }
+
+    /// `GET /app` with the session: the status (0 when no answer).
+    async fn get(&self, gw: &Gateway) -> u16 {
+        client()
+            .get(gw.url("/app"))
+            .header("cookie", &self.cookie)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
+    /// Requests to both instances every 50 ms from `kill()` until 4 s after `failed_over()`
+    /// first holds; prints the timeline and checks that every answer is right (200) or
+    /// on_backend_error's 503, and 200 from 2 s after the failover. Returns when it failed over.
+    fn through_failover(
+        &self,
+        what: &str,
+        kill: impl FnOnce(),
+        mut failed_over: impl FnMut() -> bool,
+    ) -> Duration {
+        let killed_at = Instant::now();
+        kill();
+        let mut answers: Vec<(Duration, char, u16)> = Vec::new();
+        let mut failed_over_at = None;
+        runtime().block_on(async {
+            while killed_at.elapsed() < Duration::from_secs(40) {
+                for (name, gw) in [('A', &self.a), ('B', &self.b)] {
+                    answers.push((killed_at.elapsed(), name, self.get(gw).await));
+                }
+                if failed_over_at.is_none() && failed_over() {
+                    failed_over_at = Some(killed_at.elapsed());
+                }
+                if let Some(at) = failed_over_at
+                    && killed_at.elapsed() > at + Duration::from_secs(4)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let failed_over_at = failed_over_at.expect("a failover");
+        let mut line = String::new();
+        for second in 0..=answers.last().unwrap().0.as_secs() {
+            let mut counts = std::collections::BTreeMap::new();
+            for (_, name, status) in answers.iter().filter(|(t, _, _)| t.as_secs() == second) {
+                *counts.entry(format!("{name}:{status}")).or_insert(0) += 1;
+            }
+            line.push_str(&format!("  {second:>2}s {counts:?}\n"));
+        }
+        eprintln!(
+            "{what} killed at 0 s; failed over at {:.1} s\n{line}",
+            failed_over_at.as_secs_f64()
+        );
+        for (t, name, status) in &answers {
+            assert!(
+                *status == 200 || *status == 503,
+                "{name} answered {status} at {t:?}: only right answers or on_backend_error's 503\n{line}"
+            );
+            if *t > failed_over_at + Duration::from_secs(2) {
+                assert_eq!(
+                    *status, 200,
+                    "{name} at {t:?}, after the failover + 2 s\n{line}"
+                );
+            }
+        }
+        runtime().block_on(async {
+            assert_eq!(mallory(&self.b).await, 403, "the ban survived the failover");
+        });
+        failed_over_at
+    }
+}
+
+/// Basic with a wrong password for `mallory`: the status.
+async fn mallory(gw: &Gateway) -> u16 {
+    client()
+        .get(gw.url("/app"))
+        .basic_auth("mallory", Some("guess"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[test]
 fn instances_follow_a_sentinel_failover_and_keep_sessions_and_bans() {
     let mut master = Node::start(None);
@@ -158,32 +307,8 @@ fn instances_follow_a_sentinel_failover_and_keep_sessions_and_bans() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    // One users file for both (a session remembers its password hash's stamp).
-    let users = std::fs::read_to_string(
-        dir_with_user("alice", "wonderland-42")
-            .path()
-            .join("users.htpasswd"),
-    )
-    .unwrap();
-    let start = || {
-        let admin = format!("127.0.0.1:{}", free_port());
-        let config = util::portal::portal_config()
-            .section("state", &format!("backend = \"{url}\""))
-            .section("state", "timeout = \"300ms\"")
-            .section("logon", "max_failures = 2")
-            .section("logon", "ban_time = \"1h\"")
-            .section(
-                "dynamic",
-                "deny_by_concurrent = { enabled = true, max_concurrent = 50 }",
-            )
-            .section("admin", &format!("listen = \"{admin}\""))
-            .build();
-        (
-            Gateway::start(&config, upstream.addr, &[("users.htpasswd", &users)]),
-            admin,
-        )
-    };
-    let ((a, admin_a), (b, _)) = (start(), start());
+    let pair = Pair::start(&url, &upstream);
+    let (a, admin_a) = (&pair.a, &pair.admin_a);
 
     // check-config says what it will connect to.
     let (ok, stdout, _) = cli_in(&a.path("portcullis.toml"), "check-config", &[], None);
@@ -194,116 +319,18 @@ fn instances_follow_a_sentinel_failover_and_keep_sessions_and_bans() {
         )),
         "{stdout}"
     );
-
-    // Before the failover: a session made on A, a ban started on B.
-    let cookie = runtime().block_on(async {
-        let mut browser = Browser::new(&format!("http://{}", a.addr));
-        let page = browser.sign_in("alice", "wonderland-42", "/app").await;
-        assert_eq!(page.status, 303, "{}", page.body);
-        let c = client();
-        for _ in 0..2 {
-            let r = c
-                .get(b.url("/app"))
-                .basic_auth("mallory", Some("guess"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 401);
-        }
-        format!(
-            "portcullis_session={}",
-            browser
-                .jar
-                .get("portcullis_session")
-                .expect("a session cookie")
-        )
-    });
-    let get = |gw: &Gateway, c: &reqwest::Client| {
-        c.get(gw.url("/app"))
-            .header("cookie", &cookie)
-            .header("accept", "application/json")
-            .send()
-    };
-    runtime().block_on(async {
-        let c = client();
-        assert_eq!(
-            get(&b, &c).await.unwrap().status(),
-            200,
-            "the session on B too"
-        );
-        let banned = c
-            .get(a.url("/app"))
-            .basic_auth("mallory", Some("guess"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(banned.status(), 403, "the ban on A too");
-    });
     // Replicated to both replicas before the master goes.
     assert_eq!(cli(master.port, &["WAIT", "2", "5000"]), "2");
-
-    // Requests to both instances every 50 ms while the master is killed.
-    let killed_at = Instant::now();
-    master.kill();
-    let mut answers: Vec<(Duration, char, u16)> = Vec::new();
-    let mut failed_over_at = None;
-    runtime().block_on(async {
-        let c = client();
-        while killed_at.elapsed() < Duration::from_secs(40) {
-            for (name, gw) in [('A', &a), ('B', &b)] {
-                let status = get(gw, &c).await.map(|r| r.status().as_u16()).unwrap_or(0);
-                answers.push((killed_at.elapsed(), name, status));
-            }
-            if failed_over_at.is_none()
-                && master_port(sentinels[0].port).is_some_and(|p| p != master.port)
-            {
-                failed_over_at = Some(killed_at.elapsed());
-            }
-            if let Some(at) = failed_over_at
-                && killed_at.elapsed() > at + Duration::from_secs(4)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let failed_over_at = failed_over_at.expect("the Sentinels to fail over");
-    // The timeline, second by second (for the record).
-    let mut line = String::new();
-    for second in 0..=answers.last().unwrap().0.as_secs() {
-        let mut counts = std::collections::BTreeMap::new();
-        for (_, name, status) in answers.iter().filter(|(t, _, _)| t.as_secs() == second) {
-            *counts.entry(format!("{name}:{status}")).or_insert(0) += 1;
-        }
-        line.push_str(&format!("  {second:>2}s {counts:?}\n"));
-    }
-    eprintln!(
-        "master killed at 0 s; Sentinel named the new master at {:.1} s\n{line}",
-        failed_over_at.as_secs_f64()
+    let old = master.port;
+    pair.through_failover(
+        "the master",
+        || master.kill(),
+        || master_port(sentinels[0].port).is_some_and(|p| p != old),
     );
-    for (t, name, status) in &answers {
-        assert!(
-            *status == 200 || *status == 503,
-            "{name} answered {status} at {t:?}: only right answers or on_backend_error's 503\n{line}"
-        );
-        if *t > failed_over_at + Duration::from_secs(2) {
-            assert_eq!(
-                *status, 200,
-                "{name} at {t:?}, after the failover + 2 s\n{line}"
-            );
-        }
-    }
 
-    // After: the ban written before the kill is still there, and the instance says where it is.
+    // After: the instance says where it is.
     runtime().block_on(async {
         let c = client();
-        let banned = c
-            .get(b.url("/app"))
-            .basic_auth("mallory", Some("guess"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(banned.status(), 403, "the ban survived the failover");
         let health: serde_json::Value = c
             .get(format!("http://{admin_a}/healthz"))
             .send()
@@ -563,83 +590,17 @@ fn instances_follow_a_cluster_failover_and_keep_sessions_and_bans() {
 
     let upstream = TestUpstream::start();
     let url = format!("redis+cluster://{}", addrs[..3].join(","));
-    let users = std::fs::read_to_string(
-        dir_with_user("alice", "wonderland-42")
-            .path()
-            .join("users.htpasswd"),
-    )
-    .unwrap();
-    let start = || {
-        let admin = format!("127.0.0.1:{}", free_port());
-        let config = util::portal::portal_config()
-            .section("state", &format!("backend = \"{url}\""))
-            .section("state", "timeout = \"300ms\"")
-            .section("logon", "max_failures = 2")
-            .section("logon", "ban_time = \"1h\"")
-            .section(
-                "dynamic",
-                "deny_by_concurrent = { enabled = true, max_concurrent = 50 }",
-            )
-            .section("admin", &format!("listen = \"{admin}\""))
-            .build();
-        (
-            Gateway::start(&config, upstream.addr, &[("users.htpasswd", &users)]),
-            admin,
-        )
-    };
-    let ((a, admin_a), (b, _)) = (start(), start());
-    let (ok, stdout, _) = cli_in(&a.path("portcullis.toml"), "check-config", &[], None);
+    // A session made on A, a ban started on B (keys hash-tagged: sessions in one slot, each
+    // client's and user's counters in their own).
+    let pair = Pair::start(&url, &upstream);
+    let (ok, stdout, _) = cli_in(&pair.a.path("portcullis.toml"), "check-config", &[], None);
     assert!(
         ok && stdout.contains("Redis Cluster starting from 127.0.0.1:"),
         "{stdout}"
     );
-
-    // Before: a session made on A, a ban started on B (keys hash-tagged: sessions in one slot,
-    // each client's and user's counters in their own).
-    let cookie = runtime().block_on(async {
-        let mut browser = Browser::new(&format!("http://{}", a.addr));
-        let page = browser.sign_in("alice", "wonderland-42", "/app").await;
-        assert_eq!(page.status, 303, "{}", page.body);
-        let c = client();
-        for _ in 0..2 {
-            let r = c
-                .get(b.url("/app"))
-                .basic_auth("mallory", Some("guess"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 401);
-        }
-        format!(
-            "portcullis_session={}",
-            browser
-                .jar
-                .get("portcullis_session")
-                .expect("a session cookie")
-        )
-    });
-    let get = |gw: &Gateway, c: &reqwest::Client| {
-        c.get(gw.url("/app"))
-            .header("cookie", &cookie)
-            .header("accept", "application/json")
-            .send()
-    };
     runtime().block_on(async {
-        let c = client();
-        assert_eq!(
-            get(&b, &c).await.unwrap().status(),
-            200,
-            "the session on B too"
-        );
-        let banned = c
-            .get(a.url("/app"))
-            .basic_auth("mallory", Some("guess"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(banned.status(), 403, "the ban on A too");
-        let bans: serde_json::Value = c
-            .get(format!("http://{admin_a}/bans"))
+        let bans: serde_json::Value = client()
+            .get(format!("http://{}/bans", pair.admin_a))
             .send()
             .await
             .unwrap()
@@ -682,68 +643,19 @@ fn instances_follow_a_cluster_failover_and_keep_sessions_and_bans() {
         "the replica to have the sessions",
         || (cli(replica_port, &["DBSIZE"]) == cli(owner_port, &["DBSIZE"])).then_some(()),
     );
-    let killed_at = Instant::now();
-    nodes
-        .iter_mut()
-        .find(|n| n.port == owner_port)
-        .unwrap()
-        .kill();
-    let mut answers: Vec<(Duration, char, u16)> = Vec::new();
-    let mut failed_over_at = None;
-    runtime().block_on(async {
-        let c = client();
-        while killed_at.elapsed() < Duration::from_secs(40) {
-            for (name, gw) in [('A', &a), ('B', &b)] {
-                let status = get(gw, &c).await.map(|r| r.status().as_u16()).unwrap_or(0);
-                answers.push((killed_at.elapsed(), name, status));
-            }
-            if failed_over_at.is_none()
-                && cluster_nodes(replica_port)
-                    .iter()
-                    .any(|n| n.0 == replica_port && n.1)
-            {
-                failed_over_at = Some(killed_at.elapsed());
-            }
-            if let Some(at) = failed_over_at
-                && killed_at.elapsed() > at + Duration::from_secs(4)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let failed_over_at = failed_over_at.expect("the replica to take over");
-    let mut line = String::new();
-    for second in 0..=answers.last().unwrap().0.as_secs() {
-        let mut counts = std::collections::BTreeMap::new();
-        for (_, name, status) in answers.iter().filter(|(t, _, _)| t.as_secs() == second) {
-            *counts.entry(format!("{name}:{status}")).or_insert(0) += 1;
-        }
-        line.push_str(&format!("  {second:>2}s {counts:?}\n"));
-    }
-    eprintln!(
-        "master of the sessions' slot killed at 0 s; its replica took over at {:.1} s\n{line}",
-        failed_over_at.as_secs_f64()
+    pair.through_failover(
+        "the master of the sessions' slot",
+        || {
+            nodes
+                .iter_mut()
+                .find(|n| n.port == owner_port)
+                .unwrap()
+                .kill()
+        },
+        || {
+            cluster_nodes(replica_port)
+                .iter()
+                .any(|n| n.0 == replica_port && n.1)
+        },
     );
-    for (t, name, status) in &answers {
-        assert!(
-            *status == 200 || *status == 503,
-            "{name} answered {status} at {t:?}: only right answers or on_backend_error's 503\n{line}"
-        );
-        if *t > failed_over_at + Duration::from_secs(2) {
-            assert_eq!(
-                *status, 200,
-                "{name} at {t:?}, after the failover + 2 s\n{line}"
-            );
-        }
-    }
-    runtime().block_on(async {
-        let banned = client()
-            .get(b.url("/app"))
-            .basic_auth("mallory", Some("guess"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(banned.status(), 403, "the ban survived the failover");
-    });
 }

@@ -13,7 +13,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{IntoConnectionInfo, TlsMode};
 
 use super::access::RedisAccess;
-use super::sentinel::host_port;
+use super::sentinel::{host_port, split_userinfo};
 
 /// A parsed `redis+cluster://` URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,17 +57,7 @@ impl ClusterUrl {
                 "query parameters and fragments are not supported; write it like {example}"
             ));
         }
-        let (userinfo, rest) = match rest.rfind('@') {
-            Some(at) if !rest[..at].contains('/') => (Some(rest[..at].to_owned()), &rest[at + 1..]),
-            Some(_) => {
-                return Err(
-                    "the password contains '/', which ends the host part of a URL; \
-                     percent-encode it as %2F (and '%' as %25)"
-                        .into(),
-                );
-            }
-            None => (None, rest),
-        };
+        let (userinfo, rest) = split_userinfo(rest)?;
         let hosts = match rest.split_once('/') {
             None | Some((_, "")) => rest.trim_end_matches('/'),
             Some(_) => {

@@ -61,17 +61,7 @@ impl SentinelUrl {
                 "query parameters and fragments are not supported; write it like {example}"
             ));
         }
-        let (userinfo, rest) = match rest.rfind('@') {
-            Some(at) if !rest[..at].contains('/') => (Some(rest[..at].to_owned()), &rest[at + 1..]),
-            Some(_) => {
-                return Err(
-                    "the password contains '/', which ends the host part of a URL; \
-                     percent-encode it as %2F (and '%' as %25)"
-                        .into(),
-                );
-            }
-            None => (None, rest),
-        };
+        let (userinfo, rest) = split_userinfo(rest)?;
         let (hosts, path) = rest.split_once('/').ok_or_else(|| {
             format!("the URL names no master after the Sentinels; write it like {example}")
         })?;
@@ -220,6 +210,20 @@ async fn is_master(access: &RedisAccess, url: &str, timeout: Duration) -> Result
         Ok(Ok(_)) => Ok(false),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// The user information of what follows `scheme://` (up to its last `@`), and the rest; an error
+/// (which never repeats the password) when it holds a `/`, which would end the host part.
+pub(crate) fn split_userinfo(rest: &str) -> Result<(Option<String>, &str), String> {
+    match rest.rfind('@') {
+        Some(at) if !rest[..at].contains('/') => Ok((Some(rest[..at].to_owned()), &rest[at + 1..])),
+        Some(_) => Err(
+            "the password contains '/', which ends the host part of a URL; \
+                        percent-encode it as %2F (and '%' as %25)"
+                .into(),
+        ),
+        None => Ok((None, rest)),
     }
 }
 
