@@ -37,7 +37,7 @@ pub async fn reload(server: &mut Server, path: &Path) -> Result<(), Refused> {
     let state = if config.state.backend == current.config().state.backend {
         if config.state != current.config().state {
             tracing::warn!(
-                "[state] timeout, on_backend_error and key_prefix changes take effect at the next restart"
+                "[state] timeout, on_backend_error, key_prefix, ca, cert, key and password_file changes take effect at the next restart (or with a new backend)"
             );
         }
         current.state().clone()
