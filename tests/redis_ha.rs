@@ -39,6 +39,11 @@ impl Node {
         if let Some(master) = replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
+        Node::spawn(cmd, port, dir)
+    }
+
+    /// Starts `cmd` (a redis-server listening on `port`, its files in `dir`) and waits for it.
+    fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir) -> Node {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -72,22 +77,9 @@ impl Node {
             ),
         )
         .unwrap();
-        let child = Command::new(which("redis-server").unwrap())
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            Duration::from_secs(10),
-        );
-        Node {
-            port,
-            child,
-            _dir: dir,
-        }
+        let mut cmd = Command::new(which("redis-server").unwrap());
+        cmd.arg(&conf).arg("--sentinel");
+        Node::spawn(cmd, port, dir)
     }
 
     fn kill(&mut self) {
