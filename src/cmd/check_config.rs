@@ -22,6 +22,19 @@ pub fn run(args: Args) -> ExitCode {
                 config.warnings.len()
             );
             println!("state: {}", state_target(&config.state.backend));
+            if let (config::UserSource::Ldap(url), Some(ldap)) = (&config.auth.users, &config.ldap) {
+                println!(
+                    "users: the directory {url} ({}), under {}, filter {}, groups from {}",
+                    match ldap.preset {
+                        config::LdapPreset::OpenLdap => "OpenLDAP",
+                        config::LdapPreset::ActiveDirectory => "Active Directory",
+                        config::LdapPreset::FreeIpa => "FreeIPA",
+                    },
+                    ldap.base_dn,
+                    ldap.user_filter,
+                    ldap.group_filter.as_deref().unwrap_or("memberOf")
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {

@@ -37,6 +37,7 @@ pub fn run(args: Args) -> ExitCode {
             config::UserSource::Sqlite(db) => store::sqlite::UserDb::open(db)
                 .and_then(|d| d.groups_of(user))
                 .ok(),
+            config::UserSource::Ldap(url) => Some(directory_groups(url, &config, user)),
             _ => None,
         };
         let groups = match &config.auth.groups {
@@ -50,10 +51,9 @@ pub fn run(args: Args) -> ExitCode {
             },
             None => Vec::new(),
         };
-        Identity {
-            user: Some(user.to_owned()),
-            groups,
-        }
+        let mut identity = Identity::user(user);
+        identity.groups = groups;
+        identity
     });
     if let (Some(user), config::UserSource::Htpasswd(path)) = (&args.user, &config.auth.users)
         && let Ok((users, _)) = store::UserFile::load(path)
@@ -119,6 +119,36 @@ pub fn run(args: Args) -> ExitCode {
                 r.reason.slug()
             );
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `user`'s groups from the directory (none, with a warning, when it cannot be asked or the
+/// user is not in it).
+fn directory_groups(url: &str, config: &config::Config, user: &str) -> Vec<String> {
+    let directory = match gateway::directory(url, config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("warning: {e}");
+            return Vec::new();
+        }
+    };
+    let found = match super::runtime(Some(1)) {
+        Ok(rt) => rt.block_on(directory.lookup(user)),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            return Vec::new();
+        }
+    };
+    match found {
+        Ok(Some(entry)) => entry.groups.clone(),
+        Ok(None) => {
+            eprintln!("warning: {user} is not in the directory {url}");
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("warning: {e}; assuming no groups");
+            Vec::new()
         }
     }
 }

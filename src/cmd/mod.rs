@@ -121,6 +121,9 @@ pub fn run_gateway(
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(directory) = gateway.user_directory() {
+            tokio::spawn(probe_directory(directory));
+        }
         ready(&bound.local_addrs());
         let mut server = gateway::Server::start(gateway, bound);
         // The admin endpoints follow the gateway in force (state store, settings) across reloads.
@@ -282,5 +285,34 @@ pub async fn stop_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Logs at start whether the directory answers: bound as the service account, users and groups
+/// seen (or why not: the gateway serves anyway, answering 503 directory_unavailable until it
+/// does).
+async fn probe_directory(directory: Arc<store::ldap::Directory>) {
+    let url = directory.config().url.clone();
+    match directory.probe().await {
+        Ok(p) => tracing::info!(
+            url = %url,
+            bind_dn = %directory.config().bind_dn,
+            bind_ms = p.bind_time.as_millis() as u64,
+            users = p.users,
+            groups = p.groups,
+            "the directory answered: the service account bound, {} users and {} groups seen{}",
+            p.users,
+            p.groups,
+            if p.users >= store::ldap::PROBE_GROUP_LIMIT as usize || p.groups >= store::ldap::PROBE_GROUP_LIMIT as usize {
+                " (counted up to 1000)"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => tracing::error!(
+            url = %url,
+            error = %e,
+            "the directory did not answer at start; sign-ins get 503 directory_unavailable until it does"
+        ),
     }
 }

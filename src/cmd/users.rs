@@ -113,6 +113,9 @@ pub fn run(args: Args) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let config::UserSource::Ldap(url) = &config.auth.users {
+        return directory_users(url, &config, args.action);
+    }
     let config::UserSource::Sqlite(path) = &config.auth.users else {
         eprintln!(
             "portcullis users: auth.users is not a user database; write auth.users = \"sqlite:portcullis.db\" (an htpasswd file is managed with Apache's htpasswd)"
@@ -355,4 +358,59 @@ fn deliver(
         );
     }
     Ok(())
+}
+
+/// `users` with `auth.users = "ldap://…"`: `list` reads the directory; every write is refused
+/// (the directory is managed with its own tools).
+fn directory_users(url: &str, config: &config::Config, action: Action) -> ExitCode {
+    let Action::List { json } = action else {
+        eprintln!(
+            "portcullis users: the users are in the directory {url}, which Portcullis only reads: add, change and remove them with the directory's own tools (ldapadd, ldapmodify, Active Directory Users and Computers, ipa user-add)"
+        );
+        return ExitCode::from(super::EXIT_CONFIG);
+    };
+    let directory = match gateway::directory(url, config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("portcullis users: {e}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    let listed = match super::runtime(Some(1)) {
+        Ok(rt) => rt.block_on(directory.list()),
+        Err(e) => {
+            eprintln!("portcullis users: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let users = match listed {
+        Ok(users) => users,
+        Err(e) => {
+            eprintln!("portcullis users: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let list: Vec<serde_json::Value> = users
+            .iter()
+            .map(|(name, e)| {
+                serde_json::json!({"name": name, "dn": e.dn, "groups": e.groups, "email": e.email, "display_name": e.name})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for (name, e) in &users {
+            let groups = if e.groups.is_empty() {
+                "-".to_owned()
+            } else {
+                e.groups.join(",")
+            };
+            println!(
+                "{name}\t{groups}\t{}\t{}",
+                e.email.as_deref().unwrap_or("-"),
+                e.dn
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

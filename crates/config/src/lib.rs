@@ -21,9 +21,9 @@ pub use diagnostics::{Diagnostic, Diagnostics, format_warnings};
 pub use model::*;
 pub use validate::{
     DEFAULT_BACKLOG, DEFAULT_CACHE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FILTER_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT,
-    DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL, DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT,
-    DEFAULT_VERIFY_QUEUE_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LDAP_POOL, DEFAULT_LDAP_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUESTS, DEFAULT_RATE_INTERVAL,
+    DEFAULT_REALM, DEFAULT_UPSTREAM_TIMEOUT, DEFAULT_VERIFY_QUEUE_TIMEOUT, parse_ldap_url,
 };
 
 /// Reads, parses and validates the config file at `path`; relative paths in it are resolved
@@ -111,6 +111,7 @@ impl Config {
             admin: Admin::default(),
             portal: Portal::default(),
             mail: None,
+            ldap: None,
             forward_auth: ForwardAuth::default(),
             warnings: Vec::new(),
         }

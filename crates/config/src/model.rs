@@ -43,6 +43,8 @@ pub struct Config {
     pub portal: Portal,
     /// `[mail]`.
     pub mail: Option<Mail>,
+    /// `[ldap]`, when `auth.users` is a directory.
+    pub ldap: Option<Ldap>,
     /// `[forward_auth]`.
     pub forward_auth: ForwardAuth,
     /// Problems that do not stop the gateway (e.g. a rule shadowed by another), with lines.
@@ -221,6 +223,51 @@ pub enum UserSource {
     Inline(Vec<(String, String)>),
     /// A SQLite user database (`sqlite:PATH`), managed with `portcullis users`.
     Sqlite(PathBuf),
+    /// An LDAP directory (`ldap://host[:port]` or `ldaps://…`), with `[ldap]`.
+    Ldap(String),
+}
+
+/// `[ldap]`: how to search and bind in the directory `auth.users` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ldap {
+    /// `preset`: "openldap" (default), "active_directory" or "freeipa" (defaults of the keys below).
+    pub preset: LdapPreset,
+    /// `bind_dn`: the service account (`None`: an anonymous search).
+    pub bind_dn: Option<String>,
+    /// `bind_password_file`: its password (first line).
+    pub bind_password_file: Option<PathBuf>,
+    /// `base_dn`: where users and groups are searched (required).
+    pub base_dn: String,
+    /// `user_filter` (with `{user}`).
+    pub user_filter: String,
+    /// `group_filter` (with `{dn}` or `{user}`); `None`: the entry's `memberOf`.
+    pub group_filter: Option<String>,
+    /// `group_name_attribute` (default "cn").
+    pub group_name_attribute: String,
+    /// `email_attribute` (default "mail").
+    pub email_attribute: String,
+    /// `name_attribute` (default "displayName").
+    pub name_attribute: String,
+    /// `starttls` (default false; refused with `ldaps://`).
+    pub starttls: bool,
+    /// `ca`: a private CA (PEM) for `ldaps://` or StartTLS.
+    pub ca: Option<PathBuf>,
+    /// `timeout` (default 5 s): every operation's limit, and a whole check's.
+    pub timeout: Duration,
+    /// `pool` (default 10): most connections open at once.
+    pub pool: u32,
+}
+
+/// `ldap.preset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LdapPreset {
+    /// OpenLDAP with the memberof overlay.
+    #[default]
+    OpenLdap,
+    /// Microsoft Active Directory.
+    ActiveDirectory,
+    /// FreeIPA (389 Directory Server).
+    FreeIpa,
 }
 
 /// `[auth]`.

@@ -753,10 +753,12 @@ on_error = "open"
     let alice = Identity {
         user: Some("alice".into()),
         groups: vec!["admins".into()],
+        ..Identity::default()
     };
     let carol = Identity {
         user: Some("carol".into()),
         groups: vec![],
+        ..Identity::default()
     };
     // path_case = "insensitive": /ADMIN is /admin.
     assert!(

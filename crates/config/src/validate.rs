@@ -18,6 +18,7 @@ use crate::model::*;
 
 mod access;
 mod auth;
+mod ldap;
 mod output;
 mod portal;
 mod rules;
@@ -29,6 +30,8 @@ pub use access::DEFAULT_FILTER_TIMEOUT;
 use access::{FILTER_KEYS, IP_KEYS};
 use auth::AUTH_KEYS;
 pub use auth::{DEFAULT_CACHE_TTL, DEFAULT_REALM, DEFAULT_VERIFY_QUEUE_TIMEOUT};
+use ldap::LDAP_KEYS;
+pub use ldap::{DEFAULT_LDAP_POOL, DEFAULT_LDAP_TIMEOUT, parse_ldap_url};
 use output::{ERRORS_KEYS, LOG_KEYS};
 use portal::{MAIL_KEYS, PORTAL_KEYS};
 use rules::{GroupNames, UserNames};
@@ -57,6 +60,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("admin", ADMIN_KEYS),
     ("portal", PORTAL_KEYS),
     ("mail", MAIL_KEYS),
+    ("ldap", LDAP_KEYS),
     ("forward_auth", FORWARD_AUTH_KEYS),
 ];
 /// Keys of `[forward_auth]`.
@@ -374,6 +378,7 @@ impl Checker<'_> {
             admin,
             portal,
             mail,
+            ldap,
             forward_auth,
         ] = &sections[..]
         else {
@@ -427,6 +432,23 @@ impl Checker<'_> {
         }
         let portal = portal_config;
         let mail = mail_config;
+        let ldap_config = match auth.as_ref().map(|a| &a.users) {
+            Some(UserSource::Ldap(url)) => {
+                let url = url.clone();
+                // A problem is reported: the config is refused with it.
+                self.ldap(ldap, &url)
+            }
+            _ => {
+                if ldap.table.is_some() {
+                    self.warn(
+                        "ldap",
+                        ldap.span.clone(),
+                        "has no effect: auth.users is not an ldap:// or ldaps:// directory",
+                    );
+                }
+                None
+            }
+        };
         let forward_auth = ForwardAuth {
             headers: match self.choice(forward_auth, "headers", &["nginx", "forwarded"]) {
                 Some("forwarded") => ForwardAuthHeaders::Forwarded,
@@ -448,6 +470,7 @@ impl Checker<'_> {
             admin,
             portal,
             mail,
+            ldap: ldap_config,
             forward_auth,
             warnings: Vec::new(),
         })

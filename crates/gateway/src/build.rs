@@ -37,11 +37,15 @@ impl Gateway {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
             config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
             config::UserSource::Sqlite(p) => store::verifier::UserSource::Sqlite(p.clone()),
+            config::UserSource::Ldap(url) => store::verifier::UserSource::Ldap(Arc::new(
+                directory(url, &config).map_err(BuildError::Users)?,
+            )),
         };
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let same_users = |p: &Gateway| {
             p.config.auth.users == config.auth.users
                 && p.config.auth.cache_ttl == config.auth.cache_ttl
+                && p.config.ldap == config.ldap
         };
         let verifier = match previous.filter(|p| same_users(p)) {
             Some(p) => p.verifier.clone(),
@@ -118,6 +122,7 @@ impl Gateway {
         };
         metrics.attach_access_log(&log);
         metrics.attach_audit_log(&audit);
+        metrics.attach_directory(verifier.directory());
         let suspects = match previous {
             Some(p) => p.suspects.clone(),
             None => moka::sync::Cache::builder()
@@ -173,4 +178,47 @@ impl Gateway {
             mailer,
         })
     }
+}
+
+/// The directory client for `auth.users = url` and `[ldap]` (the service account's password read
+/// from its file now: a reload reads it again).
+pub fn directory(url: &str, config: &Config) -> Result<store::ldap::Directory, String> {
+    let ldap = config
+        .ldap
+        .as_ref()
+        .ok_or("auth.users is a directory but [ldap] is missing")?;
+    let bind_password = match &ldap.bind_password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                format!(
+                    "ldap.bind_password_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => String::new(),
+    };
+    let directory = store::ldap::DirectoryConfig {
+        url: url.to_owned(),
+        bind_dn: ldap.bind_dn.clone().unwrap_or_default(),
+        bind_password,
+        base_dn: ldap.base_dn.clone(),
+        user_filter: ldap.user_filter.clone(),
+        groups: match &ldap.group_filter {
+            Some(f) => store::ldap::GroupLookup::Search(f.clone()),
+            None => store::ldap::GroupLookup::MemberOf,
+        },
+        group_name_attribute: ldap.group_name_attribute.clone(),
+        email_attribute: ldap.email_attribute.clone(),
+        name_attribute: ldap.name_attribute.clone(),
+        starttls: ldap.starttls,
+        ca: ldap.ca.clone(),
+        timeout: ldap.timeout,
+        pool: usize::try_from(ldap.pool).unwrap_or(10),
+    };
+    store::ldap::Directory::new(directory, config.auth.cache_ttl)
+        .map_err(|e| format!("[ldap]: {e}"))
 }

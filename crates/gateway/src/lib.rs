@@ -55,6 +55,7 @@ use crate::metrics::{AuthOutcome, Metrics};
 use crate::pages::Pages;
 use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
 
+pub use build::directory;
 pub use server::{Bound, ServeError, Server, bind, bind_addrs, serve};
 
 use body::RequestBody;
@@ -226,6 +227,12 @@ impl Gateway {
     /// Whether the `form` scheme (the sign-in portal) is enabled.
     pub(crate) fn form_enabled(&self) -> bool {
         self.policy.auth.schemes.contains(&policy::Scheme::Form)
+    }
+
+    /// The directory, when users live in LDAP.
+    #[must_use]
+    pub fn user_directory(&self) -> Option<Arc<store::ldap::Directory>> {
+        self.verifier.directory().cloned()
     }
 
     /// The user database, when users live in SQLite.

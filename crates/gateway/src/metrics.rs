@@ -107,15 +107,18 @@ pub enum AuthOutcome {
     StateUnavailable,
     /// Not checked: every hashing worker stayed busy past `auth.verify_queue_timeout`.
     Busy,
+    /// Not checked: the directory that holds the users did not answer.
+    DirectoryUnavailable,
 }
 
 impl AuthOutcome {
-    const ALL: [AuthOutcome; 5] = [
+    const ALL: [AuthOutcome; 6] = [
         AuthOutcome::Accepted,
         AuthOutcome::Refused,
         AuthOutcome::LockedOut,
         AuthOutcome::StateUnavailable,
         AuthOutcome::Busy,
+        AuthOutcome::DirectoryUnavailable,
     ];
 
     fn label(self) -> &'static str {
@@ -125,6 +128,7 @@ impl AuthOutcome {
             AuthOutcome::LockedOut => "locked_out",
             AuthOutcome::StateUnavailable => "state_unavailable",
             AuthOutcome::Busy => "busy",
+            AuthOutcome::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }
@@ -135,7 +139,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     /// `portcullis_auth_total{scheme}`: `[basic, form]`, each indexed like [`AuthOutcome::ALL`].
-    auth_by_scheme: [[Counter; 5]; 5],
+    auth_by_scheme: [[Counter; 6]; 5],
     cache_hits: Counter,
     hash_checks: Counter,
     upstream: Histogram,
@@ -163,6 +167,16 @@ pub struct Metrics {
     logs: Mutex<LogTally>,
     audit_dropped: Counter,
     audit: Mutex<Weak<crate::audit::AuditLog>>,
+    /// `portcullis_directory_calls_total{result}`: directory operations, ok or error.
+    directory_calls: Family<ResultLabels, Counter>,
+    /// `portcullis_directory_call_seconds_total`: time directory operations took.
+    directory_seconds: Counter<f64, AtomicU64>,
+    /// `portcullis_directory_connections_opened_total`.
+    directory_connects: Counter,
+    /// `portcullis_directory_connections_in_use`: pooled connections checked out now.
+    directory_in_use: Gauge,
+    /// The directory in force (LDAP users), read at scrape time.
+    directory: Mutex<Weak<store::ldap::Directory>>,
     connections_open: Gauge,
     connections_parked: Gauge,
     connections_refused: Counter,
@@ -247,6 +261,11 @@ impl Metrics {
             log_dropped: Counter::default(),
             audit_dropped: Counter::default(),
             audit: Mutex::new(Weak::new()),
+            directory_calls: Family::default(),
+            directory_seconds: Counter::default(),
+            directory_connects: Counter::default(),
+            directory_in_use: Gauge::default(),
+            directory: Mutex::new(Weak::new()),
             logs: Mutex::new(LogTally::default()),
             connections_open: Gauge::default(),
             connections_parked: Gauge::default(),
@@ -345,6 +364,26 @@ impl Metrics {
             "redis_node",
             "The Redis node in use (1; with Sentinel, the master it named last) and those used before (0)",
             m.redis_node.clone(),
+        );
+        registry.register(
+            "directory_calls",
+            "LDAP directory operations (searches, binds), by result: ok (answered) or error (timeout, connection failure, unexpected result)",
+            m.directory_calls.clone(),
+        );
+        registry.register(
+            "directory_call_seconds",
+            "Time LDAP directory operations took, in all (divide by portcullis_directory_calls_total for the mean)",
+            m.directory_seconds.clone(),
+        );
+        registry.register(
+            "directory_connections_opened",
+            "Connections opened to the LDAP directory (a failed one is replaced)",
+            m.directory_connects.clone(),
+        );
+        registry.register(
+            "directory_connections_in_use",
+            "LDAP connections checked out of the pool right now (at most ldap.pool)",
+            m.directory_in_use.clone(),
         );
         registry.register(
             "limiter_clients",
@@ -508,6 +547,15 @@ impl Metrics {
     }
 
     /// Makes `audit` the audit log whose lost lines are reported.
+    pub fn attach_directory(&self, directory: Option<&Arc<store::ldap::Directory>>) {
+        *self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            directory.map_or_else(Weak::new, Arc::downgrade);
+    }
+
+    /// The audit log whose dropped lines are reported.
     pub fn attach_audit_log(&self, audit: &Arc<crate::audit::AuditLog>) {
         *self.audit.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(audit);
     }
@@ -570,6 +618,33 @@ impl Metrics {
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "metrics: bans not listed"),
             Err(_) => tracing::debug!("metrics: listing the bans timed out"),
+        }
+        let directory = self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        if let Some(d) = directory {
+            let stats = d.stats();
+            for (result, n) in [
+                ("ok", stats.ok.load(Ordering::Relaxed)),
+                ("error", stats.errors.load(Ordering::Relaxed)),
+            ] {
+                self.directory_calls
+                    .get_or_create(&ResultLabels { result })
+                    .inner()
+                    .store(n, Ordering::Relaxed);
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let seconds = stats.micros.load(Ordering::Relaxed) as f64 / 1e6;
+            self.directory_seconds
+                .inner()
+                .store(seconds.to_bits(), Ordering::Relaxed);
+            self.directory_connects
+                .inner()
+                .store(stats.connects.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.directory_in_use
+                .set(gauge(stats.in_use.load(Ordering::Relaxed)));
         }
         let dropped = {
             let tally = self.logs.lock().unwrap_or_else(PoisonError::into_inner);

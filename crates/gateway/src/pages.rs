@@ -289,6 +289,13 @@ pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
             "A service this gateway needs to check your request is unavailable right now.",
             &["Try again in a minute."],
         ),
+        DirectoryUnavailable => (
+            "The directory that holds the accounts did not answer, so your sign-in could not be checked. Your password was not refused.",
+            &[
+                "Try again in a minute.",
+                "If it persists, tell the administrator, quoting the request id below.",
+            ],
+        ),
         VerifierBusy => (
             "Too many sign-ins are being checked right now, so yours could not be checked in time.",
             &["Wait a few seconds, then try again."],

@@ -28,6 +28,14 @@ pub const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
 pub const REMOTE_GROUPS: HeaderName = HeaderName::from_static("remote-groups");
 /// `Remote-Email`.
 pub const REMOTE_EMAIL: HeaderName = HeaderName::from_static("remote-email");
+/// `Remote-Name`: the display name (a directory's), else the user name.
+pub const REMOTE_NAME: HeaderName = HeaderName::from_static("remote-name");
+
+/// A header value for an identity attribute (a directory's display name may be UTF-8: sent as
+/// its bytes, as Authelia does); `None` for one with control characters.
+pub fn identity_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(text.as_bytes()).ok()
+}
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -145,9 +153,15 @@ impl Upstream {
         {
             headers.insert(REMOTE_USER, user);
             if !ctx.identity.groups.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&ctx.identity.groups.join(","))
+                && let Some(v) = identity_value(&ctx.identity.groups.join(","))
             {
                 headers.insert(REMOTE_GROUPS, v);
+            }
+            if let Some(v) = ctx.identity.email.as_deref().and_then(identity_value) {
+                headers.insert(REMOTE_EMAIL, v);
+            }
+            if let Some(v) = ctx.identity.name.as_deref().and_then(identity_value) {
+                headers.insert(REMOTE_NAME, v);
             }
         }
         // A trusted proxy's chain is extended with the proxy itself (as nginx's

@@ -187,6 +187,7 @@ fn benches(c: &mut Criterion) {
             format!("g{}", TARGET_RULE % GROUPS),
             "vpn".into(),
         ],
+        ..Identity::default()
     };
     let typical = normalize_path(TYPICAL_PATH);
 
@@ -270,6 +271,7 @@ fn benches(c: &mut Criterion) {
     let bob = Identity {
         user: Some("bob".into()),
         groups: vec!["staff".into()],
+        ..Identity::default()
     };
     assert_eq!(
         allowed_by(&policy.rules.authorize(&other, "GET", &bob)),

@@ -9,6 +9,10 @@ pub struct Identity {
     pub user: Option<String>,
     /// The user's groups.
     pub groups: Vec<String>,
+    /// The user's e-mail address, when the user store knows it (a directory).
+    pub email: Option<String>,
+    /// The user's display name, when the user store knows it (a directory).
+    pub name: Option<String>,
 }
 
 impl Identity {
@@ -21,7 +25,7 @@ impl Identity {
     pub fn user(name: &str) -> Identity {
         Identity {
             user: Some(name.to_owned()),
-            groups: Vec::new(),
+            ..Identity::default()
         }
     }
 }

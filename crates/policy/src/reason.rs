@@ -185,6 +185,8 @@ reasons! {
     FilterUnavailable => "filter_unavailable", 503, 0, Filter, "Temporarily unavailable";
     /// Every password-checking worker is busy for longer than `auth.verify_queue_timeout`.
     VerifierBusy => "verifier_busy", 503, 0, Authenticate, "Sign-in is busy";
+    /// The directory or database that holds the users did not answer.
+    DirectoryUnavailable => "directory_unavailable", 503, 0, Authenticate, "Sign-in is unavailable";
     /// The request uses a framing the gateway does not implement (`Transfer-Encoding: gzip`).
     NotImplemented => "not_implemented", 501, 0, Accept, "Not implemented";
     /// A bug or an unexpected failure inside the gateway.

@@ -297,6 +297,7 @@ mod tests {
         Identity {
             user: user.map(str::to_owned),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Identity::default()
         }
     }
 

@@ -23,6 +23,7 @@ pub mod groups;
 pub mod hash_queue;
 pub mod htdigest;
 pub mod htpasswd;
+pub mod ldap;
 mod md5crypt;
 pub mod passwords;
 pub mod sqlite;

@@ -52,6 +52,9 @@ pub enum UserSource {
     /// A SQLite user database (`auth.users = "sqlite:PATH"`): enabled users, re-read when another
     /// connection (`portcullis users …`) changes it.
     Sqlite(PathBuf),
+    /// An LDAP directory (`auth.users = "ldap://…"`): checked by a bind, outcomes cached like
+    /// hash checks.
+    Ldap(Arc<crate::ldap::Directory>),
 }
 
 /// Why a [`Verifier`] could not be built.
@@ -79,7 +82,7 @@ pub enum LoadError {
 }
 
 /// The outcome of a credential check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
     /// User exists and the password matches.
     Accepted,
@@ -87,6 +90,25 @@ pub enum Verification {
     Refused,
     /// Not checked: every hashing worker was busy for longer than the caller's deadline.
     Busy(Busy),
+    /// Not checked: the directory did not answer (never a refusal: nobody is told a right
+    /// password is wrong).
+    Unavailable(crate::ldap::DirectoryError),
+}
+
+/// Why a check gave no answer.
+#[derive(Debug, Clone)]
+enum Unchecked {
+    Busy(Busy),
+    Unavailable(crate::ldap::DirectoryError),
+}
+
+impl From<Unchecked> for Verification {
+    fn from(u: Unchecked) -> Self {
+        match u {
+            Unchecked::Busy(b) => Verification::Busy(b),
+            Unchecked::Unavailable(e) => Verification::Unavailable(e),
+        }
+    }
 }
 
 impl From<bool> for Verification {
@@ -259,6 +281,7 @@ pub enum TokenCheck {
 struct Inner {
     path: Option<PathBuf>,
     sqlite: Option<SqliteWatch>,
+    directory: Option<Arc<crate::ldap::Directory>>,
     snapshot: ArcSwap<Snapshot>,
     cache: Option<Cache<CacheKey, Outcome>>,
     /// Credentials checked by [`Verifier::check_refused_anyway`] lately (apart from `cache`),
@@ -327,7 +350,12 @@ impl Verifier {
         poll_interval: Duration,
     ) -> Result<Self, LoadError> {
         let mut sqlite = None;
+        let mut directory = None;
         let (path, users, stamp) = match source {
+            UserSource::Ldap(dir) => {
+                directory = Some(dir);
+                (None, UserFile::default(), None)
+            }
             UserSource::Sqlite(path) => {
                 let db_error = |error| LoadError::Sqlite {
                     path: path.clone(),
@@ -392,6 +420,7 @@ impl Verifier {
             inner: Arc::new(Inner {
                 path,
                 sqlite,
+                directory,
                 snapshot: ArcSwap::from_pointee(snapshot),
                 cache,
                 refused_anyway,
@@ -475,14 +504,14 @@ impl Verifier {
                         },
                     );
                 }
-                Ok::<bool, Busy>(accepted)
+                Ok::<bool, Unchecked>(accepted)
             })
             .await
             .copied();
         drop(inflight);
         let accepted = match checked {
             Ok(accepted) => accepted,
-            Err(busy) => return (Verification::Busy(busy), Answer::Cached),
+            Err(unchecked) => return (unchecked.into(), Answer::Cached),
         };
         let answer = if hashed.into_inner() {
             Answer::Hashed
@@ -528,7 +557,7 @@ impl Verifier {
                 }
                 (Verification::Refused, Answer::Hashed, right)
             }
-            Err(busy) => (Verification::Busy(busy), Answer::Cached, false),
+            Err(unchecked) => (unchecked.into(), Answer::Cached, false),
         }
     }
 
@@ -536,6 +565,11 @@ impl Verifier {
     /// user is not in the store now (deleted, or disabled in SQLite). A session remembers the
     /// stamp of its sign-in: a different one means the password changed, and the session ends.
     pub async fn credential_stamp(&self, user: &str) -> Option<u64> {
+        if let Some(directory) = &self.inner.directory {
+            // The directory keeps the password: a session lasts while the entry does (the
+            // gateway looks it up first, see [`Verifier::directory`]).
+            return directory.cached_entry(user).map(|_| 0);
+        }
         self.poll_file().await;
         self.inner
             .snapshot
@@ -550,6 +584,13 @@ impl Verifier {
     /// Blocks on file I/O and hashing the timing dummy; from async code call it
     /// via `spawn_blocking`. Does nothing for inline users.
     pub fn reload_now(&self) {
+        if let Some(directory) = &self.inner.directory {
+            directory.forget_entries();
+            if let Some(cache) = &self.inner.cache {
+                cache.invalidate_all();
+            }
+            return;
+        }
         if let Some(watch) = &self.inner.sqlite {
             return self.inner.reload_sqlite(watch, true);
         }
@@ -580,8 +621,23 @@ impl Verifier {
         });
     }
 
-    /// The groups the user database gives `user` (`None` when users do not come from SQLite).
+    /// The directory, when users live in LDAP.
+    #[must_use]
+    pub fn directory(&self) -> Option<&Arc<crate::ldap::Directory>> {
+        self.inner.directory.as_ref()
+    }
+
+    /// The groups the user database gives `user` (`None` when users do not come from SQLite
+    /// or a directory; for a directory, from its last answer about the user).
     pub fn groups_of(&self, user: &str) -> Option<Vec<String>> {
+        if let Some(directory) = &self.inner.directory {
+            return Some(
+                directory
+                    .cached_entry(user)
+                    .map(|e| e.groups.clone())
+                    .unwrap_or_default(),
+            );
+        }
         let watch = self.inner.sqlite.as_ref()?;
         Some(watch.groups.load().get(user).cloned().unwrap_or_default())
     }
@@ -742,8 +798,22 @@ impl Inner {
         password: &str,
         lane: Lane,
         deadline: Duration,
-    ) -> Result<bool, Busy> {
-        let permit = self.permits.acquire(lane, deadline).await?;
+    ) -> Result<bool, Unchecked> {
+        if let Some(directory) = &self.directory {
+            // A network round trip, not CPU: no hashing worker, the directory's own pool and
+            // timeout bound it.
+            self.hash_checks.fetch_add(1, Ordering::Relaxed);
+            return match directory.authenticate(user, password).await {
+                Ok(crate::ldap::DirectoryCheck::Accepted(_)) => Ok(true),
+                Ok(crate::ldap::DirectoryCheck::Refused) => Ok(false),
+                Err(e) => Err(Unchecked::Unavailable(e)),
+            };
+        }
+        let permit = self
+            .permits
+            .acquire(lane, deadline)
+            .await
+            .map_err(Unchecked::Busy)?;
         let queue = self.permits.clone();
         self.hash_checks.fetch_add(1, Ordering::Relaxed);
         let user = user.to_owned();

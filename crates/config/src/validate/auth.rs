@@ -146,8 +146,8 @@ impl Checker<'_> {
             .and_then(|v| self.groups_file(&s.path("groups"), v));
         // With a user database, groups live in it (`portcullis users groups`): rules may name
         // any group.
-        // So with JWTs: their groups come from the token's groups claim.
-        if (matches!(users, Some(UserSource::Sqlite(_))) || jwt.is_some())
+        // So with JWTs: their groups come from the token's groups claim; and with a directory.
+        if (matches!(users, Some(UserSource::Sqlite(_) | UserSource::Ldap(_))) || jwt.is_some())
             && matches!(self.groups, rules::GroupNames::NotConfigured)
         {
             self.groups = rules::GroupNames::Unusable;
@@ -523,6 +523,15 @@ impl Checker<'_> {
     /// folder exists; `portcullis users add` creates the file).
     fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
         let text = self.string(key, v)?;
+        if text.starts_with("ldap:") || text.starts_with("ldaps:") {
+            return match super::parse_ldap_url(text) {
+                Ok(_) => Some(UserSource::Ldap(text.to_owned())),
+                Err(why) => {
+                    self.report(key, Some(v.span()), why);
+                    None
+                }
+            };
+        }
         if let Some(db) = text.strip_prefix("sqlite:") {
             let path = self.resolve(db);
             let parent = path

@@ -82,6 +82,8 @@ pub enum SessionCheck {
     Ended(&'static str),
     /// The state backend did not answer.
     Unavailable(String),
+    /// The directory that holds the users did not answer.
+    Directory(store::ldap::DirectoryError),
 }
 
 /// A portal response with what the access log and metrics need.
@@ -273,6 +275,23 @@ impl<'g> Portal<'g> {
         };
         // `created` is whole seconds (the sign-in's second, rounded down), so "more than
         // max_age whole seconds since" is never before max_age and at most a second after.
+        let mut identity = Identity::user(&session.user);
+        // From a directory: the user must still be in it (the password lives there, so "the
+        // password changed" cannot be seen), with their groups as they are now.
+        if let Some(directory) = self.verifier.directory() {
+            match directory.lookup(&session.user).await {
+                Ok(Some(entry)) => {
+                    identity.groups.clone_from(&entry.groups);
+                    identity.email.clone_from(&entry.email);
+                    identity.name.clone_from(&entry.name);
+                }
+                Ok(None) => {
+                    let _ = self.state.session_delete(&key).await;
+                    return SessionCheck::Ended("the session's user is no longer in the directory");
+                }
+                Err(e) => return SessionCheck::Directory(e),
+            }
+        }
         let ended = if session::unix_now().saturating_sub(session.created)
             > self.config.portal.max_age.as_secs()
         {
@@ -288,8 +307,9 @@ impl<'g> Portal<'g> {
             let _ = self.state.session_delete(&key).await;
             return SessionCheck::Ended(why);
         }
-        let mut identity = Identity::user(&session.user);
-        identity.groups = self.logon.groups_of(&session.user);
+        if self.verifier.directory().is_none() {
+            identity.groups = self.logon.groups_of(&session.user);
+        }
         SessionCheck::Valid(identity)
     }
 

@@ -43,7 +43,7 @@ impl Portal<'_> {
                     "Your session ended, so please sign in again. (The old session cookie has been removed.)",
                 ));
             }
-            SessionCheck::Absent | SessionCheck::Unavailable(_) => {}
+            SessionCheck::Absent | SessionCheck::Unavailable(_) | SessionCheck::Directory(_) => {}
         }
         let mut ctx = self.portal_context(visit, "login", "Sign in");
         ctx.notice = notice;

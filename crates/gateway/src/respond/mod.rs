@@ -17,7 +17,6 @@ pub(crate) use render::{html, see_other, text};
 
 use crate::pipeline::Exchange;
 
-const REMOTE_NAME: http::HeaderName = http::HeaderName::from_static("remote-name");
 const X_PORTCULLIS_COOKIE: http::HeaderName = http::HeaderName::from_static("x-portcullis-cookie");
 const X_PORTCULLIS_AUTHORIZATION: http::HeaderName =
     http::HeaderName::from_static("x-portcullis-authorization");
@@ -413,10 +412,23 @@ impl Gateway {
             .then(|| HeaderValue::from_str(&identity.groups.join(",")).ok())
             .flatten()
             .unwrap_or_else(|| empty.clone());
-        headers.insert(proxy::REMOTE_USER, user.clone());
-        headers.insert(REMOTE_NAME, user);
+        let signed_in = identity.user.is_some();
+        let name = identity
+            .name
+            .as_deref()
+            .filter(|_| signed_in)
+            .and_then(proxy::identity_value)
+            .unwrap_or_else(|| user.clone());
+        let email = identity
+            .email
+            .as_deref()
+            .filter(|_| signed_in)
+            .and_then(proxy::identity_value)
+            .unwrap_or_else(|| empty.clone());
+        headers.insert(proxy::REMOTE_USER, user);
+        headers.insert(proxy::REMOTE_NAME, name);
         headers.insert(proxy::REMOTE_GROUPS, groups);
-        headers.insert(proxy::REMOTE_EMAIL, empty.clone());
+        headers.insert(proxy::REMOTE_EMAIL, email);
         let mut cookies = http::HeaderMap::new();
         for v in request.get_all(http::header::COOKIE) {
             cookies.append(http::header::COOKIE, v.clone());

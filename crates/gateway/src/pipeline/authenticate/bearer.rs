@@ -41,7 +41,7 @@ impl Gateway {
                 }
                 ex.user.from_token = true;
                 let mut identity = Identity::user(&user);
-                identity.groups = self.logon().groups_of(&user);
+                self.logon().describe(&mut identity, &user).await?;
                 Ok(identity)
             }
             TokenCheck::Expired { id, at } => {

@@ -278,7 +278,7 @@ impl Gateway {
         }
         logon.accepted_without_hash(client_ip, &user, "digest");
         let mut identity = Identity::user(&user);
-        identity.groups = logon.groups_of(&user);
+        logon.describe(&mut identity, &user).await?;
         Ok(identity)
     }
 }

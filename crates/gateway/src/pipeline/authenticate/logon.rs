@@ -51,6 +51,38 @@ impl Logon<'_> {
             .unwrap_or_else(|| self.groups.groups_of(user))
     }
 
+    /// Fills in what the user store knows of `user`: groups, and from a directory also e-mail
+    /// and display name (from the entry the password check just fetched, else asked again).
+    /// A directory that does not answer is `503 directory_unavailable`; a user no longer in
+    /// it has no groups.
+    pub(crate) async fn describe(
+        &self,
+        identity: &mut Identity,
+        user: &str,
+    ) -> Result<(), Refusal> {
+        let Some(directory) = self.verifier.directory() else {
+            identity.groups = self.groups_of(user);
+            return Ok(());
+        };
+        match directory.lookup(user).await {
+            Ok(Some(entry)) => {
+                identity.groups.clone_from(&entry.groups);
+                identity.email.clone_from(&entry.email);
+                identity.name.clone_from(&entry.name);
+                Ok(())
+            }
+            Ok(None) => {
+                identity.groups.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .auth("basic", AuthOutcome::DirectoryUnavailable);
+                Err(directory_refusal(&e))
+            }
+        }
+    }
+
     /// Phase 5 for a user name and password (Basic, or the sign-in form: `method`): lockout,
     /// password check, failure counting.
     pub(crate) async fn authenticate_password(
@@ -69,7 +101,7 @@ impl Logon<'_> {
             if !(method == "form" && self.verifier.has_second_factor(user).await) {
                 self.signed_in(user, client_ip, fresh || always_fresh, method);
             }
-            identity.groups = self.groups_of(user);
+            self.describe(&mut identity, user).await?;
             return Ok(identity);
         }
         // Locked out: refused before the password is even looked at.
@@ -106,7 +138,7 @@ impl Logon<'_> {
         if !factor_pending {
             self.signed_in(user, client_ip, fresh, method);
         }
-        identity.groups = self.groups_of(user);
+        self.describe(&mut identity, user).await?;
         Ok(identity)
     }
 
@@ -165,6 +197,17 @@ impl Logon<'_> {
                 "every password-checking worker stayed busy for longer than auth.verify_queue_timeout ({:?})",
                 self.config.auth.verify_queue_timeout
             ))
+    }
+
+    /// A password check the directory did not answer: counted, 503 with `Retry-After` (never
+    /// a 401.1: nobody is told a right password is wrong).
+    pub(crate) fn directory_unavailable(
+        &self,
+        e: &store::ldap::DirectoryError,
+        method: &'static str,
+    ) -> Refusal {
+        self.metrics.auth(method, AuthOutcome::DirectoryUnavailable);
+        directory_refusal(e)
     }
 
     pub(crate) async fn check_not_locked_out(
@@ -238,8 +281,10 @@ impl Logon<'_> {
             .await;
         drop(password);
         self.metrics.verification(answer);
-        if let Verification::Busy(busy) = verification {
-            return self.verifier_busy(&busy, "basic");
+        match verification {
+            Verification::Busy(busy) => return self.verifier_busy(&busy, "basic"),
+            Verification::Unavailable(e) => return self.directory_unavailable(&e, "basic"),
+            Verification::Accepted | Verification::Refused => {}
         }
         self.metrics.auth("basic", AuthOutcome::Refused);
         if right {
@@ -302,6 +347,7 @@ impl Logon<'_> {
             Verification::Accepted => true,
             Verification::Refused => false,
             Verification::Busy(busy) => return Err(self.verifier_busy(&busy, method)),
+            Verification::Unavailable(e) => return Err(self.directory_unavailable(&e, method)),
         };
         self.metrics.verification(answer);
         let fresh = matches!(answer, store::Answer::Hashed);
@@ -442,4 +488,11 @@ impl Logon<'_> {
         self.known_users
             .contains_key(&(self.client_key(client_ip), user.to_owned()))
     }
+}
+
+/// `503 directory_unavailable` for a directory that did not answer.
+pub(crate) fn directory_refusal(e: &store::ldap::DirectoryError) -> Refusal {
+    Refusal::new(Reason::DirectoryUnavailable)
+        .with_retry_after(Duration::from_secs(5))
+        .with_detail(e.to_string())
 }

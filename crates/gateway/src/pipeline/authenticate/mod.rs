@@ -26,7 +26,13 @@ impl Gateway {
     ) -> Result<(), Refusal> {
         // A client certificate decides first: a valid one signs its user in, an invalid one (or
         // none, where one is required) is refused, on every path.
-        if let Some(identity) = self.certificate(ex)? {
+        if let Some(mut identity) = self.certificate(ex)? {
+            // From a directory, the user's groups, e-mail and name (asked when not cached).
+            if self.verifier.directory().is_some()
+                && let Some(user) = identity.user.clone()
+            {
+                self.logon().describe(&mut identity, &user).await?;
+            }
             ex.user.identity = Some(identity);
             return Ok(());
         }

@@ -29,6 +29,7 @@ impl Gateway {
                 ex.user.clear_session = true;
                 Err(Refusal::new(Reason::SessionExpired).with_detail(why))
             }
+            portal::SessionCheck::Directory(e) => Err(super::logon::directory_refusal(&e)),
             portal::SessionCheck::Unavailable(e) => Err(Refusal::new(Reason::StateUnavailable)
                 .with_detail(format!("the session could not be read: {e}"))),
         }
