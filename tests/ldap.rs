@@ -213,6 +213,30 @@ fn users_groups_and_attributes_come_from_the_directory() {
     // explain takes the user's groups from the directory.
     let (out, _) = cli(&gw, "explain", &["--user", "alice", "/admin/x"]);
     assert!(out.contains("ALLOWED") || out.contains("allowed"), "{out}");
+
+    // Groups from a group search instead of memberOf.
+    let (_up2, gw2, _) = gateway(
+        &slapd,
+        "group_filter = \"(&(objectClass=groupOfNames)(member={dn}))\"",
+        "",
+    );
+    runtime().block_on(async {
+        let r = get(&gw2, "/echo/g", "bob", BOB_PW).await;
+        let echo: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(echo["headers"]["remote-groups"], "staff");
+        assert_eq!(
+            get(&gw2, "/admin/g", "alice", "alice-pw").await.status(),
+            200
+        );
+    });
+
+    // A search the directory refers elsewhere (not followed): the user may be there, so it is
+    // 503, not "unknown user".
+    let (_up3, gw3, _) = gateway(&slapd, "base_dn = \"ou=elsewhere,dc=example,dc=org\"", "");
+    runtime().block_on(async {
+        assert_eq!(get(&gw3, "/echo/r", "alice", "alice-pw").await.status(), 503);
+    });
+    assert!(gw3.stderr().contains("does not follow referrals"), "{}", gw3.stderr());
 }
 
 #[test]
@@ -344,4 +368,43 @@ fn check_config_names_each_directory_mistake() {
     );
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("[ldap]") && out.contains("base_dn"), "{out}");
+}
+
+#[test]
+fn ldaps_and_starttls_with_a_private_ca() {
+    let slapd = Slapd::start_tls();
+    let ca = slapd.dir.path().join("ca.pem");
+    let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port.unwrap());
+    let cases = [
+        (ldaps.clone(), format!("ca = \"{}\"", ca.display()), 200),
+        (
+            slapd.url(),
+            format!("starttls = true\nca = \"{}\"", ca.display()),
+            200,
+        ),
+        // Without the private CA the directory's certificate is not trusted: 503, not 401.
+        (ldaps.clone(), String::new(), 503),
+        (slapd.url(), "starttls = true".to_owned(), 503),
+    ];
+    for (users, ldap, status) in cases {
+        let upstream = TestUpstream::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = basic_config()
+            .auth(&format!("users = \"{users}\""))
+            .auth("cache_ttl = \"0s\"")
+            .section("ldap", &slapd.section(&dir.path().join("ldap-password")))
+            .section("ldap", &ldap)
+            .section("ldap", "timeout = \"2s\"");
+        let gw = Gateway::start_in(dir, &config.build(), upstream.addr);
+        let got =
+            runtime().block_on(async { get(&gw, "/echo/tls", "alice", "alice-pw").await.status() });
+        assert_eq!(got, status, "{users} {ldap}: {}", gw.stderr());
+        if status == 503 {
+            assert!(
+                gw.stderr().to_lowercase().contains("certificate"),
+                "{}",
+                gw.stderr()
+            );
+        }
+    }
 }

@@ -22,7 +22,8 @@ pub fn run(args: Args) -> ExitCode {
                 config.warnings.len()
             );
             println!("state: {}", state_target(&config.state.backend));
-            if let (config::UserSource::Ldap(url), Some(ldap)) = (&config.auth.users, &config.ldap) {
+            if let (config::UserSource::Ldap(url), Some(ldap)) = (&config.auth.users, &config.ldap)
+            {
                 println!(
                     "users: the directory {url} ({}), under {}, filter {}, groups from {}",
                     match ldap.preset {

@@ -21,6 +21,9 @@ pub const BOB_NAME: &str = "Bób Ñandú";
 
 pub struct Slapd {
     pub port: u16,
+    /// With [`Slapd::start_tls`]: the `ldaps://` port (StartTLS works on `port` too), and the
+    /// private CA that signed its certificate is `ca.pem` in `dir`.
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
 }
@@ -42,9 +45,46 @@ impl Slapd {
     /// name), bob (staff; a non-ASCII password and name), carol (no mail, no display name, no
     /// group), the service account.
     pub fn start() -> Slapd {
+        Slapd::start_with(false)
+    }
+
+    /// [`Slapd::start`] with TLS: a certificate for 127.0.0.1 from a private CA (`ca.pem`),
+    /// `ldaps://` on `tls_port` and StartTLS on `port`.
+    pub fn start_tls() -> Slapd {
+        Slapd::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let tls_lines = if tls {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "Test directory CA");
+            ca_params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+            let issuer = rcgen::Issuer::new(ca_params, ca_key);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params =
+                rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                    .unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+            std::fs::write(dir.path().join("server.crt"), cert.pem()).unwrap();
+            std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+            format!(
+                "TLSCACertificateFile {d}/ca.pem\nTLSCertificateFile {d}/server.crt\nTLSCertificateKeyFile {d}/server.key\n"
+            )
+        } else {
+            String::new()
+        };
         // `allow bind_anon_cred`: a bind with a DN and an empty password succeeds as an
         // anonymous bind, as on directories configured loosely: Portcullis must not take it
         // for a right password.
@@ -59,7 +99,7 @@ modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
 pidfile {d}/slapd.pid
-allow bind_anon_cred
+{tls_lines}allow bind_anon_cred
 database mdb
 maxsize 10485760
 suffix \"{BASE_DN}\"
@@ -75,6 +115,7 @@ access to * by users read by * none
         .unwrap();
         let mut s = Slapd {
             port: free_port(),
+            tls_port: tls.then(free_port),
             child: None,
             dir,
         };
@@ -85,6 +126,7 @@ access to * by users read by * none
              dn: {people}\nobjectClass: organizationalUnit\nou: people\n\n\
              dn: ou=groups,{BASE_DN}\nobjectClass: organizationalUnit\nou: groups\n\n\
              dn: ou=services,{BASE_DN}\nobjectClass: organizationalUnit\nou: services\n\n\
+             dn: ou=elsewhere,{BASE_DN}\nobjectClass: referral\nobjectClass: extensibleObject\nou: elsewhere\nref: ldap://127.0.0.1:9/ou=elsewhere,{BASE_DN}\n\n\
              dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: portcullis\nuserPassword: {SERVICE_PW}\n\n\
              dn: uid=alice,{people}\nobjectClass: inetOrgPerson\nuid: alice\ncn: Alice Liddell\nsn: Liddell\ndisplayName: Alice Liddell\nmail: alice@example.org\nuserPassword: alice-pw\n\n\
              dn: uid=carol,{people}\nobjectClass: inetOrgPerson\nuid: carol\ncn: carol\nsn: C\nuserPassword: carol-pw\n\n\
@@ -146,7 +188,12 @@ access to * by users read by * none
         let child = Command::new(tool)
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
-            .args(["-h", &format!("ldap://127.0.0.1:{}/", self.port), "-d", "0"])
+            .arg("-h")
+            .arg(match self.tls_port {
+                Some(tls) => format!("ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{tls}/", self.port),
+                None => format!("ldap://127.0.0.1:{}/", self.port),
+            })
+            .args(["-d", "0"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("slapd.log")).unwrap())
             .spawn()

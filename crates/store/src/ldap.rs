@@ -99,9 +99,31 @@ impl DirectoryConfig {
     /// The user filter for `user` (escaped).
     #[must_use]
     pub fn user_filter_for(&self, user: &str) -> String {
-        self.user_filter
-            .replace("{user}", &ldap3::ldap_escape(user))
+        fill(&self.user_filter, &[("{user}", &ldap3::ldap_escape(user))])
     }
+}
+
+/// `template` with each placeholder replaced by its value, in one pass: a value that contains
+/// a placeholder (a DN with `{user}` in it) is not filled in again.
+#[must_use]
+pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    'scan: while !rest.is_empty() {
+        for (name, value) in values {
+            if let Some(after) = rest.strip_prefix(name) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
 }
 
 /// The attribute names `ATTR` of each `(ATTR={user})` in `filter`.
@@ -525,7 +547,13 @@ impl Directory {
             .map(SearchEntry::construct)
             .collect();
         match result.rc {
-            0 | REFERRAL | NO_SUCH_OBJECT => {}
+            0 | NO_SUCH_OBJECT => {}
+            // The user may be in the server it names: not "no such user", which would call a
+            // right password wrong.
+            REFERRAL => {
+                tracing::warn!(user, refs = ?result.refs, "the directory referred the user search elsewhere; Portcullis does not follow referrals: point auth.users and ldap.base_dn at the server that holds the users");
+                return Err(LdapError::from(result));
+            }
             SIZE_LIMIT_EXCEEDED => {
                 tracing::warn!(
                     user,
@@ -542,7 +570,7 @@ impl Directory {
             );
             return Ok(None);
         }
-        let Some(entry) = entries.pop() else {
+        let Some(entry) = entries.pop().filter(|e| !e.dn.is_empty()) else {
             return Ok(None);
         };
         // LDAP compares names ignoring case (and sometimes spaces): the name signed in with
@@ -572,9 +600,13 @@ impl Directory {
                 .filter_map(|dn| first_rdn_value(dn, attr))
                 .collect(),
             GroupLookup::Search(filter) => {
-                let filter = filter
-                    .replace("{dn}", &ldap3::ldap_escape(entry.dn.as_str()))
-                    .replace("{user}", &ldap3::ldap_escape(user));
+                let filter = fill(
+                    filter,
+                    &[
+                        ("{dn}", &ldap3::ldap_escape(entry.dn.as_str())),
+                        ("{user}", &ldap3::ldap_escape(user)),
+                    ],
+                );
                 Self::search_ok(
                     ldap.with_timeout(self.config.timeout)
                         .search(&self.config.base_dn, Scope::Subtree, &filter, vec![attr])
@@ -872,6 +904,18 @@ mod tests {
         );
         // The escaped filter still parses, as one equality match.
         assert!(ldap3::parse_filter(c.user_filter_for("alice)(|(uid=*")).is_ok());
+    }
+
+    #[test]
+    fn placeholders_are_filled_once() {
+        assert_eq!(
+            fill(
+                "(&(member={dn})(uid={user}))",
+                &[("{dn}", "cn={user}"), ("{user}", "{dn}")]
+            ),
+            "(&(member=cn={user})(uid={dn}))"
+        );
+        assert_eq!(fill("(cn=é{user})", &[("{user}", "ü")]), "(cn=éü)");
     }
 
     #[test]
