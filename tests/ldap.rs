@@ -234,9 +234,16 @@ fn users_groups_and_attributes_come_from_the_directory() {
     // 503, not "unknown user".
     let (_up3, gw3, _) = gateway(&slapd, "base_dn = \"ou=elsewhere,dc=example,dc=org\"", "");
     runtime().block_on(async {
-        assert_eq!(get(&gw3, "/echo/r", "alice", "alice-pw").await.status(), 503);
+        assert_eq!(
+            get(&gw3, "/echo/r", "alice", "alice-pw").await.status(),
+            503
+        );
     });
-    assert!(gw3.stderr().contains("does not follow referrals"), "{}", gw3.stderr());
+    assert!(
+        gw3.stderr().contains("does not follow referrals"),
+        "{}",
+        gw3.stderr()
+    );
 }
 
 #[test]
@@ -407,4 +414,55 @@ fn ldaps_and_starttls_with_a_private_ca() {
             );
         }
     }
+}
+
+#[test]
+fn sessions_follow_the_directory() {
+    let slapd = Slapd::start();
+    let (_up, gw, _admin) = gateway(&slapd, "", "cache_ttl = \"1s\"");
+    runtime().block_on(async {
+        let mut alice = util::browser::Browser::new(&gw.url(""));
+        alice.sign_in("alice", "alice-pw", "/admin/x").await;
+        assert_eq!(alice.get("/admin/x").await.status, 200);
+        let mut carol = util::browser::Browser::new(&gw.url(""));
+        carol.sign_in("carol", "carol-pw", "/echo/c").await;
+        assert_eq!(carol.get("/echo/c").await.status, 200);
+
+        // Alice leaves the admins group, carol leaves the directory.
+        slapd.modify(
+            "ldapmodify",
+            "dn: cn=admins,ou=groups,dc=example,dc=org\nchangetype: modify\nreplace: member\nmember: uid=mallory,ou=people,dc=example,dc=org\n\n\
+             dn: uid=carol,ou=people,dc=example,dc=org\nchangetype: delete\n\n",
+        );
+        // Within the cache time (1 s) the sessions see it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let page = alice.get("/echo/after").await;
+        let echo: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+        assert_eq!(echo["headers"]["remote-groups"], "staff");
+        assert_ne!(alice.get("/admin/x").await.status, 200);
+        let page = carol.get("/echo/gone").await;
+        assert_ne!(page.status, 200, "{}", page.body);
+    });
+    assert!(
+        std::fs::read_to_string(gw.path("access.log"))
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("/echo/gone") && (l.contains(" 401 2 ") || l.contains(" 302 2 "))),
+        "the ended session is x.2 (session_expired; a browser is sent to sign in): {}",
+        std::fs::read_to_string(gw.path("access.log")).unwrap()
+    );
+    // More users than slapd's size limit (500): users list pages through them all.
+    let mut many = String::new();
+    for i in 0..600 {
+        many.push_str(&format!(
+            "dn: uid=u{i:03},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: u{i:03}\ncn: u{i:03}\nsn: U\n\n"
+        ));
+    }
+    slapd.modify("ldapadd", &many);
+    let (list, _) = cli(&gw, "users", &["list"]);
+    assert_eq!(
+        list.lines().count(),
+        603,
+        "alice, bob, mallory and 600 more"
+    );
 }

@@ -384,7 +384,15 @@ fn directory_users(url: &str, config: &config::Config, action: Action) -> ExitCo
         }
     };
     let users = match listed {
-        Ok(users) => users,
+        Ok((users, truncated)) => {
+            if truncated {
+                eprintln!(
+                    "portcullis users: the directory's size limit stopped the list at {} users (OpenLDAP: raise size.prtotal in a limits directive for the service account)",
+                    users.len()
+                );
+            }
+            users
+        }
         Err(e) => {
             eprintln!("portcullis users: {e}");
             return ExitCode::FAILURE;

@@ -107,6 +107,7 @@ rootdn \"cn=admin,{BASE_DN}\"
 rootpw secret
 directory {d}/data
 overlay memberof
+limits users size.soft=500 size.hard=500 size.prtotal=unlimited
 access to attrs=userPassword by anonymous auth by self write by * none
 access to * by users read by * none
 "

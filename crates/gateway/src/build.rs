@@ -41,11 +41,19 @@ impl Gateway {
                 directory(url, &config).map_err(BuildError::Users)?,
             )),
         };
+        // The directory's settings as they are now (the service account's password read
+        // again): a changed password file is a new directory client.
+        let same_directory = |p: &Gateway| match (&source, p.verifier.directory()) {
+            (store::verifier::UserSource::Ldap(new), Some(old)) => new.config() == old.config(),
+            (store::verifier::UserSource::Ldap(_), None) => false,
+            _ => true,
+        };
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let same_users = |p: &Gateway| {
             p.config.auth.users == config.auth.users
                 && p.config.auth.cache_ttl == config.auth.cache_ttl
                 && p.config.ldap == config.ldap
+                && same_directory(p)
         };
         let verifier = match previous.filter(|p| same_users(p)) {
             Some(p) => p.verifier.clone(),

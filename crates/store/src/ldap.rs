@@ -194,6 +194,12 @@ pub struct Probe {
     pub users: usize,
 }
 
+/// How long `users list` may take in all (each page still within `ldap.timeout`).
+const LIST_DEADLINE: Duration = Duration::from_secs(300);
+/// Entries per page when listing (RFC 2696 simple paged results; Active Directory's
+/// MaxPageSize is 1,000).
+const LIST_PAGE: i32 = 500;
+
 /// Most entries [`Directory::probe`] counts.
 pub const PROBE_GROUP_LIMIT: i32 = 1000;
 
@@ -399,12 +405,20 @@ impl Directory {
     /// saw an error is dropped; a check that failed on a reused connection (the directory
     /// restarted and closed it) is tried once more on a new one.
     async fn with_conn(&self, op: Op<'_>) -> Result<Out, DirectoryError> {
-        let deadline = self.config.timeout;
+        // A listing of every user (the CLI) reads pages, each within ldap.timeout; a check is
+        // bounded as a whole.
+        let deadline = match op {
+            Op::List => LIST_DEADLINE,
+            _ => self.config.timeout,
+        };
         match tokio::time::timeout(deadline, self.with_conn_inner(op)).await {
             Ok(result) => result,
             Err(_) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(self.unavailable(format!("no answer within ldap.timeout ({deadline:?})")))
+                Err(self.unavailable(format!(
+                    "no answer within {deadline:?} (ldap.timeout is {:?})",
+                    self.config.timeout
+                )))
             }
         }
     }
@@ -674,18 +688,19 @@ impl Directory {
     }
 
     /// Every user the user filter matches (`{user}` as `*`), with their entries, sorted by name
-    /// (`portcullis users list`). Names are the first user attribute's value (the DN when the
+    /// (`portcullis users list`), read in pages, and whether the directory's size limit cut the
+    /// list short. Names are the first user attribute's value (the DN when the
     /// filter names none).
     ///
     /// # Errors
     /// [`DirectoryError::Unavailable`] when the directory does not answer in time or fails.
-    pub async fn list(&self) -> Result<Vec<(String, DirectoryEntry)>, DirectoryError> {
-        let Out::List(entries) = self.with_conn(Op::List).await? else {
+    pub async fn list(&self) -> Result<(Vec<(String, DirectoryEntry)>, bool), DirectoryError> {
+        let Out::List(entries, truncated) = self.with_conn(Op::List).await? else {
             unreachable!("a listing answers a list")
         };
         let mut entries = entries;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
+        Ok((entries, truncated))
     }
 
     /// Binds as the service account and counts the users and groups it can see.
@@ -752,11 +767,31 @@ impl Directory {
             Op::List => {
                 let filter = self.config.user_filter.replace("{user}", "*");
                 let attrs = self.user_search_attributes();
-                let found = Self::search_ok(
-                    ldap.with_timeout(self.config.timeout)
-                        .search(&self.config.base_dn, Scope::Subtree, &filter, attrs)
-                        .await?,
-                )?;
+                // Paged: a directory's size limit (Active Directory's 1,000) does not cut the
+                // list short.
+                let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> = vec![
+                    Box::new(ldap3::adapters::EntriesOnly::new()),
+                    Box::new(ldap3::adapters::PagedResults::new(LIST_PAGE)),
+                ];
+                let mut stream = ldap
+                    .with_timeout(self.config.timeout)
+                    .streaming_search_with(
+                        adapters,
+                        &self.config.base_dn,
+                        Scope::Subtree,
+                        &filter,
+                        attrs,
+                    )
+                    .await?;
+                let mut found = Vec::new();
+                while let Some(entry) = stream.next().await? {
+                    found.push(SearchEntry::construct(entry));
+                }
+                let result = stream.finish().await;
+                let truncated = result.rc == SIZE_LIMIT_EXCEEDED;
+                if !matches!(result.rc, 0 | NO_SUCH_OBJECT | SIZE_LIMIT_EXCEEDED) {
+                    return Err(LdapError::from(result));
+                }
                 let mut out = Vec::new();
                 for entry in found {
                     let name = self
@@ -767,7 +802,7 @@ impl Directory {
                     let described = self.describe(ldap, &name, entry).await?;
                     out.push((name, described));
                 }
-                Ok(Out::List(out))
+                Ok(Out::List(out, truncated))
             }
             Op::Probe { started } => {
                 let bind_time = started.elapsed();
@@ -827,7 +862,8 @@ enum Op<'a> {
 enum Out {
     Check(DirectoryCheck),
     Entry(Option<DirectoryEntry>),
-    List(Vec<(String, DirectoryEntry)>),
+    /// The users, and whether the directory's size limit cut the list short.
+    List(Vec<(String, DirectoryEntry)>, bool),
     Probe(Probe),
 }
 

@@ -75,11 +75,9 @@ impl Logon<'_> {
                 identity.groups.clear();
                 Ok(())
             }
-            Err(e) => {
-                self.metrics
-                    .auth("basic", AuthOutcome::DirectoryUnavailable);
-                Err(directory_refusal(&e))
-            }
+            // Counted with the refusals (reason directory_unavailable); the sign-in itself was
+            // already counted by its outcome.
+            Err(e) => Err(directory_refusal(&e)),
         }
     }
 
