@@ -34,9 +34,10 @@ pub fn run(args: Args) -> ExitCode {
     let method = args.method.to_ascii_uppercase();
     let identity = args.user.as_deref().map(|user| {
         let from_db = match &config.auth.users {
-            config::UserSource::Sqlite(db) => store::sqlite::UserDb::open(db)
-                .and_then(|d| d.groups_of(user))
-                .ok(),
+            config::UserSource::Sqlite(_) | config::UserSource::Postgres(_) => {
+                gateway::user_database(&config)
+                    .and_then(|l| l.open().and_then(|d| d.groups_of(user)).ok())
+            }
             config::UserSource::Ldap(url) => Some(directory_groups(url, &config, user)),
             _ => None,
         };

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let config::UserSource::Sqlite(path) = &config.auth.users else {
+    let Some(location) = gateway::user_database(&config) else {
         eprintln!(
             "portcullis tokens: API tokens live in the user database, and auth.users is not one; write auth.users = \"sqlite:portcullis.db\" (portcullis users import moves an htpasswd file there)"
         );
@@ -70,7 +70,8 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = UserDb::open(path)
+    let result = location
+        .open()
         .map_err(|e| e.to_string())
         .and_then(|db| act(&db, args.action, &config, &audit));
     audit.flush();

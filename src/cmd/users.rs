@@ -98,6 +98,9 @@ enum Action {
         /// User name.
         user: String,
     },
+    /// Create the user database's tables, or bring them up to this version's schema (every start
+    /// does it too); prints the schema version.
+    Migrate,
     /// Set (or with no address, remove) a user's email address.
     Email {
         /// User name.
@@ -116,13 +119,13 @@ pub fn run(args: Args) -> ExitCode {
     if let config::UserSource::Ldap(url) = &config.auth.users {
         return directory_users(url, &config, args.action);
     }
-    let config::UserSource::Sqlite(path) = &config.auth.users else {
+    let Some(location) = gateway::user_database(&config) else {
         eprintln!(
-            "portcullis users: auth.users is not a user database; write auth.users = \"sqlite:portcullis.db\" (an htpasswd file is managed with Apache's htpasswd)"
+            "portcullis users: auth.users is not a user database; write auth.users = \"sqlite:portcullis.db\" or \"postgres://…\" (an htpasswd file is managed with Apache's htpasswd)"
         );
         return ExitCode::from(super::EXIT_CONFIG);
     };
-    match act(path, args.action, &config) {
+    match act(&location, args.action, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portcullis users: {e}");
@@ -131,8 +134,19 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Result<(), String> {
-    let mut db = UserDb::open(path).map_err(|e| e.to_string())?;
+fn act(
+    location: &store::sqlite::Location,
+    action: Action,
+    config: &config::Config,
+) -> Result<(), String> {
+    let mut db = location.open().map_err(|e| e.to_string())?;
+    if let Action::Migrate = action {
+        match db.schema_version().map_err(|e| e.to_string())? {
+            Some(v) => println!("{}: schema version {v}", location.display()),
+            None => println!("{}: schema up to date", location.display()),
+        }
+        return Ok(());
+    }
     // While Digest is on with this database, a password also gets its HA1 values for the realm.
     let digest_realm = config.auth.digest_realm_in_database();
     let password = |user: &str, bcrypt: bool| -> Result<(String, Option<[String; 2]>), String> {
@@ -161,6 +175,7 @@ fn act(path: &std::path::Path, action: Action, config: &config::Config) -> Resul
     };
     let e = |e: DbError| e.to_string();
     match action {
+        Action::Migrate => {}
         Action::Add {
             user,
             groups,

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod httpd;
 pub mod portal;
+pub mod postgres;
 pub mod slapd;
 
 use std::convert::Infallible;

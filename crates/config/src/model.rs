@@ -225,6 +225,18 @@ pub enum UserSource {
     Sqlite(PathBuf),
     /// An LDAP directory (`ldap://host[:port]` or `ldaps://…`), with `[ldap]`.
     Ldap(String),
+    /// A PostgreSQL user database (`postgres://…`): the SQLite store's schema and features,
+    /// shared by several instances.
+    Postgres(String),
+}
+
+impl UserSource {
+    /// Whether users live in a user database Portcullis manages (SQLite or PostgreSQL): groups,
+    /// e-mail, TOTP, links and API tokens are kept there.
+    #[must_use]
+    pub fn is_database(&self) -> bool {
+        matches!(self, UserSource::Sqlite(_) | UserSource::Postgres(_))
+    }
 }
 
 /// `[ldap]`: how to search and bind in the directory `auth.users` names.
@@ -347,7 +359,7 @@ impl Auth {
     /// password): `Some` while `digest` is on without an htdigest file.
     pub fn digest_realm_in_database(&self) -> Option<&str> {
         let on = self.schemes.contains(&Scheme::Digest)
-            && matches!(self.users, UserSource::Sqlite(_))
+            && self.users.is_database()
             && self.digest.as_ref().is_some_and(|d| d.users.is_none());
         on.then_some(self.realm.as_str())
     }

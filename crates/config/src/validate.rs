@@ -406,7 +406,7 @@ impl Checker<'_> {
         if portal.table.is_some()
             && let Some(a) = auth.as_ref()
             && !a.schemes.contains(&Scheme::Form)
-            && !matches!(a.users, UserSource::Sqlite(_))
+            && !a.users.is_database()
         {
             self.warn(
                 "portal",
@@ -416,7 +416,7 @@ impl Checker<'_> {
         }
         // Links need somewhere to live and an address to point at.
         if mail.table.is_some() {
-            if !matches!(auth.as_ref().map(|a| &a.users), Some(UserSource::Sqlite(_))) {
+            if !auth.as_ref().is_some_and(|a| a.users.is_database()) {
                 self.warn(
                     "mail",
                     mail.span.clone(),

@@ -37,6 +37,7 @@ impl Gateway {
             config::UserSource::Htpasswd(p) => store::verifier::UserSource::File(p.clone()),
             config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
             config::UserSource::Sqlite(p) => store::verifier::UserSource::Sqlite(p.clone()),
+            config::UserSource::Postgres(url) => store::verifier::UserSource::Postgres(url.clone()),
             config::UserSource::Ldap(url) => store::verifier::UserSource::Ldap(Arc::new(
                 directory(url, &config).map_err(BuildError::Users)?,
             )),
@@ -229,4 +230,14 @@ pub fn directory(url: &str, config: &Config) -> Result<store::ldap::Directory, S
     };
     store::ldap::Directory::new(directory, config.auth.cache_ttl)
         .map_err(|e| format!("[ldap]: {e}"))
+}
+
+/// The user database `auth.users` names (SQLite or PostgreSQL), if it is one.
+#[must_use]
+pub fn user_database(config: &Config) -> Option<store::sqlite::Location> {
+    match &config.auth.users {
+        config::UserSource::Sqlite(p) => Some(store::sqlite::Location::Sqlite(p.clone())),
+        config::UserSource::Postgres(url) => Some(store::sqlite::Location::Postgres(url.clone())),
+        _ => None,
+    }
 }

@@ -55,7 +55,7 @@ use crate::metrics::{AuthOutcome, Metrics};
 use crate::pages::Pages;
 use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
 
-pub use build::directory;
+pub use build::{directory, user_database};
 pub use server::{Bound, ServeError, Server, bind, bind_addrs, serve};
 
 use body::RequestBody;
@@ -235,12 +235,9 @@ impl Gateway {
         self.verifier.directory().cloned()
     }
 
-    /// The user database, when users live in SQLite.
-    pub(crate) fn user_db(&self) -> Option<&std::path::Path> {
-        match &self.config.auth.users {
-            config::UserSource::Sqlite(p) => Some(p),
-            _ => None,
-        }
+    /// The user database, when users live in SQLite or PostgreSQL.
+    pub(crate) fn user_db(&self) -> Option<store::sqlite::Location> {
+        user_database(&self.config)
     }
 
     /// The verdict on a connection's client certificate (`None` without `server.tls.client_ca`).

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
 use crate::htpasswd::{LineProblem, StoredHash, UserFile};
 
@@ -21,6 +21,9 @@ pub enum DbError {
     /// SQLite said no.
     #[error("user database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// PostgreSQL said no, or could not be reached.
+    #[error("user database: {0}")]
+    Postgres(#[from] postgres::Error),
     /// The user exists already (`users add`).
     #[error("user {0} already exists (use `portcullis users passwd`)")]
     Exists(String),
@@ -52,9 +55,9 @@ pub struct UserRow {
     pub totp: bool,
 }
 
-/// An open user database.
+/// An open user database: a SQLite file, or a PostgreSQL database shared by several instances.
 pub struct UserDb {
-    conn: Connection,
+    conn: Conn,
 }
 
 const SCHEMA: &str = "
@@ -201,19 +204,416 @@ pub fn check_email(email: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// `Err(Missing)` unless `name` is a user (inside a transaction, before changing what hangs on it).
-fn require_user(conn: &Connection, name: &str) -> Result<(), DbError> {
-    conn.query_row("SELECT 1 FROM users WHERE name = ?1", params![name], |_| {
-        Ok(())
-    })
-    .optional()?
-    .ok_or_else(|| DbError::Missing(name.to_owned()))
+/// `Err(Missing)` unless `name` is a user (inside a transaction, before changing what hangs on it;
+/// in PostgreSQL the row is locked until the transaction ends, so concurrent transactions about
+/// the same user take turns).
+fn require_user(conn: &Conn, name: &str) -> Result<(), DbError> {
+    let sql = match conn {
+        Conn::Sqlite(_) => "SELECT 1 FROM users WHERE name = ?1",
+        Conn::Postgres(_) => "SELECT 1 FROM users WHERE name = ?1 FOR UPDATE",
+    };
+    conn.query_opt(sql, &[name.into()])?
+        .map(|_| ())
+        .ok_or_else(|| DbError::Missing(name.to_owned()))
 }
 
 fn check_hash(hash: &str) -> Result<(), DbError> {
     StoredHash::parse(hash)
         .map(|_| ())
         .map_err(|e| DbError::Invalid(format!("unusable password hash: {e}")))
+}
+
+/// Where a user database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database (`postgres://…` URL), shared by several instances.
+    Postgres(String),
+}
+
+impl Location {
+    /// Opens the database (creating or upgrading its schema).
+    ///
+    /// # Errors
+    /// [`DbError`] when it cannot be opened or migrated.
+    pub fn open(&self) -> Result<UserDb, DbError> {
+        match self {
+            Location::Sqlite(p) => UserDb::open(p),
+            Location::Postgres(url) => UserDb::connect(url),
+        }
+    }
+
+    /// For messages: the file, or the URL without its password.
+    #[must_use]
+    pub fn display(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+/// `url` with the password (if any) replaced by `***`.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://{user}@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A connection to either database. SQL is written once, for both: `?N` parameters (rewritten to
+/// PostgreSQL's `$N`), `ON CONFLICT`, `RETURNING`, `CAST(… AS TEXT)`; where the dialects differ
+/// ([`Conn::dialect`]) both texts are given.
+enum Conn {
+    Sqlite(Connection),
+    Postgres(Box<std::cell::RefCell<postgres::Client>>),
+}
+
+/// A statement parameter.
+#[derive(Debug, Clone, Copy)]
+enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v)
+    }
+}
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Arg::Int(Some(i64::from(v)))
+    }
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match *self {
+            Arg::Text(Some(t)) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+            Arg::Int(Some(n)) => ToSqlOutput::Owned(Value::Integer(n)),
+            Arg::Text(None) | Arg::Int(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
+
+impl postgres::types::ToSql for Arg<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::Type;
+        match *self {
+            Arg::Text(v) => v.to_sql(ty, out),
+            Arg::Int(Some(n)) if *ty == Type::INT4 => i32::try_from(n)?.to_sql(ty, out),
+            Arg::Int(Some(n)) if *ty == Type::INT2 => i16::try_from(n)?.to_sql(ty, out),
+            Arg::Int(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        <&str as postgres::types::ToSql>::accepts(ty)
+            || <i64 as postgres::types::ToSql>::accepts(ty)
+            || <i32 as postgres::types::ToSql>::accepts(ty)
+            || <i16 as postgres::types::ToSql>::accepts(ty)
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A column value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+/// A result row.
+struct Row(Vec<Val>);
+
+impl Row {
+    fn text(&self, i: usize) -> Result<String, DbError> {
+        self.opt_text(i)?
+            .ok_or_else(|| DbError::Invalid(format!("column {i} is NULL")))
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        match self.0.get(i) {
+            Some(Val::Text(t)) => Ok(Some(t.clone())),
+            Some(Val::Null) => Ok(None),
+            other => Err(DbError::Invalid(format!(
+                "column {i}: expected text, found {other:?}"
+            ))),
+        }
+    }
+
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        self.opt_int(i)?
+            .ok_or_else(|| DbError::Invalid(format!("column {i} is NULL")))
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError> {
+        match self.0.get(i) {
+            Some(Val::Int(n)) => Ok(Some(*n)),
+            Some(Val::Null) => Ok(None),
+            other => Err(DbError::Invalid(format!(
+                "column {i}: expected a number, found {other:?}"
+            ))),
+        }
+    }
+
+    fn flag(&self, i: usize) -> Result<bool, DbError> {
+        Ok(self.int(i)? != 0)
+    }
+}
+
+/// `?N` → `$N` for PostgreSQL.
+fn pg_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pg_value(row: &postgres::Row, i: usize) -> Result<Val, DbError> {
+    use postgres::types::Type;
+    let ty = row.columns()[i].type_();
+    let v = if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i)?.map(Val::Int)
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i)?
+            .map(|n| Val::Int(i64::from(n)))
+    } else if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(i)?
+            .map(|n| Val::Int(i64::from(n)))
+    } else if *ty == Type::BOOL {
+        row.try_get::<_, Option<bool>>(i)?
+            .map(|b| Val::Int(i64::from(b)))
+    } else {
+        row.try_get::<_, Option<String>>(i)?.map(Val::Text)
+    };
+    Ok(v.unwrap_or(Val::Null))
+}
+
+impl Conn {
+    /// The SQL for this connection's dialect.
+    fn dialect<'s>(&self, sqlite: &'s str, postgres: &'s str) -> &'s str {
+        match self {
+            Conn::Sqlite(_) => sqlite,
+            Conn::Postgres(_) => postgres,
+        }
+    }
+
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize, DbError> {
+        match self {
+            Conn::Sqlite(c) => Ok(c.execute(sql, rusqlite::params_from_iter(args.iter()))?),
+            Conn::Postgres(c) => {
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    args.iter().map(|a| a as _).collect();
+                let n = c.borrow_mut().execute(pg_sql(sql).as_str(), &params)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, DbError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare(sql)?;
+                let width = stmt.column_count();
+                let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    (0..width)
+                        .map(|i| {
+                            Ok(match r.get_ref(i)? {
+                                rusqlite::types::ValueRef::Null => Val::Null,
+                                rusqlite::types::ValueRef::Integer(n) => Val::Int(n),
+                                rusqlite::types::ValueRef::Text(t) => {
+                                    Val::Text(String::from_utf8_lossy(t).into_owned())
+                                }
+                                rusqlite::types::ValueRef::Real(f) => Val::Text(f.to_string()),
+                                rusqlite::types::ValueRef::Blob(b) => {
+                                    Val::Text(String::from_utf8_lossy(b).into_owned())
+                                }
+                            })
+                        })
+                        .collect::<rusqlite::Result<Vec<Val>>>()
+                        .map(Row)
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            }
+            Conn::Postgres(c) => {
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    args.iter().map(|a| a as _).collect();
+                let rows = c.borrow_mut().query(pg_sql(sql).as_str(), &params)?;
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| pg_value(r, i))
+                            .collect::<Result<_, _>>()
+                            .map(Row)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn query_opt(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, args)?.into_iter().next())
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Postgres(c) => Ok(c.borrow_mut().batch_execute(sql)?),
+        }
+    }
+
+    /// Runs `f` in a transaction (SQLite: `BEGIN IMMEDIATE`, one writer at a time), committed
+    /// when it returns `Ok`, rolled back otherwise.
+    fn transaction<T>(&self, f: impl FnOnce(&Conn) -> Result<T, DbError>) -> Result<T, DbError> {
+        self.batch(self.dialect("BEGIN IMMEDIATE", "BEGIN"))?;
+        match f(self) {
+            Ok(v) => {
+                self.batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn is_unique_violation(e: &DbError) -> bool {
+        match e {
+            DbError::Sql(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            DbError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+}
+
+/// The PostgreSQL schema, by version: each step runs once, in a transaction, and is recorded in
+/// `portcullis_schema` (`portcullis users migrate` applies them; so does every start).
+const PG_MIGRATIONS: &[&str] = &[
+    // 1: the SQLite schema, and a change counter bumped (and announced with NOTIFY) by every
+    // statement that changes users, groups or tokens.
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY NOT NULL,
+        hash TEXT NOT NULL,
+        disabled BIGINT NOT NULL DEFAULT 0,
+        created BIGINT NOT NULL,
+        last_sign_in BIGINT,
+        email TEXT,
+        totp TEXT,
+        totp_step BIGINT,
+        digest_realm TEXT,
+        digest_md5 TEXT,
+        digest_sha256 TEXT
+    );
+    CREATE TABLE user_groups (
+        name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        grp TEXT NOT NULL,
+        PRIMARY KEY (name, grp)
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY NOT NULL,
+        hash TEXT UNIQUE NOT NULL,
+        name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        label TEXT NOT NULL DEFAULT '',
+        created BIGINT NOT NULL,
+        expires BIGINT,
+        last_used BIGINT
+    );
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        expires BIGINT NOT NULL,
+        used BIGINT
+    );
+    CREATE TABLE portcullis_changes (id INT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+    INSERT INTO portcullis_changes VALUES (1, 0);
+    CREATE FUNCTION portcullis_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE portcullis_changes SET version = version + 1 WHERE id = 1;
+        PERFORM pg_notify('portcullis_users', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER users_changed AFTER INSERT OR DELETE OR TRUNCATE
+        OR UPDATE OF name, hash, disabled, totp, digest_realm, digest_md5, digest_sha256
+        ON users FOR EACH STATEMENT EXECUTE FUNCTION portcullis_changed();
+    CREATE TRIGGER groups_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+        ON user_groups FOR EACH STATEMENT EXECUTE FUNCTION portcullis_changed();
+    CREATE TRIGGER api_tokens_changed AFTER INSERT OR DELETE OR TRUNCATE
+        OR UPDATE OF id, hash, name, expires
+        ON api_tokens FOR EACH STATEMENT EXECUTE FUNCTION portcullis_changed();",
+];
+
+/// The channel a PostgreSQL user database announces its changes on.
+pub const PG_CHANNEL: &str = "portcullis_users";
+
+/// How long a PostgreSQL connection attempt or statement may take.
+pub const PG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A PostgreSQL client configuration for `url`, with Portcullis's timeouts.
+///
+/// # Errors
+/// [`DbError`] when the URL cannot be read.
+pub fn pg_config(url: &str) -> Result<postgres::Config, DbError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| DbError::Invalid(format!("{}: {e}", redact_url(url))))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_TIMEOUT);
+    }
+    config.application_name("portcullis");
+    Ok(config)
 }
 
 impl UserDb {
@@ -224,42 +624,89 @@ impl UserDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        let conn = Conn::Sqlite(conn);
         // One process at a time creates and upgrades the schema (the CLI and a running gateway
         // may open a new database at the same moment): both would add the same column.
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let migrated = Self::migrate(&conn);
-        conn.execute_batch(if migrated.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        })?;
-        migrated?;
+        conn.transaction(Self::migrate_sqlite)?;
         Ok(UserDb { conn })
     }
 
-    fn migrate(conn: &Connection) -> Result<(), DbError> {
-        conn.execute_batch(SCHEMA)?;
-        // Databases made before emails existed get the column.
-        let has_email = conn
-            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'email'")?
-            .exists([])?;
-        if !has_email {
-            conn.execute_batch("ALTER TABLE users ADD COLUMN email TEXT")?;
+    /// Connects to the PostgreSQL database at `url` and brings its schema up to date (several
+    /// instances starting at once take turns: the migrations run under an advisory lock).
+    /// Blocking: call it from a blocking thread, never from async code.
+    ///
+    /// # Errors
+    /// [`DbError`] when it cannot connect or migrate.
+    pub fn connect(url: &str) -> Result<UserDb, DbError> {
+        let mut client = pg_config(url)?.connect(postgres::NoTls)?;
+        // A statement that hangs (a lock held by a crashed client) fails instead of waiting.
+        client.batch_execute(&format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}",
+            PG_TIMEOUT.as_millis(),
+            PG_TIMEOUT.as_millis()
+        ))?;
+        let conn = Conn::Postgres(Box::new(std::cell::RefCell::new(client)));
+        conn.transaction(|c| {
+            c.batch("SELECT pg_advisory_xact_lock(7461727); CREATE TABLE IF NOT EXISTS portcullis_schema (version INT NOT NULL)")?;
+            let current = c
+                .query_opt("SELECT max(version) FROM portcullis_schema", &[])?
+                .and_then(|r| r.opt_int(0).ok().flatten())
+                .unwrap_or(0);
+            let known = i64::try_from(PG_MIGRATIONS.len()).unwrap_or(i64::MAX);
+            if current > known {
+                return Err(DbError::Invalid(format!(
+                    "the user database's schema is version {current}, newer than this Portcullis knows ({known}): upgrade Portcullis"
+                )));
+            }
+            for (i, step) in PG_MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
+                c.batch(step)?;
+                c.execute(
+                    "INSERT INTO portcullis_schema (version) VALUES (?1)",
+                    &[i64::try_from(i + 1).unwrap_or(i64::MAX).into()],
+                )?;
+                tracing::info!(version = i + 1, "user database schema migrated");
+            }
+            Ok(())
+        })?;
+        Ok(UserDb { conn })
+    }
+
+    /// The schema version (PostgreSQL; SQLite databases are upgraded in place without one).
+    ///
+    /// # Errors
+    /// [`DbError`] when it cannot be read.
+    pub fn schema_version(&self) -> Result<Option<i64>, DbError> {
+        match &self.conn {
+            Conn::Sqlite(_) => Ok(None),
+            Conn::Postgres(_) => Ok(self
+                .conn
+                .query_opt("SELECT max(version) FROM portcullis_schema", &[])?
+                .and_then(|r| r.opt_int(0).ok().flatten())),
         }
-        let has_totp = conn
-            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'totp'")?
-            .exists([])?;
-        if !has_totp {
-            conn.execute_batch(
+    }
+
+    fn migrate_sqlite(conn: &Conn) -> Result<(), DbError> {
+        conn.batch(SCHEMA)?;
+        let has = |column: &str| -> Result<bool, DbError> {
+            Ok(conn
+                .query_opt(
+                    "SELECT 1 FROM pragma_table_info('users') WHERE name = ?1",
+                    &[column.into()],
+                )?
+                .is_some())
+        };
+        // Databases made before emails existed get the column.
+        if !has("email")? {
+            conn.batch("ALTER TABLE users ADD COLUMN email TEXT")?;
+        }
+        if !has("totp")? {
+            conn.batch(
                 "ALTER TABLE users ADD COLUMN totp TEXT; ALTER TABLE users ADD COLUMN totp_step INTEGER;",
             )?;
         }
         // Digest HA1 values for one realm (set with the password while `digest` is on).
-        let has_digest = conn
-            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'digest_realm'")?
-            .exists([])?;
-        if !has_digest {
-            conn.execute_batch(
+        if !has("digest_realm")? {
+            conn.batch(
                 "ALTER TABLE users ADD COLUMN digest_realm TEXT; \
                  ALTER TABLE users ADD COLUMN digest_md5 TEXT; \
                  ALTER TABLE users ADD COLUMN digest_sha256 TEXT;",
@@ -272,7 +719,7 @@ impl UserDb {
     pub fn set_totp(&self, name: &str, secret: Option<&str>) -> Result<(), DbError> {
         match self.conn.execute(
             "UPDATE users SET totp = ?2, totp_step = NULL WHERE name = ?1",
-            params![name, secret],
+            &[name.into(), secret.into()],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
             _ => Ok(()),
@@ -281,24 +728,20 @@ impl UserDb {
 
     /// The users with a TOTP second factor.
     pub fn totp_users(&self) -> Result<std::collections::HashSet<String>, DbError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM users WHERE totp IS NOT NULL")?;
-        Ok(stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?)
+        self.conn
+            .query("SELECT name FROM users WHERE totp IS NOT NULL", &[])?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
     }
 
     /// Checks `code` against the user's TOTP secret and spends its step (a code works once).
     pub fn check_totp(&self, name: &str, code: &str, unix_now: u64) -> Result<bool, DbError> {
         let secret: Option<String> = self
             .conn
-            .query_row(
-                "SELECT totp FROM users WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()?
+            .query_opt("SELECT totp FROM users WHERE name = ?1", &[name.into()])?
+            .map(|r| r.opt_text(0))
+            .transpose()?
             .flatten();
         let Some(raw) = secret.as_deref().and_then(crate::totp::unbase32) else {
             return Ok(false);
@@ -307,9 +750,10 @@ impl UserDb {
             return Ok(false);
         };
         let step = i64::try_from(step).unwrap_or(i64::MAX);
+        // One UPDATE decides: of two instances given the same code at once, one spends it.
         let claimed = self.conn.execute(
             "UPDATE users SET totp_step = ?2 WHERE name = ?1 AND (totp_step IS NULL OR totp_step < ?2)",
-            params![name, step],
+            &[name.into(), step.into()],
         )?;
         Ok(claimed == 1)
     }
@@ -321,7 +765,7 @@ impl UserDb {
         }
         match self.conn.execute(
             "UPDATE users SET email = ?2 WHERE name = ?1",
-            params![name, email],
+            &[name.into(), email.into()],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
             _ => Ok(()),
@@ -332,22 +776,22 @@ impl UserDb {
     pub fn email_of(&self, name: &str) -> Result<Option<String>, DbError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT email FROM users WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()?
+            .query_opt("SELECT email FROM users WHERE name = ?1", &[name.into()])?
+            .map(|r| r.opt_text(0))
+            .transpose()?
             .flatten())
     }
 
     /// The enabled user with this email address (case-insensitive), if exactly one has it.
     pub fn user_by_email(&self, email: &str) -> Result<Option<String>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name FROM users WHERE lower(email) = lower(?1) AND disabled = 0 LIMIT 2",
-        )?;
-        let names: Vec<String> = stmt
-            .query_map(params![email.trim()], |r| r.get(0))?
+        let names: Vec<String> = self
+            .conn
+            .query(
+                "SELECT name FROM users WHERE lower(email) = lower(?1) AND disabled = 0 LIMIT 2",
+                &[email.trim().into()],
+            )?
+            .iter()
+            .map(|r| r.text(0))
             .collect::<Result<_, _>>()?;
         Ok(match names.as_slice() {
             [one] => Some(one.clone()),
@@ -372,86 +816,91 @@ impl UserDb {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let now = now();
         let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        require_user(&tx, name)?;
-        if let Some(within) = min_interval {
-            let since = now.saturating_sub(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
-            if tx
-                .prepare("SELECT 1 FROM tokens WHERE name = ?1 AND kind = ?2 AND created > ?3")?
-                .exists(params![name, kind.as_str(), since])?
-            {
-                return Ok(None);
+        self.conn.transaction(|tx| {
+            require_user(tx, name)?;
+            if let Some(within) = min_interval {
+                let since =
+                    now.saturating_sub(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
+                if tx
+                    .query_opt(
+                        "SELECT 1 FROM tokens WHERE name = ?1 AND kind = ?2 AND created > ?3",
+                        &[name.into(), kind.as_str().into(), since.into()],
+                    )?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
             }
-        }
-        tx.execute(
-            "UPDATE tokens SET used = ?3 WHERE name = ?1 AND kind = ?2 AND used IS NULL",
-            params![name, kind.as_str(), now],
-        )?;
-        tx.execute(
-            "INSERT INTO tokens (hash, name, kind, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![token_hash(&token), name, kind.as_str(), now, expires],
-        )?;
-        // Spent and expired tokens older than a week are of no use to anyone.
-        tx.execute(
-            "DELETE FROM tokens WHERE expires < ?1",
-            params![now - 7 * 24 * 3600],
-        )?;
-        tx.commit()?;
-        Ok(Some(token))
+            tx.execute(
+                "UPDATE tokens SET used = ?3 WHERE name = ?1 AND kind = ?2 AND used IS NULL",
+                &[name.into(), kind.as_str().into(), now.into()],
+            )?;
+            let hash = token_hash(&token);
+            tx.execute(
+                "INSERT INTO tokens (hash, name, kind, created, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[
+                    hash.as_str().into(),
+                    name.into(),
+                    kind.as_str().into(),
+                    now.into(),
+                    expires.into(),
+                ],
+            )?;
+            // Spent and expired tokens older than a week are of no use to anyone.
+            tx.execute(
+                "DELETE FROM tokens WHERE expires < ?1",
+                &[(now - 7 * 24 * 3600).into()],
+            )?;
+            Ok(Some(token.clone()))
+        })
     }
 
     /// The user a live (unused, unexpired) token belongs to, and its kind.
     pub fn token_user(&self, token: &str) -> Result<Option<(String, TokenKind)>, DbError> {
-        let found: Option<(String, String)> = self
-            .conn
-            .query_row(
-                "SELECT name, kind FROM tokens WHERE hash = ?1 AND used IS NULL AND expires > ?2",
-                params![token_hash(token), now()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        Ok(found.map(|(name, kind)| {
-            let kind = if kind == "invite" {
-                TokenKind::Invite
-            } else {
-                TokenKind::Reset
-            };
-            (name, kind)
-        }))
+        let hash = token_hash(token);
+        let Some(row) = self.conn.query_opt(
+            "SELECT name, kind FROM tokens WHERE hash = ?1 AND used IS NULL AND expires > ?2",
+            &[hash.as_str().into(), now().into()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let kind = if row.text(1)? == "invite" {
+            TokenKind::Invite
+        } else {
+            TokenKind::Reset
+        };
+        Ok(Some((row.text(0)?, kind)))
     }
 
     /// Spends `token` and sets its user's password hash, in one transaction: of two concurrent
-    /// uses of a link, exactly one succeeds; a failure (disk full) changes nothing. Returns the
-    /// user, or `None` if the token was unknown, used or expired.
+    /// uses of a link (through one instance or two), exactly one succeeds; a failure (disk full)
+    /// changes nothing. Returns the user, or `None` if the token was unknown, used or expired.
     pub fn redeem_token(&mut self, token: &str, hash: &str) -> Result<Option<String>, DbError> {
         check_hash(hash)?;
         let now = now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let name: Option<String> = tx
-            .query_row(
+        let token_hash = token_hash(token);
+        self.conn.transaction(|tx| {
+            // PostgreSQL: a concurrent redeemer waits on the row, then finds it used.
+            let Some(row) = tx.query_opt(
                 "UPDATE tokens SET used = ?2 WHERE hash = ?1 AND used IS NULL AND expires > ?2 RETURNING name",
-                params![token_hash(token), now],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(name) = name else {
-            return Ok(None);
-        };
-        tx.execute(
-            "UPDATE users SET hash = ?2, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL WHERE name = ?1",
-            params![name, hash],
-        )?;
-        // Other outstanding links of this user stop working with the new password.
-        tx.execute(
-            "UPDATE tokens SET used = ?2 WHERE name = ?1 AND used IS NULL",
-            params![name, now],
-        )?;
-        tx.commit()?;
-        Ok(Some(name))
+                &[token_hash.as_str().into(), now.into()],
+            )?
+            else {
+                return Ok(None);
+            };
+            let name = row.text(0)?;
+            tx.execute(
+                "UPDATE users SET hash = ?2, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL WHERE name = ?1",
+                &[name.as_str().into(), hash.into()],
+            )?;
+            // Other outstanding links of this user stop working with the new password.
+            tx.execute(
+                "UPDATE tokens SET used = ?2 WHERE name = ?1 AND used IS NULL",
+                &[name.as_str().into(), now.into()],
+            )?;
+            Ok(Some(name))
+        })
     }
 
     /// Adds a user with a hash (as `portcullis hash` or `htpasswd` writes it).
@@ -460,15 +909,11 @@ impl UserDb {
         check_hash(hash)?;
         match self.conn.execute(
             "INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3)",
-            params![name, hash, now()],
+            &[name.into(), hash.into(), now().into()],
         ) {
             Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(DbError::Exists(name.to_owned()))
-            }
-            Err(e) => Err(e.into()),
+            Err(e) if Conn::is_unique_violation(&e) => Err(DbError::Exists(name.to_owned())),
+            Err(e) => Err(e),
         }
     }
 
@@ -477,7 +922,7 @@ impl UserDb {
         check_hash(hash)?;
         match self.conn.execute(
             "UPDATE users SET hash = ?2, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL WHERE name = ?1",
-            params![name, hash],
+            &[name.into(), hash.into()],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
             _ => Ok(()),
@@ -488,7 +933,7 @@ impl UserDb {
     pub fn delete(&self, name: &str) -> Result<(), DbError> {
         match self
             .conn
-            .execute("DELETE FROM users WHERE name = ?1", params![name])?
+            .execute("DELETE FROM users WHERE name = ?1", &[name.into()])?
         {
             0 => Err(DbError::Missing(name.to_owned())),
             _ => Ok(()),
@@ -500,14 +945,14 @@ impl UserDb {
     pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), DbError> {
         match self.conn.execute(
             "UPDATE users SET disabled = ?2 WHERE name = ?1",
-            params![name, disabled],
+            &[name.into(), disabled.into()],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
             _ => {
                 if disabled {
                     self.conn.execute(
                         "UPDATE tokens SET used = ?2 WHERE name = ?1 AND used IS NULL",
-                        params![name, now()],
+                        &[name.into(), now().into()],
                     )?;
                 }
                 Ok(())
@@ -517,40 +962,46 @@ impl UserDb {
 
     /// Replaces a user's groups.
     pub fn set_groups(&mut self, name: &str, groups: &[String]) -> Result<(), DbError> {
-        let tx = self.conn.transaction()?;
-        require_user(&tx, name)?;
-        tx.execute("DELETE FROM user_groups WHERE name = ?1", params![name])?;
-        for g in groups {
-            tx.execute(
-                "INSERT OR IGNORE INTO user_groups (name, grp) VALUES (?1, ?2)",
-                params![name, g],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.conn.transaction(|tx| {
+            require_user(tx, name)?;
+            tx.execute("DELETE FROM user_groups WHERE name = ?1", &[name.into()])?;
+            for g in groups {
+                tx.execute(
+                    "INSERT INTO user_groups (name, grp) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    &[name.into(), g.into()],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Every user, by name.
     pub fn list(&self) -> Result<Vec<UserRow>, DbError> {
-        let mut stmt = self.conn.prepare(
+        let sql = self.conn.dialect(
             "SELECT u.name, u.disabled, u.last_sign_in, group_concat(g.grp, ','), u.email, \
              u.totp IS NOT NULL FROM users u \
              LEFT JOIN user_groups g ON g.name = u.name GROUP BY u.name ORDER BY u.name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let groups: Option<String> = r.get(3)?;
-            Ok(UserRow {
-                name: r.get(0)?,
-                disabled: r.get(1)?,
-                last_sign_in: r.get(2)?,
-                email: r.get(4)?,
-                totp: r.get(5)?,
-                groups: groups
-                    .map(|g| g.split(',').map(str::to_owned).collect())
-                    .unwrap_or_default(),
+            "SELECT u.name, u.disabled, u.last_sign_in, string_agg(g.grp, ',' ORDER BY g.grp), \
+             u.email, u.totp IS NOT NULL FROM users u \
+             LEFT JOIN user_groups g ON g.name = u.name GROUP BY u.name ORDER BY u.name",
+        );
+        self.conn
+            .query(sql, &[])?
+            .iter()
+            .map(|r| {
+                Ok(UserRow {
+                    name: r.text(0)?,
+                    disabled: r.flag(1)?,
+                    last_sign_in: r.opt_int(2)?,
+                    email: r.opt_text(4)?,
+                    totp: r.flag(5)?,
+                    groups: r
+                        .opt_text(3)?
+                        .map(|g| g.split(',').map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// Imports an htpasswd file, keeping its hashes; existing users get the file's hash.
@@ -558,45 +1009,49 @@ impl UserDb {
     pub fn import_htpasswd(&mut self, path: &Path) -> Result<(usize, Vec<LineProblem>), DbError> {
         let text = std::fs::read_to_string(path)?;
         let mut problems = Vec::new();
-        let tx = self.conn.transaction()?;
-        let mut count = 0;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
-                continue;
+        let count = self.conn.transaction(|tx| {
+            let mut count = 0;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim_end_matches('\r');
+                if line.trim().is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((name, hash)) = line.split_once(':') else {
+                    problems.push(LineProblem {
+                        line: i + 1,
+                        message: "no ':' between user and hash".into(),
+                    });
+                    continue;
+                };
+                if let Err(e) = check_name(name).and_then(|()| check_hash(hash)) {
+                    problems.push(LineProblem {
+                        line: i + 1,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL",
+                    &[name.into(), hash.into(), now().into()],
+                )?;
+                count += 1;
             }
-            let Some((name, hash)) = line.split_once(':') else {
-                problems.push(LineProblem {
-                    line: i + 1,
-                    message: "no ':' between user and hash".into(),
-                });
-                continue;
-            };
-            if let Err(e) = check_name(name).and_then(|()| check_hash(hash)) {
-                problems.push(LineProblem {
-                    line: i + 1,
-                    message: e.to_string(),
-                });
-                continue;
-            }
-            tx.execute(
-                "INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, digest_realm = NULL, digest_md5 = NULL, digest_sha256 = NULL",
-                params![name, hash, now()],
-            )?;
-            count += 1;
-        }
-        tx.commit()?;
+            Ok(count)
+        })?;
         Ok((count, problems))
     }
 
     /// The enabled users and their hashes, as the verifier loads them.
     pub fn enabled_users(&self) -> Result<UserFile, DbError> {
-        let mut stmt = self
+        let entries = self
             .conn
-            .prepare("SELECT name, hash FROM users WHERE disabled = 0 ORDER BY created, name")?;
-        let entries = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
+            .query(
+                "SELECT name, hash FROM users WHERE disabled = 0 ORDER BY created, name",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
         UserFile::from_entries(entries).map_err(|e| DbError::Invalid(e.to_string()))
     }
 
@@ -604,33 +1059,34 @@ impl UserDb {
     pub fn record_sign_in(&self, name: &str) -> Result<(), DbError> {
         self.conn.execute(
             "UPDATE users SET last_sign_in = ?2 WHERE name = ?1",
-            params![name, now()],
+            &[name.into(), now().into()],
         )?;
         Ok(())
     }
 
     /// Every user's groups.
     pub fn all_groups(&self) -> Result<std::collections::HashMap<String, Vec<String>>, DbError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, grp FROM user_groups ORDER BY name, grp")?;
         let mut map: std::collections::HashMap<String, Vec<String>> =
             std::collections::HashMap::new();
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-            let (name, grp) = row?;
-            map.entry(name).or_default().push(grp);
+        for row in self
+            .conn
+            .query("SELECT name, grp FROM user_groups ORDER BY name, grp", &[])?
+        {
+            map.entry(row.text(0)?).or_default().push(row.text(1)?);
         }
         Ok(map)
     }
 
     /// The groups of `name`.
     pub fn groups_of(&self, name: &str) -> Result<Vec<String>, DbError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT grp FROM user_groups WHERE name = ?1 ORDER BY grp")?;
-        Ok(stmt
-            .query_map(params![name], |r| r.get(0))?
-            .collect::<Result<_, _>>()?)
+        self.conn
+            .query(
+                "SELECT grp FROM user_groups WHERE name = ?1 ORDER BY grp",
+                &[name.into()],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
     }
 
     /// Makes an API token for `name` (`portcullis tokens create`), valid for `ttl` or until
@@ -655,64 +1111,73 @@ impl UserDb {
         let now = now();
         let expires =
             ttl.map(|t| now.saturating_add(i64::try_from(t.as_secs()).unwrap_or(i64::MAX)));
+        let hash = api_token_hash(&token);
         self.conn.execute(
             "INSERT INTO api_tokens (id, hash, name, label, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, api_token_hash(&token), name, label, now, expires],
+            &[
+                id.as_str().into(),
+                hash.as_str().into(),
+                name.into(),
+                label.into(),
+                now.into(),
+                expires.into(),
+            ],
         )?;
         Ok((id, token))
     }
 
     /// The API tokens, of one user or of all, newest first.
     pub fn api_tokens(&self, name: Option<&str>) -> Result<Vec<ApiTokenRow>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, label, created, expires, last_used FROM api_tokens              WHERE ?1 IS NULL OR name = ?1 ORDER BY created DESC, id",
-        )?;
-        let rows = stmt.query_map(params![name], |r| {
-            Ok(ApiTokenRow {
-                id: r.get(0)?,
-                user: r.get(1)?,
-                label: r.get(2)?,
-                created: r.get(3)?,
-                expires: r.get(4)?,
-                last_used: r.get(5)?,
+        self.conn
+            .query(
+                "SELECT id, name, label, created, expires, last_used FROM api_tokens \
+                 WHERE CAST(?1 AS TEXT) IS NULL OR name = ?1 ORDER BY created DESC, id",
+                &[name.into()],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ApiTokenRow {
+                    id: r.text(0)?,
+                    user: r.text(1)?,
+                    label: r.text(2)?,
+                    created: r.int(3)?,
+                    expires: r.opt_int(4)?,
+                    last_used: r.opt_int(5)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// Revokes (deletes) an API token by id; returns its user.
     pub fn revoke_api_token(&self, id: &str) -> Result<String, DbError> {
         self.conn
-            .query_row(
+            .query_opt(
                 "DELETE FROM api_tokens WHERE id = ?1 RETURNING name",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| DbError::Missing(format!("token {id}")))
+                &[id.into()],
+            )?
+            .ok_or_else(|| DbError::Missing(format!("token {id}")))?
+            .text(0)
     }
 
     /// Every API token of an enabled user, by the SHA-256 of the token, as the verifier loads
     /// them (expired ones included: they are refused as expired, not as unknown).
     pub fn live_api_tokens(&self) -> Result<HashMap<[u8; 32], ApiToken>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT t.hash, t.id, t.name, t.expires, t.last_used FROM api_tokens t              JOIN users u ON u.name = t.name WHERE u.disabled = 0",
-        )?;
         let mut map = HashMap::new();
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                ApiToken {
-                    id: r.get(1)?,
-                    user: r.get(2)?,
-                    expires: r.get(3)?,
-                    last_used: r.get(4)?,
-                },
-            ))
-        })? {
-            let (hex, token) = row?;
-            if let Some(key) = decode_hex32(&hex) {
-                map.insert(key, token);
+        for r in self.conn.query(
+            "SELECT t.hash, t.id, t.name, t.expires, t.last_used FROM api_tokens t \
+             JOIN users u ON u.name = t.name WHERE u.disabled = 0",
+            &[],
+        )? {
+            if let Some(key) = decode_hex32(&r.text(0)?) {
+                map.insert(
+                    key,
+                    ApiToken {
+                        id: r.text(1)?,
+                        user: r.text(2)?,
+                        expires: r.opt_int(3)?,
+                        last_used: r.opt_int(4)?,
+                    },
+                );
             }
         }
         Ok(map)
@@ -722,7 +1187,7 @@ impl UserDb {
     pub fn touch_api_token(&self, id: &str, at: i64) -> Result<(), DbError> {
         self.conn.execute(
             "UPDATE api_tokens SET last_used = ?2 WHERE id = ?1",
-            params![id, at],
+            &[id.into(), at.into()],
         )?;
         Ok(())
     }
@@ -735,7 +1200,7 @@ impl UserDb {
         };
         match self.conn.execute(
             "UPDATE users SET digest_realm = ?2, digest_md5 = ?3, digest_sha256 = ?4 WHERE name = ?1",
-            params![name, realm, md5, sha256],
+            &[name.into(), realm.into(), md5.into(), sha256.into()],
         )? {
             0 => Err(DbError::Missing(name.to_owned())),
             _ => Ok(()),
@@ -744,19 +1209,44 @@ impl UserDb {
 
     /// The enabled users' Digest HA1 values for `realm`: (user, MD5, SHA-256).
     pub fn digest_rows(&self, realm: &str) -> Result<Vec<DigestRow>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, digest_md5, digest_sha256 FROM users \
-             WHERE disabled = 0 AND digest_realm = ?1 ORDER BY name",
-        )?;
-        let rows = stmt.query_map(params![realm], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.conn
+            .query(
+                "SELECT name, digest_md5, digest_sha256 FROM users \
+                 WHERE disabled = 0 AND digest_realm = ?1 ORDER BY name",
+                &[realm.into()],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.opt_text(1)?, r.opt_text(2)?)))
+            .collect()
     }
 
-    /// Changes made by other connections since this one last looked (`PRAGMA data_version`).
+    /// A number that changes when users, groups or tokens change: SQLite's `PRAGMA
+    /// data_version` (other connections' changes), PostgreSQL's change counter (bumped by
+    /// triggers, whoever made the change).
     pub fn data_version(&self) -> Result<i64, DbError> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+        let sql = self.conn.dialect(
+            "PRAGMA data_version",
+            "SELECT version FROM portcullis_changes WHERE id = 1",
+        );
+        self.conn
+            .query_opt(sql, &[])?
+            .ok_or_else(|| DbError::Invalid("no data version".into()))?
+            .int(0)
+    }
+
+    /// Whether the connection is gone (a PostgreSQL server that restarted or went away).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        match &self.conn {
+            Conn::Sqlite(_) => false,
+            Conn::Postgres(c) => c.borrow().is_closed(),
+        }
+    }
+
+    /// Whether this is a PostgreSQL database.
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.conn, Conn::Postgres(_))
     }
 }
 

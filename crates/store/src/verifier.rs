@@ -52,6 +52,9 @@ pub enum UserSource {
     /// A SQLite user database (`auth.users = "sqlite:PATH"`): enabled users, re-read when another
     /// connection (`portcullis users …`) changes it.
     Sqlite(PathBuf),
+    /// A PostgreSQL user database (`auth.users = "postgres://…"`): the SQLite schema, shared by
+    /// several instances; changes announced with NOTIFY and re-read at once.
+    Postgres(String),
     /// An LDAP directory (`auth.users = "ldap://…"`): checked by a bind, outcomes cached like
     /// hash checks.
     Ldap(Arc<crate::ldap::Directory>),
@@ -214,6 +217,7 @@ struct ReloadState {
 
 /// The open user database and the `data_version` the users were loaded at.
 struct SqliteWatch {
+    location: crate::sqlite::Location,
     db: Mutex<crate::sqlite::UserDb>,
     version: AtomicI64,
     groups: ArcSwap<HashMap<String, Vec<String>>>,
@@ -356,19 +360,44 @@ impl Verifier {
                 directory = Some(dir);
                 (None, UserFile::default(), None)
             }
-            UserSource::Sqlite(path) => {
+            UserSource::Sqlite(_) | UserSource::Postgres(_) => {
+                let (location, path) = match source {
+                    UserSource::Sqlite(path) => {
+                        (crate::sqlite::Location::Sqlite(path.clone()), Some(path))
+                    }
+                    UserSource::Postgres(url) => (crate::sqlite::Location::Postgres(url), None),
+                    _ => unreachable!("matched above"),
+                };
+                let shown = location.display();
                 let db_error = |error| LoadError::Sqlite {
-                    path: path.clone(),
+                    path: PathBuf::from(shown.clone()),
                     error,
                 };
-                let db = crate::sqlite::UserDb::open(&path).map_err(db_error)?;
-                let version = db.data_version().map_err(db_error)?;
-                let users = db.enabled_users().map_err(db_error)?;
-                let groups = db.all_groups().map_err(db_error)?;
-                let totp = db.totp_users().map_err(db_error)?;
-                let api_tokens = db.live_api_tokens().map_err(db_error)?;
-                log_if_empty(&path.display().to_string(), &users);
+                // The PostgreSQL client blocks (it runs its own small runtime), which must not
+                // happen on an async thread: load on a thread of its own.
+                let loaded = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let db = location.open()?;
+                        let version = db.data_version()?;
+                        let users = db.enabled_users()?;
+                        let groups = db.all_groups()?;
+                        let totp = db.totp_users()?;
+                        let api_tokens = db.live_api_tokens()?;
+                        Ok::<_, crate::sqlite::DbError>((
+                            db, version, users, groups, totp, api_tokens,
+                        ))
+                    })
+                    .join()
+                    .unwrap_or_else(|_| {
+                        Err(crate::sqlite::DbError::Invalid(
+                            "loading the user database panicked".into(),
+                        ))
+                    })
+                });
+                let (db, version, users, groups, totp, api_tokens) = loaded.map_err(db_error)?;
+                log_if_empty(&shown, &users);
                 sqlite = Some(SqliteWatch {
+                    location,
                     db: Mutex::new(db),
                     version: AtomicI64::new(version),
                     groups: ArcSwap::from_pointee(groups),
@@ -376,7 +405,7 @@ impl Verifier {
                     api_tokens: ArcSwap::from_pointee(live_tokens(api_tokens, &HashMap::new())),
                     token_used: Mutex::new(HashMap::new()),
                 });
-                (Some(path), users, None)
+                (path, users, None)
             }
             UserSource::File(path) => {
                 let read_error = |source| LoadError::Read {
@@ -416,7 +445,7 @@ impl Verifier {
         let key: [u8; 32] = rand::random();
         let mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
 
-        Ok(Self {
+        let verifier = Self {
             inner: Arc::new(Inner {
                 path,
                 sqlite,
@@ -436,7 +465,13 @@ impl Verifier {
                 running: AtomicUsize::new(0),
                 peak_running: AtomicUsize::new(0),
             }),
-        })
+        };
+        if let Some(watch) = &verifier.inner.sqlite
+            && let crate::sqlite::Location::Postgres(url) = &watch.location
+        {
+            listen(url.clone(), Arc::downgrade(&verifier.inner));
+        }
+        Ok(verifier)
     }
 
     /// Checks `password` for `user`, from the cache when possible.
@@ -610,13 +645,13 @@ impl Verifier {
         let inner = Arc::clone(&self.inner);
         let user = user.to_owned();
         tokio::task::spawn_blocking(move || {
-            if let Some(watch) = &inner.sqlite {
-                let db = lock(&watch.db);
-                if let Err(e) = db.record_sign_in(&user) {
-                    tracing::warn!("cannot record the sign-in of {user}: {e}");
-                }
-                // No need to note `data_version` here: it never changes for this connection's
-                // own writes, and noting it could hide another connection's change.
+            // No need to note `data_version` here: it never changes for this connection's own
+            // writes (PostgreSQL: last_sign_in does not bump the change counter), and noting it
+            // could hide another connection's change.
+            if let Some(watch) = &inner.sqlite
+                && let Err(e) = watch.with_db(|db| db.record_sign_in(&user))
+            {
+                tracing::warn!("cannot record the sign-in of {user}: {e}");
             }
         });
     }
@@ -682,7 +717,7 @@ impl Verifier {
             let id = row.id.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(watch) = &inner.sqlite
-                    && let Err(e) = lock(&watch.db).touch_api_token(&id, unix_now)
+                    && let Err(e) = watch.with_db(|db| db.touch_api_token(&id, unix_now))
                 {
                     tracing::warn!("cannot record the use of token {id}: {e}");
                 }
@@ -718,15 +753,16 @@ impl Verifier {
             let Some(watch) = &inner.sqlite else {
                 return false;
             };
-            let db = lock(&watch.db);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             // (`data_version` is not noted: this connection's own write never changes it.)
-            db.check_totp(&user, &code, now).unwrap_or_else(|e| {
-                tracing::error!("cannot check a TOTP code: {e}");
-                false
-            })
+            watch
+                .with_db(|db| db.check_totp(&user, &code, now))
+                .unwrap_or_else(|e| {
+                    tracing::error!("cannot check a TOTP code: {e}");
+                    false
+                })
         })
         .await
         .unwrap_or(false)
@@ -871,8 +907,8 @@ impl Inner {
 
     /// Re-reads the enabled users when another connection changed the database (or `force`).
     fn reload_sqlite(&self, watch: &SqliteWatch, force: bool) {
-        let db = lock(&watch.db);
-        let loaded = db.data_version().and_then(|v| {
+        let loaded = watch.with_db(|db| {
+            let v = db.data_version()?;
             if !force && v == watch.version.load(Ordering::Relaxed) {
                 return Ok(None);
             }
@@ -936,6 +972,103 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+impl SqliteWatch {
+    /// Runs `f` on the open database. A PostgreSQL connection that broke (the server restarted)
+    /// is replaced and `f` tried once more. Blocking: call from a blocking thread.
+    fn with_db<T>(
+        &self,
+        f: impl Fn(&crate::sqlite::UserDb) -> Result<T, crate::sqlite::DbError>,
+    ) -> Result<T, crate::sqlite::DbError> {
+        let mut db = lock(&self.db);
+        match f(&db) {
+            Err(e) if db.is_closed() => {
+                tracing::warn!(error = %e, "the user database connection broke; reconnecting");
+                *db = self.location.open()?;
+                f(&db)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Starts the thread that LISTENs for changes of a PostgreSQL user database and reloads the
+/// users as soon as one is announced (and after each reconnection, when one may have been
+/// missed), so every instance sees a change within moments, with no request waiting for it and
+/// no polling. Reconnects with backoff (1 s to 30 s); stops when the verifier is dropped.
+fn listen(url: String, inner: std::sync::Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("portcullis-pg-listen".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_secs(1);
+            let mut first = true;
+            while inner.strong_count() > 0 {
+                let connected = crate::sqlite::pg_config(&url)
+                    .and_then(|c| Ok(c.connect(postgres::NoTls)?))
+                    .and_then(|mut client| {
+                        client.batch_execute(&format!("LISTEN {}", crate::sqlite::PG_CHANNEL))?;
+                        Ok(client)
+                    });
+                let mut client = match connected {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for user database changes; retrying in {backoff:?}");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                };
+                backoff = Duration::from_secs(1);
+                let reload = || match inner.upgrade() {
+                    Some(inner) => {
+                        inner.reload_if_changed();
+                        true
+                    }
+                    None => false,
+                };
+                // Changes made while nobody listened: look once.
+                if !first {
+                    tracing::info!("listening for user database changes again");
+                    if !reload() {
+                        return;
+                    }
+                }
+                first = false;
+                loop {
+                    use postgres::fallible_iterator::FallibleIterator as _;
+                    let next = client
+                        .notifications()
+                        .timeout_iter(Duration::from_secs(5))
+                        .next();
+                    match next {
+                        Ok(Some(_)) => {
+                            if !reload() {
+                                return;
+                            }
+                        }
+                        // Quiet: still wanted, still connected?
+                        Ok(None) => {
+                            if inner.strong_count() == 0 {
+                                return;
+                            }
+                            if client.is_closed() {
+                                tracing::warn!("lost the user database change listener; reconnecting");
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the user database change listener; reconnecting");
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(backoff);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the user database listener: {e}");
     }
 }
 

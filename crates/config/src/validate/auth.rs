@@ -91,7 +91,7 @@ impl Checker<'_> {
         // [auth.jwt].
         if schemes.contains(&Scheme::Bearer)
             && let Some(users) = &users
-            && !matches!(users, UserSource::Sqlite(_))
+            && !users.is_database()
             && s.get("jwt").is_none()
         {
             self.report(
@@ -147,7 +147,10 @@ impl Checker<'_> {
         // With a user database, groups live in it (`portcullis users groups`): rules may name
         // any group.
         // So with JWTs: their groups come from the token's groups claim; and with a directory.
-        if (matches!(users, Some(UserSource::Sqlite(_) | UserSource::Ldap(_))) || jwt.is_some())
+        if (users
+            .as_ref()
+            .is_some_and(|u| u.is_database() || matches!(u, UserSource::Ldap(_)))
+            || jwt.is_some())
             && matches!(self.groups, rules::GroupNames::NotConfigured)
         {
             self.groups = rules::GroupNames::Unusable;
@@ -523,6 +526,20 @@ impl Checker<'_> {
     /// folder exists; `portcullis users add` creates the file).
     fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
         let text = self.string(key, v)?;
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            let rest = text.split_once("://").map_or("", |(_, r)| r);
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if host.is_empty() && !text.contains("host=") {
+                self.report(
+                    key,
+                    Some(v.span()),
+                    "names no server: write \"postgres://USER@HOST[:PORT]/DATABASE\" (the password in ~/.pgpass, PGPASSWORD or the URL)",
+                );
+                return None;
+            }
+            return Some(UserSource::Postgres(text.to_owned()));
+        }
         if text.starts_with("ldap:") || text.starts_with("ldaps:") {
             return match super::parse_ldap_url(text) {
                 Ok(_) => Some(UserSource::Ldap(text.to_owned())),

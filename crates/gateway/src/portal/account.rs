@@ -8,7 +8,6 @@
 //! sends the mail in the background so the answer takes the same time either way. Links are
 //! built from `portal.public_url`, never from the request's `Host` (which a client chooses).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::body::RequestBody;
@@ -32,11 +31,11 @@ struct PasswordForm<'a> {
 
 /// Runs a user-database operation on the blocking pool.
 async fn with_db<T: Send + 'static>(
-    path: PathBuf,
+    location: store::sqlite::Location,
     f: impl FnOnce(&mut UserDb) -> Result<T, store::sqlite::DbError> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(move || {
-        let mut db = UserDb::open(&path).map_err(|e| e.to_string())?;
+        let mut db = location.open().map_err(|e| e.to_string())?;
         f(&mut db).map_err(|e| e.to_string())
     })
     .await
@@ -101,7 +100,7 @@ impl Portal<'_> {
 
     /// `GET {prefix}/password?token=…`.
     pub(crate) async fn password_page(&self, visit: &Visit<'_>) -> Outcome {
-        let Some(db) = self.user_db().map(PathBuf::from) else {
+        let Some(db) = self.user_db() else {
             return self.dead_link(visit);
         };
         let token = query_param(visit.query, "token").unwrap_or_default();
@@ -135,7 +134,7 @@ impl Portal<'_> {
             Ok(f) => f,
             Err(e) => return self.form_problem(visit, e),
         };
-        let Some(db) = self.user_db().map(PathBuf::from) else {
+        let Some(db) = self.user_db() else {
             return self.dead_link(visit);
         };
         let token = form.get("token").unwrap_or("").to_owned();
@@ -291,7 +290,7 @@ impl Portal<'_> {
             return self.forgot_page(visit, Some("Enter the email address of your account."));
         }
         if let (Some(db), Some(mailer), Some(base)) = (
-            self.user_db().map(PathBuf::from),
+            self.user_db(),
             self.mailer.clone(),
             self.config.portal.public_url.clone(),
         ) {

@@ -241,12 +241,9 @@ impl<'g> Portal<'g> {
         self.auth.schemes.contains(&policy::Scheme::Form)
     }
 
-    /// The user database, when users live in SQLite.
-    pub(crate) fn user_db(&self) -> Option<&std::path::Path> {
-        match &self.config.auth.users {
-            config::UserSource::Sqlite(p) => Some(p),
-            _ => None,
-        }
+    /// The user database, when users live in SQLite or PostgreSQL.
+    pub(crate) fn user_db(&self) -> Option<store::sqlite::Location> {
+        crate::user_database(self.config)
     }
 
     /// The session the request's cookie names, if it is live and its user still exists.
