@@ -244,6 +244,17 @@ fn users_groups_and_attributes_come_from_the_directory() {
         "{}",
         gw3.stderr()
     );
+
+    // A base DN the directory does not have (a typo, a replica still syncing): every user
+    // would be "unknown" and locked out; it is 503, and the log names ldap.base_dn.
+    let (_up4, gw4, _) = gateway(&slapd, "base_dn = \"ou=nowhere,dc=example,dc=org\"", "");
+    runtime().block_on(async {
+        assert_eq!(
+            get(&gw4, "/echo/n", "alice", "alice-pw").await.status(),
+            503
+        );
+    });
+    assert!(gw4.stderr().contains("ldap.base_dn"), "{}", gw4.stderr());
 }
 
 #[test]

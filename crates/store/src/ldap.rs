@@ -57,7 +57,7 @@ pub enum GroupLookup {
 }
 
 /// What the gateway needs to know to talk to a directory (`auth.users` and `[ldap]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DirectoryConfig {
     /// `ldap://host[:port]` or `ldaps://host[:port]`.
     pub url: String,
@@ -85,6 +85,19 @@ pub struct DirectoryConfig {
     pub timeout: Duration,
     /// Most connections open at once.
     pub pool: usize,
+}
+
+impl std::fmt::Debug for DirectoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryConfig")
+            .field("url", &self.url)
+            .field("bind_dn", &self.bind_dn)
+            .field("bind_password", &"***")
+            .field("base_dn", &self.base_dn)
+            .field("user_filter", &self.user_filter)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DirectoryConfig {
@@ -130,7 +143,7 @@ pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
 #[must_use]
 pub fn user_attributes(filter: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for (at, _) in filter.match_indices("={user}") {
+    for (at, _) in filter.match_indices("={user})") {
         let before = &filter[..at];
         let start = before.rfind('(').map_or(0, |i| i + 1);
         let attr = before[start..].trim();
@@ -221,7 +234,14 @@ pub struct DirectoryStats {
 /// A connection bound as the service account.
 struct Conn {
     ldap: Ldap,
+    /// When it last did something: one idle for longer than [`MAX_IDLE`] is closed rather than
+    /// reused (a firewall may have dropped it without a word, and a check on it would wait the
+    /// whole timeout).
+    used: Instant,
 }
+
+/// How long a pooled connection may stay idle and still be used.
+const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// An LDAP directory of users; share it in an `Arc`.
 pub struct Directory {
@@ -346,7 +366,35 @@ pub fn first_rdn_value(dn: &str, attr: &str) -> Option<String> {
             _ => out.push(b),
         }
     }
-    String::from_utf8(out).ok().map(|s| s.trim().to_owned())
+    String::from_utf8(out).ok()
+}
+
+/// Whether `dn` is `base` or below it (compared ignoring case and spaces around separators).
+#[must_use]
+pub fn under(dn: &str, base: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.split(',')
+            .map(|rdn| {
+                rdn.split('=')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join("=")
+                    .to_ascii_lowercase()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (dn, base) = (norm(dn), norm(base));
+    base.is_empty() || dn == base || dn.ends_with(&format!(",{base}"))
+}
+
+/// A group name Portcullis passes on: not empty, no comma, no control characters, no spaces
+/// at its ends.
+fn usable_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(',')
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
 }
 
 impl Directory {
@@ -467,14 +515,15 @@ impl Directory {
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut conn) = idle.pop() {
-            if !conn.ldap.is_closed() {
+            if !conn.ldap.is_closed() && conn.used.elapsed() < MAX_IDLE {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn put_idle(&self, conn: Conn) {
+    fn put_idle(&self, mut conn: Conn) {
+        conn.used = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.config.pool.max(1) {
             idle.push(conn);
@@ -515,7 +564,10 @@ impl Directory {
         match bound {
             Ok(r) if r.rc == 0 => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
-                Ok(Conn { ldap })
+                Ok(Conn {
+                    ldap,
+                    used: Instant::now(),
+                })
             }
             Ok(r) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -561,7 +613,13 @@ impl Directory {
             .map(SearchEntry::construct)
             .collect();
         match result.rc {
-            0 | NO_SUCH_OBJECT => {}
+            0 => {}
+            // Only the search base itself can be missing: a wrong ldap.base_dn, a replica still
+            // syncing. Not "no such user", which would call every right password wrong.
+            NO_SUCH_OBJECT => {
+                tracing::error!(base_dn = %self.config.base_dn, "the directory has no entry ldap.base_dn names");
+                return Err(LdapError::from(result));
+            }
             // The user may be in the server it names: not "no such user", which would call a
             // right password wrong.
             REFERRAL => {
@@ -589,11 +647,12 @@ impl Directory {
         };
         // LDAP compares names ignoring case (and sometimes spaces): the name signed in with
         // must be the entry's own, or `ALICE` would be a second name for alice.
-        let exact = self.user_attributes.is_empty()
-            || self
-                .user_attributes
-                .iter()
-                .any(|a| values(&entry, a).any(|v| v == user));
+        // A filter that compares {user} with no plain attribute cannot be checked: refused (and
+        // check-config says so).
+        let exact = self
+            .user_attributes
+            .iter()
+            .any(|a| values(&entry, a).any(|v| v == user));
         if !exact {
             tracing::info!(user, dn = %entry.dn, "the directory entry found names the user differently (case or spacing): refused");
             return Ok(None);
@@ -610,7 +669,10 @@ impl Directory {
     ) -> Result<DirectoryEntry, LdapError> {
         let attr = &self.config.group_name_attribute;
         let mut groups: Vec<String> = match &self.config.groups {
+            // Only groups under base_dn: a group someone could create elsewhere (a delegated OU
+            // of another tree) with a trusted name does not count.
             GroupLookup::MemberOf => values(&entry, "memberOf")
+                .filter(|dn| under(dn, &self.config.base_dn))
                 .filter_map(|dn| first_rdn_value(dn, attr))
                 .collect(),
             GroupLookup::Search(filter) => {
@@ -631,6 +693,9 @@ impl Directory {
                 .collect()
             }
         };
+        // A name with a comma would read as two groups in Remote-Groups; one with spaces at its
+        // ends is not the name a rule spells.
+        groups.retain(|g| usable_group_name(g));
         groups.sort();
         groups.dedup();
         let email = first_value(&entry, &self.config.email_attribute).map(str::to_owned);
@@ -789,7 +854,7 @@ impl Directory {
                 }
                 let result = stream.finish().await;
                 let truncated = result.rc == SIZE_LIMIT_EXCEEDED;
-                if !matches!(result.rc, 0 | NO_SUCH_OBJECT | SIZE_LIMIT_EXCEEDED) {
+                if !matches!(result.rc, 0 | SIZE_LIMIT_EXCEEDED) {
                     return Err(LdapError::from(result));
                 }
                 let mut out = Vec::new();
@@ -836,10 +901,7 @@ impl Directory {
     /// without continuation references.
     fn search_ok(result: ldap3::SearchResult) -> Result<Vec<SearchEntry>, LdapError> {
         let ldap3::SearchResult(found, result) = result;
-        if !matches!(
-            result.rc,
-            0 | REFERRAL | NO_SUCH_OBJECT | SIZE_LIMIT_EXCEEDED
-        ) {
+        if !matches!(result.rc, 0 | REFERRAL | SIZE_LIMIT_EXCEEDED) {
             return Err(LdapError::from(result));
         }
         Ok(found
@@ -980,6 +1042,22 @@ mod tests {
             first_rdn_value("cn=a\\2cb\\,c,ou=g", "cn").as_deref(),
             Some("a,b,c")
         );
+        assert!(!usable_group_name("a,b,c"));
+        assert!(!usable_group_name(" admins"));
+        assert!(usable_group_name("Domain Admins"));
+        assert!(under(
+            "cn=admins,ou=groups,dc=example,dc=org",
+            "dc=example,dc=org"
+        ));
+        assert!(under(
+            "CN=Admins, OU=Groups, DC=Example,DC=org",
+            "dc=example, dc=org"
+        ));
+        assert!(!under(
+            "cn=admins,ou=groups,dc=evil,dc=org",
+            "dc=example,dc=org"
+        ));
+        assert!(!under("cn=x,dc=notexample,dc=org", "dc=example,dc=org"));
         assert_eq!(first_rdn_value("ou=people,dc=x", "cn"), None);
     }
 

@@ -743,15 +743,19 @@ impl Verifier {
     }
 
     /// Checks a TOTP code of `user` (on the blocking pool: it writes the spent step).
-    pub async fn check_second_factor(&self, user: &str, code: &str) -> bool {
+    ///
+    /// # Errors
+    /// The user database could not be asked (a PostgreSQL outage): the code was neither
+    /// accepted nor refused.
+    pub async fn check_second_factor(&self, user: &str, code: &str) -> Result<bool, String> {
         if self.inner.sqlite.is_none() {
-            return false;
+            return Ok(false);
         }
         let inner = Arc::clone(&self.inner);
         let (user, code) = (user.to_owned(), code.to_owned());
         tokio::task::spawn_blocking(move || {
             let Some(watch) = &inner.sqlite else {
-                return false;
+                return Ok(false);
             };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -759,13 +763,13 @@ impl Verifier {
             // (`data_version` is not noted: this connection's own write never changes it.)
             watch
                 .with_db(|db| db.check_totp(&user, &code, now))
-                .unwrap_or_else(|e| {
+                .map_err(|e| {
                     tracing::error!("cannot check a TOTP code: {e}");
-                    false
+                    e.to_string()
                 })
         })
         .await
-        .unwrap_or(false)
+        .map_err(|e| e.to_string())?
     }
 
     /// Number of successful reloads since creation.

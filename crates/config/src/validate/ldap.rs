@@ -89,6 +89,19 @@ fn balanced_filter(filter: &str) -> bool {
     depth == 0 && closed_at_top == 1
 }
 
+/// Whether `filter` has an `(ATTR={user})` equality match (what the gateway compares the name
+/// signed in with against).
+fn has_plain_user_attribute(filter: &str) -> bool {
+    filter.match_indices("={user})").any(|(at, _)| {
+        let before = &filter[..at];
+        let attr = &before[before.rfind('(').map_or(0, |i| i + 1)..];
+        !attr.is_empty()
+            && attr
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b';')
+    })
+}
+
 /// Splits `ldap://host[:port]` / `ldaps://…`: `Err` says what is wrong.
 pub fn parse_ldap_url(text: &str) -> Result<(bool, String, u16), String> {
     let (tls, rest) = if let Some(r) = text.strip_prefix("ldaps://") {
@@ -244,6 +257,12 @@ impl Checker<'_> {
                         s.path("user_filter"),
                         Some(span),
                         "is not one parenthesised LDAP filter (RFC 4515), e.g. \"(&(objectClass=person)(uid={user}))\"",
+                    );
+                } else if !has_plain_user_attribute(&f) {
+                    self.report(
+                        s.path("user_filter"),
+                        Some(span),
+                        "must compare {user} with an attribute by equality, as in (uid={user}) or (|(sAMAccountName={user})(userPrincipalName={user})): the name signed in with must be an attribute's value, or ALICE and alice would be two names for one person",
                     );
                 }
                 f
@@ -401,6 +420,20 @@ mod tests {
         assert!(parse_ldap_url("ldap://host:0").is_err());
         assert!(parse_ldap_url("ldap://").is_err());
         assert!(parse_ldap_url("http://host").is_err());
+    }
+
+    #[test]
+    fn user_attribute_required() {
+        assert!(has_plain_user_attribute("(uid={user})"));
+        assert!(has_plain_user_attribute(
+            "(&(objectClass=user)(|(sAMAccountName={user})(userPrincipalName={user})))"
+        ));
+        assert!(!has_plain_user_attribute("(uid~={user})"));
+        assert!(!has_plain_user_attribute("(uid=u-{user})"));
+        assert!(!has_plain_user_attribute(
+            "(userPrincipalName={user}@corp.example)"
+        ));
+        assert!(!has_plain_user_attribute("(cn:dn:={user})"));
     }
 
     #[test]

@@ -306,7 +306,25 @@ impl Portal<'_> {
             };
             return self.login_again(visit, status, message, &user, rd, Some(&refusal), false);
         }
-        if self.verifier.check_second_factor(&user, code).await {
+        let checked = match self.verifier.check_second_factor(&user, code).await {
+            Ok(right) => right,
+            // Neither right nor wrong: nothing is counted, the code step is shown again.
+            Err(e) => {
+                let refusal = policy::Refusal::new(Reason::DirectoryUnavailable)
+                    .with_retry_after(std::time::Duration::from_secs(5))
+                    .with_detail(format!("the user database could not check the code: {e}"));
+                return self.login_again(
+                    visit,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Your code could not be checked: the account database is unavailable right now. Try again in a minute.",
+                    &user,
+                    rd,
+                    Some(&refusal),
+                    false,
+                );
+            }
+        };
+        if checked {
             if let Err(refusal) = self
                 .logon
                 .check_still_not_locked_out(visit.client_ip, &user, "form")

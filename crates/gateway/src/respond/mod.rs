@@ -409,7 +409,7 @@ impl Gateway {
             .and_then(|u| HeaderValue::from_str(u).ok())
             .unwrap_or_else(|| empty.clone());
         let groups = (identity.user.is_some() && !identity.groups.is_empty())
-            .then(|| HeaderValue::from_str(&identity.groups.join(",")).ok())
+            .then(|| proxy::identity_value(&identity.groups.join(",")))
             .flatten()
             .unwrap_or_else(|| empty.clone());
         let signed_in = identity.user.is_some();

@@ -54,7 +54,7 @@ impl Logon<'_> {
     /// Fills in what the user store knows of `user`: groups, and from a directory also e-mail
     /// and display name (from the entry the password check just fetched, else asked again).
     /// A directory that does not answer is `503 directory_unavailable`; a user no longer in
-    /// it has no groups.
+    /// it is refused (401.1).
     pub(crate) async fn describe(
         &self,
         identity: &mut Identity,
@@ -71,10 +71,10 @@ impl Logon<'_> {
                 identity.name.clone_from(&entry.name);
                 Ok(())
             }
-            Ok(None) => {
-                identity.groups.clear();
-                Ok(())
-            }
+            // Gone since the password was checked (an accepted check stays cached for
+            // cache_ttl; the entry may have been dropped sooner): not signed in.
+            Ok(None) => Err(Refusal::new(Reason::LogonFailed)
+                .with_detail(format!("{user} is no longer in the directory"))),
             // Counted with the refusals (reason directory_unavailable); the sign-in itself was
             // already counted by its outcome.
             Err(e) => Err(directory_refusal(&e)),
