@@ -269,3 +269,53 @@ fn check_config_reads_postgres_urls() {
     );
     assert_eq!(code, Some(0), "{out}");
 }
+
+#[test]
+fn tls_to_postgres_with_a_private_ca() {
+    // A server that refuses connections without TLS.
+    let pg = Postgres::start_tls();
+    let upstream = TestUpstream::start();
+    let ca = pg.dir.path().join("ca.pem");
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url(),
+        ca.display()
+    );
+    let config = basic_config().auth(&format!("users = \"{url}\""));
+    let gw = Gateway::start(&config.build(), upstream.addr, &[]);
+    let file = gw.path("import.htpasswd");
+    htpasswd(&file, &["-B", "-C", "4"], "alice", "alice-pw");
+    users(&gw, &["import", file.to_str().unwrap()], None);
+    runtime().block_on(async {
+        let started = Instant::now();
+        while status(&gw, "/echo/tls", "alice", "alice-pw").await != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{}",
+                gw.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // Without the CA, the server's certificate is not trusted: a clear error, no plaintext.
+    let (ok, _, err) = cli_in(
+        &{
+            let p = gw.path("no-ca.toml");
+            std::fs::write(
+                &p,
+                basic_config()
+                    .auth(&format!("users = \"{}?sslmode=require\"", pg.url()))
+                    .build()
+                    .replace("@LISTEN@", "127.0.0.1:1")
+                    .replace("@UPSTREAM@", "127.0.0.1:2"),
+            )
+            .unwrap();
+            p
+        },
+        "users",
+        &["list"],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -11,6 +11,9 @@ use super::{free_port, wait_for_port};
 
 pub struct Postgres {
     pub port: u16,
+    /// With [`Postgres::start_tls`]: TLS only (`hostssl` in pg_hba.conf), with a certificate
+    /// for 127.0.0.1 from a private CA, `ca.pem` in `dir`.
+    tls: bool,
     child: Option<Child>,
     bin: PathBuf,
     data: PathBuf,
@@ -56,6 +59,15 @@ fn as_server_user(program: PathBuf) -> Command {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// A server that accepts only TLS connections (see `tls`).
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         // The server user must reach its data folder.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -83,7 +95,48 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "Test database CA");
+            ca_params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+            let issuer = rcgen::Issuer::new(ca_params, ca_key);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+            std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
+            std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            // TLS or nothing over TCP.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            if is_root() {
+                for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(data.join(f))
+                        .status()
+                        .unwrap();
+                }
+            }
+        }
         let mut p = Postgres {
+            tls,
             port: free_port(),
             child: None,
             bin,
@@ -114,6 +167,18 @@ impl Postgres {
                 "-c",
                 "fsync=off",
             ])
+            .args(if self.tls {
+                vec![
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!("ssl_cert_file={}", self.data.join("server.crt").display()),
+                    "-c".to_owned(),
+                    format!("ssl_key_file={}", self.data.join("server.key").display()),
+                ]
+            } else {
+                Vec::new()
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("postgres.log")).unwrap())
             .spawn()

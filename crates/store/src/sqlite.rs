@@ -22,7 +22,7 @@ pub enum DbError {
     #[error("user database: {0}")]
     Sql(#[from] rusqlite::Error),
     /// PostgreSQL said no, or could not be reached.
-    #[error("user database: {0}")]
+    #[error("user database: {}", with_causes(.0))]
     Postgres(#[from] postgres::Error),
     /// The user exists already (`users add`).
     #[error("user {0} already exists (use `portcullis users passwd`)")]
@@ -36,6 +36,21 @@ pub enum DbError {
     /// The htpasswd file to import could not be read.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// An error with its causes (`error performing TLS handshake: invalid peer certificate: …`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// One user as listed by `users list` (never the hash).
@@ -601,11 +616,91 @@ pub const PG_CHANNEL: &str = "portcullis_users";
 /// How long a PostgreSQL connection attempt or statement may take.
 pub const PG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// `url` without the TLS parameters the `postgres` crate does not read, and what they asked:
+/// `sslrootcert=PATH` (the CA the server's certificate must chain to), and `sslmode=verify-ca` /
+/// `verify-full` (read as `require`: the certificate is always verified).
+fn split_tls_params(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslrootcert", path)) => root = Some(std::path::PathBuf::from(path)),
+            Some(("sslmode", "verify-ca" | "verify-full")) => {
+                kept.push("sslmode=require".to_owned())
+            }
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, root)
+}
+
+/// The TLS side of a PostgreSQL connection: rustls (ring), the server's certificate checked
+/// against `sslrootcert` when the URL names one, else the system's roots. Used when the server
+/// offers TLS (`sslmode=prefer`, the default) or must (`sslmode=require`).
+fn pg_tls(
+    root: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, DbError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match root {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| DbError::Invalid(format!("sslrootcert {}: {e}", path.display())))?;
+            for cert in
+                rustls::pki_types::CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok)
+            {
+                roots.add(cert).map_err(|e| {
+                    DbError::Invalid(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(DbError::Invalid(format!(
+                    "sslrootcert {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Connects to the PostgreSQL database at `url` (TLS as the URL asks), with Portcullis's
+/// timeouts. Blocking: call it from a thread that is not running async code.
+///
+/// # Errors
+/// [`DbError`] when the URL cannot be read or the server not reached.
+pub fn pg_connect(url: &str) -> Result<postgres::Client, DbError> {
+    let (plain, root) = split_tls_params(url);
+    let config = pg_config(&plain)?;
+    Ok(config.connect(pg_tls(root.as_deref())?)?)
+}
+
 /// A PostgreSQL client configuration for `url`, with Portcullis's timeouts.
 ///
 /// # Errors
 /// [`DbError`] when the URL cannot be read.
 pub fn pg_config(url: &str) -> Result<postgres::Config, DbError> {
+    let (url, _) = split_tls_params(url);
+    let url = url.as_str();
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| DbError::Invalid(format!("{}: {e}", redact_url(url))))?;
@@ -638,10 +733,10 @@ impl UserDb {
     /// # Errors
     /// [`DbError`] when it cannot connect or migrate.
     pub fn connect(url: &str) -> Result<UserDb, DbError> {
-        let mut client = pg_config(url)?.connect(postgres::NoTls)?;
+        let mut client = pg_connect(url)?;
         // A statement that hangs (a lock held by a crashed client) fails instead of waiting.
         client.batch_execute(&format!(
-            "SET statement_timeout = {}; SET lock_timeout = {}",
+            "SET statement_timeout = {}; SET lock_timeout = {}; SET client_min_messages = warning",
             PG_TIMEOUT.as_millis(),
             PG_TIMEOUT.as_millis()
         ))?;
@@ -1253,6 +1348,31 @@ impl UserDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_parameters_are_read_off_the_url() {
+        assert_eq!(
+            split_tls_params(
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=3"
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&connect_timeout=3".to_owned(),
+                Some(std::path::PathBuf::from("/etc/ca.pem"))
+            )
+        );
+        assert_eq!(
+            split_tls_params("postgres://u@h/db?sslrootcert=/ca.pem"),
+            (
+                "postgres://u@h/db".to_owned(),
+                Some(std::path::PathBuf::from("/ca.pem"))
+            )
+        );
+        assert_eq!(split_tls_params("postgres://u@h/db").1, None);
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+    }
 
     #[test]
     fn totp_codes_work_once() {

@@ -1009,8 +1009,7 @@ fn listen(url: String, inner: std::sync::Weak<Inner>) {
             let mut backoff = Duration::from_secs(1);
             let mut first = true;
             while inner.strong_count() > 0 {
-                let connected = crate::sqlite::pg_config(&url)
-                    .and_then(|c| Ok(c.connect(postgres::NoTls)?))
+                let connected = crate::sqlite::pg_connect(&url)
                     .and_then(|mut client| {
                         client.batch_execute(&format!("LISTEN {}", crate::sqlite::PG_CHANNEL))?;
                         Ok(client)
