@@ -232,8 +232,31 @@ fn two_instances_share_users_through_postgres() {
         })
         .await;
 
-        // The database restarts: the users stay loaded (sign-ins go on from memory), and once
-        // it is back, changes reach every instance again.
+        // The database restarts under load: the users stay loaded (sign-ins go on from memory:
+        // no 500, no wrong 401), and once it is back, changes reach every instance again.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load: Vec<_> = [a.url("/echo/load"), b.url("/echo/load")]
+            .into_iter()
+            .flat_map(|url| [url.clone(), url])
+            .map(|url| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut seen = std::collections::BTreeMap::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let s = c
+                            .get(&url)
+                            .basic_auth("bob", Some("bob-new-pw"))
+                            .send()
+                            .await
+                            .map_or(0, |r| r.status().as_u16());
+                        *seen.entry(s).or_insert(0u32) += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
         pg.stop();
         assert_eq!(status(&a, "/echo/down", "bob", "bob-new-pw").await, 200);
         let down = b.url("/.portcullis/password?token=whatever");
@@ -241,6 +264,15 @@ fn two_instances_share_users_through_postgres() {
         assert_eq!(r.status(), 503, "a page that needs the database says so");
         pg.restart();
         tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut statuses = std::collections::BTreeMap::new();
+        for task in load {
+            for (s, n) in task.await.unwrap() {
+                *statuses.entry(s).or_insert(0) += n;
+            }
+        }
+        assert_eq!(statuses.keys().collect::<Vec<_>>(), [&200], "{statuses:?}");
+        eprintln!("requests while the database restarted: {statuses:?}");
         users(&a, &["disable", "bob"], None);
         let took = both(&a, &b, 401, Duration::from_secs(5), async |g| {
             status(g, "/echo/r", "bob", "bob-new-pw").await

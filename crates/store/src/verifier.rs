@@ -396,6 +396,17 @@ impl Verifier {
                 });
                 let (db, version, users, groups, totp, api_tokens) = loaded.map_err(db_error)?;
                 log_if_empty(&shown, &users);
+                if db.is_postgres() {
+                    tracing::info!(
+                        database = %shown,
+                        schema = db.schema_version().ok().flatten().unwrap_or(0),
+                        users = users.len(),
+                        groups = groups.len(),
+                        tokens = api_tokens.len(),
+                        "the user database answered: {} enabled users",
+                        users.len()
+                    );
+                }
                 sqlite = Some(SqliteWatch {
                     location,
                     db: Mutex::new(db),
