@@ -57,7 +57,7 @@ enum Command {
     /// With the memory backend it asks the running process through `[admin] listen`; with Redis
     /// it reads and changes the shared state directly.
     Bans(cmd::bans::Args),
-    /// Manage the SQLite user database (`auth.users = "sqlite:PATH"`): add, passwd, del, list,
+    /// Manage the user database (`auth.users = "sqlite:PATH"` or `"postgres://…"`): add, passwd, del, list,
     /// disable, enable, groups, import.
     ///
     /// Safe while the server runs: it notices the change and reloads the users.

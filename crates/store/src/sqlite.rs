@@ -269,9 +269,34 @@ impl Location {
     }
 }
 
-/// `url` with the password (if any) replaced by `***`.
+/// `url` with the password (if any, in the user part or as `password=` in the query) replaced by
+/// `***`.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (url, None),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|p| {
+                if p.starts_with("password=") {
+                    "password=***"
+                } else {
+                    p
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    let base = redact_userinfo(url);
+    match query {
+        Some(q) => format!("{base}?{q}"),
+        None => base,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -742,7 +767,15 @@ impl UserDb {
         ))?;
         let conn = Conn::Postgres(Box::new(std::cell::RefCell::new(client)));
         conn.transaction(|c| {
-            c.batch("SELECT pg_advisory_xact_lock(7461727); CREATE TABLE IF NOT EXISTS portcullis_schema (version INT NOT NULL)")?;
+            c.batch("SELECT pg_advisory_xact_lock(7461727)")?;
+            // Created once: a role allowed only to read and write the tables can connect.
+            if c
+                .query_opt("SELECT to_regclass('portcullis_schema')::text", &[])?
+                .and_then(|r| r.opt_text(0).ok().flatten())
+                .is_none()
+            {
+                c.batch("CREATE TABLE portcullis_schema (version INT NOT NULL)")?;
+            }
             let current = c
                 .query_opt("SELECT max(version) FROM portcullis_schema", &[])?
                 .and_then(|r| r.opt_int(0).ok().flatten())
@@ -1371,6 +1404,10 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=secret"),
+            "postgres://u@h/db?sslmode=require&password=***"
         );
     }
 

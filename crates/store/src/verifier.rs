@@ -383,8 +383,9 @@ impl Verifier {
                         let groups = db.all_groups()?;
                         let totp = db.totp_users()?;
                         let api_tokens = db.live_api_tokens()?;
+                        let schema = db.schema_version()?;
                         Ok::<_, crate::sqlite::DbError>((
-                            db, version, users, groups, totp, api_tokens,
+                            db, version, users, groups, totp, api_tokens, schema,
                         ))
                     })
                     .join()
@@ -394,12 +395,13 @@ impl Verifier {
                         ))
                     })
                 });
-                let (db, version, users, groups, totp, api_tokens) = loaded.map_err(db_error)?;
+                let (db, version, users, groups, totp, api_tokens, schema) =
+                    loaded.map_err(db_error)?;
                 log_if_empty(&shown, &users);
                 if db.is_postgres() {
                     tracing::info!(
                         database = %shown,
-                        schema = db.schema_version().ok().flatten().unwrap_or(0),
+                        schema = schema.unwrap_or(0),
                         users = users.len(),
                         groups = groups.len(),
                         tokens = api_tokens.len(),

@@ -534,7 +534,7 @@ impl Checker<'_> {
                 self.report(
                     key,
                     Some(v.span()),
-                    "names no server: write \"postgres://USER@HOST[:PORT]/DATABASE\" (the password in ~/.pgpass, PGPASSWORD or the URL)",
+                    "names no server: write \"postgres://USER@HOST[:PORT]/DATABASE\" (the password in the URL: postgres://USER:PASSWORD@HOST/DATABASE)",
                 );
                 return None;
             }
