@@ -477,3 +477,88 @@ fn sessions_follow_the_directory() {
         "alice, bob, mallory and 600 more"
     );
 }
+
+#[test]
+fn a_directory_user_can_have_a_totp_second_factor() {
+    let slapd = Slapd::start();
+    let (_up, gw, _admin) = gateway(&slapd, "second_factors = \"sqlite:factors.db\"", "");
+    // Only a name the directory has.
+    let (ok, _, err) = cli_in(
+        &gw.path("portcullis.toml"),
+        "users",
+        &["totp", "enable", "nobody"],
+        None,
+    );
+    assert!(!ok && err.contains("not in the directory"), "{err}");
+    let (uri, _) = cli(&gw, "users", &["totp", "enable", "alice"]);
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .unwrap_or_else(|| panic!("{uri}"))
+        .to_owned();
+    let raw = store::totp::unbase32(&secret).unwrap();
+    let code_now = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        format!(
+            "{:06}",
+            store::totp::code_at(&raw, store::totp::step_of(now))
+        )
+    };
+    runtime().block_on(async {
+        // Basic cannot carry the code: the right password is refused, and says why (once the
+        // gateway has seen the new factor: it looks at the database once a second).
+        let started = Instant::now();
+        loop {
+            let r = client()
+                .get(gw.url("/echo/basic"))
+                .basic_auth("alice", Some("alice-pw"))
+                .header("accept", "text/html")
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 401 {
+                assert!(r.text().await.unwrap().contains("second factor"));
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "factor not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The form: the password (checked by the directory), then the code.
+        let mut b = util::browser::Browser::new(&gw.url(""));
+        let step = b.sign_in("alice", "alice-pw", "/admin/x").await;
+        let (pending, csrf) = (
+            step.field("pending")
+                .unwrap_or_else(|| panic!("{}", step.body)),
+            step.field("csrf").unwrap(),
+        );
+        let ok = b
+            .post(
+                "/.portcullis/login",
+                &[
+                    ("csrf", &csrf),
+                    ("rd", "/admin/x"),
+                    ("pending", &pending),
+                    ("code", &code_now()),
+                ],
+            )
+            .await;
+        assert_eq!(ok.status, 303, "{}", ok.body);
+        let page = b.get("/admin/x").await;
+        assert_eq!(page.status, 200, "the session has the directory's groups");
+        // A wrong password never reaches the code step.
+        let mut c = util::browser::Browser::new(&gw.url(""));
+        let step = c.sign_in("alice", "wrong", "/").await;
+        assert!(step.field("pending").is_none());
+        // Bob has no factor: the password alone signs him in, with Basic too.
+        assert_eq!(get(&gw, "/echo/bob", "bob", BOB_PW).await.status(), 200);
+    });
+    let (out, _) = cli(&gw, "users", &["totp", "disable", "alice"]);
+    assert!(out.contains("disabled"), "{out}");
+}

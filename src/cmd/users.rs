@@ -378,6 +378,15 @@ fn deliver(
 /// `users` with `auth.users = "ldap://…"`: `list` reads the directory; every write is refused
 /// (the directory is managed with its own tools).
 fn directory_users(url: &str, config: &config::Config, action: Action) -> ExitCode {
+    if let Action::Totp { action, user } = &action {
+        return match directory_totp(url, config, action == "enable", user) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, e)) => {
+                eprintln!("portcullis users: {e}");
+                code
+            }
+        };
+    }
     let Action::List { json } = action else {
         eprintln!(
             "portcullis users: the users are in the directory {url}, which Portcullis only reads: add, change and remove them with the directory's own tools (ldapadd, ldapmodify, Active Directory Users and Computers, ipa user-add)"
@@ -436,4 +445,53 @@ fn directory_users(url: &str, config: &config::Config, action: Action) -> ExitCo
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `users totp enable|disable USER` for a directory user: the second factor is kept in
+/// `ldap.second_factors` (the directory itself is only read).
+fn directory_totp(
+    url: &str,
+    config: &config::Config,
+    enable: bool,
+    user: &str,
+) -> Result<(), (ExitCode, String)> {
+    let Some(location) = gateway::second_factors(config) else {
+        return Err((
+            ExitCode::from(super::EXIT_CONFIG),
+            format!(
+                "the users are in the directory {url}, which Portcullis only reads; to give them a TOTP second factor, set ldap.second_factors = \"sqlite:PATH\" (or \"postgres://…\"): the factors are kept there"
+            ),
+        ));
+    };
+    let failed = |e: String| (ExitCode::FAILURE, e);
+    if enable {
+        // Only someone the directory knows by this exact name.
+        let directory = gateway::directory(url, config).map_err(failed)?;
+        let rt = super::runtime(Some(1)).map_err(|e| failed(e.to_string()))?;
+        match rt.block_on(directory.lookup(user)) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(failed(format!("{user} is not in the directory {url}"))),
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
+    let db = location.open().map_err(|e| failed(e.to_string()))?;
+    if enable {
+        db.ensure_factor_user(user)
+            .map_err(|e| failed(e.to_string()))?;
+        let secret = store::totp::new_secret();
+        db.set_totp(user, Some(&secret))
+            .map_err(|e| failed(e.to_string()))?;
+        println!(
+            "{}",
+            store::totp::otpauth_uri(&config.auth.realm, user, &secret)
+        );
+        eprintln!(
+            "TOTP enabled for {user} (kept in {}): add the URI above to an authenticator app; the secret is {secret}",
+            location.display()
+        );
+    } else {
+        db.set_totp(user, None).map_err(|e| failed(e.to_string()))?;
+        println!("TOTP disabled for {user}");
+    }
+    Ok(())
 }

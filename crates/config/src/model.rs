@@ -268,6 +268,9 @@ pub struct Ldap {
     pub timeout: Duration,
     /// `pool` (default 10): most connections open at once.
     pub pool: u32,
+    /// `second_factors`: a user database (`sqlite:PATH` or `postgres://…`) that keeps the
+    /// directory users' TOTP second factors (`portcullis users totp enable USER`).
+    pub second_factors: Option<UserSource>,
 }
 
 /// `ldap.preset`.

@@ -38,15 +38,16 @@ impl Gateway {
             config::UserSource::Inline(users) => store::verifier::UserSource::Inline(users.clone()),
             config::UserSource::Sqlite(p) => store::verifier::UserSource::Sqlite(p.clone()),
             config::UserSource::Postgres(url) => store::verifier::UserSource::Postgres(url.clone()),
-            config::UserSource::Ldap(url) => store::verifier::UserSource::Ldap(Arc::new(
-                directory(url, &config).map_err(BuildError::Users)?,
-            )),
+            config::UserSource::Ldap(url) => store::verifier::UserSource::Ldap(
+                Arc::new(directory(url, &config).map_err(BuildError::Users)?),
+                second_factors(&config),
+            ),
         };
         // The directory's settings as they are now (the service account's password read
         // again): a changed password file is a new directory client.
         let same_directory = |p: &Gateway| match (&source, p.verifier.directory()) {
-            (store::verifier::UserSource::Ldap(new), Some(old)) => new.config() == old.config(),
-            (store::verifier::UserSource::Ldap(_), None) => false,
+            (store::verifier::UserSource::Ldap(new, _), Some(old)) => new.config() == old.config(),
+            (store::verifier::UserSource::Ldap(..), None) => false,
             _ => true,
         };
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -236,6 +237,16 @@ pub fn directory(url: &str, config: &Config) -> Result<store::ldap::Directory, S
 #[must_use]
 pub fn user_database(config: &Config) -> Option<store::sqlite::Location> {
     match &config.auth.users {
+        config::UserSource::Sqlite(p) => Some(store::sqlite::Location::Sqlite(p.clone())),
+        config::UserSource::Postgres(url) => Some(store::sqlite::Location::Postgres(url.clone())),
+        _ => None,
+    }
+}
+
+/// Where the second factors of directory users are kept (`ldap.second_factors`), if anywhere.
+#[must_use]
+pub fn second_factors(config: &Config) -> Option<store::sqlite::Location> {
+    match config.ldap.as_ref()?.second_factors.as_ref()? {
         config::UserSource::Sqlite(p) => Some(store::sqlite::Location::Sqlite(p.clone())),
         config::UserSource::Postgres(url) => Some(store::sqlite::Location::Postgres(url.clone())),
         _ => None,

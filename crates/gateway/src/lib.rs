@@ -55,7 +55,7 @@ use crate::metrics::{AuthOutcome, Metrics};
 use crate::pages::Pages;
 use crate::proxy::{ForwardContext, Upstream, X_FORWARDED_FOR};
 
-pub use build::{directory, user_database};
+pub use build::{directory, second_factors, user_database};
 pub use server::{Bound, ServeError, Server, bind, bind_addrs, serve};
 
 use body::RequestBody;

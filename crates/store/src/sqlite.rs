@@ -843,6 +843,22 @@ impl UserDb {
         Ok(())
     }
 
+    /// Makes sure `name` has a row (for a user who lives in a directory and keeps only a second
+    /// factor here): a new row gets a hash of 32 random bytes, which no password matches.
+    ///
+    /// # Errors
+    /// [`DbError`] when the database cannot be written.
+    pub fn ensure_factor_user(&self, name: &str) -> Result<(), DbError> {
+        check_name(name)?;
+        let unknowable = crate::hash_bcrypt(&rand::random::<[u8; 32]>(), 4)
+            .map_err(|e| DbError::Invalid(e.to_string()))?;
+        self.conn.execute(
+            "INSERT INTO users (name, hash, created) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
+            &[name.into(), unknowable.as_str().into(), now().into()],
+        )?;
+        Ok(())
+    }
+
     /// Sets (a base32 secret) or removes (`None`) a user's TOTP second factor.
     pub fn set_totp(&self, name: &str, secret: Option<&str>) -> Result<(), DbError> {
         match self.conn.execute(

@@ -56,8 +56,9 @@ pub enum UserSource {
     /// several instances; changes announced with NOTIFY and re-read at once.
     Postgres(String),
     /// An LDAP directory (`auth.users = "ldap://…"`): checked by a bind, outcomes cached like
-    /// hash checks.
-    Ldap(Arc<crate::ldap::Directory>),
+    /// hash checks; with `ldap.second_factors`, the user database that keeps the directory
+    /// users' TOTP second factors.
+    Ldap(Arc<crate::ldap::Directory>, Option<crate::sqlite::Location>),
 }
 
 /// Why a [`Verifier`] could not be built.
@@ -356,9 +357,18 @@ impl Verifier {
         let mut sqlite = None;
         let mut directory = None;
         let (path, users, stamp) = match source {
-            UserSource::Ldap(dir) => {
+            UserSource::Ldap(dir, factors) => {
                 directory = Some(dir);
-                (None, UserFile::default(), None)
+                let path = match &factors {
+                    Some(crate::sqlite::Location::Sqlite(p)) => Some(p.clone()),
+                    _ => None,
+                };
+                if let Some(location) = factors {
+                    // Its users' hashes are never checked: passwords are the directory's.
+                    let (watch, _) = open_watch(location, true)?;
+                    sqlite = Some(watch);
+                }
+                (path, UserFile::default(), None)
             }
             UserSource::Sqlite(_) | UserSource::Postgres(_) => {
                 let (location, path) = match source {
@@ -368,56 +378,8 @@ impl Verifier {
                     UserSource::Postgres(url) => (crate::sqlite::Location::Postgres(url), None),
                     _ => unreachable!("matched above"),
                 };
-                let shown = location.display();
-                let db_error = |error| LoadError::Sqlite {
-                    path: PathBuf::from(shown.clone()),
-                    error,
-                };
-                // The PostgreSQL client blocks (it runs its own small runtime), which must not
-                // happen on an async thread: load on a thread of its own.
-                let loaded = std::thread::scope(|s| {
-                    s.spawn(|| {
-                        let db = location.open()?;
-                        let version = db.data_version()?;
-                        let users = db.enabled_users()?;
-                        let groups = db.all_groups()?;
-                        let totp = db.totp_users()?;
-                        let api_tokens = db.live_api_tokens()?;
-                        let schema = db.schema_version()?;
-                        Ok::<_, crate::sqlite::DbError>((
-                            db, version, users, groups, totp, api_tokens, schema,
-                        ))
-                    })
-                    .join()
-                    .unwrap_or_else(|_| {
-                        Err(crate::sqlite::DbError::Invalid(
-                            "loading the user database panicked".into(),
-                        ))
-                    })
-                });
-                let (db, version, users, groups, totp, api_tokens, schema) =
-                    loaded.map_err(db_error)?;
-                log_if_empty(&shown, &users);
-                if db.is_postgres() {
-                    tracing::info!(
-                        database = %shown,
-                        schema = schema.unwrap_or(0),
-                        users = users.len(),
-                        groups = groups.len(),
-                        tokens = api_tokens.len(),
-                        "the user database answered: {} enabled users",
-                        users.len()
-                    );
-                }
-                sqlite = Some(SqliteWatch {
-                    location,
-                    db: Mutex::new(db),
-                    version: AtomicI64::new(version),
-                    groups: ArcSwap::from_pointee(groups),
-                    totp: ArcSwap::from_pointee(totp),
-                    api_tokens: ArcSwap::from_pointee(live_tokens(api_tokens, &HashMap::new())),
-                    token_used: Mutex::new(HashMap::new()),
-                });
+                let (watch, users) = open_watch(location, false)?;
+                sqlite = Some(watch);
                 (path, users, None)
             }
             UserSource::File(path) => {
@@ -949,6 +911,12 @@ impl Inner {
                     .store(Arc::new(live_tokens(api_tokens, &noted)));
                 let generation = self.snapshot.load().generation + 1;
                 let count = users.len();
+                // With a directory the database only keeps second factors: no passwords.
+                let users = if self.directory.is_some() {
+                    UserFile::default()
+                } else {
+                    users
+                };
                 self.snapshot
                     .store(Arc::new(Snapshot::new(users, generation)));
                 if let Some(cache) = &self.cache {
@@ -990,6 +958,64 @@ impl Inner {
             }
         }
     }
+}
+
+/// Opens a user database and reads what the verifier keeps of it. `factors_only`: the database
+/// only holds second factors (and tokens) of users who live in a directory.
+fn open_watch(
+    location: crate::sqlite::Location,
+    factors_only: bool,
+) -> Result<(SqliteWatch, UserFile), LoadError> {
+    let shown = location.display();
+    let db_error = |error| LoadError::Sqlite {
+        path: PathBuf::from(shown.clone()),
+        error,
+    };
+    // The PostgreSQL client blocks (it runs its own small runtime), which must not
+    // happen on an async thread: load on a thread of its own.
+    let loaded = std::thread::scope(|s| {
+        s.spawn(|| {
+            let db = location.open()?;
+            let version = db.data_version()?;
+            let users = db.enabled_users()?;
+            let groups = db.all_groups()?;
+            let totp = db.totp_users()?;
+            let api_tokens = db.live_api_tokens()?;
+            let schema = db.schema_version()?;
+            Ok::<_, crate::sqlite::DbError>((db, version, users, groups, totp, api_tokens, schema))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(crate::sqlite::DbError::Invalid(
+                "loading the user database panicked".into(),
+            ))
+        })
+    });
+    let (db, version, users, groups, totp, api_tokens, schema) = loaded.map_err(db_error)?;
+    if !factors_only {
+        log_if_empty(&shown, &users);
+    }
+    if db.is_postgres() {
+        tracing::info!(
+            database = %shown,
+            schema = schema.unwrap_or(0),
+            users = users.len(),
+            groups = groups.len(),
+            tokens = api_tokens.len(),
+            "the user database answered: {} enabled users",
+            users.len()
+        );
+    }
+    let watch = SqliteWatch {
+        location,
+        db: Mutex::new(db),
+        version: AtomicI64::new(version),
+        groups: ArcSwap::from_pointee(groups),
+        totp: ArcSwap::from_pointee(totp),
+        api_tokens: ArcSwap::from_pointee(live_tokens(api_tokens, &HashMap::new())),
+        token_used: Mutex::new(HashMap::new()),
+    };
+    Ok((watch, users))
 }
 
 impl SqliteWatch {

@@ -524,7 +524,7 @@ impl Checker<'_> {
 
     /// `auth.users`: an htpasswd file that exists, or `sqlite:PATH` (a user database whose
     /// folder exists; `portcullis users add` creates the file).
-    fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
+    pub(super) fn users(&mut self, key: &str, v: &Value<'_>) -> Option<UserSource> {
         let text = self.string(key, v)?;
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             let rest = text.split_once("://").map_or("", |(_, r)| r);

@@ -21,6 +21,7 @@ pub(super) const LDAP_KEYS: &[&str] = &[
     "ca",
     "timeout",
     "pool",
+    "second_factors",
 ];
 
 /// Default `ldap.timeout`.
@@ -379,7 +380,31 @@ impl Checker<'_> {
             1..=1000,
             "connections",
         );
+        let second_factors = match s.get("second_factors") {
+            None => None,
+            Some(v) => match self.string(&s.path("second_factors"), v) {
+                Some(t) if t.starts_with("sqlite:") || t.starts_with("postgres") => {
+                    let key = s.path("second_factors");
+                    // The same forms as auth.users, checked the same way (without touching the
+                    // htpasswd user names the rules are checked against).
+                    let names = std::mem::take(&mut self.users);
+                    let parsed = self.users(&key, v);
+                    self.users = names;
+                    parsed
+                }
+                Some(_) => {
+                    self.report(
+                        s.path("second_factors"),
+                        Some(v.span()),
+                        "must be a user database: \"sqlite:PATH\" or \"postgres://…\"",
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
         Some(Ldap {
+            second_factors,
             preset,
             bind_dn,
             bind_password_file,
