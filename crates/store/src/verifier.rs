@@ -753,14 +753,17 @@ impl Verifier {
         self.inner.snapshot.load().generation
     }
 
-    /// Number of users currently loaded.
-    #[must_use]
     /// Whether `user` is an enabled user of a SQLite user database (always `true` for other
-    /// sources, which have no disabled users).
+    /// sources, which have no disabled users, and for a directory, which the filter decides).
+    #[must_use]
     pub fn is_enabled_user(&self, user: &str) -> bool {
-        self.inner.sqlite.is_none() || self.inner.snapshot.load().users.contains(user)
+        self.inner.sqlite.is_none()
+            || self.inner.directory.is_some()
+            || self.inner.snapshot.load().users.contains(user)
     }
 
+    /// Number of users currently loaded.
+    #[must_use]
     pub fn user_count(&self) -> usize {
         self.inner.snapshot.load().users.len()
     }
