@@ -96,24 +96,10 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         if tls {
-            let ca_key = rcgen::KeyPair::generate().unwrap();
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "Test database CA");
-            ca_params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-            ];
-            let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-            let issuer = rcgen::Issuer::new(ca_params, ca_key);
-            let key = rcgen::KeyPair::generate().unwrap();
-            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-            std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
-            std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+            let (ca, cert, key) = super::private_ca(&["127.0.0.1"]);
+            std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
             std::fs::set_permissions(
                 data.join("server.key"),
                 std::fs::Permissions::from_mode(0o600),

@@ -59,26 +59,10 @@ impl Slapd {
         let d = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         let tls_lines = if tls {
-            let ca_key = rcgen::KeyPair::generate().unwrap();
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "Test directory CA");
-            ca_params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-            ];
-            let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-            let issuer = rcgen::Issuer::new(ca_params, ca_key);
-            let key = rcgen::KeyPair::generate().unwrap();
-            let params =
-                rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                    .unwrap();
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-            std::fs::write(dir.path().join("server.crt"), cert.pem()).unwrap();
-            std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+            let (ca, cert, key) = super::private_ca(&["127.0.0.1", "localhost"]);
+            std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+            std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+            std::fs::write(dir.path().join("server.key"), key).unwrap();
             format!(
                 "TLSCACertificateFile {d}/ca.pem\nTLSCertificateFile {d}/server.crt\nTLSCertificateKeyFile {d}/server.key\n"
             )

@@ -330,31 +330,7 @@ impl Checker<'_> {
                 ),
             );
         }
-        let ca = match s.get("ca") {
-            None => None,
-            Some(v) => self.string(&s.path("ca"), v).and_then(|p| {
-                let path = self.resolve(p);
-                match std::fs::read_to_string(&path) {
-                    Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(path),
-                    Ok(_) => {
-                        self.report(
-                            s.path("ca"),
-                            Some(v.span()),
-                            format!("{} holds no PEM certificate", path.display()),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        self.report(
-                            s.path("ca"),
-                            Some(v.span()),
-                            format!("cannot read {}: {e}", path.display()),
-                        );
-                        None
-                    }
-                }
-            }),
-        };
+        let ca = self.cert_file(s, "ca");
         if ca.is_some() && !tls_url && !starttls {
             self.warn(
                 s.path("ca"),

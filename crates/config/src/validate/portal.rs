@@ -199,34 +199,7 @@ impl Checker<'_> {
                 None
             }
         };
-        let ca = match s.get("ca") {
-            None => None,
-            Some(v) => match self.string(&s.path("ca"), v) {
-                Some(text) => {
-                    let path = self.resolve(text);
-                    match std::fs::read_to_string(&path) {
-                        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(path),
-                        Ok(_) => {
-                            self.report(
-                                s.path("ca"),
-                                Some(v.span()),
-                                format!("{} holds no PEM certificate", path.display()),
-                            );
-                            None
-                        }
-                        Err(e) => {
-                            self.report(
-                                s.path("ca"),
-                                Some(v.span()),
-                                format!("cannot read {}: {e}", path.display()),
-                            );
-                            None
-                        }
-                    }
-                }
-                None => None,
-            },
-        };
+        let ca = self.cert_file(s, "ca");
         if ca.is_some() && !starttls {
             self.warn(
                 s.path("ca"),

@@ -114,6 +114,20 @@ impl Checker<'_> {
         out
     }
 
+    /// `key` of section `s`: a PEM certificate file (a private CA), resolved against the config
+    /// file's folder and read now; `None` when absent or unusable (reported).
+    pub(super) fn cert_file(
+        &mut self,
+        s: &Section<'_, '_>,
+        key: &str,
+    ) -> Option<std::path::PathBuf> {
+        let v = s.get(key)?;
+        let text = self.string(&s.path(key), v)?;
+        let path = self.resolve(text);
+        self.check_cert(&s.path(key), &path, &v.span())
+            .then_some(path)
+    }
+
     /// A duration in humantime form (`"10s"`, `"5m"`), defaulted when absent.
     pub(super) fn duration(
         &mut self,
