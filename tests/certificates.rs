@@ -170,3 +170,59 @@ fn check_config_wants_a_client_ca_for_a_crl_or_client_auth() {
         "{text}"
     );
 }
+
+/// In forward-auth the TLS connection is the front proxy's: a certificate on it is the proxy's,
+/// not the client's, and must not sign anyone in (nginx would otherwise be "alice" for all).
+#[test]
+fn forward_auth_ignores_the_proxy_connections_certificate() {
+    let upstream = TestUpstream::start();
+    let dir = dir_with_user("carol", "carol-pw");
+    make_pki(dir.path());
+    let config = SiteConfig::new()
+        .server("tls = { cert = \"server.crt\", key = \"server.key\", client_ca = \"ca.crt\", crl = \"crl.pem\", client_auth = \"optional\" }")
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .build();
+    let gw = Gateway::start_in(dir, &config, upstream.addr);
+    let ask = |cert: Option<&str>, basic: Option<&str>| -> (u16, String) {
+        let url = gw
+            .url("/.portcullis/auth")
+            .replacen("http://", "https://", 1);
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(["-H", "x-original-uri: /x", "-H", "x-original-method: GET"]);
+        if let Some(who) = cert {
+            cmd.arg("--cert")
+                .arg(gw.path(&format!("{who}.crt")))
+                .arg("--key")
+                .arg(gw.path(&format!("{who}.key")));
+        }
+        if let Some(b) = basic {
+            cmd.args(["-u", b]);
+        }
+        let out =
+            String::from_utf8_lossy(&cmd.arg(&url).output().expect("curl").stdout).into_owned();
+        let (head, status) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            status.trim().parse().unwrap_or(0),
+            head.to_ascii_lowercase(),
+        )
+    };
+    // A valid client certificate on the proxy's connection: no one is signed in by it.
+    let (status, head) = ask(Some("alice"), None);
+    assert_eq!(status, 401, "{head}");
+    assert!(!head.contains("remote-user: alice"), "{head}");
+    // An invalid one is not a refusal either (it is not the client's): the client's own
+    // credentials decide.
+    let (status, head) = ask(Some("bob"), Some("carol:carol-pw"));
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("remote-user: carol"), "{head}");
+}

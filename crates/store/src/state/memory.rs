@@ -688,6 +688,31 @@ mod tests {
         assert!(state.nonce_count("n", 1, ttl), "a new lifetime");
     }
 
+    /// The nonce table is bounded: once MAX_NONCES live nonces hold a count, a new nonce is
+    /// refused (counted as a replay: the client is challenged again) instead of growing the
+    /// table; nonces still in use keep working, and room comes back as old ones expire.
+    #[test]
+    fn the_nonce_table_is_bounded() {
+        let (clock, state) = store();
+        let ttl = Duration::from_secs(60);
+        for i in 0..MAX_NONCES {
+            assert!(state.nonce_count(&format!("n{i}"), 1, ttl));
+        }
+        assert!(!state.nonce_count("one-too-many", 1, ttl));
+        assert!(state.nonce_count("n0", 2, ttl), "a nonce in use goes on");
+        assert_eq!(lock(&state.inner.nonces).len(), MAX_NONCES);
+        clock.advance(ttl + MS);
+        assert!(
+            state.nonce_count("one-too-many", 1, ttl),
+            "room after expiry"
+        );
+        assert_eq!(
+            lock(&state.inner.nonces).len(),
+            1,
+            "expired ones were swept"
+        );
+    }
+
     fn rate(max_requests: u32, interval: Duration) -> Limits {
         Limits {
             max_concurrent: None,
