@@ -112,6 +112,7 @@ impl Config {
             portal: Portal::default(),
             mail: None,
             ldap: None,
+            oidc: None,
             forward_auth: ForwardAuth::default(),
             warnings: Vec::new(),
         }

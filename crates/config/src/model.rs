@@ -45,6 +45,8 @@ pub struct Config {
     pub mail: Option<Mail>,
     /// `[ldap]`, when `auth.users` is a directory.
     pub ldap: Option<Ldap>,
+    /// `[oidc]`, when the `oidc` scheme is on.
+    pub oidc: Option<Oidc>,
     /// `[forward_auth]`.
     pub forward_auth: ForwardAuth,
     /// Problems that do not stop the gateway (e.g. a rule shadowed by another), with lines.
@@ -271,6 +273,27 @@ pub struct Ldap {
     /// `second_factors`: a user database (`sqlite:PATH` or `postgres://…`) that keeps the
     /// directory users' TOTP second factors (`portcullis users totp enable USER`).
     pub second_factors: Option<UserSource>,
+}
+
+/// `[oidc]`: "sign in with" an OpenID Connect provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oidc {
+    /// `name`: what the button says ("Sign in with NAME"); default "the identity provider".
+    pub name: String,
+    /// `issuer`: the provider's issuer URL (discovery at `/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret_file`: the client secret (first line).
+    pub client_secret_file: PathBuf,
+    /// `scopes` (default `["openid", "profile", "email"]`; `openid` always).
+    pub scopes: Vec<String>,
+    /// `user_claim` (default `"preferred_username"`).
+    pub user_claim: String,
+    /// `groups_claim` (default `"groups"`).
+    pub groups_claim: String,
+    /// `allowed_groups`: when set, only members of one of them may sign in.
+    pub allowed_groups: Vec<String>,
 }
 
 /// `ldap.preset`.

@@ -19,6 +19,7 @@ use crate::model::*;
 mod access;
 mod auth;
 mod ldap;
+mod oidc;
 mod output;
 mod portal;
 mod rules;
@@ -32,6 +33,7 @@ use auth::AUTH_KEYS;
 pub use auth::{DEFAULT_CACHE_TTL, DEFAULT_REALM, DEFAULT_VERIFY_QUEUE_TIMEOUT};
 use ldap::LDAP_KEYS;
 pub use ldap::{DEFAULT_LDAP_POOL, DEFAULT_LDAP_TIMEOUT, parse_ldap_url};
+use oidc::OIDC_KEYS;
 use output::{ERRORS_KEYS, LOG_KEYS};
 use portal::{MAIL_KEYS, PORTAL_KEYS};
 use rules::{GroupNames, UserNames};
@@ -61,6 +63,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("portal", PORTAL_KEYS),
     ("mail", MAIL_KEYS),
     ("ldap", LDAP_KEYS),
+    ("oidc", OIDC_KEYS),
     ("forward_auth", FORWARD_AUTH_KEYS),
 ];
 /// Keys of `[forward_auth]`.
@@ -379,6 +382,7 @@ impl Checker<'_> {
             portal,
             mail,
             ldap,
+            oidc,
             forward_auth,
         ] = &sections[..]
         else {
@@ -406,6 +410,7 @@ impl Checker<'_> {
         if portal.table.is_some()
             && let Some(a) = auth.as_ref()
             && !a.schemes.contains(&Scheme::Form)
+            && !a.schemes.contains(&Scheme::Oidc)
             && !a.users.is_database()
         {
             self.warn(
@@ -432,6 +437,21 @@ impl Checker<'_> {
         }
         let portal = portal_config;
         let mail = mail_config;
+        let oidc_config = if auth
+            .as_ref()
+            .is_some_and(|a| a.schemes.contains(&Scheme::Oidc))
+        {
+            self.oidc(oidc, portal.public_url.as_deref())
+        } else {
+            if oidc.table.is_some() {
+                self.warn(
+                    "oidc",
+                    oidc.span.clone(),
+                    "has no effect: auth.schemes does not list \"oidc\"",
+                );
+            }
+            None
+        };
         let ldap_config = match auth.as_ref().map(|a| &a.users) {
             Some(UserSource::Ldap(url)) => {
                 let url = url.clone();
@@ -471,6 +491,7 @@ impl Checker<'_> {
             portal,
             mail,
             ldap: ldap_config,
+            oidc: oidc_config,
             forward_auth,
             warnings: Vec::new(),
         })

@@ -161,7 +161,22 @@ impl Gateway {
             ),
             _ => None,
         };
+        let oidc = match (&config.oidc, &config.portal.public_url) {
+            (Some(o), Some(public_url)) if config.auth.schemes.contains(&policy::Scheme::Oidc) => {
+                Some(Arc::new(
+                    crate::oidc::OidcSite::new(
+                        o.clone(),
+                        public_url,
+                        &config.portal.prefix,
+                        &state.secret(),
+                    )
+                    .map_err(BuildError::Users)?,
+                ))
+            }
+            _ => None,
+        };
         Ok(Gateway {
+            oidc,
             client_verifier,
             jwt,
             digest,

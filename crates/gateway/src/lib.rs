@@ -20,6 +20,7 @@ pub mod filter;
 pub mod line_log;
 pub mod mail;
 pub mod metrics;
+pub(crate) mod oidc;
 pub mod pages;
 mod pipeline;
 pub mod portal;
@@ -112,6 +113,8 @@ pub struct Gateway {
     digest: Option<pipeline::authenticate::DigestSite>,
     /// `[mail]`, for "forgot password" links.
     mailer: Option<Arc<mail::Mailer>>,
+    /// `[oidc]`, when the `oidc` scheme is on.
+    oidc: Option<Arc<oidc::OidcSite>>,
     /// Clients (by [`Gateway::client_key`]) with a failed sign-in within `logon.find_time`: their
     /// password checks wait behind everyone else's.
     suspects: moka::sync::Cache<IpAddr, ()>,
@@ -224,9 +227,10 @@ impl Gateway {
         client_key(ip, self.config.dynamic.ipv6_prefix)
     }
 
-    /// Whether the `form` scheme (the sign-in portal) is enabled.
+    /// Whether the sign-in portal and its sessions are on: the `form` scheme, or `oidc` (whose
+    /// sign-in ends in the same session).
     pub(crate) fn form_enabled(&self) -> bool {
-        self.policy.auth.schemes.contains(&policy::Scheme::Form)
+        self.policy.auth.schemes.contains(&policy::Scheme::Form) || self.oidc.is_some()
     }
 
     /// The directory, when users live in LDAP.

@@ -139,7 +139,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     /// `portcullis_auth_total{scheme}`: `[basic, form]`, each indexed like [`AuthOutcome::ALL`].
-    auth_by_scheme: [[Counter; 6]; 5],
+    auth_by_scheme: [[Counter; 6]; 6],
     cache_hits: Counter,
     hash_checks: Counter,
     upstream: Histogram,
@@ -214,7 +214,7 @@ fn unix_now() -> f64 {
 }
 
 /// The schemes `portcullis_auth_total` counts by.
-pub const AUTH_SCHEMES: [&str; 5] = ["basic", "form", "bearer", "digest", "certificate"];
+pub const AUTH_SCHEMES: [&str; 6] = ["basic", "form", "bearer", "digest", "certificate", "oidc"];
 
 impl Metrics {
     /// Registers every metric, at zero. The start-up configuration counts as the last

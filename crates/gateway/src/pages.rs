@@ -289,6 +289,13 @@ pub fn advice(reason: Reason, offer: Offer, reader: Reader) -> Advice {
             "A service this gateway needs to check your request is unavailable right now.",
             &["Try again in a minute."],
         ),
+        OidcFailed => (
+            "Signing in through the identity provider did not succeed, so you are not signed in here.",
+            &[
+                "Start again from the sign-in page.",
+                "If the provider refused you, its words are below; ask its administrator.",
+            ],
+        ),
         DirectoryUnavailable => (
             "The directory that holds the accounts did not answer, so your sign-in could not be checked. Your password was not refused.",
             &[
@@ -409,6 +416,10 @@ pub struct PortalContext<'a> {
     pub retry_after: Option<u64>,
     /// The request id to quote.
     pub request_id: &'a str,
+    /// "Sign in with NAME" (`[oidc] name`), when the identity provider is offered beside the form.
+    pub oidc_name: Option<&'a str>,
+    /// Where that button goes (`{prefix}/oidc/login?rd=…`).
+    pub oidc_url: &'a str,
 }
 
 /// The HTML templates in force: the built-in page plus any operator overrides.

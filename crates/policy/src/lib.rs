@@ -74,6 +74,9 @@ pub enum Scheme {
     /// RFC 7616 Digest against an htdigest file (its challenges carry a fresh nonce each, so
     /// the gateway writes them).
     Digest,
+    /// OpenID Connect: "sign in with" an identity provider, ending in the same session as the
+    /// form (its challenge is the form's `Cookie` one, sent once).
+    Oidc,
 }
 
 impl Scheme {
@@ -84,6 +87,7 @@ impl Scheme {
             Scheme::Form => "form",
             Scheme::Bearer => "bearer",
             Scheme::Digest => "digest",
+            Scheme::Oidc => "oidc",
         }
     }
 }
@@ -184,15 +188,18 @@ impl AuthPolicy {
     /// The `WWW-Authenticate` challenges to send with a 401, one per enabled scheme;
     /// `form_action` is where the sign-in form posts (for the `form` scheme's challenge).
     pub fn challenges(&self, form_action: &str) -> Vec<String> {
+        let form = self.schemes.contains(&Scheme::Form);
         self.schemes
             .iter()
+            .filter(|s| !(**s == Scheme::Oidc && form))
             .map(|s| match s {
                 Scheme::Basic => format!(
                     "Basic realm=\"{}\", charset=\"UTF-8\"",
                     quote_escape(&self.realm)
                 ),
-                // The "Cookie" scheme of draft-broyer-http-cookie-auth: sign in with the form.
-                Scheme::Form => format!(
+                // The "Cookie" scheme of draft-broyer-http-cookie-auth: sign in with the form (or
+                // through the sign-in page to the identity provider).
+                Scheme::Form | Scheme::Oidc => format!(
                     "Cookie realm=\"{}\", form-action=\"{}\"",
                     quote_escape(&self.realm),
                     quote_escape(form_action)

@@ -185,6 +185,9 @@ reasons! {
     FilterUnavailable => "filter_unavailable", 503, 0, Filter, "Temporarily unavailable";
     /// Every password-checking worker is busy for longer than `auth.verify_queue_timeout`.
     VerifierBusy => "verifier_busy", 503, 0, Authenticate, "Sign-in is busy";
+    /// Sign-in with the identity provider (OpenID Connect) did not succeed: refused by the
+    /// provider or by `oidc.allowed_groups`, or a callback that is not this browser's.
+    OidcFailed => "oidc_failed", 401, 1, Authenticate, "Sign-in with the identity provider failed";
     /// The directory or database that holds the users did not answer.
     DirectoryUnavailable => "directory_unavailable", 503, 0, Authenticate, "Sign-in is unavailable";
     /// The request uses a framing the gateway does not implement (`Transfer-Encoding: gzip`).

@@ -46,7 +46,7 @@ const DIGEST_KEYS: &[&str] = &["users", "algorithms", "nonce_ttl"];
 /// Default `auth.digest.nonce_ttl`.
 pub const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(300);
 /// Names accepted in `auth.schemes`.
-const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form"];
+const SCHEME_NAMES: &[&str] = &["basic", "digest", "bearer", "form", "oidc"];
 /// Values of `auth.path_case`.
 const PATH_CASES: &[&str] = &["sensitive", "insensitive"];
 
@@ -147,10 +147,16 @@ impl Checker<'_> {
         // With a user database, groups live in it (`portcullis users groups`): rules may name
         // any group.
         // So with JWTs: their groups come from the token's groups claim; and with a directory.
+        // And with OpenID Connect: the ID token's groups claim.
+        let oidc = matches!(
+            s.get("schemes").map(|v| v.get_ref()),
+            Some(DeValue::Array(a)) if a.iter().any(|x| matches!(x.get_ref(), DeValue::String(t) if t.as_ref() == "oidc"))
+        );
         if (users
             .as_ref()
             .is_some_and(|u| u.is_database() || matches!(u, UserSource::Ldap(_)))
-            || jwt.is_some())
+            || jwt.is_some()
+            || oidc)
             && matches!(self.groups, rules::GroupNames::NotConfigured)
         {
             self.groups = rules::GroupNames::Unusable;
@@ -241,6 +247,10 @@ impl Checker<'_> {
                     self.report(path, Some(span), "\"digest\" is listed twice");
                 }
                 "digest" => out.push(Scheme::Digest),
+                "oidc" if out.contains(&Scheme::Oidc) => {
+                    self.report(path, Some(span), "\"oidc\" is listed twice");
+                }
+                "oidc" => out.push(Scheme::Oidc),
                 other => self.bad_enum(path, span, other, SCHEME_NAMES),
             }
         }

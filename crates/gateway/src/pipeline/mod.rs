@@ -242,6 +242,11 @@ impl Gateway {
                 {
                     return self.portal(req, conn, page, started).await;
                 }
+                Some(page @ (portal::Page::OidcLogin | portal::Page::OidcCallback))
+                    if self.oidc.is_some() =>
+                {
+                    return self.portal(req, conn, page, started).await;
+                }
                 _ => {}
             }
         }

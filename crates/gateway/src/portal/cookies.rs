@@ -22,12 +22,19 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-/// Removes Portcullis's session and CSRF cookies from the request's `Cookie` headers, keeping
-/// the application's.
+/// Removes Portcullis's session, CSRF and sign-in-in-progress cookies from the request's
+/// `Cookie` headers, keeping the application's.
 pub fn strip_own_cookies(headers: &mut HeaderMap) {
     let ours = |pair: &str| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-        [SESSION_SECURE, SESSION_PLAIN, CSRF_SECURE, CSRF_PLAIN].contains(&name)
+        [
+            SESSION_SECURE,
+            SESSION_PLAIN,
+            CSRF_SECURE,
+            CSRF_PLAIN,
+            crate::oidc::COOKIE,
+        ]
+        .contains(&name)
     };
     // Cheap pre-check: most requests carry none of ours.
     if !headers

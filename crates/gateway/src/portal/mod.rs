@@ -36,6 +36,7 @@ pub(crate) mod account;
 mod cookies;
 mod csrf;
 mod form;
+mod oidc;
 mod return_to;
 mod sign_in;
 mod sign_out;
@@ -57,6 +58,10 @@ pub enum Page {
     Password,
     /// `GET|POST {prefix}/forgot`.
     Forgot,
+    /// `GET {prefix}/oidc/login?rd=…`: off to the identity provider.
+    OidcLogin,
+    /// `GET {prefix}/oidc/callback?code&state`: back from it.
+    OidcCallback,
 }
 
 impl Page {
@@ -67,6 +72,8 @@ impl Page {
             "/logout" => Page::Logout,
             "/password" => Page::Password,
             "/forgot" => Page::Forgot,
+            "/oidc/login" => Page::OidcLogin,
+            "/oidc/callback" => Page::OidcCallback,
             _ => return None,
         })
     }
@@ -147,6 +154,7 @@ pub(crate) struct Portal<'g> {
     pub(crate) metrics: &'g std::sync::Arc<crate::metrics::Metrics>,
     pub(crate) audit: &'g std::sync::Arc<crate::audit::AuditLog>,
     pub(crate) logon: Logon<'g>,
+    pub(crate) oidc: Option<&'g std::sync::Arc<crate::oidc::OidcSite>>,
 }
 
 impl Gateway {
@@ -161,8 +169,8 @@ impl Gateway {
     ) -> Result<Response<Body>, Abort> {
         let (parts, body) = req.into_parts();
         let mut received = Received::of(&parts, conn.tls);
-        if page == Page::Password {
-            // A password link's token must not reach the access log.
+        if matches!(page, Page::Password | Page::OidcCallback) {
+            // A password link's token, or the provider's code, must not reach the access log.
             received.path_and_query = parts.uri.path();
         }
         let mut ex = self.exchange(received, &conn, started);
@@ -186,13 +194,17 @@ impl Gateway {
         };
         let mut outcome = match (page, &parts.method) {
             (Page::Login, &Method::GET | &Method::HEAD) => portal.login_page(&visit).await,
-            (Page::Login, &Method::POST) => portal.login_post(&visit, body).await,
+            (Page::Login, &Method::POST) if portal.password_sign_in() => {
+                portal.login_post(&visit, body).await
+            }
             (Page::Logout, &Method::GET | &Method::HEAD) => portal.logout_page(&visit, None).await,
             (Page::Logout, &Method::POST) => portal.logout_post(&visit, body).await,
             (Page::Password, &Method::GET | &Method::HEAD) => portal.password_page(&visit).await,
             (Page::Password, &Method::POST) => portal.password_post(&visit, body).await,
             (Page::Forgot, &Method::GET | &Method::HEAD) => portal.forgot_page(&visit, None),
             (Page::Forgot, &Method::POST) => portal.forgot_post(&visit, body).await,
+            (Page::OidcLogin, &Method::GET | &Method::HEAD) => portal.oidc_login(&visit).await,
+            (Page::OidcCallback, &Method::GET) => portal.oidc_callback(&visit).await,
             _ => {
                 let mut r = crate::respond::text(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -231,13 +243,19 @@ impl Gateway {
             metrics: &self.metrics,
             audit: &self.audit,
             logon: self.logon(),
+            oidc: self.oidc.as_ref(),
         }
     }
 }
 
 impl<'g> Portal<'g> {
-    /// Whether the `form` scheme is enabled.
+    /// Whether the portal's sessions are on: the `form` scheme, or `oidc`.
     pub(crate) fn form_enabled(&self) -> bool {
+        self.password_sign_in() || self.oidc.is_some()
+    }
+
+    /// Whether the sign-in page takes a user name and password (the `form` scheme).
+    pub(crate) fn password_sign_in(&self) -> bool {
         self.auth.schemes.contains(&policy::Scheme::Form)
     }
 
@@ -273,6 +291,17 @@ impl<'g> Portal<'g> {
         // `created` is whole seconds (the sign-in's second, rounded down), so "more than
         // max_age whole seconds since" is never before max_age and at most a second after.
         let mut identity = Identity::user(&session.user);
+        // An identity provider's user: not in the local store; the groups it gave at sign-in.
+        if let Some(groups) = &session.groups {
+            if session::unix_now().saturating_sub(session.created)
+                > self.config.portal.max_age.as_secs()
+            {
+                let _ = self.state.session_delete(&key).await;
+                return SessionCheck::Ended("the session reached portal.max_age");
+            }
+            identity.groups.clone_from(groups);
+            return SessionCheck::Valid(identity);
+        }
         // From a directory: the user must still be in it (the password lives there, so "the
         // password changed" cannot be seen), with their groups as they are now.
         if let Some(directory) = self.verifier.directory() {
@@ -352,7 +381,7 @@ impl<'g> Portal<'g> {
         self.auth
             .schemes
             .iter()
-            .position(|s| *s == policy::Scheme::Form)
+            .position(|s| matches!(s, policy::Scheme::Form | policy::Scheme::Oidc))
     }
 
     /// Whether the site can mail password-reset links ("forgot password").

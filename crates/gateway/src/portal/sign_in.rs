@@ -45,9 +45,27 @@ impl Portal<'_> {
             }
             SessionCheck::Absent | SessionCheck::Unavailable(_) | SessionCheck::Directory(_) => {}
         }
+        // Only the identity provider: straight there (back to rd afterwards).
+        let oidc_url = format!("{}/oidc/login?rd={}", self.paths.prefix, super::encode(&rd));
+        if let Some(site) = self.oidc
+            && !self.password_sign_in()
+        {
+            let _ = site;
+            let mut r = see_other(&oidc_url);
+            for c in clear {
+                r.headers_mut().append(SET_COOKIE, c);
+            }
+            return Outcome {
+                response: r,
+                reason: None,
+                user: None,
+            };
+        }
         let mut ctx = self.portal_context(visit, "login", "Sign in");
         ctx.notice = notice;
         ctx.rd = &rd;
+        ctx.oidc_name = self.oidc.map(|o| o.name());
+        ctx.oidc_url = &oidc_url;
         let mut r = self.form_response(visit, ctx);
         for c in clear {
             r.headers_mut().append(SET_COOKIE, c);
@@ -359,17 +377,30 @@ impl Portal<'_> {
 
     /// Starts a session for `user` and sends the browser to `rd`.
     pub(crate) async fn start_session(&self, visit: &Visit<'_>, user: String, rd: &str) -> Outcome {
+        let stamp = self.verifier.credential_stamp(&user).await.unwrap_or(0);
+        self.start_session_as(visit, Session::new(&user, stamp), rd)
+            .await
+    }
+
+    /// Starts `session` (a local user's, or an identity provider's user's) and sends the
+    /// browser to `rd`.
+    pub(crate) async fn start_session_as(
+        &self,
+        visit: &Visit<'_>,
+        session: Session,
+        rd: &str,
+    ) -> Outcome {
+        let user = session.user.clone();
         let username = user.clone();
         let rd = rd.to_owned();
         // A new id at every sign-in: a session id planted before cannot be promoted.
         let id = session::new_id();
         let key = session::key_of(&id);
-        let stamp = self.verifier.credential_stamp(&user).await.unwrap_or(0);
         let stored = self
             .state
             .session_create(
                 &key,
-                &Session::new(&user, stamp),
+                &session,
                 self.config.portal.idle_timeout,
                 &store::state::SessionCap {
                     max_per_user: self.config.portal.max_sessions_per_user,

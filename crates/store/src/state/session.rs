@@ -19,6 +19,9 @@ pub struct Session {
     pub created: u64,
     /// The stamp of the password signed in with (see `StoredHash::stamp`).
     pub stamp: u64,
+    /// The groups an identity provider gave the user at sign-in (an OpenID Connect session: the
+    /// user is not in the local user store); `None` for a local user.
+    pub groups: Option<Vec<String>>,
 }
 
 impl Session {
@@ -28,27 +31,67 @@ impl Session {
             user: user.to_owned(),
             created: unix_now(),
             stamp,
+            groups: None,
         }
     }
 
-    /// The stored form: `v1 <created> <stamp> <user>` (the user last, so any name round-trips).
+    /// A session of a user an identity provider vouched for, with the groups it gave.
+    pub fn external(user: &str, groups: Vec<String>) -> Session {
+        Session {
+            groups: Some(groups),
+            ..Session::new(user, 0)
+        }
+    }
+
+    /// The stored form: `v1 <created> <stamp> <user>` (the user last, so any name round-trips);
+    /// `v2 <created> <stamp> <groups> <user>` for an identity provider's user (the groups one per
+    /// line, base64url).
     pub fn encode(&self) -> String {
-        format!("v1 {} {:016x} {}", self.created, self.stamp, self.user)
+        use base64::Engine;
+        match &self.groups {
+            None => format!("v1 {} {:016x} {}", self.created, self.stamp, self.user),
+            Some(groups) => format!(
+                "v2 {} {:016x} {} {}",
+                self.created,
+                self.stamp,
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(groups.join("\n")),
+                self.user
+            ),
+        }
     }
 
     /// Reads the stored form; `None` for anything else (an older format, damage).
     pub fn decode(s: &str) -> Option<Session> {
-        let mut parts = s.splitn(4, ' ');
-        if parts.next()? != "v1" {
-            return None;
-        }
+        use base64::Engine;
+        let external = match s.split(' ').next()? {
+            "v1" => false,
+            "v2" => true,
+            _ => return None,
+        };
+        let mut parts = s.splitn(if external { 5 } else { 4 }, ' ');
+        parts.next()?;
         let created = parts.next()?.parse().ok()?;
         let stamp = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let groups = if external {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts.next()?)
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            Some(
+                text.split('\n')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        } else {
+            None
+        };
         let user = parts.next()?;
         (!user.is_empty()).then(|| Session {
             user: user.to_owned(),
             created,
             stamp,
+            groups,
         })
     }
 }
@@ -92,8 +135,13 @@ mod tests {
                 user: user.into(),
                 created: 42,
                 stamp: 0xdead_beef,
+                groups: None,
             };
             assert_eq!(Session::decode(&s.encode()), Some(s));
+            for groups in [vec![], vec!["admins".to_owned(), "Domain Users".to_owned()]] {
+                let s = Session::external(user, groups);
+                assert_eq!(Session::decode(&s.encode()), Some(s));
+            }
         }
         assert_eq!(Session::decode("v2 1 0 alice"), None);
         assert_eq!(Session::decode("v1 x 0 alice"), None);

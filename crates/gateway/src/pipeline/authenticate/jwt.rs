@@ -195,6 +195,17 @@ impl JwtSite {
 
     /// The full check: header, key, signature, claims; the user, groups and `exp`.
     async fn verify_signed(&self, token: &str) -> Result<Verified, JwtRefusal> {
+        let (claims, exp) = self.verify_claims(token).await?;
+        let (user, groups) = self.identity(&claims)?;
+        Ok((user, groups, exp))
+    }
+
+    /// Header, key, signature, issuer, audience, expiry: the claims of a valid token and its
+    /// `exp` (an OpenID Connect ID token is checked this way, then its `nonce`).
+    pub(crate) async fn verify_claims(
+        &self,
+        token: &str,
+    ) -> Result<(serde_json::Value, i64), JwtRefusal> {
         let invalid = |why: &str| JwtRefusal::Invalid(why.to_owned());
         let mut parts = token.split('.');
         let (Some(head), Some(_), Some(_), None) =
@@ -262,6 +273,14 @@ impl JwtSite {
             .get("exp")
             .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
             .unwrap_or(0);
+        Ok((claims, exp))
+    }
+
+    /// The user (`user_claim`) and groups (`groups_claim`) of verified claims.
+    pub(crate) fn identity(
+        &self,
+        claims: &serde_json::Value,
+    ) -> Result<(String, Vec<String>), JwtRefusal> {
         let user = claims
             .get(&self.config.user_claim)
             .and_then(|v| v.as_str())
@@ -287,7 +306,7 @@ impl JwtSite {
                 .collect(),
             _ => Vec::new(),
         };
-        Ok((user, groups, exp))
+        Ok((user, groups))
     }
 
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {

@@ -9,7 +9,7 @@ mod basic;
 mod bearer;
 mod certificate;
 mod digest;
-mod jwt;
+pub(crate) mod jwt;
 pub(crate) mod logon;
 
 pub(crate) use digest::DigestSite;
