@@ -689,3 +689,103 @@ fn forgotten_password_reset_by_mail_then_totp_in_chromium() {
         c.close().await.unwrap();
     });
 }
+
+// === sign in with an OpenID Connect provider ===
+
+/// A gateway that signs in through the provider at `issuer` (only), admins only under /admin.
+fn oidc_site(issuer: &str, extra: &str) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let config = SiteConfig::new()
+        .auth("schemes = [\"oidc\"]")
+        .section("portal", "public_url = \"http://@LISTEN@\"")
+        .section(
+            "oidc",
+            &format!(
+                "name = \"Example ID\"\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\"\n{extra}"
+            ),
+        )
+        .raw("[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]\n");
+    let gw = Gateway::start(
+        &config.build(),
+        upstream.addr,
+        &[("users.htpasswd", ""), ("oidc-secret", "s3cret\n")],
+    );
+    (upstream, gw)
+}
+
+/// At the provider's consent page: as `sub`, or deny.
+async fn at_provider(c: &Client, sub: Option<&str>) {
+    wait_at(c, "/oauth2/authorize", "the provider's consent page", |s| {
+        s.text.contains("Authorize Client")
+    })
+    .await;
+    match sub {
+        Some(sub) => {
+            let input = c
+                .wait()
+                .at_most(STEP)
+                .for_element(Locator::Css("input[name=sub]"))
+                .await
+                .unwrap();
+            input.send_keys(sub).await.unwrap();
+            click(c, "Authorize").await;
+        }
+        None => click(c, "Deny").await,
+    }
+}
+
+#[test]
+fn sign_in_with_an_openid_connect_provider_in_chromium() {
+    let provider = util::oidc_provider::start_provider();
+    let issuer = format!("http://127.0.0.1:{}", provider.port);
+    let (_up, gw) = oidc_site(&issuer, "");
+    let (_up2, picky) = oidc_site(&issuer, "allowed_groups = [\"auditors\"]");
+    let driver = ChromeDriver::start();
+    let base = format!("http://{}", gw.addr);
+    runtime().block_on(async {
+        let c = driver.browser().await;
+
+        // A page behind the gateway: Chromium goes through the sign-in page straight to the
+        // provider, and comes back signed in, to the page it asked for.
+        c.goto(&format!("{base}/admin/report")).await.unwrap();
+        wait_at(&c, "/oauth2/authorize", "the provider", |s| {
+            s.text.contains("Authorize Client")
+        })
+        .await;
+        screenshot(&c, "oidc-1-provider-consent").await;
+        at_provider(&c, Some("0f3c-alice")).await;
+        wait_at(&c, "/admin/report", "the page, signed in", |s| {
+            s.text.contains("remote-user")
+        })
+        .await;
+        screenshot(&c, "oidc-2-signed-in").await;
+        let seen = echo(&c).await;
+        assert_eq!(seen["headers"]["remote-user"], "alice");
+        assert_eq!(seen["headers"]["remote-groups"], "admins,staff");
+        assert_eq!(session_cookies(&c).await.len(), 1);
+
+        // Denied at the provider: the provider's words, no session, no loop.
+        c.delete_all_cookies().await.unwrap();
+        c.goto(&format!("{base}/x")).await.unwrap();
+        at_provider(&c, None).await;
+        let denied = wait_at(&c, "/.portcullis/oidc/callback", "the refusal page", |s| {
+            s.text.contains("Example ID said")
+        })
+        .await;
+        assert!(denied.text.contains("access_denied"), "{}", denied.text);
+        screenshot(&c, "oidc-3-denied-at-provider").await;
+        assert!(session_cookies(&c).await.is_empty());
+
+        // Signed in at the provider, but not in a group this site admits: 403, saying so.
+        c.delete_all_cookies().await.unwrap();
+        c.goto(&format!("http://{}/x", picky.addr)).await.unwrap();
+        at_provider(&c, Some("0f3c-alice")).await;
+        let refused = wait_at(&c, "/.portcullis/oidc/callback", "the 403 page", |s| {
+            s.text.contains("admits only members of")
+        })
+        .await;
+        assert!(refused.text.contains("auditors"), "{}", refused.text);
+        screenshot(&c, "oidc-4-not-in-allowed-groups").await;
+        c.close().await.unwrap();
+    });
+}

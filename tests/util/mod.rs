@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod httpd;
+pub mod oidc_provider;
 pub mod portal;
 pub mod postgres;
 pub mod slapd;
