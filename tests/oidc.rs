@@ -323,3 +323,49 @@ fn beside_the_form_the_sign_in_page_offers_the_provider() {
         assert_eq!(r.status(), 405);
     });
 }
+
+#[test]
+fn a_local_name_is_not_taken_over_and_signing_out_does_not_sign_back_in() {
+    let provider = start_provider();
+    let issuer = format!("http://127.0.0.1:{}", provider.port);
+    // auth.users has an "alice" of its own.
+    let upstream = TestUpstream::start();
+    let dir = dir_with_user("alice", "local-pw");
+    std::fs::write(dir.path().join("oidc-secret"), "s3cret\n").unwrap();
+    let config = SiteConfig::new()
+        .auth("schemes = [\"oidc\"]")
+        .section("portal", "public_url = \"http://@LISTEN@\"")
+        .section(
+            "oidc",
+            &format!("name = \"Example ID\"\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\""),
+        );
+    let local = Gateway::start_in(dir, &config.build(), upstream.addr);
+    let (_up, gw) = gateway(&issuer, "");
+    runtime().block_on(async {
+        let mut b = Jar::default();
+        let r = b.get(&local.url("/.portcullis/oidc/login?rd=/x")).await;
+        let callback = at_provider(&location(&r), Some("0f3c-alice")).await;
+        let r = b.get(&local.url(path_of(&callback))).await;
+        assert_eq!(r.status(), 403);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("belongs to an account of this site")
+        );
+        assert!(!b.0.keys().any(|k| k.contains("session")));
+
+        // Signed out on an oidc-only site: the sign-in page offers the provider, it does not
+        // send the browser back there (the provider would sign it straight back in).
+        let r = Jar::default()
+            .get(&gw.url("/.portcullis/login?rd=%2F&signed_out=1"))
+            .await;
+        assert_eq!(r.status(), 200);
+        let page = r.text().await.unwrap();
+        assert!(page.contains("Sign in with Example ID"), "{page}");
+        assert!(
+            !page.contains("name=\"password\""),
+            "no password form: {page}"
+        );
+    });
+}

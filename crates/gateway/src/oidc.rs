@@ -23,8 +23,32 @@ use sha2::{Digest as _, Sha256};
 
 use crate::pipeline::authenticate::jwt::{JwtRefusal, JwtSite};
 
-/// The cookie that carries a sign-in in progress.
+/// The cookie that carries a sign-in in progress, over HTTPS (`__Host-`: no sibling subdomain can
+/// plant one) and over plain HTTP.
+pub const COOKIE_SECURE: &str = "__Host-portcullis-oidc";
+/// See [`COOKIE_SECURE`].
 pub const COOKIE: &str = "portcullis_oidc";
+
+/// The flow cookie's name for a request over HTTPS or not.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { COOKIE_SECURE } else { COOKIE }
+}
+
+/// Error codes of RFC 6749 §4.1.2.1 and OpenID Connect Core §3.1.2.6: the only words of an
+/// error answer shown when the provider left `state` out of it.
+const KNOWN_ERRORS: &[&str] = &[
+    "access_denied",
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+];
 /// How long a sign-in at the provider may take.
 const FLOW_TTL: u64 = 600;
 /// Largest answer read from the provider (discovery, token).
@@ -95,9 +119,16 @@ fn param(query: &str, name: &str) -> Option<String> {
     crate::portal::query_param(Some(query), name)
 }
 
-/// `text` made safe to show: control characters out, at most 300 characters.
+/// `text` made safe to show: control characters and bidirectional overrides out, at most 300
+/// characters.
 fn shown(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(300).collect()
+    text.chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(*c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .take(300)
+        .collect()
 }
 
 /// The sign-in in progress, as the cookie carries it.
@@ -111,6 +142,10 @@ struct Flow {
     v: String,
     /// Where to go afterwards (same-origin path).
     r: String,
+    /// SHA-256 (hex) of the browser's pre-session id: the callback must come from the browser
+    /// that started (a flow cookie planted in another browser is worth nothing there).
+    #[serde(default)]
+    p: String,
     /// Unix expiry.
     e: u64,
 }
@@ -156,6 +191,20 @@ impl OidcSite {
     /// The button's words ("Sign in with NAME").
     pub(crate) fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// `oidc.user_claim`.
+    pub(crate) fn user_claim(&self) -> &str {
+        &self.config.user_claim
+    }
+
+    /// Whether a session of an identity provider's user with `groups` may go on: `allowed_groups`
+    /// checked again (it may have been tightened since the sign-in).
+    pub(crate) fn admits(&self, groups: &[String]) -> bool {
+        self.config.allowed_groups.is_empty()
+            || groups
+                .iter()
+                .any(|g| self.config.allowed_groups.contains(g))
     }
 
     /// The provider's endpoints and keys, discovered once (again after a failure, at most every
@@ -276,7 +325,11 @@ impl OidcSite {
 
     /// Starts a sign-in returning to `rd` (already same-origin): the provider's authorization
     /// URL and the cookie value that remembers this sign-in.
-    pub(crate) async fn start(&self, rd: &str) -> Result<(String, String), OidcFailure> {
+    pub(crate) async fn start(
+        &self,
+        rd: &str,
+        pre_session: &str,
+    ) -> Result<(String, String), OidcFailure> {
         let provider = self.provider().await?;
         let random = || b64(&rand::random::<[u8; 32]>());
         let flow = Flow {
@@ -285,6 +338,7 @@ impl OidcSite {
             v: random(),
             r: rd.to_owned(),
             e: unix_now() + FLOW_TTL,
+            p: store::sha256_hex(pre_session.as_bytes()),
         };
         let challenge = b64(&Sha256::digest(flow.v.as_bytes()));
         let enc = crate::portal::encode;
@@ -311,6 +365,7 @@ impl OidcSite {
         &self,
         query: &str,
         cookie: Option<&str>,
+        pre_session: Option<&str>,
     ) -> Result<(String, Vec<String>, String), OidcFailure> {
         if query.len() > 8 * 1024 {
             return Err(refused("the callback's query is over 8 KiB"));
@@ -322,6 +377,15 @@ impl OidcSite {
             return Err(refused(
                 "the sign-in at the provider took longer than 10 minutes",
             ));
+        }
+        {
+            use subtle::ConstantTimeEq as _;
+            let browser = store::sha256_hex(pre_session.unwrap_or("").as_bytes());
+            if pre_session.is_none() || !bool::from(browser.as_bytes().ct_eq(flow.p.as_bytes())) {
+                return Err(refused(
+                    "the callback's flow cookie was not made for this browser (its pre-session differs)",
+                ));
+            }
         }
         let state = param(query, "state");
         // Some providers leave `state` out of an error answer (RFC 6749 says to echo it): an
@@ -337,11 +401,22 @@ impl OidcSite {
             }
         }
         if let Some(error) = param(query, "error") {
-            let description = param(query, "error_description").unwrap_or_default();
-            let words = if description.is_empty() {
-                shown(&error)
+            // Without `state` nothing proves the provider wrote this: only a known error code is
+            // shown, never a description (someone else's words on this site's page).
+            let description = if error_without_state {
+                String::new()
             } else {
-                format!("{} ({})", shown(&description), shown(&error))
+                param(query, "error_description").unwrap_or_default()
+            };
+            let code = if error_without_state && !KNOWN_ERRORS.contains(&error.as_str()) {
+                "an error".to_owned()
+            } else {
+                shown(&error)
+            };
+            let words = if description.is_empty() {
+                code
+            } else {
+                format!("{} ({code})", shown(&description))
             };
             return Err(OidcFailure::Refused {
                 detail: format!("the identity provider refused: {words}"),
@@ -362,6 +437,12 @@ impl OidcSite {
                 .await
                 .map_err(|e| match e {
                     JwtRefusal::Expired(_) => refused("the ID token has expired"),
+                    // No keys at all: the provider's JWKS did not answer, not a bad token.
+                    JwtRefusal::Invalid(why) if !provider.id_tokens.has_keys() => {
+                        OidcFailure::Unreachable(format!(
+                            "the identity provider's keys (JWKS) could not be fetched: {why}"
+                        ))
+                    }
                     JwtRefusal::Invalid(why) => refused(format!("the ID token: {why}")),
                 })?;
         let nonce = claims.get("nonce").and_then(|n| n.as_str()).unwrap_or("");
@@ -436,6 +517,11 @@ impl OidcSite {
         let answer = read_json(response)
             .await
             .map_err(|e| OidcFailure::Unreachable(format!("the token endpoint: {e}")))?;
+        if status.is_server_error() {
+            return Err(OidcFailure::Unreachable(format!(
+                "the token endpoint answered {status}"
+            )));
+        }
         if !status.is_success() {
             let error = answer.get("error").and_then(|e| e.as_str()).unwrap_or("");
             let description = answer

@@ -420,6 +420,8 @@ pub struct PortalContext<'a> {
     pub oidc_name: Option<&'a str>,
     /// Where that button goes (`{prefix}/oidc/login?rd=…`).
     pub oidc_url: &'a str,
+    /// The sign-in page has no password form (only the identity provider).
+    pub oidc_only: bool,
 }
 
 /// The HTML templates in force: the built-in page plus any operator overrides.

@@ -293,11 +293,20 @@ impl<'g> Portal<'g> {
         let mut identity = Identity::user(&session.user);
         // An identity provider's user: not in the local store; the groups it gave at sign-in.
         if let Some(groups) = &session.groups {
-            if session::unix_now().saturating_sub(session.created)
+            let ended = if session::unix_now().saturating_sub(session.created)
                 > self.config.portal.max_age.as_secs()
             {
+                Some("the session reached portal.max_age")
+            } else if !self.oidc.is_some_and(|o| o.admits(groups)) {
+                Some(
+                    "the session is an identity provider's, and oidc is off or its allowed_groups no longer admit the user",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = ended {
                 let _ = self.state.session_delete(&key).await;
-                return SessionCheck::Ended("the session reached portal.max_age");
+                return SessionCheck::Ended(why);
             }
             identity.groups.clone_from(groups);
             return SessionCheck::Valid(identity);

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::metrics::AuthOutcome;
-use crate::oidc::{COOKIE, OidcFailure};
+use crate::oidc::{OidcFailure, cookie_name};
 
 impl Portal<'_> {
     /// `GET {prefix}/oidc/login?rd=…`: to the provider, remembering this sign-in in a cookie.
@@ -15,13 +15,26 @@ impl Portal<'_> {
             &query_param(visit.query, "rd").unwrap_or_else(|| "/".to_owned()),
             self.paths,
         );
-        match site.start(&rd).await {
+        // The flow is bound to this browser's pre-session (made now if it has none).
+        let (pre, new_pre) = match visit.cookies.pre_session(visit.headers) {
+            Some(id) => (id.to_owned(), None),
+            None => {
+                let id = session::new_id();
+                let c = set_cookie(visit.cookies.csrf_name(), &id, visit.cookies.secure, None);
+                (id, Some(c))
+            }
+        };
+        match site.start(&rd, &pre).await {
             Ok((url, flow)) => {
                 let mut r = see_other(&url);
+                let secure = visit.cookies.secure;
                 r.headers_mut().append(
                     SET_COOKIE,
-                    set_cookie(COOKIE, &flow, visit.cookies.secure, Some(600)),
+                    set_cookie(cookie_name(secure), &flow, secure, Some(600)),
                 );
+                if let Some(c) = new_pre {
+                    r.headers_mut().append(SET_COOKIE, c);
+                }
                 Outcome {
                     response: r,
                     reason: None,
@@ -38,8 +51,27 @@ impl Portal<'_> {
         let Some(site) = self.oidc else {
             return self.oidc_failed(visit, OidcFailure::Unreachable("oidc is off".into()));
         };
-        let flow = cookie(visit.headers, COOKIE);
-        let finished = site.finish(visit.query.unwrap_or(""), flow).await;
+        let secure = visit.cookies.secure;
+        let flow = cookie(visit.headers, cookie_name(secure));
+        let pre = visit.cookies.pre_session(visit.headers);
+        let finished = site.finish(visit.query.unwrap_or(""), flow, pre).await;
+        let finished = match finished {
+            // A name the local user store has is that user's: an identity provider's account
+            // that calls itself so is not let in as them.
+            Ok((user, _, _)) if self.local_user_exists(&user).await => Err(OidcFailure::Refused {
+                detail: format!(
+                    "the identity provider's {} for this account is {user}, the name of a local user of auth.users: refused",
+                    site.user_claim()
+                ),
+                note: Some(format!(
+                    "The name {user} belongs to an account of this site; it cannot be taken over through {}.",
+                    site.name()
+                )),
+                forbidden: true,
+                user: Some(user),
+            }),
+            other => other,
+        };
         let mut outcome = match finished {
             Ok((user, groups, rd)) => {
                 self.metrics.auth("oidc", AuthOutcome::Accepted);
@@ -51,11 +83,26 @@ impl Portal<'_> {
             }
             Err(f) => self.oidc_failed(visit, f),
         };
-        outcome.response.headers_mut().append(
+        let headers = outcome.response.headers_mut();
+        headers.append(
             SET_COOKIE,
-            set_cookie(COOKIE, "", visit.cookies.secure, Some(0)),
+            set_cookie(cookie_name(secure), "", secure, Some(0)),
+        );
+        // The callback's URL holds the code: not in a Referer.
+        headers.insert(
+            http::header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
         );
         outcome
+    }
+
+    /// Whether `user` is a user of the local user store (a directory that cannot be asked counts
+    /// as yes: refused rather than risk a takeover).
+    async fn local_user_exists(&self, user: &str) -> bool {
+        if let Some(directory) = self.verifier.directory() {
+            return !matches!(directory.lookup(user).await, Ok(None));
+        }
+        self.verifier.credential_stamp(user).await.is_some()
     }
 
     /// The page for a sign-in that did not end in a session: 503 when the provider could not be

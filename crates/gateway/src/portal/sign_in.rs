@@ -47,10 +47,11 @@ impl Portal<'_> {
         }
         // Only the identity provider: straight there (back to rd afterwards).
         let oidc_url = format!("{}/oidc/login?rd={}", self.paths.prefix, super::encode(&rd));
-        if let Some(site) = self.oidc
-            && !self.password_sign_in()
-        {
-            let _ = site;
+        // …unless the person just signed out (or asked to switch account): the provider would
+        // sign them straight back in. They get the page with the button.
+        let chose = query_param(visit.query, "signed_out").is_some()
+            || query_param(visit.query, "switch").is_some();
+        if self.oidc.is_some() && !self.password_sign_in() && !chose {
             let mut r = see_other(&oidc_url);
             for c in clear {
                 r.headers_mut().append(SET_COOKIE, c);
@@ -66,6 +67,7 @@ impl Portal<'_> {
         ctx.rd = &rd;
         ctx.oidc_name = self.oidc.map(|o| o.name());
         ctx.oidc_url = &oidc_url;
+        ctx.oidc_only = !self.password_sign_in();
         let mut r = self.form_response(visit, ctx);
         for c in clear {
             r.headers_mut().append(SET_COOKIE, c);

@@ -127,6 +127,11 @@ impl JwtSite {
         })
     }
 
+    /// Whether any signing key is held (none: the JWKS was never fetched, or had none).
+    pub(crate) fn has_keys(&self) -> bool {
+        !self.keys.load().is_empty()
+    }
+
     /// Fetches the JWKS again (a URL source): the very first time at once, then at most once per
     /// [`REFRESH_EVERY`] whatever the outcome — a failing or slow provider is not asked at the
     /// rate of requests — and one fetch at a time: requests that wait for it do not fetch again.
