@@ -33,6 +33,7 @@ pub fn strip_own_cookies(headers: &mut HeaderMap) {
             CSRF_SECURE,
             CSRF_PLAIN,
             crate::oidc::COOKIE,
+            crate::oidc::COOKIE_SECURE,
         ]
         .contains(&name)
     };
