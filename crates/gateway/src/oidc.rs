@@ -514,9 +514,15 @@ impl OidcSite {
                 OidcFailure::Unreachable(format!("the token endpoint did not answer: {e}"))
             })?;
         let status = response.status();
-        let answer = read_json(response)
-            .await
-            .map_err(|e| OidcFailure::Unreachable(format!("the token endpoint: {e}")))?;
+        let answer = read_json(response).await.map_err(|e| {
+            if status.is_client_error() {
+                refused(format!(
+                    "the token endpoint refused the code ({status}): {e}"
+                ))
+            } else {
+                OidcFailure::Unreachable(format!("the token endpoint: {e}"))
+            }
+        })?;
         if status.is_server_error() {
             return Err(OidcFailure::Unreachable(format!(
                 "the token endpoint answered {status}"

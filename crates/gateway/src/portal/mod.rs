@@ -372,6 +372,8 @@ impl<'g> Portal<'g> {
             forgot_url: self.can_reset().then_some(self.paths.forgot.as_str()),
             min_length: store::passwords::MIN_LENGTH,
             request_id: visit.request_id,
+            // No password form on a site that signs in only through the identity provider.
+            oidc_only: self.oidc.is_some() && !self.password_sign_in(),
             ..PortalContext::default()
         }
     }

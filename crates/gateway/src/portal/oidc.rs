@@ -74,12 +74,17 @@ impl Portal<'_> {
         };
         let mut outcome = match finished {
             Ok((user, groups, rd)) => {
-                self.metrics.auth("oidc", AuthOutcome::Accepted);
-                self.audit
-                    .sign_in(true, &user, visit.client_ip, "oidc", None);
                 let rd = safe_return(&rd, self.paths);
-                self.start_session_as(visit, Session::external(&user, groups), &rd)
-                    .await
+                let outcome = self
+                    .start_session_as(visit, Session::external(&user, groups), &rd)
+                    .await;
+                // Counted and audited as a sign-in only once the session is stored.
+                if outcome.reason.is_none() {
+                    self.metrics.auth("oidc", AuthOutcome::Accepted);
+                    self.audit
+                        .sign_in(true, &user, visit.client_ip, "oidc", None);
+                }
+                outcome
             }
             Err(f) => self.oidc_failed(visit, f),
         };
@@ -136,7 +141,14 @@ impl Portal<'_> {
                 user,
             ),
         };
-        self.metrics.auth("oidc", AuthOutcome::Refused);
+        self.metrics.auth(
+            "oidc",
+            if reason == Reason::OidcFailed {
+                AuthOutcome::Refused
+            } else {
+                AuthOutcome::DirectoryUnavailable
+            },
+        );
         tracing::warn!(
             request_id = visit.request_id,
             client = %visit.client_ip,
