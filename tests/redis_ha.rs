@@ -650,4 +650,26 @@ fn instances_follow_a_cluster_failover_and_keep_sessions_and_bans() {
                 .any(|n| n.0 == replica_port && n.1)
         },
     );
+
+    // After: /healthz names the masters (the promoted replica among them) and counts the
+    // failover.
+    let health = eventually(Duration::from_secs(10), "the failover counted", || {
+        let health: serde_json::Value = runtime().block_on(async {
+            client()
+                .get(format!("http://{}/healthz", pair.admin_a))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()
+        })?;
+        (health["state"]["failovers"] == 1).then_some(health)
+    });
+    let node = health["state"]["node"].as_str().unwrap_or_default();
+    assert!(
+        node.contains(&format!("127.0.0.1:{replica_port}"))
+            && !node.contains(&format!("127.0.0.1:{owner_port}")),
+        "{health}"
+    );
 }

@@ -306,14 +306,21 @@ impl RedisState {
             secret,
         });
         let renewal = tokio::spawn(renew_leases(Arc::downgrade(&inner), lease / 3)).abort_handle();
-        let following = inner.sentinel.as_ref().map(|s| {
-            tracing::info!(
-                master = %inner.endpoint(),
-                name = %s.master,
-                sentinels = %s.sentinels.join(","),
-                "state shared through Redis: the master named by Sentinel"
-            );
-            tokio::spawn(follow_sentinels(Arc::downgrade(&inner))).abort_handle()
+        let following = if inner.keys.cluster {
+            Some(tokio::spawn(watch_cluster(Arc::downgrade(&inner))).abort_handle())
+        } else {
+            None
+        };
+        let following = following.or_else(|| {
+            inner.sentinel.as_ref().map(|s| {
+                tracing::info!(
+                    master = %inner.endpoint(),
+                    name = %s.master,
+                    sentinels = %s.sentinels.join(","),
+                    "state shared through Redis: the master named by Sentinel"
+                );
+                tokio::spawn(follow_sentinels(Arc::downgrade(&inner))).abort_handle()
+            })
         });
         if following.is_none() {
             tracing::info!(endpoint = %inner.endpoint(), "state shared through Redis");
@@ -335,7 +342,8 @@ impl RedisState {
         self.inner.sentinel.as_ref().map(|s| s.master.as_str())
     }
 
-    /// Failovers followed since start (Sentinel named a new master and it answered).
+    /// Failovers followed since start (Sentinel named a new master and it answered; in a
+    /// Cluster, a node became a master).
     pub fn failovers(&self) -> u64 {
         self.inner.failovers.load(Ordering::Relaxed)
     }
@@ -1245,6 +1253,50 @@ async fn follow_sentinels(inner: Weak<Inner>) {
 }
 
 /// A connection that answered `PING` within [`CONNECT_TIMEOUT`]: a connection manager to one
+/// How often a Cluster's masters are looked at (for `/healthz`, the metrics and the log: the
+/// cluster client follows the slots by itself).
+const CLUSTER_WATCH: Duration = Duration::from_secs(1);
+
+/// Watches a Cluster's masters (`CLUSTER NODES`, once a second): the node shown becomes the list
+/// of masters, and a node that becomes a master (a replica promoted by a failover) is counted
+/// and logged. A master that fails is not counted by itself: its replica's promotion is.
+async fn watch_cluster(inner: Weak<Inner>) {
+    let mut known: Option<Vec<String>> = None;
+    loop {
+        tokio::time::sleep(CLUSTER_WATCH).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut conn = inner.connection();
+        let asked = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut conn),
+        )
+        .await;
+        let Ok(Ok(nodes)) = asked else { continue };
+        let mut masters: Vec<String> = super::cluster::masters(&nodes)
+            .into_iter()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect();
+        if masters.is_empty() {
+            continue;
+        }
+        masters.sort();
+        if let Some(old) = &known
+            && masters.iter().any(|m| !old.contains(m))
+        {
+            inner.failovers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "followed a Redis Cluster failover: the masters are now {}, were {}",
+                masters.join(","),
+                old.join(",")
+            );
+        }
+        inner.node.write().unwrap_or_else(PoisonError::into_inner).1 = masters.join(",");
+        known = Some(masters);
+    }
+}
+
 /// node, or a Cluster connection (which follows the cluster's slots and failovers by itself).
 async fn open_connection(target: &Target, endpoint: &str) -> Result<Conn, String> {
     let connecting = async {
