@@ -673,3 +673,115 @@ fn instances_follow_a_cluster_failover_and_keep_sessions_and_bans() {
         "{health}"
     );
 }
+
+/// `rediss+sentinel://`: Sentinel and the master it names both reached over TLS, with a private
+/// CA; the limits kept in that master.
+#[test]
+fn sentinel_over_tls_with_a_private_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    make_redis_pki(pki.path());
+    let p = |name: &str| pki.path().join(name).display().to_string();
+    let tls = format!(
+        "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+        p("server.crt"),
+        p("server.key"),
+        p("ca.crt")
+    );
+    // TLS only everywhere: a master, and a Sentinel watching it.
+    let spawn_conf = |name: &str, text: String, sentinel: bool| -> (u16, Child) {
+        let dir = pki.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("redis.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {}\n{tls}{text}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(which("redis-server").unwrap());
+        cmd.arg(&conf);
+        if sentinel {
+            cmd.arg("--sentinel");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(10),
+        );
+        (port, child)
+    };
+    let (master, mut master_child) =
+        spawn_conf("master", "save \"\"\nappendonly no\n".into(), false);
+    let (sentinel, mut sentinel_child) = spawn_conf(
+        "sentinel",
+        format!(
+            "sentinel monitor {MASTER} 127.0.0.1 {master} 1\nsentinel down-after-milliseconds {MASTER} 1000\n"
+        ),
+        true,
+    );
+    let upstream = TestUpstream::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = SiteConfig::new()
+        .auth("public = [\"/**\"]")
+        .section(
+            "state",
+            &format!("backend = \"rediss+sentinel://127.0.0.1:{sentinel}/{MASTER}/0\""),
+        )
+        .section("state", "timeout = \"2s\"")
+        .section("state", "ca = \"ca.crt\"")
+        .section(
+            "dynamic",
+            "deny_by_rate = { enabled = true, max_requests = 3, interval = \"1h\" }",
+        )
+        .section("admin", &format!("listen = \"{admin}\""))
+        .build();
+    let ca = std::fs::read_to_string(pki.path().join("ca.crt")).unwrap();
+    let gw = Gateway::start(
+        &config,
+        upstream.addr,
+        &[("ca.crt", ca.as_str()), ("users.htpasswd", "")],
+    );
+    runtime().block_on(async {
+        let c = client();
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(c.get(gw.url("/x")).send().await.unwrap().status().as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 200, 403], "{}", gw.stderr());
+        let health: serde_json::Value = c
+            .get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            health["state"]["node"],
+            format!("127.0.0.1:{master}"),
+            "{health}"
+        );
+    });
+    // The counter is in the master, read over TLS.
+    let keys = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &p("ca.crt")])
+        .args(["-h", "127.0.0.1", "-p", &master.to_string()])
+        .args(["KEYS", "portcullis:rate:*"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&keys.stdout).contains("portcullis:rate:127.0.0.1"),
+        "{keys:?}"
+    );
+    for child in [&mut master_child, &mut sentinel_child] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
