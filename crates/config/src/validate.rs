@@ -441,7 +441,7 @@ impl Checker<'_> {
             .as_ref()
             .is_some_and(|a| a.schemes.contains(&Scheme::Oidc))
         {
-            self.oidc(oidc, portal.public_url.as_deref())
+            self.oidc(oidc, portal.public_url.as_deref(), &portal.prefix)
         } else {
             if oidc.table.is_some() {
                 self.warn(

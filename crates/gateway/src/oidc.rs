@@ -268,20 +268,23 @@ impl OidcSite {
         let authorization_endpoint = endpoint("authorization_endpoint")?;
         let token_endpoint = endpoint("token_endpoint")?;
         let jwks_uri = endpoint("jwks_uri")?;
-        let id_tokens = JwtSite::new(config::Jwt {
-            issuer: issuer.clone(),
-            audience: vec![self.config.client_id.clone()],
-            jwks: config::JwksSource::Url(jwks_uri),
-            algorithms: [
-                "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
-            ]
-            .iter()
-            .map(|a| (*a).to_owned())
-            .collect(),
-            leeway: Duration::from_secs(60),
-            user_claim: self.config.user_claim.clone(),
-            groups_claim: self.config.groups_claim.clone(),
-        })?;
+        let id_tokens = JwtSite::for_section(
+            config::Jwt {
+                issuer: issuer.clone(),
+                audience: vec![self.config.client_id.clone()],
+                jwks: config::JwksSource::Url(jwks_uri),
+                algorithms: [
+                    "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+                ]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect(),
+                leeway: Duration::from_secs(60),
+                user_claim: self.config.user_claim.clone(),
+                groups_claim: self.config.groups_claim.clone(),
+            },
+            "oidc",
+        )?;
         Ok(Provider {
             authorization_endpoint,
             token_endpoint,
@@ -455,9 +458,7 @@ impl OidcSite {
             }
         }
         let (user, groups) = provider.id_tokens.identity(&claims).map_err(|e| match e {
-            JwtRefusal::Invalid(why) => {
-                refused(why.replace("auth.jwt.user_claim", "oidc.user_claim"))
-            }
+            JwtRefusal::Invalid(why) => refused(why),
             JwtRefusal::Expired(_) => refused("the ID token has expired"),
         })?;
         if !self.config.allowed_groups.is_empty()

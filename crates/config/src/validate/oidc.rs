@@ -17,7 +17,12 @@ pub(super) const OIDC_KEYS: &[&str] = &[
 
 impl Checker<'_> {
     /// `[oidc]` for the `oidc` scheme; `None` with problems reported.
-    pub(super) fn oidc(&mut self, s: &Section<'_, '_>, public_url: Option<&str>) -> Option<Oidc> {
+    pub(super) fn oidc(
+        &mut self,
+        s: &Section<'_, '_>,
+        public_url: Option<&str>,
+        prefix: &str,
+    ) -> Option<Oidc> {
         if s.table.is_none() {
             self.report(
                 "oidc",
@@ -115,7 +120,9 @@ impl Checker<'_> {
             self.report(
                 "portal.public_url",
                 None,
-                "is required with the \"oidc\" scheme: the provider sends browsers back to PUBLIC_URL/.portcullis/oidc/callback (register that address with it)",
+                format!(
+                    "is required with the \"oidc\" scheme: the provider sends browsers back to PUBLIC_URL{prefix}/oidc/callback (register that address with it)"
+                ),
             );
             return None;
         }

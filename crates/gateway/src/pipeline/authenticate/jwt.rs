@@ -36,6 +36,8 @@ struct Key {
 /// `[auth.jwt]` for one gateway.
 pub(crate) struct JwtSite {
     config: config::Jwt,
+    /// The config section it comes from, for messages: `auth.jwt`, or `oidc` for ID tokens.
+    section: &'static str,
     algorithms: Vec<Algorithm>,
     keys: ArcSwap<Vec<Key>>,
     refresh: store::Throttle,
@@ -93,6 +95,14 @@ fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
 
 impl JwtSite {
     pub(crate) fn new(config: config::Jwt) -> Result<JwtSite, String> {
+        Self::for_section(config, "auth.jwt")
+    }
+
+    /// [`JwtSite::new`] for tokens configured in `section` (named in messages).
+    pub(crate) fn for_section(
+        config: config::Jwt,
+        section: &'static str,
+    ) -> Result<JwtSite, String> {
         let algorithms = config
             .algorithms
             .iter()
@@ -112,6 +122,7 @@ impl JwtSite {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(JwtSite {
+            section,
             config,
             algorithms,
             keys: ArcSwap::from_pointee(keys),
@@ -160,13 +171,18 @@ impl JwtSite {
         .await;
         match fetched {
             Ok(keys) => {
-                tracing::info!(url, keys = keys.len(), "fetched the JWKS of auth.jwt");
+                tracing::info!(
+                    url,
+                    keys = keys.len(),
+                    "fetched the JWKS of {}",
+                    self.section
+                );
                 self.keys.store(std::sync::Arc::new(keys));
                 // Tokens verified with a key that is gone must be checked again.
                 self.verified.invalidate_all();
             }
             Err(e) => {
-                tracing::warn!(url, error = %e, "cannot fetch the JWKS of auth.jwt; keeping the keys held")
+                tracing::warn!(url, error = %e, "cannot fetch the JWKS of {}; keeping the keys held", self.section)
             }
         }
     }
@@ -232,8 +248,8 @@ impl JwtSite {
             .map_err(|e| JwtRefusal::Invalid(format!("the JWT header: {e}")))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(JwtRefusal::Invalid(format!(
-                "the JWT is signed with {:?}, which auth.jwt.algorithms does not list",
-                header.alg
+                "the JWT is signed with {:?}, which {}.algorithms does not list",
+                header.alg, self.section
             )));
         }
         // The first request fetches; afterwards the keys are fetched again every 10 minutes (the
@@ -292,8 +308,8 @@ impl JwtSite {
             .filter(|u| policy::check_user_name(u).is_ok() && !u.is_empty())
             .ok_or_else(|| {
                 JwtRefusal::Invalid(format!(
-                    "the JWT has no usable {} claim (auth.jwt.user_claim)",
-                    self.config.user_claim
+                    "the JWT has no usable {} claim ({}.user_claim)",
+                    self.config.user_claim, self.section
                 ))
             })?
             .to_owned();
