@@ -369,3 +369,40 @@ fn a_local_name_is_not_taken_over_and_signing_out_does_not_sign_back_in() {
         );
     });
 }
+
+#[test]
+fn a_disabled_local_user_s_name_is_not_taken_over_either() {
+    let provider = start_provider();
+    let issuer = format!("http://127.0.0.1:{}", provider.port);
+    let upstream = TestUpstream::start();
+    let config = SiteConfig::new()
+        .auth("users = \"sqlite:users.db\"")
+        .auth("schemes = [\"oidc\"]")
+        .section("portal", "public_url = \"http://@LISTEN@\"")
+        .section(
+            "oidc",
+            &format!("issuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\""),
+        );
+    let gw = Gateway::start(
+        &config.build(),
+        upstream.addr,
+        &[("oidc-secret", "s3cret\n")],
+    );
+    let file = gw.path("import.htpasswd");
+    htpasswd(&file, &["-B", "-C", "4"], "alice", "local-pw");
+    cli(&gw, "users", &["import", file.to_str().unwrap()]);
+    cli(&gw, "users", &["disable", "alice"]);
+    runtime().block_on(async {
+        let mut b = Jar::default();
+        let r = b.get(&gw.url("/.portcullis/oidc/login?rd=/x")).await;
+        let callback = at_provider(&location(&r), Some("0f3c-alice")).await;
+        let r = b.get(&gw.url(path_of(&callback))).await;
+        assert_eq!(r.status(), 403);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("belongs to an account of this site")
+        );
+    });
+}

@@ -859,6 +859,17 @@ impl UserDb {
         Ok(())
     }
 
+    /// Whether `name` is a user here, enabled or not.
+    ///
+    /// # Errors
+    /// [`DbError`] when the database cannot be read.
+    pub fn has_user(&self, name: &str) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .query_opt("SELECT 1 FROM users WHERE name = ?1", &[name.into()])?
+            .is_some())
+    }
+
     /// Sets (a base32 secret) or removes (`None`) a user's TOTP second factor.
     pub fn set_totp(&self, name: &str, secret: Option<&str>) -> Result<(), DbError> {
         match self.conn.execute(

@@ -107,6 +107,15 @@ impl Portal<'_> {
         if let Some(directory) = self.verifier.directory() {
             return !matches!(directory.lookup(user).await, Ok(None));
         }
+        // A user database knows its disabled users too: their names are theirs as well.
+        if let Some(location) = self.user_db() {
+            let name = user.to_owned();
+            return tokio::task::spawn_blocking(move || {
+                location.open().and_then(|db| db.has_user(&name))
+            })
+            .await
+            .map_or(true, |found| found.unwrap_or(true));
+        }
         self.verifier.credential_stamp(user).await.is_some()
     }
 
