@@ -692,26 +692,7 @@ fn forgotten_password_reset_by_mail_then_totp_in_chromium() {
 
 // === sign in with an OpenID Connect provider ===
 
-/// A gateway that signs in through the provider at `issuer` (only), admins only under /admin.
-fn oidc_site(issuer: &str, extra: &str) -> (TestUpstream, Gateway) {
-    let upstream = TestUpstream::start();
-    let config = SiteConfig::new()
-        .auth("schemes = [\"oidc\"]")
-        .section("portal", "public_url = \"http://@LISTEN@\"")
-        .section(
-            "oidc",
-            &format!(
-                "name = \"Example ID\"\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\"\n{extra}"
-            ),
-        )
-        .raw("[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]\n");
-    let gw = Gateway::start(
-        &config.build(),
-        upstream.addr,
-        &[("users.htpasswd", ""), ("oidc-secret", "s3cret\n")],
-    );
-    (upstream, gw)
-}
+use util::oidc_provider::oidc_site;
 
 /// At the provider's consent page: as `sub`, or deny.
 async fn at_provider(c: &Client, sub: Option<&str>) {

@@ -7,29 +7,8 @@ mod util;
 
 use std::collections::BTreeMap;
 
-use util::oidc_provider::start_provider;
+use util::oidc_provider::{oidc_config, oidc_site as gateway, start_provider};
 use util::*;
-
-/// A gateway that signs in only through the provider at `issuer`.
-fn gateway(issuer: &str, extra: &str) -> (TestUpstream, Gateway) {
-    let upstream = TestUpstream::start();
-    let config = SiteConfig::new()
-        .auth("schemes = [\"oidc\"]")
-        .section("portal", "public_url = \"http://@LISTEN@\"")
-        .section(
-            "oidc",
-            &format!(
-                "name = \"Example ID\"\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\"\n{extra}"
-            ),
-        )
-        .raw("[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]\n");
-    let gw = Gateway::start(
-        &config.build(),
-        upstream.addr,
-        &[("users.htpasswd", ""), ("oidc-secret", "s3cret\n")],
-    );
-    (upstream, gw)
-}
 
 /// A browser: a cookie jar per host, no redirects followed.
 #[derive(Default)]
@@ -332,14 +311,7 @@ fn a_local_name_is_not_taken_over_and_signing_out_does_not_sign_back_in() {
     let upstream = TestUpstream::start();
     let dir = dir_with_user("alice", "local-pw");
     std::fs::write(dir.path().join("oidc-secret"), "s3cret\n").unwrap();
-    let config = SiteConfig::new()
-        .auth("schemes = [\"oidc\"]")
-        .section("portal", "public_url = \"http://@LISTEN@\"")
-        .section(
-            "oidc",
-            &format!("name = \"Example ID\"\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\""),
-        );
-    let local = Gateway::start_in(dir, &config.build(), upstream.addr);
+    let local = Gateway::start_in(dir, &oidc_config(&issuer, "").build(), upstream.addr);
     let (_up, gw) = gateway(&issuer, "");
     runtime().block_on(async {
         let mut b = Jar::default();
@@ -375,14 +347,7 @@ fn a_disabled_local_user_s_name_is_not_taken_over_either() {
     let provider = start_provider();
     let issuer = format!("http://127.0.0.1:{}", provider.port);
     let upstream = TestUpstream::start();
-    let config = SiteConfig::new()
-        .auth("users = \"sqlite:users.db\"")
-        .auth("schemes = [\"oidc\"]")
-        .section("portal", "public_url = \"http://@LISTEN@\"")
-        .section(
-            "oidc",
-            &format!("issuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\""),
-        );
+    let config = oidc_config(&issuer, "").auth("users = \"sqlite:users.db\"");
     let gw = Gateway::start(
         &config.build(),
         upstream.addr,

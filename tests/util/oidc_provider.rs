@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for_port};
+use super::{Gateway, SiteConfig, TestUpstream, free_port, wait_for_port};
 
 /// The provider, stopped on drop.
 pub struct Provider {
@@ -57,4 +57,30 @@ pub fn start_provider() -> Provider {
         Duration::from_secs(20),
     );
     Provider { port, child }
+}
+
+/// A site that signs in only through the provider at `issuer` ("Example ID", client secret in
+/// `oidc-secret`), `/admin/**` for the admins group; `extra` lines go in `[oidc]`.
+pub fn oidc_config(issuer: &str, extra: &str) -> SiteConfig {
+    SiteConfig::new()
+        .auth("schemes = [\"oidc\"]")
+        .section("portal", "public_url = \"http://@LISTEN@\"")
+        .section(
+            "oidc",
+            &format!(
+                "name = \"Example ID\"\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\"\n{extra}"
+            ),
+        )
+        .raw("[[rule]]\npath = \"/admin/**\"\nallow = [\"group:admins\"]\n")
+}
+
+/// [`oidc_config`] started, with an empty `users.htpasswd`.
+pub fn oidc_site(issuer: &str, extra: &str) -> (TestUpstream, Gateway) {
+    let upstream = TestUpstream::start();
+    let gw = Gateway::start(
+        &oidc_config(issuer, extra).build(),
+        upstream.addr,
+        &[("users.htpasswd", ""), ("oidc-secret", "s3cret\n")],
+    );
+    (upstream, gw)
 }
