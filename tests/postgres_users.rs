@@ -280,6 +280,33 @@ fn two_instances_share_users_through_postgres() {
         .await;
         eprintln!("after the restart, a change was seen by both instances after {took:?}");
     });
+    // A reload that makes a new user store (cache_ttl changed) drops the old one, with its
+    // database connections, from async code; then SIGTERM drops everything: no panic, exit 0.
+    let mut a = a;
+    let config = std::fs::read_to_string(a.path("portcullis.toml")).unwrap();
+    std::fs::write(
+        a.path("portcullis.toml"),
+        config.replace("[auth]\n", "[auth]\ncache_ttl = \"1m\"\n"),
+    )
+    .unwrap();
+    a.signal("HUP");
+    eventually(Duration::from_secs(10), "the reload", || {
+        a.stderr().contains("configuration reloaded").then_some(())
+    });
+    runtime().block_on(async {
+        let (x, _) = (
+            status(&a, "/echo/reloaded", "alice", "violet harbor engine 77").await,
+            (),
+        );
+        let y = status(&a, "/echo/reloaded", "alice", "granite willow pocket 31").await;
+        assert!(
+            x == 200 || y == 200,
+            "still serving after the reload: {}",
+            a.stderr()
+        );
+    });
+    let exit = a.terminate();
+    assert!(exit.success(), "{exit}: {}", a.stderr());
     for g in [&a, &b] {
         let log = g.stderr();
         assert!(!log.contains("panicked"), "{log}");

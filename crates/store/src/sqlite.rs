@@ -259,6 +259,18 @@ impl Location {
         }
     }
 
+    /// Opens a database whose schema this process already brought up to date (a request's
+    /// short operation): PostgreSQL connects without taking the migration lock.
+    ///
+    /// # Errors
+    /// [`DbError`] when it cannot be opened.
+    pub fn open_migrated(&self) -> Result<UserDb, DbError> {
+        match self {
+            Location::Sqlite(p) => UserDb::open(p),
+            Location::Postgres(url) => UserDb::connect_with(url, false),
+        }
+    }
+
     /// For messages: the file, or the URL without its password.
     #[must_use]
     pub fn display(&self) -> String {
@@ -270,15 +282,32 @@ impl Location {
 }
 
 /// `url` with the password (if any, in the user part or as `password=` in the query) replaced by
-/// `***`.
+/// `***`. The user part ends at the first `@`, as the `postgres` crate reads it, so a password
+/// with `/`, `?` or `#` in it is masked whole too.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((u, q)) => (u, Some(q)),
-        None => (url, None),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
     };
-    let query = query.map(|q| {
-        q.split('&')
+    let (userinfo, after) = match rest.find('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (host_path, query) = match after.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (after, None),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) => out.push_str(&format!("{user}:***@")),
+            None => out.push_str(&format!("{userinfo}@")),
+        }
+    }
+    out.push_str(host_path);
+    if let Some(q) = query {
+        let q: Vec<&str> = q
+            .split('&')
             .map(|p| {
                 if p.starts_with("password=") {
                     "password=***"
@@ -286,32 +315,11 @@ pub fn redact_url(url: &str) -> String {
                     p
                 }
             })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    let base = redact_userinfo(url);
-    match query {
-        Some(q) => format!("{base}?{q}"),
-        None => base,
+            .collect();
+        out.push('?');
+        out.push_str(&q.join("&"));
     }
-}
-
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
-            }
-        }
-        None => url.to_owned(),
-    }
+    out
 }
 
 /// A connection to either database. SQL is written once, for both: `?N` parameters (rewritten to
@@ -319,7 +327,45 @@ fn redact_userinfo(url: &str) -> String {
 /// ([`Conn::dialect`]) both texts are given.
 enum Conn {
     Sqlite(Connection),
-    Postgres(Box<std::cell::RefCell<postgres::Client>>),
+    Postgres(Box<PgClient>),
+}
+
+/// A PostgreSQL client that can be dropped anywhere: the `postgres` client's drop blocks on its
+/// own runtime, which panics on a thread already running async code (a reload or shutdown
+/// dropping a gateway), so there it is dropped on a thread of its own.
+pub(crate) struct PgClient(std::cell::RefCell<Option<postgres::Client>>);
+
+impl PgClient {
+    fn new(client: postgres::Client) -> PgClient {
+        PgClient(std::cell::RefCell::new(Some(client)))
+    }
+
+    fn borrow_mut(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        std::cell::RefMut::map(self.0.borrow_mut(), |c| {
+            c.as_mut().expect("the client is only taken when dropped")
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0
+            .borrow()
+            .as_ref()
+            .is_none_or(postgres::Client::is_closed)
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.get_mut().take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("portcullis-pg-close".into())
+                    .spawn(move || drop(client));
+            } else {
+                drop(client);
+            }
+        }
+    }
 }
 
 /// A statement parameter.
@@ -659,6 +705,10 @@ fn split_tls_params(url: &str) -> (String, Option<std::path::PathBuf>) {
             _ => kept.push(pair.to_owned()),
         }
     }
+    // A CA to check the server against means TLS: never the plaintext `prefer` may fall back to.
+    if root.is_some() && !kept.iter().any(|p| p.starts_with("sslmode=")) {
+        kept.push("sslmode=require".to_owned());
+    }
     let url = if kept.is_empty() {
         base.to_owned()
     } else {
@@ -732,6 +782,14 @@ pub fn pg_config(url: &str) -> Result<postgres::Config, DbError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(PG_TIMEOUT);
     }
+    // A peer gone without a word (a NAT that forgot the connection, a failover without a
+    // reset) is noticed within about a minute, not the system's two hours.
+    if !url.contains("keepalives_idle") {
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    if !url.contains("tcp_user_timeout") {
+        config.tcp_user_timeout(std::time::Duration::from_secs(30));
+    }
     config.application_name("portcullis");
     Ok(config)
 }
@@ -758,6 +816,14 @@ impl UserDb {
     /// # Errors
     /// [`DbError`] when it cannot connect or migrate.
     pub fn connect(url: &str) -> Result<UserDb, DbError> {
+        Self::connect_with(url, true)
+    }
+
+    /// [`UserDb::connect`], migrating the schema or not.
+    ///
+    /// # Errors
+    /// [`DbError`] when it cannot connect or migrate.
+    pub fn connect_with(url: &str, migrate: bool) -> Result<UserDb, DbError> {
         let mut client = pg_connect(url)?;
         // A statement that hangs (a lock held by a crashed client) fails instead of waiting.
         client.batch_execute(&format!(
@@ -765,7 +831,10 @@ impl UserDb {
             PG_TIMEOUT.as_millis(),
             PG_TIMEOUT.as_millis()
         ))?;
-        let conn = Conn::Postgres(Box::new(std::cell::RefCell::new(client)));
+        let conn = Conn::Postgres(Box::new(PgClient::new(client)));
+        if !migrate {
+            return Ok(UserDb { conn });
+        }
         conn.transaction(|c| {
             c.batch("SELECT pg_advisory_xact_lock(7461727)")?;
             // Created once: a role allowed only to read and write the tables can connect.
@@ -1394,7 +1463,7 @@ impl UserDb {
     pub fn is_closed(&self) -> bool {
         match &self.conn {
             Conn::Sqlite(_) => false,
-            Conn::Postgres(c) => c.borrow().is_closed(),
+            Conn::Postgres(c) => c.is_closed(),
         }
     }
 
@@ -1421,9 +1490,9 @@ mod tests {
             )
         );
         assert_eq!(
-            split_tls_params("postgres://u@h/db?sslrootcert=/ca.pem"),
+            split_tls_params("postgres://u@h/db?sslrootcert=/ca.pem&sslmode=disable"),
             (
-                "postgres://u@h/db".to_owned(),
+                "postgres://u@h/db?sslmode=disable".to_owned(),
                 Some(std::path::PathBuf::from("/ca.pem"))
             )
         );
@@ -1435,6 +1504,14 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u@h/db?sslmode=require&password=secret"),
             "postgres://u@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://app:ab/cd?e@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(
+            split_tls_params("postgres://u@h/db?sslrootcert=/ca.pem").0,
+            "postgres://u@h/db?sslmode=require"
         );
     }
 

@@ -623,10 +623,16 @@ impl Verifier {
             // No need to note `data_version` here: it never changes for this connection's own
             // writes (PostgreSQL: last_sign_in does not bump the change counter), and noting it
             // could hide another connection's change.
-            if let Some(watch) = &inner.sqlite
-                && let Err(e) = watch.with_db(|db| db.record_sign_in(&user))
+            match inner
+                .sqlite
+                .as_ref()
+                .and_then(|w| w.try_with_db(|db| db.record_sign_in(&user)))
             {
-                tracing::warn!("cannot record the sign-in of {user}: {e}");
+                Some(Err(e)) => tracing::warn!("cannot record the sign-in of {user}: {e}"),
+                None => tracing::debug!(
+                    "the user database is busy: the sign-in of {user} is not recorded"
+                ),
+                Some(Ok(())) => {}
             }
         });
     }
@@ -692,7 +698,7 @@ impl Verifier {
             let id = row.id.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(watch) = &inner.sqlite
-                    && let Err(e) = watch.with_db(|db| db.touch_api_token(&id, unix_now))
+                    && let Some(Err(e)) = watch.try_with_db(|db| db.touch_api_token(&id, unix_now))
                 {
                     tracing::warn!("cannot record the use of token {id}: {e}");
                 }
@@ -728,7 +734,7 @@ impl Verifier {
         }
         let inner = Arc::clone(&self.inner);
         let (user, code) = (user.to_owned(), code.to_owned());
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let Some(watch) = &inner.sqlite else {
                 return Ok(false);
             };
@@ -742,9 +748,12 @@ impl Verifier {
                     tracing::error!("cannot check a TOTP code: {e}");
                     e.to_string()
                 })
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        });
+        // A database that hangs: neither right nor wrong, said within the limit.
+        match tokio::time::timeout(crate::sqlite::PG_TIMEOUT * 2, task).await {
+            Ok(done) => done.map_err(|e| e.to_string())?,
+            Err(_) => Err("the user database did not answer in time".to_owned()),
+        }
     }
 
     /// Number of successful reloads since creation.
@@ -1022,6 +1031,21 @@ fn open_watch(
 }
 
 impl SqliteWatch {
+    /// [`SqliteWatch::with_db`] when the database is free now; `None` (nothing done) while
+    /// another operation holds it (a hung database does not pile up blocked threads behind it).
+    fn try_with_db<T>(
+        &self,
+        f: impl Fn(&crate::sqlite::UserDb) -> Result<T, crate::sqlite::DbError>,
+    ) -> Option<Result<T, crate::sqlite::DbError>> {
+        let db = match self.db.try_lock() {
+            Ok(db) => db,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        drop(db);
+        Some(self.with_db(f))
+    }
+
     /// Runs `f` on the open database. A PostgreSQL connection that broke (the server restarted)
     /// is replaced and `f` tried once more. Blocking: call from a blocking thread.
     fn with_db<T>(
@@ -1073,14 +1097,15 @@ fn listen(url: String, inner: std::sync::Weak<Inner>) {
                     }
                     None => false,
                 };
-                // Changes made while nobody listened: look once.
+                // Changes made while nobody listened (between the load and now, or during an
+                // outage): look once.
                 if !first {
                     tracing::info!("listening for user database changes again");
-                    if !reload() {
-                        return;
-                    }
                 }
                 first = false;
+                if !reload() {
+                    return;
+                }
                 loop {
                     use postgres::fallible_iterator::FallibleIterator as _;
                     let next = client
@@ -1093,14 +1118,20 @@ fn listen(url: String, inner: std::sync::Weak<Inner>) {
                                 return;
                             }
                         }
-                        // Quiet: still wanted, still connected?
+                        // Quiet: still wanted, still connected? A connection a NAT or a failover
+                        // dropped without a word hears nothing: it is asked, and the users are
+                        // looked at anyway (one cheap version query), so a missed change is late
+                        // by seconds, never forever.
                         Ok(None) => {
                             if inner.strong_count() == 0 {
                                 return;
                             }
-                            if client.is_closed() {
+                            if client.is_closed() || client.is_valid(crate::sqlite::PG_TIMEOUT).is_err() {
                                 tracing::warn!("lost the user database change listener; reconnecting");
                                 break;
+                            }
+                            if !reload() {
+                                return;
                             }
                         }
                         Err(e) => {

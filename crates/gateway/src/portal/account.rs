@@ -30,16 +30,33 @@ struct PasswordForm<'a> {
 }
 
 /// Runs a user-database operation on the blocking pool.
+/// At most this many account-page operations talk to the user database at once: a database that
+/// hangs holds that many blocking threads, not one per request.
+const DB_OPERATIONS: usize = 8;
+
 async fn with_db<T: Send + 'static>(
     location: store::sqlite::Location,
     f: impl FnOnce(&mut UserDb) -> Result<T, store::sqlite::DbError> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(move || {
-        let mut db = location.open().map_err(|e| e.to_string())?;
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DB_OPERATIONS);
+    let limit = store::sqlite::PG_TIMEOUT;
+    let permit = tokio::time::timeout(limit, SLOTS.acquire())
+        .await
+        .map_err(|_| "the user database is busy (every connection waits for it)".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let task = tokio::task::spawn_blocking(move || {
+        // Held while the operation runs, even past the caller's deadline.
+        let _permit = permit;
+        let mut db = location.open_migrated().map_err(|e| e.to_string())?;
         f(&mut db).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    });
+    match tokio::time::timeout(limit * 2, task).await {
+        Ok(done) => done.map_err(|e| e.to_string())?,
+        Err(_) => Err(format!(
+            "the user database did not answer within {:?}",
+            limit * 2
+        )),
+    }
 }
 
 impl Portal<'_> {
