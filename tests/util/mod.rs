@@ -354,42 +354,61 @@ impl Gateway {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str, upstream: SocketAddr) -> Gateway {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = config
-            .replace("@LISTEN@", &addr.to_string())
-            .replace("@LISTEN6@", &format!("[::1]:{port}"))
-            .replace("@UPSTREAM@", &upstream.to_string());
+        // A port from free_port() may be taken by another test's server before the gateway
+        // binds it: then the gateway exits ("address in use") and a new port is tried. Only the
+        // gateway's own "listening" line for that address says the port is its.
         let config_path = dir.path().join("portcullis.toml");
-        std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.path().join("stderr.log");
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap();
-        let mut g = Gateway {
-            addr,
-            child,
-            dir,
-            stderr_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = g.child.try_wait() {
-                panic!("gateway exited with {status}: {}", g.stderr());
+        let read_log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        for attempt in 0.. {
+            let port = free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let text = config
+                .replace("@LISTEN@", &addr.to_string())
+                .replace("@LISTEN6@", &format!("[::1]:{port}"))
+                .replace("@UPSTREAM@", &upstream.to_string());
+            std::fs::write(&config_path, text).unwrap();
+            let mut child = Command::new(BIN)
+                .args(["serve", "-c"])
+                .arg(&config_path)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr_path).unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let listening = || {
+                read_log()
+                    .lines()
+                    .any(|l| l.contains("listening") && l.contains(&addr.to_string()))
+            };
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    && (listening() || !config.contains("@LISTEN@"))
+                {
+                    return Gateway {
+                        addr,
+                        child,
+                        dir,
+                        stderr_path,
+                    };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = read_log();
+                    if attempt < 3 && log.to_lowercase().contains("address already in use") {
+                        break;
+                    }
+                    panic!("gateway exited with {status}: {log}");
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("gateway did not start: {}", read_log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not start: {}",
-                g.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = child.wait();
         }
-        g
+        unreachable!()
     }
 
     pub fn url(&self, path: &str) -> String {
