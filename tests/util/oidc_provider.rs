@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{Gateway, SiteConfig, TestUpstream, free_port, wait_for_port};
+use super::{Gateway, SiteConfig, TestUpstream, free_port};
 
 /// The provider, stopped on drop.
 pub struct Provider {
@@ -44,19 +44,42 @@ pub fn mock_binary() -> PathBuf {
 }
 
 pub fn start_provider() -> Provider {
-    let port = free_port();
-    let child = Command::new(mock_binary())
-        .args(["-p", &port.to_string(), "--user-claims"])
-        .arg(r#"{"sub": "0f3c-alice", "preferred_username": "alice", "groups": ["admins", "staff"], "email": "alice@example.org"}"#)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(20),
-    );
-    Provider { port, child }
+    // The port is ours only once the provider answers on it with its own issuer (another test's
+    // server may have taken a port free_port() gave out): otherwise another one is tried.
+    for _ in 0..4 {
+        let port = free_port();
+        let mut child = Command::new(mock_binary())
+            .args(["-p", &port.to_string(), "--user-claims"])
+            .arg(r#"{"sub": "0f3c-alice", "preferred_username": "alice", "groups": ["admins", "staff"], "email": "alice@example.org"}"#)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            let answered = Command::new("curl")
+                .args(["-s", "--max-time", "2"])
+                .arg(format!("{issuer}/.well-known/openid-configuration"))
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .contains(&format!("\"issuer\": \"{issuer}\""))
+                        || String::from_utf8_lossy(&o.stdout)
+                            .contains(&format!("\"issuer\":\"{issuer}\""))
+                });
+            if answered {
+                return Provider { port, child };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("oidc-provider-mock did not start")
 }
 
 /// A site that signs in only through the provider at `issuer` ("Example ID", client secret in
