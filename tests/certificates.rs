@@ -82,23 +82,11 @@ fn site(client_auth: &str, extra_auth: &str) -> (TestUpstream, Gateway) {
     (upstream, gw)
 }
 
-/// curl over TLS with `who`'s certificate (or none): status and body (problem+json or the app's).
-fn curl(
-    gw: &Gateway,
-    path: &str,
-    who: Option<&str>,
-    basic: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let url = gw.url(path).replacen("http://", "https://", 1);
+/// curl over TLS to `path` with `who`'s certificate (or none) and Basic credentials (or none);
+/// the caller adds its own options.
+fn curl_cmd(gw: &Gateway, path: &str, who: Option<&str>, basic: Option<&str>) -> Command {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-k",
-        "-H",
-        "accept: application/problem+json",
-        "-w",
-        "\n%{http_code}",
-    ]);
+    cmd.args(["-s", "-k"]);
     if let Some(who) = who {
         cmd.arg("--cert")
             .arg(gw.path(&format!("{who}.crt")))
@@ -108,7 +96,25 @@ fn curl(
     if let Some(b) = basic {
         cmd.args(["-u", b]);
     }
-    let out = cmd.arg(&url).output().expect("curl");
+    cmd.arg(gw.url(path).replacen("http://", "https://", 1));
+    cmd
+}
+
+/// curl over TLS with `who`'s certificate (or none): status and body (problem+json or the app's).
+fn curl(
+    gw: &Gateway,
+    path: &str,
+    who: Option<&str>,
+    basic: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut cmd = curl_cmd(gw, path, who, basic);
+    cmd.args([
+        "-H",
+        "accept: application/problem+json",
+        "-w",
+        "\n%{http_code}",
+    ]);
+    let out = cmd.output().expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (
@@ -184,32 +190,10 @@ fn forward_auth_ignores_the_proxy_connections_certificate() {
         .build();
     let gw = Gateway::start_in(dir, &config, upstream.addr);
     let ask = |cert: Option<&str>, basic: Option<&str>| -> (u16, String) {
-        let url = gw
-            .url("/.portcullis/auth")
-            .replacen("http://", "https://", 1);
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-k",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args(["-H", "x-original-uri: /x", "-H", "x-original-method: GET"]);
-        if let Some(who) = cert {
-            cmd.arg("--cert")
-                .arg(gw.path(&format!("{who}.crt")))
-                .arg("--key")
-                .arg(gw.path(&format!("{who}.key")));
-        }
-        if let Some(b) = basic {
-            cmd.args(["-u", b]);
-        }
-        let out =
-            String::from_utf8_lossy(&cmd.arg(&url).output().expect("curl").stdout).into_owned();
+        let mut cmd = curl_cmd(&gw, "/.portcullis/auth", cert, basic);
+        cmd.args(["-o", "/dev/null", "-D", "-", "-w", "\n%{http_code}"])
+            .args(["-H", "x-original-uri: /x", "-H", "x-original-method: GET"]);
+        let out = String::from_utf8_lossy(&cmd.output().expect("curl").stdout).into_owned();
         let (head, status) = out.rsplit_once('\n').unwrap_or(("", "0"));
         (
             status.trim().parse().unwrap_or(0),

@@ -109,12 +109,23 @@ fn users_groups_and_attributes_come_from_the_directory() {
         assert_eq!(logged_status(&gw, "/admin/y"), "401.3");
 
         // An entry without mail, display name or groups: no such headers, no error.
-        let r = get(&gw, "/echo/c", "carol", "carol-pw").await;
+        // …even when the client sends its own (any spelling): the application never sees them.
+        let r = client()
+            .get(gw.url("/echo/c"))
+            .basic_auth("carol", Some("carol-pw"))
+            .header("Remote-Email", "ceo@example.org")
+            .header("remote_name", "The CEO")
+            .header("Remote-Groups", "admins")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let echo: serde_json::Value = r.json().await.unwrap();
         assert_eq!(echo["headers"]["remote-user"], "carol");
         assert!(echo["headers"].get("remote-email").is_none(), "{echo}");
         assert!(echo["headers"].get("remote-groups").is_none(), "{echo}");
+        assert!(echo["headers"].get("remote_name").is_none(), "{echo}");
+        assert!(echo["headers"].get("remote-name").is_none(), "{echo}");
 
         // Wrong password, unknown user: 401.1 with the challenge.
         for (i, (user, pw)) in [("alice", "wrong"), ("nobody", "alice-pw")]

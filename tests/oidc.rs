@@ -75,6 +75,14 @@ async fn at_provider(authorize: &str, sub: Option<&str>) -> String {
     location(&r)
 }
 
+/// A whole sign-in from `gw`'s start page: at the provider as `sub` (or denying), then the
+/// gateway's answer at its callback.
+async fn through_provider(b: &mut Jar, gw: &Gateway, sub: Option<&str>) -> reqwest::Response {
+    let r = b.get(&gw.url("/.portcullis/oidc/login?rd=/x")).await;
+    let callback = at_provider(&location(&r), sub).await;
+    b.get(&gw.url(path_of(&callback))).await
+}
+
 /// The path and query of `url` (the callback is the gateway's).
 fn path_of(url: &str) -> &str {
     let after = url.split_once("://").map_or(url, |(_, r)| r);
@@ -212,9 +220,7 @@ fn allowed_groups_and_an_unreachable_provider() {
     runtime().block_on(async {
         // Signed in at the provider, but not in an allowed group: 403, saying so.
         let mut b = Jar::default();
-        let r = b.get(&gw.url("/.portcullis/oidc/login?rd=/x")).await;
-        let callback = at_provider(&location(&r), Some("0f3c-alice")).await;
-        let r = b.get(&gw.url(path_of(&callback))).await;
+        let r = through_provider(&mut b, &gw, Some("0f3c-alice")).await;
         assert_eq!(r.status(), 403);
         let page = r.text().await.unwrap();
         assert!(
@@ -315,9 +321,7 @@ fn a_local_name_is_not_taken_over_and_signing_out_does_not_sign_back_in() {
     let (_up, gw) = gateway(&issuer, "");
     runtime().block_on(async {
         let mut b = Jar::default();
-        let r = b.get(&local.url("/.portcullis/oidc/login?rd=/x")).await;
-        let callback = at_provider(&location(&r), Some("0f3c-alice")).await;
-        let r = b.get(&local.url(path_of(&callback))).await;
+        let r = through_provider(&mut b, &local, Some("0f3c-alice")).await;
         assert_eq!(r.status(), 403);
         assert!(
             r.text()
@@ -359,9 +363,7 @@ fn a_disabled_local_user_s_name_is_not_taken_over_either() {
     cli(&gw, "users", &["disable", "alice"]);
     runtime().block_on(async {
         let mut b = Jar::default();
-        let r = b.get(&gw.url("/.portcullis/oidc/login?rd=/x")).await;
-        let callback = at_provider(&location(&r), Some("0f3c-alice")).await;
-        let r = b.get(&gw.url(path_of(&callback))).await;
+        let r = through_provider(&mut b, &gw, Some("0f3c-alice")).await;
         assert_eq!(r.status(), 403);
         assert!(
             r.text()

@@ -688,16 +688,15 @@ fn sentinel_over_tls_with_a_private_ca() {
         p("ca.crt")
     );
     // TLS only everywhere: a master, and a Sentinel watching it.
-    let spawn_conf = |name: &str, text: String, sentinel: bool| -> (u16, Child) {
-        let dir = pki.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
+    let spawn_conf = |text: String, sentinel: bool| -> Node {
+        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let conf = dir.join("redis.conf");
+        let conf = dir.path().join("redis.conf");
         std::fs::write(
             &conf,
             format!(
                 "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {}\n{tls}{text}",
-                dir.display()
+                dir.path().display()
             ),
         )
         .unwrap();
@@ -706,26 +705,17 @@ fn sentinel_over_tls_with_a_private_ca() {
         if sentinel {
             cmd.arg("--sentinel");
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            Duration::from_secs(10),
-        );
-        (port, child)
+        Node::spawn(cmd, port, dir)
     };
-    let (master, mut master_child) =
-        spawn_conf("master", "save \"\"\nappendonly no\n".into(), false);
-    let (sentinel, mut sentinel_child) = spawn_conf(
-        "sentinel",
+    let master = spawn_conf("save \"\"\nappendonly no\n".into(), false);
+    let sentinel = spawn_conf(
         format!(
-            "sentinel monitor {MASTER} 127.0.0.1 {master} 1\nsentinel down-after-milliseconds {MASTER} 1000\n"
+            "sentinel monitor {MASTER} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {MASTER} 1000\n",
+            master.port
         ),
         true,
     );
+    let (master, sentinel) = (master.port, sentinel.port);
     let upstream = TestUpstream::start();
     let admin = format!("127.0.0.1:{}", free_port());
     let config = SiteConfig::new()
@@ -780,8 +770,4 @@ fn sentinel_over_tls_with_a_private_ca() {
         String::from_utf8_lossy(&keys.stdout).contains("portcullis:rate:127.0.0.1"),
         "{keys:?}"
     );
-    for child in [&mut master_child, &mut sentinel_child] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }

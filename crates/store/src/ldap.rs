@@ -24,7 +24,6 @@
 //! one that failed is dropped and the next check opens a new one, so a directory that comes
 //! back is used again without a restart.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -951,15 +950,6 @@ fn is_connection_error(e: &LdapError) -> bool {
             | LdapError::ResultRecv { .. }
             | LdapError::EndOfStream
     )
-}
-
-/// Groups of the cached entries, for tests and the admin view.
-#[must_use]
-pub fn groups_by_user(entries: &[(String, DirectoryEntry)]) -> HashMap<String, Vec<String>> {
-    entries
-        .iter()
-        .map(|(user, e)| (user.clone(), e.groups.clone()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -643,16 +643,11 @@ impl Verifier {
         self.inner.directory.as_ref()
     }
 
-    /// The groups the user database gives `user` (`None` when users do not come from SQLite
-    /// or a directory; for a directory, from its last answer about the user).
+    /// The groups the user database gives `user` (`None` when users do not come from SQLite or
+    /// PostgreSQL; a directory's groups come with its entry, see [`Verifier::directory`]).
     pub fn groups_of(&self, user: &str) -> Option<Vec<String>> {
-        if let Some(directory) = &self.inner.directory {
-            return Some(
-                directory
-                    .cached_entry(user)
-                    .map(|e| e.groups.clone())
-                    .unwrap_or_default(),
-            );
+        if self.inner.directory.is_some() {
+            return None;
         }
         let watch = self.inner.sqlite.as_ref()?;
         Some(watch.groups.load().get(user).cloned().unwrap_or_default())
