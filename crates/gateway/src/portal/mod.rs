@@ -316,9 +316,7 @@ impl<'g> Portal<'g> {
         if let Some(directory) = self.verifier.directory() {
             match directory.lookup(&session.user).await {
                 Ok(Some(entry)) => {
-                    identity.groups.clone_from(&entry.groups);
-                    identity.email.clone_from(&entry.email);
-                    identity.name.clone_from(&entry.name);
+                    crate::pipeline::authenticate::logon::take_entry(&mut identity, &entry)
                 }
                 Ok(None) => {
                     let _ = self.state.session_delete(&key).await;

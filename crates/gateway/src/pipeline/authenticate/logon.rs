@@ -66,9 +66,7 @@ impl Logon<'_> {
         };
         match directory.lookup(user).await {
             Ok(Some(entry)) => {
-                identity.groups.clone_from(&entry.groups);
-                identity.email.clone_from(&entry.email);
-                identity.name.clone_from(&entry.name);
+                take_entry(identity, &entry);
                 Ok(())
             }
             // Gone since the password was checked (an accepted check stays cached for
@@ -493,4 +491,11 @@ pub(crate) fn directory_refusal(e: &store::ldap::DirectoryError) -> Refusal {
     Refusal::new(Reason::DirectoryUnavailable)
         .with_retry_after(Duration::from_secs(5))
         .with_detail(e.to_string())
+}
+
+/// What a directory entry says of its user: groups, e-mail, display name.
+pub(crate) fn take_entry(identity: &mut Identity, entry: &store::ldap::DirectoryEntry) {
+    identity.groups.clone_from(&entry.groups);
+    identity.email.clone_from(&entry.email);
+    identity.name.clone_from(&entry.name);
 }
