@@ -465,13 +465,17 @@ fn sessions_follow_the_directory() {
         let page = carol.get("/echo/gone").await;
         assert_ne!(page.status, 200, "{}", page.body);
     });
-    assert!(
+    // The access log is written after the answer: waited for, not read at once.
+    let gone = eventually(Duration::from_secs(5), "the /echo/gone log line", || {
         std::fs::read_to_string(gw.path("access.log"))
-            .unwrap()
+            .ok()?
             .lines()
-            .any(|l| l.contains("/echo/gone") && (l.contains(" 401 2 ") || l.contains(" 302 2 "))),
-        "the ended session is x.2 (session_expired; a browser is sent to sign in): {}",
-        std::fs::read_to_string(gw.path("access.log")).unwrap()
+            .find(|l| l.contains("/echo/gone"))
+            .map(str::to_owned)
+    });
+    assert!(
+        gone.contains(" 401 2 ") || gone.contains(" 302 2 "),
+        "the ended session is x.2 (session_expired; a browser is sent to sign in): {gone}"
     );
     // More users than slapd's size limit (500): users list pages through them all.
     let mut many = String::new();

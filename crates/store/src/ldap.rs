@@ -811,10 +811,13 @@ impl Directory {
                 }
                 let accepted = match bound.rc {
                     0 => true,
+                    // 32: a bind DN that does not exist (some servers say so for the dummy DN
+                    // of an unknown user): refused like a wrong password, not "unavailable".
                     INVALID_CREDENTIALS
                     | INAPPROPRIATE_AUTHENTICATION
                     | UNWILLING_TO_PERFORM
-                    | INSUFFICIENT_ACCESS => false,
+                    | INSUFFICIENT_ACCESS
+                    | NO_SUCH_OBJECT => false,
                     _ => return Err(LdapError::from(bound)),
                 };
                 Ok(Out::Check(match found {

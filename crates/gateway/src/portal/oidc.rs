@@ -63,6 +63,8 @@ impl Portal<'_> {
                     "the identity provider's {} for this account is {user}, the name of a local user of auth.users: refused",
                     site.user_claim()
                 ),
+                // (The refusal itself says the name is taken, to whoever can choose their name
+                // at the provider; the page adds nothing to that.)
                 note: Some(format!(
                     "The name {user} belongs to an account of this site; it cannot be taken over through {}.",
                     site.name()

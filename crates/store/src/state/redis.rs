@@ -1252,7 +1252,6 @@ async fn follow_sentinels(inner: Weak<Inner>) {
     }
 }
 
-/// A connection that answered `PING` within [`CONNECT_TIMEOUT`]: a connection manager to one
 /// How often a Cluster's masters are looked at (for `/healthz`, the metrics and the log: the
 /// cluster client follows the slots by itself).
 const CLUSTER_WATCH: Duration = Duration::from_secs(1);
@@ -1297,6 +1296,7 @@ async fn watch_cluster(inner: Weak<Inner>) {
     }
 }
 
+/// A connection that answered `PING` within [`CONNECT_TIMEOUT`]: a connection manager to one
 /// node, or a Cluster connection (which follows the cluster's slots and failovers by itself).
 async fn open_connection(target: &Target, endpoint: &str) -> Result<Conn, String> {
     let connecting = async {

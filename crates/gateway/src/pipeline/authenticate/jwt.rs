@@ -305,7 +305,8 @@ impl JwtSite {
         let user = claims
             .get(&self.config.user_claim)
             .and_then(|v| v.as_str())
-            .filter(|u| policy::check_user_name(u).is_ok() && !u.is_empty())
+            // Spaces at the ends would make a second spelling of a name ("alice ").
+            .filter(|u| policy::check_user_name(u).is_ok() && !u.is_empty() && u.trim() == *u)
             .ok_or_else(|| {
                 JwtRefusal::Invalid(format!(
                     "the JWT has no usable {} claim ({}.user_claim)",
@@ -317,7 +318,12 @@ impl JwtSite {
             Some(serde_json::Value::Array(list)) => list
                 .iter()
                 .filter_map(|g| g.as_str())
-                .filter(|g| !g.is_empty() && !g.contains(',') && !g.chars().any(char::is_control))
+                .filter(|g| {
+                    !g.is_empty()
+                        && !g.contains(',')
+                        && g.trim() == *g
+                        && !g.chars().any(char::is_control)
+                })
                 .map(str::to_owned)
                 .collect(),
             Some(serde_json::Value::String(g)) => g
